@@ -1,0 +1,82 @@
+//! Broker configuration: command-line flags and a TOML file map onto [`BrokerConfig`].
+//! Kafka-named settings keep Kafka's names as TOML keys (`"socket.request.max.bytes" = ...`)
+//! and accept the snake_case spelling too.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Every setting of a broker, with Kafka's defaults where Kafka has the setting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address to bind; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address given to clients in Metadata; defaults to the bound address.
+    pub advertised: Option<String>,
+    pub data_dir: PathBuf,
+    pub node_id: i32,
+    /// Largest request frame accepted; larger frames close the connection.
+    #[serde(alias = "socket.request.max.bytes")]
+    pub socket_request_max_bytes: usize,
+    /// Largest record batch accepted (topic default of `max.message.bytes`).
+    #[serde(alias = "message.max.bytes")]
+    pub message_max_bytes: usize,
+    #[serde(alias = "auto.create.topics.enable")]
+    pub auto_create_topics_enable: bool,
+    #[serde(alias = "num.partitions")]
+    pub num_partitions: i32,
+    #[serde(alias = "default.replication.factor")]
+    pub default_replication_factor: i16,
+    #[serde(alias = "log.segment.bytes")]
+    pub log_segment_bytes: u64,
+    /// Requests read ahead of their responses on one connection (pipelining depth).
+    #[serde(alias = "max.inflight.requests.per.connection")]
+    pub max_inflight_requests_per_connection: usize,
+    /// Upper bound on a Fetch's `max_wait_ms`.
+    #[serde(alias = "fetch.max.wait.ms")]
+    pub fetch_max_wait_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: "127.0.0.1:9092".parse().expect("valid default address"),
+            advertised: None,
+            data_dir: PathBuf::from("./gregor-data"),
+            node_id: 0,
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            message_max_bytes: 1024 * 1024 + 12,
+            auto_create_topics_enable: true,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            log_segment_bytes: 1 << 30,
+            max_inflight_requests_per_connection: 64,
+            fetch_max_wait_ms: 30_000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Parses a TOML config file's contents.
+    pub fn from_toml(text: &str) -> anyhow::Result<BrokerConfig> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_accepts_kafka_names_and_rejects_typos() {
+        let c = BrokerConfig::from_toml(
+            "listen = \"127.0.0.1:0\"\nnode_id = 3\n\"num.partitions\" = 4\n",
+        )
+        .unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.num_partitions, 4);
+        assert!(BrokerConfig::from_toml("num_partitons = 4").is_err());
+    }
+}

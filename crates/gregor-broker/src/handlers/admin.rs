@@ -1,0 +1,422 @@
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs and
+//! IncrementalAlterConfigs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
+};
+use uuid::Uuid;
+
+use super::sb;
+use crate::state::{Broker, MetaError};
+use crate::topic_config::{self, TOPIC_CONFIGS};
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// DescribeConfigs config sources.
+const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+pub fn create_topics(
+    broker: &Arc<Broker>,
+    req: CreateTopicsRequest,
+    _version: i16,
+) -> CreateTopicsResponse {
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<String> = req
+        .topics
+        .iter()
+        .filter(|t| !seen.insert(t.name.to_string()))
+        .map(|t| t.name.to_string())
+        .collect();
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let mut r = CreatableTopicResult::default()
+                .with_name(t.name.clone())
+                .with_num_partitions(-1)
+                .with_replication_factor(-1);
+            let outcome = (|| {
+                if duplicates.contains(t.name.as_str()) {
+                    return Err(MetaError::new(
+                        ResponseError::InvalidRequest,
+                        "Create topics request contains the topic more than once",
+                    ));
+                }
+                let mut configs = BTreeMap::new();
+                for c in &t.configs {
+                    if let Some(v) = &c.value {
+                        configs.insert(c.name.to_string(), v.to_string());
+                    }
+                }
+                let (partitions, replication) = if t.assignments.is_empty() {
+                    (t.num_partitions, t.replication_factor)
+                } else {
+                    if t.num_partitions != -1 || t.replication_factor != -1 {
+                        return Err(MetaError::new(
+                            ResponseError::InvalidRequest,
+                            "Both assignments and numPartitions/replicationFactor were set",
+                        ));
+                    }
+                    let node = broker.config.node_id;
+                    for (i, a) in t.assignments.iter().enumerate() {
+                        if a.partition_index != i as i32 {
+                            return Err(MetaError::new(
+                                ResponseError::InvalidReplicaAssignment,
+                                "Partitions must be assigned consecutively from 0",
+                            ));
+                        }
+                        if a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1 {
+                            return Err(MetaError::new(
+                                ResponseError::InvalidReplicaAssignment,
+                                format!("Only broker {node} exists"),
+                            ));
+                        }
+                    }
+                    (t.assignments.len() as i32, 1)
+                };
+                broker.create_topic(&t.name, partitions, replication, configs, req.validate_only)
+            })();
+            match outcome {
+                Ok(topic) => {
+                    r.topic_id = topic.id;
+                    r.num_partitions = if req.validate_only {
+                        if t.num_partitions == -1 {
+                            broker.config.num_partitions
+                        } else {
+                            t.num_partitions
+                        }
+                    } else {
+                        topic.partitions.len() as i32
+                    };
+                    r.replication_factor = 1;
+                    r.configs = Some(
+                        TOPIC_CONFIGS
+                            .iter()
+                            .map(|d| {
+                                let over = topic.configs.get(d.name);
+                                CreatableTopicConfigs::default()
+                                    .with_name(sb(d.name))
+                                    .with_value(Some(sb(over.map_or(d.default, String::as_str))))
+                                    .with_config_source(if over.is_some() {
+                                        SOURCE_DYNAMIC_TOPIC
+                                    } else {
+                                        SOURCE_DEFAULT
+                                    })
+                            })
+                            .collect(),
+                    );
+                }
+                Err(e) => {
+                    r.error_code = e.code.code();
+                    r.error_message = Some(sb(e.message));
+                }
+            }
+            r
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}
+
+pub fn delete_topics(
+    broker: &Arc<Broker>,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
+        req.topics
+            .into_iter()
+            .map(|t| (t.name.map(|n| n.to_string()), t.topic_id))
+            .collect()
+    } else {
+        req.topic_names
+            .into_iter()
+            .map(|n| (Some(n.to_string()), Uuid::nil()))
+            .collect()
+    };
+    let responses = targets
+        .into_iter()
+        .map(|(name, id)| {
+            let mut r = DeletableTopicResult::default().with_topic_id(id);
+            let resolved = match &name {
+                Some(n) => Ok(n.clone()),
+                None => broker
+                    .topic_by_id(id)
+                    .map(|t| t.name.clone())
+                    .ok_or_else(|| {
+                        MetaError::new(
+                            ResponseError::UnknownTopicId,
+                            format!("Topic id {id} not found"),
+                        )
+                    }),
+            };
+            r.name = name.clone().map(|n| TopicName(sb(n)));
+            match resolved.and_then(|n| broker.delete_topic(&n).map(|id| (n, id))) {
+                Ok((n, id)) => {
+                    r.name = Some(TopicName(sb(n)));
+                    r.topic_id = id;
+                }
+                Err(e) => {
+                    r.error_code = e.code.code();
+                    r.error_message = Some(sb(e.message));
+                }
+            }
+            r
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub fn create_partitions(
+    broker: &Arc<Broker>,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let results = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            let outcome = match &t.assignments {
+                Some(a)
+                    if a.iter()
+                        .any(|x| x.broker_ids.iter().any(|b| b.0 != broker.config.node_id)) =>
+                {
+                    Err(MetaError::new(
+                        ResponseError::InvalidReplicaAssignment,
+                        format!("Only broker {} exists", broker.config.node_id),
+                    ))
+                }
+                _ => broker.create_partitions(&t.name, t.count, req.validate_only),
+            };
+            if let Err(e) = outcome {
+                r.error_code = e.code.code();
+                r.error_message = Some(sb(e.message));
+            }
+            r
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+pub fn describe_configs(
+    broker: &Arc<Broker>,
+    req: DescribeConfigsRequest,
+    _version: i16,
+) -> DescribeConfigsResponse {
+    let results = req
+        .resources
+        .into_iter()
+        .map(|res| {
+            let mut out = DescribeConfigsResult::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone());
+            let wanted = |name: &str| {
+                res.configuration_keys
+                    .as_ref()
+                    .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
+            };
+            match res.resource_type {
+                RESOURCE_TOPIC => match broker.topic(&res.resource_name) {
+                    None => {
+                        out.error_code = ResponseError::UnknownTopicOrPartition.code();
+                        out.error_message = Some(sb(format!(
+                            "Topic {} does not exist",
+                            res.resource_name.as_str()
+                        )));
+                    }
+                    Some(topic) => {
+                        out.configs = TOPIC_CONFIGS
+                            .iter()
+                            .filter(|d| wanted(d.name))
+                            .map(|d| {
+                                let over = topic.configs.get(d.name);
+                                let mut synonyms = Vec::new();
+                                if req.include_synonyms {
+                                    if let Some(v) = over {
+                                        synonyms.push(
+                                            DescribeConfigsSynonym::default()
+                                                .with_name(sb(d.name))
+                                                .with_value(Some(sb(v.clone())))
+                                                .with_source(SOURCE_DYNAMIC_TOPIC),
+                                        );
+                                    }
+                                    synonyms.push(
+                                        DescribeConfigsSynonym::default()
+                                            .with_name(sb(d.name))
+                                            .with_value(Some(sb(d.default)))
+                                            .with_source(SOURCE_DEFAULT),
+                                    );
+                                }
+                                DescribeConfigsResourceResult::default()
+                                    .with_name(sb(d.name))
+                                    .with_value(Some(sb(over.map_or(d.default, String::as_str))))
+                                    .with_config_source(if over.is_some() {
+                                        SOURCE_DYNAMIC_TOPIC
+                                    } else {
+                                        SOURCE_DEFAULT
+                                    })
+                                    .with_config_type(d.config_type)
+                                    .with_synonyms(synonyms)
+                            })
+                            .collect();
+                    }
+                },
+                RESOURCE_BROKER => {
+                    let c = &broker.config;
+                    let entries = [
+                        ("node.id", c.node_id.to_string()),
+                        ("broker.id", c.node_id.to_string()),
+                        ("message.max.bytes", c.message_max_bytes.to_string()),
+                        (
+                            "socket.request.max.bytes",
+                            c.socket_request_max_bytes.to_string(),
+                        ),
+                        ("num.partitions", c.num_partitions.to_string()),
+                        (
+                            "default.replication.factor",
+                            c.default_replication_factor.to_string(),
+                        ),
+                        (
+                            "auto.create.topics.enable",
+                            c.auto_create_topics_enable.to_string(),
+                        ),
+                        ("log.segment.bytes", c.log_segment_bytes.to_string()),
+                        ("log.dirs", c.data_dir.display().to_string()),
+                    ];
+                    out.configs = entries
+                        .into_iter()
+                        .filter(|(n, _)| wanted(n))
+                        .map(|(n, v)| {
+                            DescribeConfigsResourceResult::default()
+                                .with_name(sb(n))
+                                .with_value(Some(sb(v)))
+                                .with_read_only(true)
+                                .with_config_source(SOURCE_STATIC_BROKER)
+                        })
+                        .collect();
+                }
+                other => {
+                    out.error_code = ResponseError::InvalidRequest.code();
+                    out.error_message = Some(sb(format!("Unsupported resource type {other}")));
+                }
+            }
+            out
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+pub fn incremental_alter_configs(
+    broker: &Arc<Broker>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let responses = req
+        .resources
+        .into_iter()
+        .map(|res| {
+            let mut out = AlterConfigsResourceResponse::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone());
+            let outcome = match res.resource_type {
+                RESOURCE_TOPIC => alter_topic(broker, &res.resource_name, &res.configs, req.validate_only),
+                RESOURCE_BROKER => Err(MetaError::new(
+                    ResponseError::InvalidRequest,
+                    "Dynamic broker configs are not supported; set them in the broker's config file",
+                )),
+                other => Err(MetaError::new(
+                    ResponseError::InvalidRequest,
+                    format!("Unsupported resource type {other}"),
+                )),
+            };
+            if let Err(e) = outcome {
+                out.error_code = e.code.code();
+                out.error_message = Some(sb(e.message));
+            }
+            out
+        })
+        .collect();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+fn alter_topic(
+    broker: &Arc<Broker>,
+    name: &str,
+    ops: &[kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig],
+    validate_only: bool,
+) -> Result<(), MetaError> {
+    let topic = broker
+        .topic(name)
+        .ok_or_else(|| crate::state::unknown_topic(name))?;
+    let mut configs = topic.configs.clone();
+    let invalid = |m: String| MetaError::new(ResponseError::InvalidConfig, m);
+    for op in ops {
+        let key = op.name.to_string();
+        let def = topic_config::lookup(&key)
+            .ok_or_else(|| invalid(format!("Unknown topic config name: {key}")))?;
+        let value = op.value.as_ref().map(|v| v.to_string());
+        match op.config_operation {
+            0 => {
+                let v = value.ok_or_else(|| invalid(format!("Null value for {key}")))?;
+                topic_config::validate(&key, &v).map_err(invalid)?;
+                configs.insert(key, v);
+            }
+            1 => {
+                configs.remove(&key);
+            }
+            2 | 3 => {
+                if def.config_type != 7 {
+                    return Err(invalid(format!(
+                        "{key} is not a list; APPEND/SUBTRACT do not apply"
+                    )));
+                }
+                let current = topic_config::effective(&configs, &key)
+                    .unwrap_or("")
+                    .to_string();
+                let mut items: Vec<String> = current
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                for v in value
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
+                    if op.config_operation == 2 {
+                        if !items.iter().any(|i| i == v) {
+                            items.push(v.to_string());
+                        }
+                    } else {
+                        items.retain(|i| i != v);
+                    }
+                }
+                let joined = items.join(",");
+                topic_config::validate(&key, &joined).map_err(invalid)?;
+                configs.insert(key, joined);
+            }
+            other => return Err(invalid(format!("Unknown config operation {other}"))),
+        }
+    }
+    if validate_only {
+        return Ok(());
+    }
+    broker.set_topic_configs(name, configs)
+}

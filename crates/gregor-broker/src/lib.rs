@@ -1,0 +1,15 @@
+//! The Gregor broker: connections, request routing, topic registry and the handlers that
+//! connect Kafka requests to partition logs.
+//!
+//! Data flow (one way): socket → [`server`] (framing, in-order processing) →
+//! `gregor_protocol::decode_request` → [`handlers`] → [`state::Broker`] / partition log →
+//! response encode → socket.
+
+pub mod config;
+pub mod handlers;
+pub mod server;
+pub mod state;
+pub mod topic_config;
+
+pub use config::BrokerConfig;
+pub use state::Broker;

@@ -1,0 +1,489 @@
+//! Kafka `RecordBatch` (magic v2) header parsing and validation.
+//!
+//! A v2 batch starts with a fixed 61-byte header (all integers big-endian):
+//!
+//! | offset | field                  | type |
+//! |-------:|------------------------|------|
+//! |      0 | `baseOffset`           | i64  |
+//! |      8 | `batchLength`          | i32  |
+//! |     12 | `partitionLeaderEpoch` | i32  |
+//! |     16 | `magic` (= 2)          | i8   |
+//! |     17 | `crc` (CRC-32C)        | u32  |
+//! |     21 | `attributes`           | i16  |
+//! |     23 | `lastOffsetDelta`      | i32  |
+//! |     27 | `baseTimestamp`        | i64  |
+//! |     35 | `maxTimestamp`         | i64  |
+//! |     43 | `producerId`           | i64  |
+//! |     51 | `producerEpoch`        | i16  |
+//! |     53 | `baseSequence`         | i32  |
+//! |     57 | `recordsCount`         | i32  |
+//! |     61 | records…               |      |
+//!
+//! `batchLength` counts the bytes *after* the length field, so a batch occupies
+//! `batchLength + 12` bytes in total. The CRC covers bytes `[21..end)`, i.e.
+//! everything from `attributes` on; `baseOffset` and `partitionLeaderEpoch`
+//! can therefore be rewritten by the broker without recomputing it.
+//!
+//! Nothing in this module looks at individual records: the log stores and
+//! serves batches as opaque byte ranges.
+
+use std::ops::Range;
+
+/// The only supported batch format version.
+pub const MAGIC_V2: i8 = 2;
+/// Bytes preceding the part of the batch counted by `batchLength`
+/// (`baseOffset` + `batchLength`).
+pub const LOG_OVERHEAD: usize = 12;
+
+/// Byte position of `baseOffset`.
+pub const BASE_OFFSET_POS: usize = 0;
+/// Byte position of `batchLength`.
+pub const BATCH_LENGTH_POS: usize = 8;
+/// Byte position of `partitionLeaderEpoch`.
+pub const PARTITION_LEADER_EPOCH_POS: usize = 12;
+/// Byte position of `magic`.
+pub const MAGIC_POS: usize = 16;
+/// Byte position of `crc`.
+pub const CRC_POS: usize = 17;
+/// Byte position of `attributes`; the CRC covers everything from here on.
+pub const ATTRIBUTES_POS: usize = 21;
+/// Byte position of `lastOffsetDelta`.
+pub const LAST_OFFSET_DELTA_POS: usize = 23;
+/// Byte position of `baseTimestamp`.
+pub const BASE_TIMESTAMP_POS: usize = 27;
+/// Byte position of `maxTimestamp`.
+pub const MAX_TIMESTAMP_POS: usize = 35;
+/// Byte position of `producerId`.
+pub const PRODUCER_ID_POS: usize = 43;
+/// Byte position of `producerEpoch`.
+pub const PRODUCER_EPOCH_POS: usize = 51;
+/// Byte position of `baseSequence`.
+pub const BASE_SEQUENCE_POS: usize = 53;
+/// Byte position of `recordsCount`.
+pub const RECORDS_COUNT_POS: usize = 57;
+
+const COMPRESSION_MASK: i16 = 0x07;
+const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+const TRANSACTIONAL_BIT: i16 = 0x10;
+const CONTROL_BIT: i16 = 0x20;
+
+/// Why a batch could not be parsed or validated.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    /// The buffer ends before the header or the batch does.
+    #[error("truncated batch: need {needed} bytes, have {available}")]
+    Truncated {
+        /// Bytes required (header size or whole batch size).
+        needed: usize,
+        /// Bytes available in the buffer.
+        available: usize,
+    },
+    /// `batchLength` is too small to hold a v2 header.
+    #[error("invalid batch length {0}")]
+    InvalidLength(i32),
+    /// `magic` is not 2.
+    #[error("unsupported magic {0} (only v2 batches are supported)")]
+    InvalidMagic(i8),
+    /// The stored CRC-32C does not match the batch contents.
+    #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    CrcMismatch {
+        /// CRC stored in the header.
+        stored: u32,
+        /// CRC computed over bytes `[21..end)`.
+        computed: u32,
+    },
+    /// `recordsCount` is negative.
+    #[error("invalid records count {0}")]
+    InvalidRecordsCount(i32),
+    /// `lastOffsetDelta` is negative.
+    #[error("invalid last offset delta {0}")]
+    InvalidLastOffsetDelta(i32),
+}
+
+impl BatchError {
+    /// True for errors that indicate damaged bytes (as opposed to a
+    /// well-formed batch with semantically invalid contents).
+    pub fn is_corruption(&self) -> bool {
+        !matches!(
+            self,
+            BatchError::InvalidRecordsCount(_) | BatchError::InvalidLastOffsetDelta(_)
+        )
+    }
+}
+
+/// The decoded fixed-size header of a v2 record batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Offset of the first record in the batch.
+    pub base_offset: i64,
+    /// Bytes following the `batchLength` field.
+    pub batch_length: i32,
+    /// Leader epoch of the partition leader that appended the batch.
+    pub partition_leader_epoch: i32,
+    /// Format version; always 2 for a parsed header.
+    pub magic: i8,
+    /// CRC-32C of bytes `[21..end)`.
+    pub crc: u32,
+    /// Compression codec, timestamp type, transactional and control flags.
+    pub attributes: i16,
+    /// Offset of the last record relative to `base_offset`.
+    pub last_offset_delta: i32,
+    /// Timestamp of the first record.
+    pub base_timestamp: i64,
+    /// Largest timestamp in the batch.
+    pub max_timestamp: i64,
+    /// Idempotent / transactional producer id, or -1.
+    pub producer_id: i64,
+    /// Producer epoch, or -1.
+    pub producer_epoch: i16,
+    /// Sequence number of the first record, or -1.
+    pub base_sequence: i32,
+    /// Number of records in the batch.
+    pub records_count: i32,
+}
+
+#[inline]
+fn be_i16(buf: &[u8], pos: usize) -> i16 {
+    i16::from_be_bytes([buf[pos], buf[pos + 1]])
+}
+
+#[inline]
+fn be_i32(buf: &[u8], pos: usize) -> i32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[pos..pos + 4]);
+    i32::from_be_bytes(b)
+}
+
+#[inline]
+fn be_i64(buf: &[u8], pos: usize) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[pos..pos + 8]);
+    i64::from_be_bytes(b)
+}
+
+impl BatchHeader {
+    /// Size of the fixed v2 batch header in bytes.
+    pub const SIZE: usize = 61;
+
+    /// Smallest legal `batchLength` (a batch with an empty records section).
+    pub const MIN_BATCH_LENGTH: i32 = (Self::SIZE - LOG_OVERHEAD) as i32;
+
+    /// Decodes the header at the start of `buf` (which needs at least
+    /// [`BatchHeader::SIZE`] bytes).
+    ///
+    /// Checks only what is needed to interpret the header at all: the magic
+    /// byte and that `batchLength` covers a full header. It does not check
+    /// that the whole batch is present or that the CRC matches; use
+    /// [`validate_batch`] for that.
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        if buf.len() < Self::SIZE {
+            return Err(BatchError::Truncated {
+                needed: Self::SIZE,
+                available: buf.len(),
+            });
+        }
+        let magic = buf[MAGIC_POS] as i8;
+        if magic != MAGIC_V2 {
+            return Err(BatchError::InvalidMagic(magic));
+        }
+        let batch_length = be_i32(buf, BATCH_LENGTH_POS);
+        if batch_length < Self::MIN_BATCH_LENGTH {
+            return Err(BatchError::InvalidLength(batch_length));
+        }
+        Ok(BatchHeader {
+            base_offset: be_i64(buf, BASE_OFFSET_POS),
+            batch_length,
+            partition_leader_epoch: be_i32(buf, PARTITION_LEADER_EPOCH_POS),
+            magic,
+            crc: be_i32(buf, CRC_POS) as u32,
+            attributes: be_i16(buf, ATTRIBUTES_POS),
+            last_offset_delta: be_i32(buf, LAST_OFFSET_DELTA_POS),
+            base_timestamp: be_i64(buf, BASE_TIMESTAMP_POS),
+            max_timestamp: be_i64(buf, MAX_TIMESTAMP_POS),
+            producer_id: be_i64(buf, PRODUCER_ID_POS),
+            producer_epoch: be_i16(buf, PRODUCER_EPOCH_POS),
+            base_sequence: be_i32(buf, BASE_SEQUENCE_POS),
+            records_count: be_i32(buf, RECORDS_COUNT_POS),
+        })
+    }
+
+    /// Total size of the batch on the wire / on disk (`batchLength + 12`).
+    pub fn total_size(&self) -> usize {
+        usize::try_from(self.batch_length).unwrap_or(0) + LOG_OVERHEAD
+    }
+
+    /// Offset of the last record in the batch.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.last_offset_delta)
+    }
+
+    /// Offset following the last record of the batch.
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset() + 1
+    }
+
+    /// Compression codec: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd.
+    pub fn compression(&self) -> u8 {
+        (self.attributes & COMPRESSION_MASK) as u8
+    }
+
+    /// True for control batches (transaction markers).
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL_BIT != 0
+    }
+
+    /// True if the batch belongs to a transaction.
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL_BIT != 0
+    }
+
+    /// True if timestamps are broker-assigned (`LogAppendTime`).
+    pub fn timestamp_type_log_append(&self) -> bool {
+        self.attributes & TIMESTAMP_TYPE_BIT != 0
+    }
+
+    /// Checks the header fields that do not depend on the record bytes.
+    fn check_counts(&self) -> Result<(), BatchError> {
+        if self.records_count < 0 {
+            return Err(BatchError::InvalidRecordsCount(self.records_count));
+        }
+        if self.last_offset_delta < 0 {
+            return Err(BatchError::InvalidLastOffsetDelta(self.last_offset_delta));
+        }
+        Ok(())
+    }
+}
+
+/// Computes the CRC-32C that belongs in the header of `batch` (which must be
+/// a complete batch): the checksum of bytes `[21..end)`.
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    crc32c::crc32c(&batch[ATTRIBUTES_POS..])
+}
+
+/// Validates the batch at the start of `buf` completely: the whole batch fits
+/// in `buf`, magic is 2, the CRC matches, `recordsCount >= 0` and
+/// `lastOffsetDelta >= 0`. Bytes after the batch are ignored.
+pub fn validate_batch(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(buf)?;
+    let size = header.total_size();
+    if buf.len() < size {
+        return Err(BatchError::Truncated {
+            needed: size,
+            available: buf.len(),
+        });
+    }
+    let computed = compute_crc(&buf[..size]);
+    if computed != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    header.check_counts()?;
+    Ok(header)
+}
+
+/// Validates a header whose record bytes were checksummed separately
+/// (`crc` = CRC-32C of bytes `[21..end)`), as during streaming recovery.
+pub(crate) fn validate_streamed(header: &BatchHeader, crc: u32) -> Result<(), BatchError> {
+    if crc != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed: crc,
+        });
+    }
+    header.check_counts()
+}
+
+/// Overwrites the `baseOffset` field of the batch starting at `batch`.
+pub(crate) fn write_base_offset(batch: &mut [u8], base_offset: i64) {
+    batch[BASE_OFFSET_POS..BASE_OFFSET_POS + 8].copy_from_slice(&base_offset.to_be_bytes());
+}
+
+/// Stamps the complete batch `batch` (described by `header`) with
+/// `LogAppendTime` `timestamp`: sets the timestampType attribute bit and
+/// `maxTimestamp`, then recomputes the CRC. `header` is updated to match.
+pub(crate) fn set_log_append_time(batch: &mut [u8], header: &mut BatchHeader, timestamp: i64) {
+    header.attributes |= TIMESTAMP_TYPE_BIT;
+    header.max_timestamp = timestamp;
+    batch[ATTRIBUTES_POS..ATTRIBUTES_POS + 2].copy_from_slice(&header.attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&timestamp.to_be_bytes());
+    header.crc = compute_crc(batch);
+    batch[CRC_POS..CRC_POS + 4].copy_from_slice(&header.crc.to_be_bytes());
+}
+
+/// Reads `(baseOffset, totalSize)` from the first 12 bytes of a batch, without
+/// any validation. `None` if fewer than 12 bytes are available or the length
+/// is not a plausible v2 batch length.
+pub(crate) fn peek_offset_and_size(buf: &[u8]) -> Option<(i64, usize)> {
+    if buf.len() < LOG_OVERHEAD {
+        return None;
+    }
+    let length = be_i32(buf, BATCH_LENGTH_POS);
+    if length < BatchHeader::MIN_BATCH_LENGTH {
+        return None;
+    }
+    Some((be_i64(buf, BASE_OFFSET_POS), length as usize + LOG_OVERHEAD))
+}
+
+/// Iterator over concatenated batches, see [`iter_batches`].
+#[derive(Debug, Clone)]
+pub struct BatchIter<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    failed: bool,
+}
+
+impl Iterator for BatchIter<'_> {
+    type Item = Result<(BatchHeader, Range<usize>), BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos >= self.buf.len() {
+            return None;
+        }
+        match validate_batch(&self.buf[self.pos..]) {
+            Ok(header) => {
+                let start = self.pos;
+                self.pos += header.total_size();
+                Some(Ok((header, start..self.pos)))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Iterates over the concatenated batches in `buf`, fully validating each one
+/// (see [`validate_batch`]) and yielding its header and byte range within
+/// `buf`. After the first error the iterator yields nothing more.
+///
+/// A partial trailing batch yields [`BatchError::Truncated`]; callers that
+/// tolerate one (e.g. consumers of Fetch responses) may treat that as the end.
+pub fn iter_batches(buf: &[u8]) -> BatchIter<'_> {
+    BatchIter {
+        buf,
+        pos: 0,
+        failed: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A structurally valid batch with an empty records section.
+    fn empty_batch(base_offset: i64, last_offset_delta: i32, count: i32) -> Vec<u8> {
+        let mut b = vec![0u8; BatchHeader::SIZE];
+        b[0..8].copy_from_slice(&base_offset.to_be_bytes());
+        b[8..12].copy_from_slice(&(BatchHeader::MIN_BATCH_LENGTH).to_be_bytes());
+        b[12..16].copy_from_slice(&7i32.to_be_bytes());
+        b[MAGIC_POS] = 2;
+        b[21..23].copy_from_slice(&0x0033i16.to_be_bytes()); // lz4 + transactional + control
+        b[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
+        b[27..35].copy_from_slice(&100i64.to_be_bytes());
+        b[35..43].copy_from_slice(&200i64.to_be_bytes());
+        b[43..51].copy_from_slice(&42i64.to_be_bytes());
+        b[51..53].copy_from_slice(&3i16.to_be_bytes());
+        b[53..57].copy_from_slice(&9i32.to_be_bytes());
+        b[57..61].copy_from_slice(&count.to_be_bytes());
+        let crc = compute_crc(&b);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn parses_all_fields() {
+        let b = empty_batch(5, 2, 3);
+        let h = validate_batch(&b).unwrap();
+        assert_eq!(h.base_offset, 5);
+        assert_eq!(h.total_size(), 61);
+        assert_eq!(h.partition_leader_epoch, 7);
+        assert_eq!(h.magic, 2);
+        assert_eq!(h.last_offset(), 7);
+        assert_eq!(h.next_offset(), 8);
+        assert_eq!(h.base_timestamp, 100);
+        assert_eq!(h.max_timestamp, 200);
+        assert_eq!(h.producer_id, 42);
+        assert_eq!(h.producer_epoch, 3);
+        assert_eq!(h.base_sequence, 9);
+        assert_eq!(h.records_count, 3);
+        assert_eq!(h.compression(), 3);
+        assert!(h.is_transactional());
+        assert!(h.is_control());
+        assert!(!h.timestamp_type_log_append());
+    }
+
+    #[test]
+    fn base_offset_and_epoch_are_outside_crc() {
+        let mut b = empty_batch(5, 0, 1);
+        write_base_offset(&mut b, 1234);
+        b[12..16].copy_from_slice(&99i32.to_be_bytes());
+        assert_eq!(validate_batch(&b).unwrap().base_offset, 1234);
+    }
+
+    #[test]
+    fn rejects_bad_batches() {
+        let good = empty_batch(0, 0, 1);
+        assert!(matches!(
+            BatchHeader::parse(&good[..60]),
+            Err(BatchError::Truncated { needed: 61, .. })
+        ));
+
+        let mut bad = good.clone();
+        bad[MAGIC_POS] = 1;
+        assert_eq!(validate_batch(&bad), Err(BatchError::InvalidMagic(1)));
+
+        let mut bad = good.clone();
+        bad[8..12].copy_from_slice(&10i32.to_be_bytes());
+        assert_eq!(validate_batch(&bad), Err(BatchError::InvalidLength(10)));
+
+        let mut bad = good.clone();
+        bad[8..12].copy_from_slice(&60i32.to_be_bytes());
+        assert!(matches!(
+            validate_batch(&bad),
+            Err(BatchError::Truncated { needed: 72, .. })
+        ));
+
+        let mut bad = good.clone();
+        bad[40] ^= 0xff;
+        let err = validate_batch(&bad).unwrap_err();
+        assert!(matches!(err, BatchError::CrcMismatch { .. }));
+        assert!(err.is_corruption());
+
+        let err = validate_batch(&empty_batch(0, -1, 1)).unwrap_err();
+        assert_eq!(err, BatchError::InvalidLastOffsetDelta(-1));
+        assert!(!err.is_corruption());
+        assert_eq!(
+            validate_batch(&empty_batch(0, 0, -1)),
+            Err(BatchError::InvalidRecordsCount(-1))
+        );
+    }
+
+    #[test]
+    fn iterates_concatenated_batches() {
+        let mut buf = empty_batch(0, 0, 1);
+        buf.extend(empty_batch(1, 1, 2));
+        let items: Vec<_> = iter_batches(&buf).collect::<Result<_, _>>().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].1, 0..61);
+        assert_eq!(items[1].1, 61..122);
+        assert_eq!(items[1].0.base_offset, 1);
+
+        // Partial trailing batch: one good batch, then an error, then nothing.
+        buf.truncate(100);
+        let mut it = iter_batches(&buf);
+        assert!(it.next().unwrap().is_ok());
+        assert!(matches!(it.next(), Some(Err(BatchError::Truncated { .. }))));
+        assert!(it.next().is_none());
+        assert_eq!(iter_batches(&[]).count(), 0);
+    }
+
+    #[test]
+    fn peek() {
+        let b = empty_batch(77, 0, 1);
+        assert_eq!(peek_offset_and_size(&b), Some((77, 61)));
+        assert_eq!(peek_offset_and_size(&b[..11]), None);
+    }
+}

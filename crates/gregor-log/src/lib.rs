@@ -1,0 +1,192 @@
+//! The on-disk log of one Gregor partition.
+//!
+//! A [`PartitionLog`] stores Kafka `RecordBatch` v2 batches exactly as
+//! producers sent them. The only bytes the log changes are each batch's
+//! 8-byte `baseOffset`, which it overwrites when assigning offsets; that
+//! field is outside the batch CRC (which covers bytes `[21..end)`), so stored
+//! batches remain valid and are served to consumers verbatim. Records are
+//! never decoded: all bookkeeping uses the 61-byte batch headers (see
+//! [`batch`]).
+//!
+//! # On-disk layout
+//!
+//! Everything lives in one directory per partition:
+//!
+//! ```text
+//! <dir>/00000000000000000000.log   segment whose first batch has base offset 0
+//! <dir>/00000000000000001234.log   next segment, first base offset 1234
+//! <dir>/log-start-offset           checkpoint: decimal log start offset + '\n'
+//! <dir>/log-start-offset.tmp       transient, while replacing the checkpoint
+//! ```
+//!
+//! * **Segments** (`<base offset as 20 zero-padded digits>.log`, as in Kafka)
+//!   are append-only files containing nothing but whole batches back to back.
+//!   The last segment is the *active* one; appends go there. Before an append
+//!   that would push a non-empty active segment past
+//!   [`LogConfig::segment_bytes`], a new segment named after the next offset
+//!   is created ("rolled"). One append is always written to a single
+//!   segment with a single positioned write, so a segment only exceeds
+//!   `segment_bytes` when one append alone is larger.
+//! * **Index**: a sparse offset/time index per segment (one entry at least
+//!   every [`LogConfig::index_interval_bytes`] bytes) is kept in memory only
+//!   and rebuilt by scanning the segments on [`PartitionLog::open`]. Reads
+//!   binary-search it and then scan batch headers forward.
+//! * **`log-start-offset`** holds the offset set by
+//!   [`PartitionLog::advance_log_start_offset`]; it is replaced atomically
+//!   (write tmp, fsync, rename, fsync dir). If it is missing the log starts
+//!   at the base offset of the first segment.
+//!
+//! # Invariants
+//!
+//! * **Dense offsets**: every batch's base offset equals the previous batch's
+//!   last offset + 1, across segment boundaries too, and each segment's first
+//!   batch starts at the segment's base offset. Hence segment `i + 1`'s base
+//!   offset is segment `i`'s next offset.
+//! * **Whole batches**: a batch is never split across segments, and a
+//!   segment file contains only whole, CRC-valid batches (after recovery).
+//! * **Ordered bounds**: `log_start_offset <= log_end_offset`, and the first
+//!   segment contains `log_start_offset` (or is the empty active segment at
+//!   `log_end_offset`). There is always at least one segment.
+//!
+//! # Durability and recovery
+//!
+//! Appends are plain `pwrite`s without fsync; [`PartitionLog::flush`]
+//! fdatasyncs every segment written since the last flush (and the directory
+//! if segments were created). On open every segment is scanned and every
+//! batch validated (length, magic, CRC, dense offsets). The log is cut at the
+//! first invalid batch: a torn tail of the last segment is truncated (with a
+//! warning naming the number of bytes dropped), and if the damage is in an
+//! earlier segment, the later segments are deleted as well, because keeping
+//! them would leave a gap in the offsets.
+//!
+//! # Reads
+//!
+//! [`PartitionLog::read`] finds the segment holding the requested offset,
+//! binary-searches its sparse index, scans batch headers forward to the
+//! batch containing the offset, and then does one positioned read of up to
+//! `max_bytes` (at least the whole first batch), trimmed to whole batches
+//! below the upper bound. Like Kafka, one read returns data from a single
+//! segment; the caller continues from the next offset.
+//!
+//! # Known limitations
+//!
+//! * The index is not persisted, so [`PartitionLog::open`] reads (and
+//!   checksums) every byte of every segment; opening cost is proportional to
+//!   the log size. A persisted index plus a recovery-point checkpoint would
+//!   limit validation to the unflushed tail.
+//! * The log never sets `partitionLeaderEpoch`; batches keep the value the
+//!   producer sent.
+//!
+//! # Concurrency
+//!
+//! Reads take `&self` and use positioned reads (`pread`), so the broker can
+//! serve many fetches concurrently behind a read lock; appends take
+//! `&mut self`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod batch;
+mod checkpoint;
+mod partition;
+mod segment;
+
+pub use batch::{BatchError, BatchHeader};
+pub use partition::PartitionLog;
+
+/// Tunables of a [`PartitionLog`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll to a new segment before the active one would exceed this size.
+    /// Default 1 GiB.
+    pub segment_bytes: u64,
+    /// Approximate number of bytes between sparse index entries.
+    /// Default 4096.
+    pub index_interval_bytes: u64,
+    /// Largest single batch [`PartitionLog::append`] accepts (Kafka's
+    /// `message.max.bytes`). Default 1 MiB + 12 bytes of log overhead.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1024 * 1024 * 1024,
+            index_interval_bytes: 4096,
+            max_batch_bytes: 1024 * 1024 + batch::LOG_OVERHEAD,
+        }
+    }
+}
+
+/// Errors returned by [`PartitionLog`].
+#[derive(thiserror::Error, Debug)]
+pub enum LogError {
+    /// An I/O error from the file system.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A batch is damaged: bad CRC, bad magic, inconsistent lengths.
+    #[error("corrupt batch: {0}")]
+    CorruptBatch(String),
+    /// A batch in an append is larger than [`LogConfig::max_batch_bytes`].
+    #[error("batch of {size} bytes exceeds the maximum of {max} bytes")]
+    BatchTooLarge {
+        /// Size of the offending batch.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A well-formed batch whose contents are not acceptable, e.g.
+    /// `recordsCount < 1` or `lastOffsetDelta != recordsCount - 1`.
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+    /// The requested offset is outside `[start, end]`.
+    #[error("offset {requested} out of range [{start}, {end}]")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        requested: i64,
+        /// The log start offset.
+        start: i64,
+        /// The log end offset.
+        end: i64,
+    },
+}
+
+impl From<BatchError> for LogError {
+    fn from(e: BatchError) -> Self {
+        if e.is_corruption() {
+            LogError::CorruptBatch(e.to_string())
+        } else {
+            LogError::InvalidRecord(e.to_string())
+        }
+    }
+}
+
+/// Outcome of a successful [`PartitionLog::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset assigned to the first record.
+    pub base_offset: i64,
+    /// Offset assigned to the last record.
+    pub last_offset: i64,
+    /// Largest `maxTimestamp` among the appended batches.
+    pub max_timestamp: i64,
+    /// Last offset of the first batch carrying `max_timestamp` (records are
+    /// not decoded, so this is batch granularity, like Kafka's
+    /// "shallow" offset of max timestamp).
+    pub offset_of_max_timestamp: i64,
+    /// Number of batches appended.
+    pub batches: usize,
+    /// Number of records appended (sum of `recordsCount`).
+    pub records: i64,
+}
+
+/// Outcome of a [`PartitionLog::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Zero or more whole batches, concatenated, exactly as stored.
+    pub data: bytes::Bytes,
+    /// Log start offset at the time of the read.
+    pub log_start_offset: i64,
+    /// Log end offset at the time of the read.
+    pub log_end_offset: i64,
+}

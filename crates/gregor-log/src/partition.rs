@@ -1,0 +1,493 @@
+//! [`PartitionLog`]: the segmented log of one partition.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use crate::batch::{self, BatchHeader};
+use crate::checkpoint;
+use crate::segment::{self, Segment};
+use crate::{AppendInfo, LogConfig, LogError, ReadResult};
+
+/// The log of one partition: an ordered list of segment files plus the log
+/// start offset. See the crate documentation for the on-disk layout and the
+/// invariants it maintains.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Sorted by base offset, never empty; the last one is the active segment.
+    segments: Vec<Segment>,
+    log_start_offset: i64,
+    /// Segment files were created or removed since the last directory fsync.
+    dir_dirty: bool,
+}
+
+impl PartitionLog {
+    /// Opens (creating if missing) the log in `dir`.
+    ///
+    /// Every segment is scanned and each batch validated (length, magic,
+    /// CRC, dense offsets); the log is cut at the first invalid batch, which
+    /// truncates a torn tail of the last segment (logged with `warn!`). The
+    /// sparse index is rebuilt in memory and the log start offset checkpoint
+    /// is read; segments lying entirely below it are deleted.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, LogError> {
+        fs::create_dir_all(dir)?;
+        let checkpointed_start = checkpoint::read(dir)?;
+
+        let mut files = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name == checkpoint::TMP_FILE_NAME {
+                fs::remove_file(entry.path())?;
+            } else if let Some(base) = segment::parse_file_name(name) {
+                files.push((base, entry.path()));
+            }
+        }
+        files.sort_unstable_by_key(|(base, _)| *base);
+
+        let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
+        let mut files = files.into_iter();
+        let mut cut = false;
+        for (base, path) in files.by_ref() {
+            if let Some(prev) = segments.last() {
+                if prev.next_offset() != base {
+                    warn!(
+                        segment = %path.display(),
+                        expected = prev.next_offset(),
+                        "segment base offset does not continue the log; \
+                         dropping it and all later segments"
+                    );
+                    fs::remove_file(&path)?;
+                    cut = true;
+                    break;
+                }
+            }
+            let (seg, recovery) = Segment::recover(path, base, config.index_interval_bytes)?;
+            if recovery.bytes_dropped > 0 {
+                warn!(
+                    segment = %seg.path().display(),
+                    bytes_dropped = recovery.bytes_dropped,
+                    valid_bytes = seg.size(),
+                    reason = recovery.reason.as_deref().unwrap_or(""),
+                    "truncated invalid tail of log segment"
+                );
+            }
+            segments.push(seg);
+            if recovery.bytes_dropped > 0 {
+                cut = true;
+                break;
+            }
+        }
+        if cut {
+            for (_, path) in files {
+                warn!(
+                    segment = %path.display(),
+                    "deleting segment after the point where the log was cut"
+                );
+                fs::remove_file(&path)?;
+            }
+        }
+
+        let mut dir_dirty = cut;
+        if segments.is_empty() {
+            let base = checkpointed_start.unwrap_or(0);
+            segments.push(Segment::create(dir, base)?);
+            dir_dirty = true;
+        }
+        let first_base = segments[0].base_offset();
+        let mut log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            log_start_offset: checkpointed_start.unwrap_or(first_base).max(first_base),
+            dir_dirty,
+        };
+
+        let end = log.log_end_offset();
+        if log.log_start_offset > end {
+            // The tail holding the start offset was lost (e.g. truncated
+            // above). Everything below the start offset is invisible anyway:
+            // restart the log at the checkpointed start offset.
+            warn!(
+                dir = %dir.display(),
+                log_start_offset = log.log_start_offset,
+                log_end_offset = end,
+                "log start offset beyond recovered log end; starting a new segment there"
+            );
+            let start = log.log_start_offset;
+            log.roll(start)?;
+        }
+        log.delete_segments_below_start()?;
+        log.check_invariants();
+        debug!(
+            dir = %dir.display(),
+            segments = log.segments.len(),
+            log_start_offset = log.log_start_offset,
+            log_end_offset = log.log_end_offset(),
+            "opened partition log"
+        );
+        Ok(log)
+    }
+
+    /// Appends `records`, the raw `records` field of one partition in a
+    /// Produce request: one or more concatenated v2 batches.
+    ///
+    /// All batches are validated before anything is written (magic 2, exact
+    /// lengths, CRC-32C, `recordsCount >= 1`,
+    /// `lastOffsetDelta == recordsCount - 1`, size at most
+    /// [`LogConfig::max_batch_bytes`]); if any is bad nothing is written.
+    /// Then each batch's `baseOffset` is set to the next offset and the
+    /// whole set is written with one positioned write (no fsync) to the
+    /// active segment, rolling first if it would exceed
+    /// [`LogConfig::segment_bytes`].
+    pub fn append(&mut self, records: &[u8]) -> Result<AppendInfo, LogError> {
+        self.append_with_log_append_time(records, None)
+    }
+
+    /// Like [`append`](Self::append), but if `log_append_time` is
+    /// `Some(ts)` (topics with `message.timestamp.type=LogAppendTime`), each
+    /// batch is stamped as Kafka does: the timestampType attribute bit is
+    /// set, `maxTimestamp` becomes `ts` and the CRC is recomputed.
+    pub fn append_with_log_append_time(
+        &mut self,
+        records: &[u8],
+        log_append_time: Option<i64>,
+    ) -> Result<AppendInfo, LogError> {
+        if records.is_empty() {
+            return Err(LogError::InvalidRecord("empty record set".into()));
+        }
+        let mut headers = Vec::new();
+        let mut record_count: i64 = 0;
+        for item in batch::iter_batches(records) {
+            let (header, range) = item?;
+            let size = range.len();
+            if size > self.config.max_batch_bytes {
+                return Err(LogError::BatchTooLarge {
+                    size,
+                    max: self.config.max_batch_bytes,
+                });
+            }
+            if header.records_count < 1 {
+                return Err(LogError::InvalidRecord(format!(
+                    "batch at byte {} has recordsCount {}",
+                    range.start, header.records_count
+                )));
+            }
+            if header.last_offset_delta != header.records_count - 1 {
+                return Err(LogError::InvalidRecord(format!(
+                    "batch at byte {} has lastOffsetDelta {} but recordsCount {}",
+                    range.start, header.last_offset_delta, header.records_count
+                )));
+            }
+            record_count += i64::from(header.records_count);
+            headers.push((header, range.start));
+        }
+
+        let base_offset = self.log_end_offset();
+        let active = self.active();
+        let would_exceed = active.size() + records.len() as u64 > self.config.segment_bytes;
+        // Keep offsets relative to the segment base within i32, as Kafka's
+        // index format requires.
+        let relative_overflow =
+            base_offset + record_count - active.base_offset() > i64::from(i32::MAX);
+        if !active.is_empty() && (would_exceed || relative_overflow) {
+            self.roll(base_offset)?;
+        }
+
+        let mut data = records.to_vec();
+        let mut next_offset = base_offset;
+        let mut max_timestamp = i64::MIN;
+        let mut offset_of_max_timestamp = -1;
+        for (header, start) in &mut headers {
+            let batch_bytes = &mut data[*start..*start + header.total_size()];
+            batch::write_base_offset(batch_bytes, next_offset);
+            header.base_offset = next_offset;
+            if let Some(ts) = log_append_time {
+                batch::set_log_append_time(batch_bytes, header, ts);
+            }
+            next_offset = header.next_offset();
+            if header.max_timestamp > max_timestamp {
+                max_timestamp = header.max_timestamp;
+                offset_of_max_timestamp = header.last_offset();
+            }
+        }
+        let interval = self.config.index_interval_bytes;
+        self.active_mut().append(&data, &headers, interval)?;
+        debug_assert_eq!(self.log_end_offset(), next_offset);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next_offset - 1,
+            max_timestamp,
+            offset_of_max_timestamp,
+            batches: headers.len(),
+            records: record_count,
+        })
+    }
+
+    /// fdatasyncs every segment written since the last flush, and the
+    /// directory if segment files were created or deleted.
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        for seg in &mut self.segments {
+            seg.sync()?;
+        }
+        if self.dir_dirty {
+            checkpoint::sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one containing `offset`.
+    ///
+    /// Returns batches from a single segment, at most `max_bytes` in total —
+    /// except that the first batch is always returned whole even if it is
+    /// larger (KIP-74). Batches whose base offset is `>= upper_bound` (the
+    /// high watermark) are never returned. `offset == log_end_offset` yields
+    /// empty data; offsets outside `[log_start_offset, log_end_offset]` are
+    /// [`LogError::OffsetOutOfRange`].
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper_bound: i64,
+    ) -> Result<ReadResult, LogError> {
+        let start = self.log_start_offset;
+        let end = self.log_end_offset();
+        if offset < start || offset > end {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        let result = |data: Bytes| ReadResult {
+            data,
+            log_start_offset: start,
+            log_end_offset: end,
+        };
+        if offset == end || offset >= upper_bound {
+            return Ok(result(Bytes::new()));
+        }
+        let seg = self.segment_for(offset);
+        let Some((position, first)) = seg.locate(offset)? else {
+            return Err(LogError::CorruptBatch(format!(
+                "offset {offset} not found in {}",
+                seg.path().display()
+            )));
+        };
+        if first.base_offset >= upper_bound {
+            return Ok(result(Bytes::new()));
+        }
+        let available = seg.size() - position;
+        let want = max_bytes.max(first.total_size()) as u64;
+        let len = want.min(available) as usize;
+        let mut data = seg.read_vec(position, len)?;
+
+        // Keep only whole batches below the upper bound.
+        let mut keep = 0;
+        while let Some((base, size)) = batch::peek_offset_and_size(&data[keep..]) {
+            if base >= upper_bound || keep + size > data.len() {
+                break;
+            }
+            keep += size;
+        }
+        debug_assert!(keep >= first.total_size());
+        data.truncate(keep);
+        Ok(result(Bytes::from(data)))
+    }
+
+    /// The first offset that can be read.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// The offset the next appended record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset()
+    }
+
+    /// DeleteRecords: advances the log start offset to `offset` and returns
+    /// the resulting log start offset.
+    ///
+    /// Offsets at or below the current start offset leave it unchanged;
+    /// offsets above the log end offset are [`LogError::OffsetOutOfRange`].
+    /// The new value is checkpointed durably before segments lying entirely
+    /// below it are deleted. Reads below the new start fail with
+    /// [`LogError::OffsetOutOfRange`].
+    pub fn advance_log_start_offset(&mut self, offset: i64) -> Result<i64, LogError> {
+        let end = self.log_end_offset();
+        if offset > end {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start: self.log_start_offset,
+                end,
+            });
+        }
+        if offset <= self.log_start_offset {
+            return Ok(self.log_start_offset);
+        }
+        checkpoint::write(&self.dir, offset)?;
+        self.log_start_offset = offset;
+        self.delete_segments_below_start()?;
+        self.check_invariants();
+        Ok(offset)
+    }
+
+    /// For ListOffsets by timestamp: the first batch whose `maxTimestamp` is
+    /// `>= ts` and whose last offset is `>= log_start_offset`, with its bytes.
+    pub fn find_batch_by_timestamp(
+        &self,
+        ts: i64,
+    ) -> Result<Option<(BatchHeader, Bytes)>, LogError> {
+        let start = self.log_start_offset;
+        for seg in &self.segments {
+            let Some(max) = seg.max_timestamp() else {
+                continue;
+            };
+            if max.timestamp < ts || seg.next_offset() <= start {
+                continue;
+            }
+            let mut position = seg.position_for_timestamp(ts);
+            if seg.base_offset() < start {
+                if let Some((start_pos, _)) = seg.locate(start)? {
+                    position = position.max(start_pos);
+                }
+            }
+            let mut scanner = seg.scanner(position);
+            while let Some((pos, header)) = scanner.next_header()? {
+                if header.max_timestamp >= ts && header.last_offset() >= start {
+                    let data = seg.read_vec(pos, header.total_size())?;
+                    return Ok(Some((header, Bytes::from(data))));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// For ListOffsets `MAX_TIMESTAMP`: the first batch (at or after the log
+    /// start offset) carrying the largest `maxTimestamp` in the log, with its
+    /// bytes; `None` if the log holds no readable batch. The broker decodes
+    /// it to find the exact record.
+    pub fn find_max_timestamp_batch(&self) -> Result<Option<(BatchHeader, Bytes)>, LogError> {
+        let start = self.log_start_offset;
+        // (timestamp, segment index, position)
+        let mut best: Option<(i64, usize, u64)> = None;
+        for (i, seg) in self.segments.iter().enumerate() {
+            let Some(max) = seg.max_timestamp() else {
+                continue;
+            };
+            if seg.next_offset() <= start {
+                continue;
+            }
+            let candidate = if max.last_offset >= start {
+                Some((max.timestamp, i, max.position))
+            } else {
+                // The segment's maximum lies below the start offset: scan
+                // the visible part of the segment.
+                let mut found: Option<(i64, usize, u64)> = None;
+                if let Some((pos, _)) = seg.locate(start)? {
+                    let mut scanner = seg.scanner(pos);
+                    while let Some((pos, header)) = scanner.next_header()? {
+                        if found.is_none_or(|(ts, _, _)| header.max_timestamp > ts) {
+                            found = Some((header.max_timestamp, i, pos));
+                        }
+                    }
+                }
+                found
+            };
+            if let Some(c) = candidate {
+                if best.is_none_or(|(ts, _, _)| c.0 > ts) {
+                    best = Some(c);
+                }
+            }
+        }
+        match best {
+            None => Ok(None),
+            Some((_, i, position)) => {
+                let (header, data) = self.segments[i].read_batch(position)?;
+                Ok(Some((header, Bytes::from(data))))
+            }
+        }
+    }
+
+    /// Flushes and closes the log.
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.flush()
+    }
+
+    /// Deletes the log's directory and everything in it (topic deletion).
+    pub fn delete(self) -> Result<(), LogError> {
+        let PartitionLog { dir, segments, .. } = self;
+        drop(segments);
+        fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has a segment")
+    }
+
+    /// The segment that holds `offset` (the last one with base <= offset).
+    fn segment_for(&self, offset: i64) -> &Segment {
+        let i = self.segments.partition_point(|s| s.base_offset() <= offset);
+        &self.segments[i.saturating_sub(1)]
+    }
+
+    /// Starts a new, empty active segment at `base_offset`.
+    fn roll(&mut self, base_offset: i64) -> Result<(), LogError> {
+        debug_assert!(base_offset >= self.log_end_offset());
+        let seg = Segment::create(&self.dir, base_offset)?;
+        debug!(segment = %seg.path().display(), "rolled new log segment");
+        self.segments.push(seg);
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Deletes the segments whose records all lie below the log start
+    /// offset, rolling a fresh active segment first if that includes the
+    /// active one.
+    fn delete_segments_below_start(&mut self) -> Result<(), LogError> {
+        let start = self.log_start_offset;
+        let active = self.active();
+        if !active.is_empty() && active.next_offset() <= start {
+            let end = self.log_end_offset();
+            self.roll(end)?;
+        }
+        let n = self
+            .segments
+            .iter()
+            .take(self.segments.len() - 1)
+            .take_while(|s| s.next_offset() <= start)
+            .count();
+        for seg in self.segments.drain(..n) {
+            debug!(segment = %seg.path().display(), "deleting segment below log start offset");
+            seg.delete()?;
+            self.dir_dirty = true;
+        }
+        Ok(())
+    }
+
+    fn check_invariants(&self) {
+        debug_assert!(!self.segments.is_empty());
+        debug_assert!(self.log_start_offset <= self.log_end_offset());
+        debug_assert!(self.segments[0].base_offset() <= self.log_start_offset);
+        debug_assert!(self
+            .segments
+            .windows(2)
+            .all(|w| w[0].next_offset() == w[1].base_offset()));
+    }
+}
+
+#[cfg(test)]
+mod tests;

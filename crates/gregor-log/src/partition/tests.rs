@@ -1,0 +1,769 @@
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+
+use proptest::prelude::*;
+use tempfile::TempDir;
+
+use super::*;
+use crate::batch::{iter_batches, validate_batch};
+
+// ---------------------------------------------------------------------------
+// Building real v2 batches by hand.
+// ---------------------------------------------------------------------------
+
+fn put_varint(buf: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let byte = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            buf.push(byte);
+            return;
+        }
+        buf.push(byte | 0x80);
+    }
+}
+
+/// An uncompressed v2 batch holding one record per value. Timestamps are
+/// `base_ts + i`. The base offset is deliberately bogus: the log must
+/// rewrite it.
+fn build_batch(base_ts: i64, values: &[&[u8]]) -> Vec<u8> {
+    let n = values.len() as i32;
+    let mut b = vec![0u8; BatchHeader::SIZE];
+    b[0..8].copy_from_slice(&(-999i64).to_be_bytes());
+    b[12..16].copy_from_slice(&0i32.to_be_bytes());
+    b[16] = 2;
+    b[21..23].copy_from_slice(&0i16.to_be_bytes());
+    b[23..27].copy_from_slice(&(n - 1).to_be_bytes());
+    b[27..35].copy_from_slice(&base_ts.to_be_bytes());
+    b[35..43].copy_from_slice(&(base_ts + i64::from(n) - 1).to_be_bytes());
+    b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+    b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
+    b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+    b[57..61].copy_from_slice(&n.to_be_bytes());
+    for (i, value) in values.iter().enumerate() {
+        let mut body = Vec::new();
+        body.push(0); // attributes
+        put_varint(&mut body, i as i64); // timestampDelta
+        put_varint(&mut body, i as i64); // offsetDelta
+        put_varint(&mut body, -1); // null key
+        put_varint(&mut body, value.len() as i64);
+        body.extend_from_slice(value);
+        put_varint(&mut body, 0); // headers
+        put_varint(&mut b, body.len() as i64);
+        b.extend(body);
+    }
+    let len = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// A batch of `n` records with `value_len`-byte values.
+fn batch_n(base_ts: i64, n: usize, value_len: usize) -> Vec<u8> {
+    let value = vec![b'x'; value_len];
+    let values: Vec<&[u8]> = (0..n).map(|_| value.as_slice()).collect();
+    build_batch(base_ts, &values)
+}
+
+/// `batch` with its base offset set to `offset` (what the log should store).
+fn with_offset(batch: &[u8], offset: i64) -> Vec<u8> {
+    let mut b = batch.to_vec();
+    b[0..8].copy_from_slice(&offset.to_be_bytes());
+    b
+}
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1000,
+        index_interval_bytes: 200,
+        ..LogConfig::default()
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Reads the whole readable log by repeatedly fetching from the next offset.
+fn read_all(log: &PartitionLog, max_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let r = log.read(offset, max_bytes, i64::MAX).unwrap();
+        assert!(!r.data.is_empty(), "no progress at offset {offset}");
+        for item in iter_batches(&r.data) {
+            let (h, _) = item.unwrap();
+            offset = h.next_offset();
+        }
+        out.extend_from_slice(&r.data);
+    }
+    out
+}
+
+fn headers(data: &[u8]) -> Vec<BatchHeader> {
+    iter_batches(data).map(|r| r.unwrap().0).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Tests.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn append_read_roundtrip_rewrites_offsets() {
+    let dir = TempDir::new().unwrap();
+    let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
+    assert_eq!(segment_files(dir.path()), ["00000000000000000000.log"]);
+
+    let b1 = build_batch(1000, &[b"a", b"bb", b"ccc"]);
+    let b2 = build_batch(5000, &[b"d"]);
+    let b3 = build_batch(2000, &[b"e", b"f"]);
+    let mut first = b1.clone();
+    first.extend_from_slice(&b2);
+
+    let info = log.append(&first).unwrap();
+    assert_eq!(
+        info,
+        AppendInfo {
+            base_offset: 0,
+            last_offset: 3,
+            max_timestamp: 5000,
+            offset_of_max_timestamp: 3,
+            batches: 2,
+            records: 4,
+        }
+    );
+    let info = log.append(&b3).unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (4, 5));
+    assert_eq!(info.max_timestamp, 2001);
+    assert_eq!(log.log_end_offset(), 6);
+
+    let mut expected = with_offset(&b1, 0);
+    expected.extend(with_offset(&b2, 3));
+    expected.extend(with_offset(&b3, 4));
+
+    let r = log.read(0, 1 << 20, i64::MAX).unwrap();
+    assert_eq!(&r.data[..], &expected[..]);
+    assert_eq!((r.log_start_offset, r.log_end_offset), (0, 6));
+    // Stored batches stay valid (CRC untouched by the offset rewrite).
+    let hs = headers(&r.data);
+    assert_eq!(
+        hs.iter().map(|h| h.base_offset).collect::<Vec<_>>(),
+        [0, 3, 4]
+    );
+
+    // An offset inside a batch returns that whole batch.
+    let r = log.read(1, 1 << 20, i64::MAX).unwrap();
+    assert_eq!(&r.data[..], &expected[..]);
+    let r = log.read(5, 1 << 20, i64::MAX).unwrap();
+    assert_eq!(&r.data[..], &with_offset(&b3, 4)[..]);
+
+    // At the end: empty. Past the end: out of range.
+    assert!(log.read(6, 1 << 20, i64::MAX).unwrap().data.is_empty());
+    assert!(matches!(
+        log.read(7, 100, i64::MAX),
+        Err(LogError::OffsetOutOfRange {
+            requested: 7,
+            start: 0,
+            end: 6
+        })
+    ));
+    assert!(matches!(
+        log.read(-1, 100, i64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn read_respects_upper_bound() {
+    let dir = TempDir::new().unwrap();
+    let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    let b = batch_n(0, 2, 10);
+    for _ in 0..3 {
+        log.append(&b).unwrap();
+    }
+    // Batches start at 0, 2, 4.
+    let r = log.read(0, 1 << 20, 3).unwrap();
+    assert_eq!(
+        headers(&r.data)
+            .iter()
+            .map(|h| h.base_offset)
+            .collect::<Vec<_>>(),
+        [0, 2]
+    );
+    assert!(log.read(0, 1 << 20, 0).unwrap().data.is_empty());
+    assert!(log.read(4, 1 << 20, 4).unwrap().data.is_empty());
+    assert!(log.read(5, 1 << 20, 5).unwrap().data.is_empty());
+}
+
+#[test]
+fn read_max_bytes_returns_at_least_one_batch() {
+    let dir = TempDir::new().unwrap();
+    let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    let big = batch_n(0, 5, 1000);
+    let small = batch_n(0, 1, 10);
+    log.append(&big).unwrap();
+    log.append(&small).unwrap();
+    log.append(&small).unwrap();
+
+    for max_bytes in [0, 1, 100, big.len() - 1, big.len()] {
+        let r = log.read(0, max_bytes, i64::MAX).unwrap();
+        assert_eq!(
+            &r.data[..],
+            &with_offset(&big, 0)[..],
+            "max_bytes {max_bytes}"
+        );
+    }
+    let r = log.read(0, big.len() + small.len(), i64::MAX).unwrap();
+    assert_eq!(headers(&r.data).len(), 2);
+    let r = log
+        .read(0, big.len() + 2 * small.len() - 1, i64::MAX)
+        .unwrap();
+    assert_eq!(headers(&r.data).len(), 2);
+    let r = log.read(5, 0, i64::MAX).unwrap();
+    assert_eq!(&r.data[..], &with_offset(&small, 5)[..]);
+}
+
+#[test]
+fn reopen_keeps_offsets_and_continues() {
+    let dir = TempDir::new().unwrap();
+    let b = build_batch(10, &[b"one", b"two"]);
+    {
+        let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+        log.append(&b).unwrap();
+        log.append(&b).unwrap();
+        log.close().unwrap();
+    }
+    let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.log_end_offset(), 4);
+    assert_eq!(log.append(&b).unwrap().base_offset, 4);
+    let mut expected = with_offset(&b, 0);
+    expected.extend(with_offset(&b, 2));
+    expected.extend(with_offset(&b, 4));
+    assert_eq!(read_all(&log, 1 << 20), expected);
+    log.flush().unwrap();
+    drop(log);
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(read_all(&log, 1 << 20), expected);
+}
+
+#[test]
+fn rolls_segments_and_reads_across_them() {
+    let dir = TempDir::new().unwrap();
+    let config = small_config();
+    let mut log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+    let mut expected = Vec::new();
+    let mut offset = 0;
+    for i in 0..40 {
+        let b = batch_n(i, 1 + (i as usize % 3), 50);
+        let info = log.append(&b).unwrap();
+        assert_eq!(info.base_offset, offset);
+        expected.extend(with_offset(&b, offset));
+        offset = info.last_offset + 1;
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() > 3, "{files:?}");
+    for f in &files {
+        let len = fs::metadata(dir.path().join(f)).unwrap().len();
+        assert!(len <= config.segment_bytes, "{f} has {len} bytes");
+        // Every segment starts with the batch at its base offset.
+        let data = fs::read(dir.path().join(f)).unwrap();
+        let base: i64 = f.trim_end_matches(".log").parse().unwrap();
+        assert_eq!(validate_batch(&data).unwrap().base_offset, base);
+    }
+
+    // A read returns batches of one segment only; walking reaches the end.
+    let r = log.read(0, 1 << 20, i64::MAX).unwrap();
+    assert!(r.data.len() as u64 <= config.segment_bytes);
+    assert_eq!(read_all(&log, 1 << 20), expected);
+    assert_eq!(read_all(&log, 1), expected);
+
+    // Every offset can be located, in whichever segment it lives.
+    for o in 0..log.log_end_offset() {
+        let r = log.read(o, 1, i64::MAX).unwrap();
+        let h = validate_batch(&r.data).unwrap();
+        assert!(h.base_offset <= o && o <= h.last_offset(), "offset {o}");
+    }
+
+    drop(log);
+    let log = PartitionLog::open(dir.path(), config).unwrap();
+    assert_eq!(segment_files(dir.path()), files);
+    assert_eq!(read_all(&log, 1 << 20), expected);
+}
+
+#[test]
+fn append_larger_than_segment_gets_its_own_segment() {
+    let dir = TempDir::new().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    log.append(&batch_n(0, 1, 10)).unwrap();
+    let big = batch_n(0, 3, 500);
+    assert!(big.len() > 1000);
+    log.append(&big).unwrap();
+    log.append(&batch_n(0, 1, 10)).unwrap();
+    assert_eq!(
+        segment_files(dir.path()),
+        [
+            "00000000000000000000.log",
+            "00000000000000000001.log",
+            "00000000000000000004.log"
+        ]
+    );
+}
+
+#[test]
+fn invalid_appends_write_nothing() {
+    let dir = TempDir::new().unwrap();
+    let config = LogConfig {
+        max_batch_bytes: 500,
+        ..LogConfig::default()
+    };
+    let mut log = PartitionLog::open(dir.path(), config).unwrap();
+    let good = batch_n(0, 2, 10);
+    log.append(&good).unwrap();
+    let seg = dir.path().join("00000000000000000000.log");
+    let size_before = fs::metadata(&seg).unwrap().len();
+
+    // Second batch of the set has a bad CRC: nothing at all is written.
+    let mut bad_crc = good.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    let mut set = good.clone();
+    set.extend(&bad_crc);
+    assert!(matches!(log.append(&set), Err(LogError::CorruptBatch(_))));
+
+    let mut bad_magic = good.clone();
+    bad_magic[16] = 1;
+    assert!(matches!(
+        log.append(&bad_magic),
+        Err(LogError::CorruptBatch(_))
+    ));
+
+    // Trailing partial batch.
+    let mut partial = good.clone();
+    partial.extend(&good[..good.len() - 1]);
+    assert!(matches!(
+        log.append(&partial),
+        Err(LogError::CorruptBatch(_))
+    ));
+    assert!(matches!(
+        log.append(&good[..30]),
+        Err(LogError::CorruptBatch(_))
+    ));
+
+    // Too large.
+    let big = batch_n(0, 1, 600);
+    assert!(matches!(
+        log.append(&big),
+        Err(LogError::BatchTooLarge { max: 500, .. })
+    ));
+
+    // lastOffsetDelta inconsistent with recordsCount (CRC recomputed).
+    let mut inconsistent = good.clone();
+    inconsistent[23..27].copy_from_slice(&5i32.to_be_bytes());
+    let crc = crc32c::crc32c(&inconsistent[21..]);
+    inconsistent[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert!(matches!(
+        log.append(&inconsistent),
+        Err(LogError::InvalidRecord(_))
+    ));
+
+    // Zero records.
+    let mut empty = good[..61].to_vec();
+    empty[8..12].copy_from_slice(&49i32.to_be_bytes());
+    empty[23..27].copy_from_slice(&(-1i32).to_be_bytes());
+    empty[57..61].copy_from_slice(&0i32.to_be_bytes());
+    let crc = crc32c::crc32c(&empty[21..]);
+    empty[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert!(matches!(
+        log.append(&empty),
+        Err(LogError::InvalidRecord(_))
+    ));
+    assert!(matches!(log.append(&[]), Err(LogError::InvalidRecord(_))));
+
+    assert_eq!(fs::metadata(&seg).unwrap().len(), size_before);
+    assert_eq!(log.log_end_offset(), 2);
+    assert_eq!(log.append(&good).unwrap().base_offset, 2);
+}
+
+#[test]
+fn torn_tail_is_truncated_on_reopen() {
+    let dir = TempDir::new().unwrap();
+    let b = batch_n(0, 3, 40);
+    {
+        let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+        for _ in 0..3 {
+            log.append(&b).unwrap();
+        }
+        log.close().unwrap();
+    }
+    let seg = dir.path().join("00000000000000000000.log");
+    let full = b.len() as u64;
+
+    // Cut the third batch in half.
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(2 * full + full / 2)
+        .unwrap();
+    {
+        let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+        assert_eq!(log.log_end_offset(), 6);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), 2 * full);
+        assert_eq!(log.append(&b).unwrap().base_offset, 6);
+        log.close().unwrap();
+    }
+
+    // Garbage after whole batches.
+    OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&[0xAB; 100])
+        .unwrap();
+    {
+        let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+        assert_eq!(log.log_end_offset(), 9);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), 3 * full);
+    }
+
+    // A flipped bit inside the last batch: CRC catches it.
+    let mut data = fs::read(&seg).unwrap();
+    let i = data.len() - 5;
+    data[i] ^= 0x10;
+    fs::write(&seg, &data).unwrap();
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.log_end_offset(), 6);
+    let mut expected = with_offset(&b, 0);
+    expected.extend(with_offset(&b, 3));
+    assert_eq!(read_all(&log, 1 << 20), expected);
+}
+
+#[test]
+fn corruption_in_earlier_segment_drops_later_segments() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
+        for _ in 0..30 {
+            log.append(&batch_n(0, 1, 100)).unwrap();
+        }
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3);
+    let second = dir.path().join(&files[1]);
+    let len = fs::metadata(&second).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&second)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    assert_eq!(segment_files(dir.path()), files[..2]);
+    let end = log.log_end_offset();
+    assert_eq!(read_all(&log, 1 << 20).len() as u64, {
+        let first = fs::metadata(dir.path().join(&files[0])).unwrap().len();
+        first + fs::metadata(&second).unwrap().len()
+    });
+    assert_eq!(log.append(&batch_n(0, 1, 1)).unwrap().base_offset, end);
+}
+
+#[test]
+fn missing_middle_segment_drops_later_segments() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
+        for _ in 0..30 {
+            log.append(&batch_n(0, 1, 100)).unwrap();
+        }
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3);
+    fs::remove_file(dir.path().join(&files[1])).unwrap();
+    let log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    assert_eq!(segment_files(dir.path()), files[..1]);
+    let second_base: i64 = files[1].trim_end_matches(".log").parse().unwrap();
+    assert_eq!(log.log_end_offset(), second_base);
+}
+
+#[test]
+fn start_offset_beyond_recovered_end_restarts_log_there() {
+    let dir = TempDir::new().unwrap();
+    let b = batch_n(0, 3, 10);
+    {
+        let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+        log.append(&b).unwrap();
+        log.append(&b).unwrap();
+        log.advance_log_start_offset(4).unwrap();
+        log.close().unwrap();
+    }
+    // Lose the second batch, which held the start offset.
+    let seg = dir.path().join(segment::file_name(0));
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(b.len() as u64 + 10)
+        .unwrap();
+    let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (4, 4));
+    assert_eq!(segment_files(dir.path()), [segment::file_name(4)]);
+    assert_eq!(log.append(&b).unwrap().base_offset, 4);
+}
+
+#[test]
+fn advance_log_start_offset_deletes_segments_and_persists() {
+    let dir = TempDir::new().unwrap();
+    let config = small_config();
+    let mut log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+    for i in 0..30 {
+        log.append(&batch_n(i, 2, 100)).unwrap();
+    }
+    let end = log.log_end_offset();
+    assert_eq!(end, 60);
+    let files = segment_files(dir.path());
+    let bases: Vec<i64> = files
+        .iter()
+        .map(|f| f.trim_end_matches(".log").parse().unwrap())
+        .collect();
+    assert!(bases.len() >= 4, "{bases:?}");
+
+    // Lower / equal: no-op.
+    assert_eq!(log.advance_log_start_offset(-5).unwrap(), 0);
+    assert_eq!(log.advance_log_start_offset(0).unwrap(), 0);
+    // Beyond the end: error.
+    assert!(matches!(
+        log.advance_log_start_offset(end + 1),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+
+    // Into the middle of the third segment (not at a batch boundary).
+    let target = bases[2] + 1;
+    assert_eq!(log.advance_log_start_offset(target).unwrap(), target);
+    assert_eq!(log.log_start_offset(), target);
+    assert_eq!(segment_files(dir.path()), files[2..]);
+    assert!(matches!(
+        log.read(target - 1, 100, i64::MAX),
+        Err(LogError::OffsetOutOfRange { start, .. }) if start == target
+    ));
+    assert!(matches!(
+        log.read(0, 100, i64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    // The batch containing the start offset is still served whole.
+    let r = log.read(target, 1, i64::MAX).unwrap();
+    assert_eq!(validate_batch(&r.data).unwrap().base_offset, bases[2]);
+    assert_eq!(r.log_start_offset, target);
+    // Going backwards is ignored.
+    assert_eq!(log.advance_log_start_offset(3).unwrap(), target);
+    log.close().unwrap();
+
+    let mut log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(log.log_start_offset(), target);
+    assert_eq!(log.log_end_offset(), end);
+    assert!(matches!(
+        log.read(target - 1, 100, i64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+
+    // Up to the end: every segment goes, a fresh one starts at the end.
+    assert_eq!(log.advance_log_start_offset(end).unwrap(), end);
+    assert_eq!(segment_files(dir.path()), [segment::file_name(end)]);
+    assert!(log.read(end, 100, i64::MAX).unwrap().data.is_empty());
+    assert!(log.find_max_timestamp_batch().unwrap().is_none());
+    assert!(log.find_batch_by_timestamp(0).unwrap().is_none());
+    assert_eq!(log.append(&batch_n(0, 1, 1)).unwrap().base_offset, end);
+    log.close().unwrap();
+
+    let log = PartitionLog::open(dir.path(), config).unwrap();
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (end, end + 1)
+    );
+}
+
+#[test]
+fn empty_log_reopens_at_checkpointed_start() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+        log.append(&batch_n(0, 5, 1)).unwrap();
+        log.advance_log_start_offset(5).unwrap();
+        log.close().unwrap();
+    }
+    // Simulate losing every segment file.
+    for f in segment_files(dir.path()) {
+        fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (5, 5));
+}
+
+#[test]
+fn find_batches_by_timestamp() {
+    let dir = TempDir::new().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    assert!(log.find_batch_by_timestamp(0).unwrap().is_none());
+    assert!(log.find_max_timestamp_batch().unwrap().is_none());
+
+    // Timestamps are not monotonic: batch i covers [ts_i, ts_i + 1].
+    let ts = [100, 300, 200, 500, 400, 600, 50, 700, 650, 100];
+    let mut batches = Vec::new();
+    for (i, t) in ts.iter().enumerate() {
+        let b = batch_n(*t, 2, 150);
+        log.append(&b).unwrap();
+        batches.push(with_offset(&b, 2 * i as i64));
+    }
+    assert!(segment_files(dir.path()).len() > 1);
+
+    let check = |log: &PartitionLog, query: i64, expected: Option<usize>| {
+        let found = log.find_batch_by_timestamp(query).unwrap();
+        match (found, expected) {
+            (None, None) => {}
+            (Some((h, data)), Some(i)) => {
+                assert_eq!(&data[..], &batches[i][..], "query {query}");
+                assert_eq!(h.base_offset, 2 * i as i64);
+            }
+            (found, expected) => {
+                panic!("query {query}: found {found:?}, expected {expected:?}")
+            }
+        }
+    };
+    check(&log, i64::MIN, Some(0));
+    check(&log, 101, Some(0));
+    check(&log, 102, Some(1));
+    check(&log, 301, Some(1));
+    check(&log, 302, Some(3));
+    check(&log, 502, Some(5));
+    check(&log, 602, Some(7));
+    check(&log, 701, Some(7));
+    check(&log, 702, None);
+
+    let (h, data) = log.find_max_timestamp_batch().unwrap().unwrap();
+    assert_eq!(h.max_timestamp, 701);
+    assert_eq!(&data[..], &batches[7][..]);
+
+    // Below the start offset nothing is found.
+    log.advance_log_start_offset(8).unwrap();
+    check(&log, 0, Some(4));
+    check(&log, 101, Some(4));
+    check(&log, 502, Some(5));
+
+    // The maximum lies below the start offset: the next largest visible
+    // batch is found instead.
+    log.advance_log_start_offset(16).unwrap();
+    let (h, data) = log.find_max_timestamp_batch().unwrap().unwrap();
+    assert_eq!(h.max_timestamp, 651);
+    assert_eq!(&data[..], &batches[8][..]);
+    check(&log, 0, Some(8));
+    check(&log, 652, None);
+}
+
+#[test]
+fn log_append_time_stamps_batches() {
+    let dir = TempDir::new().unwrap();
+    let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    let mut set = batch_n(10, 2, 5);
+    set.extend(batch_n(20, 3, 5));
+    let info = log.append_with_log_append_time(&set, Some(9999)).unwrap();
+    assert_eq!(
+        (info.max_timestamp, info.offset_of_max_timestamp),
+        (9999, 1)
+    );
+    let r = log.read(0, 1 << 20, i64::MAX).unwrap();
+    let hs = headers(&r.data); // also re-validates the recomputed CRCs
+    assert_eq!(hs.len(), 2);
+    for h in hs {
+        assert!(h.timestamp_type_log_append());
+        assert_eq!(h.max_timestamp, 9999);
+    }
+    let (h, _) = log.find_batch_by_timestamp(9999).unwrap().unwrap();
+    assert_eq!(h.base_offset, 0);
+}
+
+#[test]
+fn partition_log_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<PartitionLog>();
+}
+
+#[test]
+fn delete_removes_directory() {
+    let parent = TempDir::new().unwrap();
+    let dir = parent.path().join("topic-0");
+    let mut log = PartitionLog::open(&dir, LogConfig::default()).unwrap();
+    log.append(&batch_n(0, 1, 1)).unwrap();
+    log.flush().unwrap();
+    log.delete().unwrap();
+    assert!(!dir.exists());
+}
+
+// ---------------------------------------------------------------------------
+// Property test.
+// ---------------------------------------------------------------------------
+
+/// One append: a list of batches, each a list of value lengths.
+fn append_strategy() -> impl Strategy<Value = Vec<Vec<usize>>> {
+    prop::collection::vec(prop::collection::vec(0usize..300, 1..6), 1..4)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn appends_survive_reopen(
+        appends in prop::collection::vec(append_strategy(), 1..40),
+        segment_bytes in 200u64..4000,
+        index_interval_bytes in 1u64..2000,
+        max_bytes in 0usize..3000,
+    ) {
+        let dir = TempDir::new().unwrap();
+        let config = LogConfig { segment_bytes, index_interval_bytes, ..LogConfig::default() };
+        let mut expected = Vec::new();
+        // (base offset, last offset) of every stored batch.
+        let mut ranges = Vec::new();
+        {
+            let mut log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+            for (i, append) in appends.iter().enumerate() {
+                let mut set = Vec::new();
+                let mut stored = Vec::new();
+                let mut offset = log.log_end_offset();
+                for (j, lens) in append.iter().enumerate() {
+                    let values: Vec<Vec<u8>> = lens
+                        .iter()
+                        .map(|&n| vec![(i * 7 + j) as u8; n])
+                        .collect();
+                    let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+                    let b = build_batch(i as i64, &refs);
+                    stored.extend(with_offset(&b, offset));
+                    ranges.push((offset, offset + lens.len() as i64 - 1));
+                    offset += lens.len() as i64;
+                    set.extend(b);
+                }
+                let info = log.append(&set).unwrap();
+                prop_assert_eq!(info.last_offset + 1, offset);
+                expected.extend(stored);
+            }
+            prop_assert_eq!(read_all(&log, max_bytes), expected.clone());
+        }
+        let log = PartitionLog::open(dir.path(), config).unwrap();
+        prop_assert_eq!(log.log_end_offset(), ranges.last().unwrap().1 + 1);
+        prop_assert_eq!(read_all(&log, max_bytes), expected);
+        for &(base, last) in &ranges {
+            for o in [base, last] {
+                let r = log.read(o, 0, i64::MAX).unwrap();
+                let h = validate_batch(&r.data).unwrap();
+                prop_assert_eq!((h.base_offset, h.last_offset()), (base, last));
+                prop_assert_eq!(r.data.len(), h.total_size());
+            }
+        }
+    }
+}

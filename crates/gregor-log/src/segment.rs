@@ -1,0 +1,390 @@
+//! One segment file: an append-only sequence of whole batches, plus the
+//! in-memory sparse offset/time index rebuilt from it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::batch::{self, BatchHeader};
+use crate::LogError;
+
+/// Suffix of segment data files.
+pub(crate) const LOG_SUFFIX: &str = ".log";
+
+/// How many bytes a [`HeaderScanner`] reads at a time.
+const SCAN_CHUNK: usize = 16 * 1024;
+
+/// Read buffer used when validating a segment on open.
+const RECOVERY_BUFFER: usize = 1024 * 1024;
+
+/// A sparse index entry: the batch starting at `position` has base offset
+/// `offset`, and every batch before it in the segment has a `maxTimestamp`
+/// of at most `max_timestamp_before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub offset: i64,
+    pub position: u64,
+    pub max_timestamp_before: i64,
+}
+
+/// Where the batch with the largest `maxTimestamp` in a segment lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MaxTimestamp {
+    pub timestamp: i64,
+    pub position: u64,
+    pub last_offset: i64,
+}
+
+/// Result of validating an existing segment file on open.
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    /// Bytes removed from the end of the file (0 if it was intact).
+    pub bytes_dropped: u64,
+    /// Why the tail was dropped, if it was.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    base_offset: i64,
+    path: PathBuf,
+    file: File,
+    /// Bytes of whole, validated batches; the file is never read past this.
+    size: u64,
+    /// Offset after the last record in the segment (`base_offset` if empty).
+    next_offset: i64,
+    index: Vec<IndexEntry>,
+    bytes_since_index: u64,
+    max_timestamp: Option<MaxTimestamp>,
+    /// Written since the last fdatasync.
+    dirty: bool,
+}
+
+/// File name of the segment starting at `base_offset`.
+pub(crate) fn file_name(base_offset: i64) -> String {
+    format!("{base_offset:020}{LOG_SUFFIX}")
+}
+
+/// Base offset encoded in a segment file name, if `name` is one.
+pub(crate) fn parse_file_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(LOG_SUFFIX)?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+fn corrupt(segment: &Path, position: u64, what: impl std::fmt::Display) -> LogError {
+    LogError::CorruptBatch(format!(
+        "{} at position {position}: {what}",
+        segment.display()
+    ))
+}
+
+impl Segment {
+    /// Creates a new, empty segment file. Fails if it already exists.
+    pub fn create(dir: &Path, base_offset: i64) -> Result<Segment, LogError> {
+        let path = dir.join(file_name(base_offset));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Segment::empty(path, file, base_offset))
+    }
+
+    fn empty(path: PathBuf, file: File, base_offset: i64) -> Segment {
+        Segment {
+            base_offset,
+            path,
+            file,
+            size: 0,
+            next_offset: base_offset,
+            index: Vec::new(),
+            bytes_since_index: 0,
+            max_timestamp: None,
+            dirty: false,
+        }
+    }
+
+    /// Opens an existing segment, validating every batch (length, magic,
+    /// CRC, dense offsets starting at `base_offset`) and rebuilding the
+    /// index. A torn or corrupt tail is cut off the file.
+    pub fn recover(
+        path: PathBuf,
+        base_offset: i64,
+        index_interval: u64,
+    ) -> Result<(Segment, Recovery), LogError> {
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let file_len = file.metadata()?.len();
+        let mut segment = Segment::empty(path, file, base_offset);
+        // A dup of the descriptor, so the reader does not borrow `segment`.
+        let mut reader = BufReader::with_capacity(RECOVERY_BUFFER, segment.file.try_clone()?);
+        let mut header_buf = [0u8; BatchHeader::SIZE];
+        let mut pos = 0u64;
+        let mut reason = None;
+        while pos < file_len {
+            let remaining = file_len - pos;
+            if remaining < BatchHeader::SIZE as u64 {
+                reason = Some(format!("{remaining} trailing bytes, less than a header"));
+                break;
+            }
+            reader.read_exact(&mut header_buf)?;
+            let header = match BatchHeader::parse(&header_buf) {
+                Ok(h) => h,
+                Err(e) => {
+                    reason = Some(e.to_string());
+                    break;
+                }
+            };
+            if header.base_offset != segment.next_offset {
+                reason = Some(format!(
+                    "batch base offset {} where {} was expected",
+                    header.base_offset, segment.next_offset
+                ));
+                break;
+            }
+            let size = header.total_size() as u64;
+            if size > remaining {
+                reason = Some(format!(
+                    "batch of {size} bytes but only {remaining} bytes left"
+                ));
+                break;
+            }
+            // Checksum the body while streaming it; never buffer a whole batch.
+            let mut crc = crc32c::crc32c(&header_buf[batch::ATTRIBUTES_POS..]);
+            let mut body_left = size - BatchHeader::SIZE as u64;
+            while body_left > 0 {
+                let chunk = reader.fill_buf()?;
+                if chunk.is_empty() {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+                }
+                let n = chunk
+                    .len()
+                    .min(usize::try_from(body_left).unwrap_or(usize::MAX));
+                crc = crc32c::crc32c_append(crc, &chunk[..n]);
+                reader.consume(n);
+                body_left -= n as u64;
+            }
+            if let Err(e) = batch::validate_streamed(&header, crc) {
+                reason = Some(e.to_string());
+                break;
+            }
+            segment.track_batch(&header, pos, index_interval);
+            pos += size;
+        }
+        segment.size = pos;
+        let bytes_dropped = file_len - pos;
+        if bytes_dropped > 0 {
+            segment.file.set_len(pos)?;
+            segment.file.sync_all()?;
+        }
+        Ok((
+            segment,
+            Recovery {
+                bytes_dropped,
+                reason,
+            },
+        ))
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    pub fn max_timestamp(&self) -> Option<MaxTimestamp> {
+        self.max_timestamp
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records a batch (already on disk at `position`) in the in-memory state.
+    fn track_batch(&mut self, header: &BatchHeader, position: u64, index_interval: u64) {
+        debug_assert_eq!(
+            header.base_offset, self.next_offset,
+            "offsets must be dense"
+        );
+        if self.index.is_empty() || self.bytes_since_index >= index_interval {
+            self.index.push(IndexEntry {
+                offset: header.base_offset,
+                position,
+                max_timestamp_before: self.max_timestamp.map_or(i64::MIN, |m| m.timestamp),
+            });
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += header.total_size() as u64;
+        if self
+            .max_timestamp
+            .is_none_or(|m| header.max_timestamp > m.timestamp)
+        {
+            self.max_timestamp = Some(MaxTimestamp {
+                timestamp: header.max_timestamp,
+                position,
+                last_offset: header.last_offset(),
+            });
+        }
+        self.next_offset = header.next_offset();
+    }
+
+    /// Appends `data` (whole batches whose base offsets are already
+    /// assigned; `headers` lists them with their positions within `data`)
+    /// with a single positioned write at the end of the segment.
+    pub fn append(
+        &mut self,
+        data: &[u8],
+        headers: &[(BatchHeader, usize)],
+        index_interval: u64,
+    ) -> Result<(), LogError> {
+        if let Err(e) = self.file.write_all_at(data, self.size) {
+            // Don't leave a partial batch behind; if this fails too the
+            // garbage is past `size`, is overwritten by the next append and
+            // is cut off by recovery.
+            let _ = self.file.set_len(self.size);
+            return Err(e.into());
+        }
+        self.dirty = true;
+        for (header, start) in headers {
+            self.track_batch(header, self.size + *start as u64, index_interval);
+        }
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// fdatasync if anything was written since the last sync.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.dirty {
+            self.file.sync_data()?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `len` bytes at `position` into a fresh buffer.
+    pub fn read_vec(&self, position: u64, len: usize) -> Result<Vec<u8>, LogError> {
+        debug_assert!(position + len as u64 <= self.size);
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, position)?;
+        Ok(buf)
+    }
+
+    /// Reads the whole batch starting at `position`.
+    pub fn read_batch(&self, position: u64) -> Result<(BatchHeader, Vec<u8>), LogError> {
+        let mut scanner = self.scanner(position);
+        let (pos, header) = scanner
+            .next_header()?
+            .ok_or_else(|| corrupt(&self.path, position, "no batch at position"))?;
+        Ok((header, self.read_vec(pos, header.total_size())?))
+    }
+
+    /// A forward scanner over batch headers starting at `position`, which
+    /// must be a batch boundary.
+    pub fn scanner(&self, position: u64) -> HeaderScanner<'_> {
+        HeaderScanner {
+            segment: self,
+            buf: Vec::new(),
+            buf_start: 0,
+            pos: position,
+        }
+    }
+
+    /// Index entry to start scanning from for `offset`: the last one whose
+    /// batch starts at or before `offset`.
+    fn index_entry_for_offset(&self, offset: i64) -> Option<&IndexEntry> {
+        let i = self.index.partition_point(|e| e.offset <= offset);
+        self.index.get(i.saturating_sub(1))
+    }
+
+    /// Position and header of the batch containing `offset`, or `None` if
+    /// the segment holds no such batch.
+    pub fn locate(&self, offset: i64) -> Result<Option<(u64, BatchHeader)>, LogError> {
+        if offset >= self.next_offset {
+            return Ok(None);
+        }
+        let Some(entry) = self.index_entry_for_offset(offset) else {
+            return Ok(None);
+        };
+        let mut scanner = self.scanner(entry.position);
+        while let Some((pos, header)) = scanner.next_header()? {
+            if header.last_offset() >= offset {
+                return Ok(Some((pos, header)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A batch boundary at or before the first batch whose `maxTimestamp` is
+    /// `>= timestamp`.
+    pub fn position_for_timestamp(&self, timestamp: i64) -> u64 {
+        let i = self
+            .index
+            .partition_point(|e| e.max_timestamp_before < timestamp);
+        self.index
+            .get(i.saturating_sub(1))
+            .map_or(0, |e| e.position)
+    }
+
+    /// Deletes the segment file.
+    pub fn delete(self) -> Result<(), LogError> {
+        let Segment { path, file, .. } = self;
+        drop(file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Reads batch headers sequentially, fetching [`SCAN_CHUNK`] bytes per
+/// positioned read so runs of small batches cost one syscall.
+pub(crate) struct HeaderScanner<'a> {
+    segment: &'a Segment,
+    buf: Vec<u8>,
+    buf_start: u64,
+    pos: u64,
+}
+
+impl HeaderScanner<'_> {
+    /// Header of the next batch and its position, or `None` at the end of
+    /// the segment.
+    pub fn next_header(&mut self) -> Result<Option<(u64, BatchHeader)>, LogError> {
+        let seg = self.segment;
+        if self.pos >= seg.size {
+            return Ok(None);
+        }
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        if self.pos < self.buf_start || self.pos + BatchHeader::SIZE as u64 > buf_end {
+            let len = (seg.size - self.pos).min(SCAN_CHUNK as u64) as usize;
+            if len < BatchHeader::SIZE {
+                return Err(corrupt(&seg.path, self.pos, "truncated batch header"));
+            }
+            self.buf.resize(len, 0);
+            seg.file.read_exact_at(&mut self.buf, self.pos)?;
+            self.buf_start = self.pos;
+        }
+        let at = (self.pos - self.buf_start) as usize;
+        let header =
+            BatchHeader::parse(&self.buf[at..]).map_err(|e| corrupt(&seg.path, self.pos, e))?;
+        let pos = self.pos;
+        self.pos += header.total_size() as u64;
+        if self.pos > seg.size {
+            return Err(corrupt(&seg.path, pos, "batch extends past end of segment"));
+        }
+        Ok(Some((pos, header)))
+    }
+}

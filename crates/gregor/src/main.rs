@@ -1,0 +1,133 @@
+//! `gregor`: the broker and its command-line tools in one binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gregor_broker::{Broker, BrokerConfig};
+use tokio::net::TcpListener;
+
+/// See `gregor_protocol::alloc_guard`: keeps hostile wire counts from aborting the process.
+#[global_allocator]
+static ALLOCATOR: gregor_protocol::alloc_guard::GuardedAllocator =
+    gregor_protocol::alloc_guard::GuardedAllocator;
+
+#[derive(Parser)]
+#[command(
+    name = "gregor",
+    version,
+    about = "A Kafka-compatible event streaming platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port). Default 127.0.0.1:9092.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address advertised to clients (default: the bound address).
+    #[arg(long)]
+    advertised: Option<String>,
+    /// Data directory, created if missing. Default ./gregor-data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// This broker's node id. Default 0.
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// TOML file with the same settings (and Kafka-named ones); flags win.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GREGOR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?;
+            BrokerConfig::from_toml(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => BrokerConfig::default(),
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.advertised {
+        config.advertised = Some(v);
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.node_id {
+        config.node_id = v;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let bound = listener.local_addr()?;
+        let advertised = match &config.advertised {
+            Some(a) => parse_host_port(a)?,
+            None => (bound.ip().to_string(), bound.port() as i32),
+        };
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let data_dir = config.data_dir.clone();
+        let broker = Arc::new(
+            tokio::task::spawn_blocking(move || Broker::open(config, advertised))
+                .await?
+                .with_context(|| format!("opening data dir {}", data_dir.display()))?,
+        );
+        println!("gregor listening on {bound}");
+        tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
+        gregor_broker::server::serve(broker.clone(), listener, shutdown_signal()).await;
+        tracing::info!("shutting down");
+        tokio::task::spawn_blocking(move || broker.shutdown()).await?;
+        tracing::info!("clean shutdown complete");
+        anyhow::Ok(())
+    })
+}
+
+fn parse_host_port(s: &str) -> anyhow::Result<(String, i32)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("advertised address {s} must be HOST:PORT"))?;
+    Ok((host.to_string(), port.parse().context("advertised port")?))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
