@@ -53,10 +53,12 @@ impl Topic {
             .and_then(|i| self.partitions.get(i))
     }
 
-    pub fn max_message_bytes(&self) -> usize {
-        topic_config::effective(&self.configs, "max.message.bytes")
+    /// The topic's `max.message.bytes`, or the broker's `message.max.bytes` if not overridden.
+    pub fn max_message_bytes(&self, broker_default: usize) -> usize {
+        self.configs
+            .get("max.message.bytes")
             .and_then(|v| v.parse().ok())
-            .unwrap_or(1_048_588)
+            .unwrap_or(broker_default)
     }
 }
 

@@ -14,6 +14,22 @@ use kafka_protocol::messages::{
 use super::sb;
 use crate::state::{Broker, Topic};
 
+/// Kafka's AclOperation codes, as bits of an authorized-operations field.
+const fn ops(codes: &[u8]) -> i32 {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < codes.len() {
+        bits |= 1 << codes[i];
+        i += 1;
+    }
+    bits
+}
+/// READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS.
+const TOPIC_OPERATIONS: i32 = ops(&[3, 4, 5, 6, 7, 8, 10, 11]);
+/// CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE,
+/// (CREATE_TOKENS/DESCRIBE_TOKENS are left out: no token support, and kafka-python rejects them.)
+const CLUSTER_OPERATIONS: i32 = ops(&[5, 7, 8, 9, 10, 11, 12]);
+
 pub fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let node = BrokerId(broker.config.node_id);
     let mut resp = MetadataResponse::default();
@@ -23,7 +39,19 @@ pub fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> Met
         .with_port(broker.advertised_port)];
     resp.cluster_id = Some(sb(&broker.cluster_id));
     resp.controller_id = node;
-    resp.cluster_authorized_operations = i32::MIN;
+    // Without an authorizer every operation is allowed; Kafka then reports the full set
+    // when asked (v8+; the cluster field exists only in v8-v10).
+    resp.cluster_authorized_operations =
+        if req.include_cluster_authorized_operations && (8..=10).contains(&version) {
+            CLUSTER_OPERATIONS
+        } else {
+            i32::MIN
+        };
+    let topic_ops = if req.include_topic_authorized_operations && version >= 8 {
+        TOPIC_OPERATIONS
+    } else {
+        i32::MIN
+    };
     // v0: an empty list means all topics; v1+: null means all topics.
     let requested = match req.topics {
         None => None,
@@ -36,19 +64,19 @@ pub fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> Met
         None => broker
             .all_topics()
             .iter()
-            .map(|t| topic_metadata(broker, t))
+            .map(|t| topic_metadata(broker, t, topic_ops))
             .collect(),
         Some(topics) => topics
             .into_iter()
             .map(|t| match (t.name, t.topic_id) {
                 (Some(name), _) => match broker.get_or_auto_create(&name, allow_create) {
-                    Ok(topic) => topic_metadata(broker, &topic),
+                    Ok(topic) => topic_metadata(broker, &topic, topic_ops),
                     Err(e) => MetadataResponseTopic::default()
                         .with_name(Some(name))
                         .with_error_code(e.code.code()),
                 },
                 (None, id) => match broker.topic_by_id(id) {
-                    Some(topic) => topic_metadata(broker, &topic),
+                    Some(topic) => topic_metadata(broker, &topic, topic_ops),
                     None => MetadataResponseTopic::default()
                         .with_topic_id(id)
                         .with_error_code(ResponseError::UnknownTopicId.code()),
@@ -59,13 +87,13 @@ pub fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> Met
     resp
 }
 
-fn topic_metadata(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
+fn topic_metadata(broker: &Broker, topic: &Topic, authorized_ops: i32) -> MetadataResponseTopic {
     let node = BrokerId(broker.config.node_id);
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(sb(&topic.name))))
         .with_topic_id(topic.id)
         .with_is_internal(topic.name.starts_with("__"))
-        .with_topic_authorized_operations(i32::MIN)
+        .with_topic_authorized_operations(authorized_ops)
         .with_partitions(
             topic
                 .partitions

@@ -46,16 +46,17 @@ pub async fn produce(
                             ResponseError::UnknownTopicOrPartition,
                             format!("{}-{} does not exist", topic.name, pd.index),
                         )),
-                        Some(partition) => {
-                            append(partition, pd.records.as_deref(), topic.max_message_bytes()).map(
-                                |(base, start)| {
-                                    if !written.iter().any(|p| Arc::ptr_eq(p, partition)) {
-                                        written.push(partition.clone());
-                                    }
-                                    (base, start)
-                                },
-                            )
-                        }
+                        Some(partition) => append(
+                            partition,
+                            pd.records.as_deref(),
+                            topic.max_message_bytes(broker.config.message_max_bytes),
+                        )
+                        .map(|(base, start)| {
+                            if !written.iter().any(|p| Arc::ptr_eq(p, partition)) {
+                                written.push(partition.clone());
+                            }
+                            (base, start)
+                        }),
                     },
                 }
             };

@@ -1,0 +1,58 @@
+"""pytest fixtures: run the real gregor binary for each test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gregor_testlib import DEFAULT_BIN, Broker
+
+
+@pytest.fixture(scope="session")
+def gregor_bin() -> Path:
+    path = Path(os.environ.get("GREGOR_BIN", DEFAULT_BIN))
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"gregor binary not found at {path}; build it first with "
+            "`cargo build --release` (scripts/test.sh does this)",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture
+def broker_factory(gregor_bin, tmp_path_factory):
+    """Make brokers (each with its own temp dir); all are cleaned up at teardown.
+
+    Teardown kills any still-running process, then fails the test if any
+    broker log mentions a panic.
+    """
+    made: list[Broker] = []
+
+    def make(data_dir=None, extra_args=(), start=True, env=None) -> Broker:
+        base = tmp_path_factory.mktemp("gregor")
+        b = Broker(gregor_bin, base_dir=base, data_dir=data_dir, extra_args=extra_args, env=env)
+        made.append(b)
+        if start:
+            b.start()
+        return b
+
+    yield make
+
+    panics = []
+    for b in made:
+        b.cleanup(keep_dir=True)
+        if "panicked" in b.log_text():
+            panics.append(f"--- {b.log_path} ---\n{b.log_tail(120)}")
+        shutil.rmtree(b.base_dir, ignore_errors=True)
+    if panics:
+        pytest.fail("broker log contains 'panicked':\n" + "\n\n".join(panics), pytrace=False)
+
+
+@pytest.fixture
+def broker(broker_factory) -> Broker:
+    """A started broker on 127.0.0.1:<ephemeral> with a fresh data dir."""
+    return broker_factory()
