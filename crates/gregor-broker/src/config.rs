@@ -23,6 +23,10 @@ pub struct BrokerConfig {
     /// Largest record batch accepted (topic default of `max.message.bytes`).
     #[serde(alias = "message.max.bytes")]
     pub message_max_bytes: usize,
+    /// Largest size a compressed batch may decompress to when the broker validates it
+    /// (zip-bomb guard). Larger batches are rejected with MESSAGE_TOO_LARGE.
+    #[serde(alias = "message.max.decompressed.bytes")]
+    pub max_decompressed_batch_bytes: usize,
     #[serde(alias = "auto.create.topics.enable")]
     pub auto_create_topics_enable: bool,
     #[serde(alias = "num.partitions")]
@@ -48,6 +52,7 @@ impl Default for BrokerConfig {
             node_id: 0,
             socket_request_max_bytes: 100 * 1024 * 1024,
             message_max_bytes: 1024 * 1024 + 12,
+            max_decompressed_batch_bytes: 64 * 1024 * 1024,
             auto_create_topics_enable: true,
             num_partitions: 1,
             default_replication_factor: 1,

@@ -13,6 +13,7 @@
 pub mod alloc_guard;
 pub mod codec;
 pub mod frame;
+pub mod records;
 pub mod versions;
 
 pub use codec::{decode_request, encode_response, DecodeError, DecodedRequest};

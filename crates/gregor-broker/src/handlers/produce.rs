@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use gregor_log::{batch::iter_batches, LogError};
+use gregor_protocol::records::{validate_batch_records, RecordsError};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -49,7 +50,11 @@ pub async fn produce(
                         Some(partition) => append(
                             partition,
                             pd.records.as_deref(),
-                            topic.max_message_bytes(broker.config.message_max_bytes),
+                            &Limits {
+                                max_message_bytes: topic
+                                    .max_message_bytes(broker.config.message_max_bytes),
+                                max_decompressed_bytes: broker.config.max_decompressed_batch_bytes,
+                            },
                         )
                         .map(|(base, start)| {
                             if !written.iter().any(|p| Arc::ptr_eq(p, partition)) {
@@ -113,12 +118,26 @@ pub async fn produce(
     Some(ProduceResponse::default().with_responses(responses))
 }
 
+/// The size limits a produced batch must meet.
+struct Limits {
+    /// `max.message.bytes` of the topic: the largest batch as sent.
+    max_message_bytes: usize,
+    /// The largest a compressed batch may grow when decompressed for validation.
+    max_decompressed_bytes: usize,
+}
+
 /// Validates and appends one partition's records; returns (base offset, log start offset).
+///
+/// Every batch is checked before anything is written: header, CRC and size by
+/// `iter_batches`, then its records (bounded decompression, framing, count and offset deltas)
+/// by `gregor_protocol::records`, as Kafka's log validator does. A bad batch rejects the whole
+/// partition's records.
 fn append(
     partition: &Partition,
     records: Option<&[u8]>,
-    max_message_bytes: usize,
+    limits: &Limits,
 ) -> Result<(i64, i64), (ResponseError, String)> {
+    let max_message_bytes = limits.max_message_bytes;
     let records = match records {
         Some(r) if !r.is_empty() => r,
         _ => return Err((ResponseError::InvalidRecord, "no records".to_string())),
@@ -134,7 +153,16 @@ fn append(
                     ),
                 ))
             }
-            Ok(_) => {}
+            Ok((_, range)) => {
+                validate_batch_records(&records[range], limits.max_decompressed_bytes).map_err(
+                    |e| match e {
+                        RecordsError::TooLarge { .. } => {
+                            (ResponseError::MessageTooLarge, e.to_string())
+                        }
+                        _ => (ResponseError::CorruptMessage, e.to_string()),
+                    },
+                )?;
+            }
             Err(e) => return Err((ResponseError::CorruptMessage, e.to_string())),
         }
     }
