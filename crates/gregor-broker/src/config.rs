@@ -38,6 +38,19 @@ pub struct BrokerConfig {
     /// Requests read ahead of their responses on one connection (pipelining depth).
     #[serde(alias = "max.inflight.requests.per.connection")]
     pub max_inflight_requests_per_connection: usize,
+    /// Connections accepted at once; more are closed right after accept.
+    #[serde(alias = "max.connections")]
+    pub max_connections: usize,
+    /// Connections accepted at once from one IP address.
+    #[serde(alias = "max.connections.per.ip")]
+    pub max_connections_per_ip: usize,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(alias = "connections.max.idle.ms")]
+    pub connections_max_idle_ms: u64,
+    /// Bytes of requests read but not yet answered, across all connections. When reached,
+    /// the broker stops reading from sockets until requests complete (backpressure).
+    #[serde(alias = "queued.max.request.bytes")]
+    pub queued_max_request_bytes: usize,
     /// Upper bound on a Fetch's `max_wait_ms`.
     #[serde(alias = "fetch.max.wait.ms")]
     pub fetch_max_wait_ms: u64,
@@ -59,6 +72,10 @@ impl Default for BrokerConfig {
             log_segment_bytes: 1 << 30,
             max_inflight_requests_per_connection: 64,
             fetch_max_wait_ms: 30_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 10_000,
+            connections_max_idle_ms: 600_000,
+            queued_max_request_bytes: 512 * 1024 * 1024,
         }
     }
 }

@@ -7,9 +7,22 @@
 //! requests are answered in request order, and two pipelined produce requests to one
 //! partition are appended in the order they were sent. A frame that cannot be framed or
 //! decoded closes this connection only; it is logged and the broker keeps serving everyone.
+//!
+//! Limits, each a named setting in [`crate::BrokerConfig`]:
+//! - `max.connections` / `max.connections.per.ip`: a connection over either is closed right
+//!   after accept;
+//! - `connections.max.idle.ms`: a connection that sends nothing for that long is closed;
+//! - `queued.max.request.bytes`: every frame holds permits for its size from one broker-wide
+//!   semaphore from the moment its length is known until its response is written. The reader
+//!   acquires them *before* buffering the body, so when the budget is spent the broker stops
+//!   reading from sockets (TCP backpressure) instead of buffering more. A client that never
+//!   reads its responses stalls only its own connection: its processor blocks on the write,
+//!   its queue fills, its reader stops.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use gregor_protocol::codec::unsupported_api_versions_response;
@@ -17,10 +30,55 @@ use gregor_protocol::{decode_request, encode_response, DecodeError, FrameDecoder
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::handlers;
 use crate::state::Broker;
+
+/// Counts open connections, in total and per IP.
+struct ConnectionLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Holds a connection's place in [`ConnectionLimits`] until dropped.
+struct ConnectionSlot {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimits {
+    fn try_open(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+        let mut open = self.open.lock().expect("connection limits lock");
+        if open.0 >= self.max_total {
+            return Err("max.connections");
+        }
+        let per_ip = open.1.entry(ip).or_insert(0);
+        if *per_ip >= self.max_per_ip {
+            return Err("max.connections.per.ip");
+        }
+        *per_ip += 1;
+        open.0 += 1;
+        Ok(ConnectionSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().expect("connection limits lock");
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Accepts connections until `shutdown` resolves.
 pub async fn serve(
@@ -28,71 +86,70 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let limits = Arc::new(ConnectionLimits {
+        max_total: broker.config.max_connections,
+        max_per_ip: broker.config.max_connections_per_ip,
+        open: Mutex::new((0, HashMap::new())),
+    });
+    let queued_bytes = Arc::new(Semaphore::new(
+        broker
+            .config
+            .queued_max_request_bytes
+            .clamp(1, Semaphore::MAX_PERMITS),
+    ));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let broker = broker.clone();
-                    tokio::spawn(async move { run_connection(broker, stream, peer).await });
-                }
+                Ok((stream, peer)) => match limits.try_open(peer.ip()) {
+                    Ok(slot) => {
+                        let _ = stream.set_nodelay(true);
+                        let broker = broker.clone();
+                        let queued_bytes = queued_bytes.clone();
+                        tokio::spawn(async move {
+                            run_connection(broker, stream, peer, queued_bytes).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(limit) => {
+                        tracing::warn!(%peer, limit, "refusing connection: limit reached");
+                        drop(stream);
+                    }
+                },
                 Err(e) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }
     }
 }
 
-async fn run_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+/// A frame and the share of `queued.max.request.bytes` it holds until answered.
+type QueuedFrame = (Bytes, OwnedSemaphorePermit);
+
+async fn run_connection(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    queued_bytes: Arc<Semaphore>,
+) {
     tracing::debug!(%peer, "connection opened");
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
     let (frames_tx, mut frames_rx) =
-        mpsc::channel::<Bytes>(broker.config.max_inflight_requests_per_connection.max(1));
-    let decoder = FrameDecoder::new(broker.config.socket_request_max_bytes);
+        mpsc::channel::<QueuedFrame>(broker.config.max_inflight_requests_per_connection.max(1));
+    let read_task = tokio::spawn(read_frames(
+        reader,
+        peer,
+        FrameDecoder::new(broker.config.socket_request_max_bytes),
+        Duration::from_millis(broker.config.connections_max_idle_ms.max(1)),
+        queued_bytes,
+        frames_tx,
+    ));
 
-    let read_task = tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        loop {
-            loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(frame)) => {
-                        if frames_tx.send(frame).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "closing connection: bad frame");
-                        return;
-                    }
-                }
-            }
-            if let Ok(Some(len)) = decoder.peek_length(&buf) {
-                buf.reserve((4 + len).saturating_sub(buf.len()));
-            } else if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(64 * 1024);
-            }
-            match reader.read_buf(&mut buf).await {
-                Ok(0) => {
-                    if !buf.is_empty() {
-                        tracing::debug!(%peer, pending = buf.len(), "peer closed mid-frame");
-                    }
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "read failed");
-                    return;
-                }
-            }
-        }
-    });
-
-    while let Some(frame) = frames_rx.recv().await {
+    while let Some((frame, permit)) = frames_rx.recv().await {
         let response = match decode_request(frame) {
             Ok(request) => {
                 let (api_key, version, correlation_id) = (
@@ -130,8 +187,78 @@ async fn run_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr
                 break;
             }
         }
+        drop(permit);
     }
     read_task.abort();
     let _ = writer.shutdown().await;
     tracing::debug!(%peer, "connection closed");
+}
+
+/// The reader half: frames in, in order, each holding its bytes' permits.
+async fn read_frames(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    peer: SocketAddr,
+    decoder: FrameDecoder,
+    idle: Duration,
+    queued_bytes: Arc<Semaphore>,
+    frames_tx: mpsc::Sender<QueuedFrame>,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    loop {
+        loop {
+            let len = match decoder.peek_length(&buf) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "closing connection: bad frame");
+                    return;
+                }
+            };
+            if permit.is_none() {
+                // Reserve this frame's share of the queued-bytes budget before buffering it.
+                let wanted = len.min(Semaphore::MAX_PERMITS) as u32;
+                match queued_bytes.clone().acquire_many_owned(wanted).await {
+                    Ok(p) => permit = Some(p),
+                    Err(_) => return,
+                }
+            }
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    let p = permit.take().expect("acquired above");
+                    if frames_tx.send((frame, p)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    buf.reserve((4 + len).saturating_sub(buf.len()));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "closing connection: bad frame");
+                    return;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(16 * 1024);
+        }
+        match tokio::time::timeout(idle, reader.read_buf(&mut buf)).await {
+            Err(_) => {
+                tracing::debug!(%peer, "closing idle connection (connections.max.idle.ms)");
+                return;
+            }
+            Ok(Ok(0)) => {
+                if !buf.is_empty() {
+                    tracing::debug!(%peer, pending = buf.len(), "peer closed mid-frame");
+                }
+                return;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "read failed");
+                return;
+            }
+        }
+    }
 }
