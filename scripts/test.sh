@@ -132,11 +132,17 @@ step "cargo test" cargo test --workspace --release || true
 if [[ $BUILD_OK -eq 1 && -x "$VENV/bin/pytest" ]]; then
     # shellcheck disable=SC2086
     step "pytest (third-party clients, raw protocol)" \
-        "$VENV/bin/pytest" tests/python -v --timeout=300 -p no:cacheprovider ${PYTEST_ARGS:-} || true
+        "$VENV/bin/pytest" tests/python -v --timeout=300 -p no:cacheprovider \
+        --junitxml="$ROOT/target/pytest-results.xml" ${PYTEST_ARGS:-} || true
 else
     section "pytest (third-party clients, raw protocol)"
     echo "!!! skipped: release build failed or venv missing"
     FAILED+=("pytest (not run)")
+fi
+
+# Bounded fuzzing of the decoders and the recovery path (fuzz/run.sh; FUZZ_SECONDS per target).
+if [[ "${FUZZ_SECONDS:-30}" != "0" ]]; then
+    step "fuzz (bounded, ${FUZZ_SECONDS:-30}s per target)" ./fuzz/run.sh "${FUZZ_SECONDS:-30}" || true
 fi
 
 section "summary"
@@ -146,3 +152,13 @@ if [[ ${#FAILED[@]} -gt 0 ]]; then
     exit 1
 fi
 echo "all steps passed"
+if [[ -f "$ROOT/target/pytest-results.xml" ]]; then
+    # One plain closing line with the third-party test counts.
+    python3 - "$ROOT/target/pytest-results.xml" <<'PY'
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+suite = root if root.tag == "testsuite" else root.find("testsuite")
+tests, failures, errors, skipped = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+print(f"pytest: {tests - failures - errors - skipped} passed, {failures + errors} failed, {skipped} skipped")
+PY
+fi

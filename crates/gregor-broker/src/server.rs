@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use gregor_protocol::codec::unsupported_api_versions_response;
 use gregor_protocol::{decode_request, encode_response, DecodeError, FrameDecoder};
-use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -150,8 +150,16 @@ async fn run_connection(
     ));
 
     while let Some((frame, permit)) = frames_rx.recv().await {
+        if let Some(capture) = capture_dir() {
+            capture_frame(capture, &frame);
+        }
         let response = match decode_request(frame) {
             Ok(request) => {
+                if let (Some(capture), RequestKind::Produce(produce)) =
+                    (capture_dir(), &request.body)
+                {
+                    capture_batches(capture, produce);
+                }
                 let (api_key, version, correlation_id) = (
                     request.api_key,
                     request.api_version,
@@ -260,5 +268,42 @@ async fn read_frames(
                 return;
             }
         }
+    }
+}
+
+/// Where to record received frames for the fuzzers' seed corpus: the directory named by
+/// `GREGOR_CAPTURE_DIR`, read once at first use. Unset in normal operation.
+fn capture_dir() -> Option<&'static std::path::Path> {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| std::env::var_os("GREGOR_CAPTURE_DIR").map(Into::into))
+        .as_deref()
+}
+
+/// Saves a request frame (with its length prefix, as it came off the wire) under a name
+/// derived from its content, so repeated captures deduplicate.
+fn capture_frame(dir: &std::path::Path, frame: &Bytes) {
+    let mut bytes = Vec::with_capacity(frame.len() + 4);
+    bytes.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(frame);
+    save_capture(&dir.join("frames"), &bytes);
+}
+
+/// Saves the record batches of a produce request (input for the record-batch and
+/// log-recovery fuzzers).
+fn capture_batches(dir: &std::path::Path, produce: &ProduceRequest) {
+    for topic in &produce.topic_data {
+        for partition in &topic.partition_data {
+            if let Some(records) = &partition.records {
+                save_capture(&dir.join("batches"), records);
+            }
+        }
+    }
+}
+
+fn save_capture(dir: &std::path::Path, bytes: &[u8]) {
+    let name = format!("{:08x}-{}", crc32c::crc32c(bytes), bytes.len());
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(dir.join(name), bytes))
+    {
+        tracing::warn!(error = %e, "capture failed");
     }
 }
