@@ -12,10 +12,10 @@
 //! - `max.connections` / `max.connections.per.ip`: a connection over either is closed right
 //!   after accept;
 //! - `connections.max.idle.ms`: a connection that sends nothing for that long is closed;
-//! - `queued.max.request.bytes`: every frame holds permits for its size from one broker-wide
-//!   semaphore from the moment its length is known until its response is written. The reader
-//!   acquires them *before* buffering the body, so when the budget is spent the broker stops
-//!   reading from sockets (TCP backpressure) instead of buffering more. A client that never
+//! - `queued.max.request.bytes`: every byte read from a socket holds a permit of one
+//!   broker-wide semaphore until its request has been answered. The reader takes permits
+//!   *before* reading (at most one chunk at a time), so when the budget is spent the broker
+//!   stops reading from sockets (TCP backpressure) instead of buffering more. A client that never
 //!   reads its responses stalls only its own connection: its processor blocks on the write,
 //!   its queue fills, its reader stops.
 
@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use gregor_protocol::codec::unsupported_api_versions_response;
 use gregor_protocol::{decode_request, encode_response, DecodeError, FrameDecoder};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -128,7 +128,7 @@ pub async fn serve(
 }
 
 /// A frame and the share of `queued.max.request.bytes` it holds until answered.
-type QueuedFrame = (Bytes, OwnedSemaphorePermit);
+type QueuedFrame = (Bytes, Option<OwnedSemaphorePermit>);
 
 async fn run_connection(
     broker: Arc<Broker>,
@@ -202,68 +202,103 @@ async fn run_connection(
     tracing::debug!(%peer, "connection closed");
 }
 
+/// Bytes read at once when no frame is in progress, and the most read at once into a body.
+const READ_START: usize = 4 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+
 /// The reader half: frames in, in order, each holding its bytes' permits.
+///
+/// Memory is accounted for bytes actually received, not for the length a frame claims: the
+/// reader waits for readability holding nothing, then takes permits for at most one chunk,
+/// reads, and keeps permits only for the bytes that arrived. A client that announces a
+/// 100 MiB frame and then trickles one byte a second holds only what it sent; an idle
+/// connection holds no buffer at all.
 async fn read_frames(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
+    reader: tokio::net::tcp::OwnedReadHalf,
     peer: SocketAddr,
     decoder: FrameDecoder,
     idle: Duration,
     queued_bytes: Arc<Semaphore>,
     frames_tx: mpsc::Sender<QueuedFrame>,
 ) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut permit: Option<OwnedSemaphorePermit> = None;
+    use bytes::BufMut;
+    let mut buf = BytesMut::new();
+    // Permits for exactly the bytes in `buf` (None while it is empty).
+    let mut held: Option<OwnedSemaphorePermit> = None;
     loop {
-        loop {
+        // Hand every complete frame to the processor, with its share of the permits.
+        let pending = loop {
             let len = match decoder.peek_length(&buf) {
-                Ok(Some(len)) => len,
-                Ok(None) => break,
+                Ok(len) => len,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "closing connection: bad frame");
                     return;
                 }
             };
-            if permit.is_none() {
-                // Reserve this frame's share of the queued-bytes budget before buffering it.
-                let wanted = len.min(Semaphore::MAX_PERMITS) as u32;
-                match queued_bytes.clone().acquire_many_owned(wanted).await {
-                    Ok(p) => permit = Some(p),
-                    Err(_) => return,
-                }
-            }
-            match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    let p = permit.take().expect("acquired above");
-                    if frames_tx.send((frame, p)).await.is_err() {
+            match len {
+                Some(len) if buf.len() >= 4 + len => {
+                    let frame = match decoder.decode(&mut buf) {
+                        Ok(Some(frame)) => frame,
+                        // peek_length just accepted this frame and it is fully buffered.
+                        other => {
+                            tracing::error!(%peer, ?other, "frame decoder disagrees with itself; closing");
+                            return;
+                        }
+                    };
+                    let permit = held.as_mut().and_then(|h| h.split(4 + len));
+                    if frames_tx.send((frame, permit)).await.is_err() {
                         return;
                     }
                 }
-                Ok(None) => {
-                    buf.reserve((4 + len).saturating_sub(buf.len()));
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "closing connection: bad frame");
-                    return;
-                }
+                other => break other,
             }
+        };
+        if buf.is_empty() {
+            // Release the buffer of a connection that has nothing in progress.
+            buf = BytesMut::new();
+            held = None;
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(16 * 1024);
-        }
-        match tokio::time::timeout(idle, reader.read_buf(&mut buf)).await {
+        match tokio::time::timeout(idle, reader.readable()).await {
             Err(_) => {
                 tracing::debug!(%peer, "closing idle connection (connections.max.idle.ms)");
                 return;
             }
-            Ok(Ok(0)) => {
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "socket error");
+                return;
+            }
+            Ok(Ok(())) => {}
+        }
+        let want = match pending {
+            Some(len) => (4 + len - buf.len()).min(READ_CHUNK),
+            None => READ_START,
+        };
+        let Ok(mut permit) = queued_bytes
+            .clone()
+            .acquire_many_owned(want.min(Semaphore::MAX_PERMITS) as u32)
+            .await
+        else {
+            return;
+        };
+        buf.reserve(want);
+        match reader.try_read_buf(&mut (&mut buf).limit(want)) {
+            Ok(0) => {
                 if !buf.is_empty() {
                     tracing::debug!(%peer, pending = buf.len(), "peer closed mid-frame");
                 }
                 return;
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+            Ok(n) => {
+                // Keep permits for the n bytes that arrived; the rest go back with `permit`.
+                if let Some(used) = permit.split(n) {
+                    match held.as_mut() {
+                        Some(h) => h.merge(used),
+                        None => held = Some(used),
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
                 tracing::debug!(%peer, error = %e, "read failed");
                 return;
             }

@@ -1,0 +1,112 @@
+"""Slow and hostile clients cost bounded memory and do not slow everyone else.
+
+Issue 9, acceptance 2: with 2,000 idle connections and 10 slow-loris connections (each
+announces a large frame and then sends one byte at a time), a normal producer and consumer
+keep their throughput within 20 % of a run without them, measured in the same test, and the
+broker's RSS stays bounded. The figures are printed (pytest -s) for the notes.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from gregor_testlib import create_topic_confluent, unique_topic
+from test_raw_protocol import assert_alive
+
+RECORDS = 60_000
+SIZE = 1024
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(field)
+
+
+def round_trip_seconds(bootstrap: str) -> float:
+    """Produce RECORDS x SIZE with acks=all to a fresh topic and consume them back."""
+    topic = unique_topic("load")
+    create_topic_confluent(bootstrap, topic, 3)
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    payload = b"p" * SIZE
+    start = time.perf_counter()
+    for i in range(RECORDS):
+        while True:
+            try:
+                p.produce(topic, payload)
+                break
+            except BufferError:
+                p.poll(0.01)
+    assert p.flush(60) == 0
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "load", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, i, 0) for i in range(3)])
+    got = 0
+    deadline = time.time() + 60
+    while got < RECORDS and time.time() < deadline:
+        for m in c.consume(5000, 1.0):
+            if m.error() is None:
+                got += 1
+    c.close()
+    assert got == RECORDS
+    return time.perf_counter() - start
+
+
+def best_of(n: int, bootstrap: str) -> float:
+    return min(round_trip_seconds(bootstrap) for _ in range(n))
+
+
+def test_idle_and_slow_loris_connections(broker):
+    baseline = best_of(3, broker.bootstrap)
+    rss_before = rss_mb(broker.pid)
+
+    idle = []
+    for _ in range(2000):
+        s = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+        idle.append(s)
+
+    stop = threading.Event()
+    loris = []
+    for _ in range(10):
+        s = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+        s.sendall(struct.pack(">i", 50 * 1024 * 1024))  # announces a 50 MiB request
+        loris.append(s)
+
+    def trickle():
+        while not stop.is_set():
+            for s in loris:
+                try:
+                    s.send(b"\x00")
+                except OSError:
+                    pass
+            stop.wait(1.0)
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        # Let the broker accept everything before measuring.
+        time.sleep(0.5)
+        rss_loaded = rss_mb(broker.pid)
+        loaded = best_of(3, broker.bootstrap)
+        rss_after = rss_mb(broker.pid)
+    finally:
+        stop.set()
+        t.join()
+        for s in idle + loris:
+            s.close()
+    mb = RECORDS * SIZE / 1e6
+    print(
+        f"\nround trip of {RECORDS} x {SIZE} B: baseline {mb / baseline:.1f} MB/s, "
+        f"with 2000 idle + 10 slow-loris connections {mb / loaded:.1f} MB/s "
+        f"(ratio {baseline / loaded:.2f}); broker RSS {rss_before:.0f} MB before, "
+        f"{rss_loaded:.0f} MB with the connections open, {rss_after:.0f} MB after the load"
+    )
+    assert loaded <= baseline / 0.8, f"throughput fell from {mb / baseline:.1f} to {mb / loaded:.1f} MB/s"
+    # 2,012 connections must not cost more than ~64 KiB each.
+    assert rss_loaded - rss_before < 2012 * 64 / 1024, (rss_before, rss_loaded)
+    assert_alive(broker)
