@@ -143,3 +143,73 @@ def test_client_that_never_reads_does_not_block_others(broker_factory, tmp_path)
     assert p.flush(10) == 0
     rude.close()
     assert_alive(broker)
+
+
+def metadata_v1(topics: list[str], corr: int) -> bytes:
+    from test_raw_protocol import kstring
+
+    return header_v1(3, 1, corr) + struct.pack(">i", len(topics)) + b"".join(kstring(t) for t in topics)
+
+
+def test_max_partitions_per_request(broker_factory, tmp_path):
+    broker = limited_broker(broker_factory, tmp_path, {"max.partitions.per.request": 2})
+    ok = connect(broker)
+    ok.sendall(frame(metadata_v1(["a", "b"], 1)))
+    assert struct.unpack(">i", read_frame(ok)[:4])[0] == 1
+    over = connect(broker)
+    over.sendall(frame(metadata_v1(["a", "b", "c"], 2)))
+    assert closed_within(over, 5)
+    ok.sendall(frame(metadata_v1(["a"], 3)))
+    assert struct.unpack(">i", read_frame(ok)[:4])[0] == 3
+    assert_alive(broker)
+
+
+def fetch_v4(topic: str, max_bytes: int, corr: int) -> bytes:
+    from test_raw_protocol import kstring
+
+    return (
+        header_v1(1, 4, corr)
+        + struct.pack(">iiiib", -1, 0, 1, max_bytes, 0)
+        + struct.pack(">i", 1) + kstring(topic)
+        + struct.pack(">i", 1) + struct.pack(">iqi", 0, 0, max_bytes)
+    )
+
+
+def fetched_record_bytes(resp: bytes) -> int:
+    pos = 4 + 4  # correlation id, throttle
+    pos += 4  # topics
+    (n,) = struct.unpack_from(">h", resp, pos)
+    pos += 2 + n + 4  # name, partitions count
+    _partition, error, _hw, _lso = struct.unpack_from(">ihqq", resp, pos)
+    assert error == 0
+    pos += 4 + 2 + 8 + 8
+    (aborted,) = struct.unpack_from(">i", resp, pos)
+    pos += 4 + max(aborted, 0) * 16
+    (size,) = struct.unpack_from(">i", resp, pos)
+    return size
+
+
+def test_fetch_max_bytes_caps_responses(broker_factory, tmp_path):
+    broker = limited_broker(broker_factory, tmp_path, {"fetch.max.bytes": 50_000})
+    topic = unique_topic("fetchcap")
+    create_topic_confluent(broker.bootstrap, topic, 1)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 0,
+                  "batch.num.messages": 1})
+    for _ in range(300):
+        p.produce(topic, b"r" * 1000)
+    assert p.flush(30) == 0
+    s = connect(broker)
+    s.sendall(frame(fetch_v4(topic, 10_000_000, 5)))
+    size = fetched_record_bytes(read_frame(s))
+    assert 0 < size <= 50_000, size
+    # Consumers still read everything through the capped responses.
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "x", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 0, 0)])
+    got = 0
+    deadline = time.time() + 30
+    while got < 300 and time.time() < deadline:
+        m = c.poll(1)
+        if m is not None and m.error() is None:
+            got += 1
+    c.close()
+    assert got == 300

@@ -51,6 +51,14 @@ pub struct BrokerConfig {
     /// the broker stops reading from sockets until requests complete (backpressure).
     #[serde(alias = "queued.max.request.bytes")]
     pub queued_max_request_bytes: usize,
+    /// Upper bound on the records in one Fetch response (the client's `max_bytes` is capped
+    /// to it). Only the first batch of a response may exceed it, as in Kafka (KIP-74).
+    #[serde(alias = "fetch.max.bytes")]
+    pub fetch_max_bytes: usize,
+    /// Most partitions (or topics, for topic-level APIs) one request may name; a request over
+    /// it closes the connection.
+    #[serde(alias = "max.partitions.per.request")]
+    pub max_partitions_per_request: usize,
     /// Upper bound on a Fetch's `max_wait_ms`.
     #[serde(alias = "fetch.max.wait.ms")]
     pub fetch_max_wait_ms: u64,
@@ -72,6 +80,8 @@ impl Default for BrokerConfig {
             log_segment_bytes: 1 << 30,
             max_inflight_requests_per_connection: 64,
             fetch_max_wait_ms: 30_000,
+            fetch_max_bytes: 55 * 1024 * 1024,
+            max_partitions_per_request: 100_000,
             max_connections: 10_000,
             max_connections_per_ip: 10_000,
             connections_max_idle_ms: 600_000,

@@ -165,7 +165,27 @@ async fn run_connection(
                     request.api_version,
                     request.header.correlation_id,
                 );
-                match handlers::handle(&broker, request).await {
+                let named = handlers::partitions_named(&request.body);
+                if named > broker.config.max_partitions_per_request {
+                    tracing::warn!(%peer, ?api_key, named, limit = broker.config.max_partitions_per_request,
+                        "closing connection: request names too many partitions (max.partitions.per.request)");
+                    break;
+                }
+                // The handler runs as its own task so that a bug that panics in it fails this
+                // request and connection, logged with context, and never the broker.
+                let handler_broker = broker.clone();
+                let handled =
+                    tokio::spawn(async move { handlers::handle(&handler_broker, request).await })
+                        .await;
+                let handled = match handled {
+                    Ok(handled) => handled,
+                    Err(e) => {
+                        tracing::error!(%peer, ?api_key, version, correlation_id, error = %e,
+                            "request handler failed; closing connection");
+                        break;
+                    }
+                };
+                match handled {
                     Some(body) => match encode_response(api_key, version, correlation_id, &body) {
                         Ok(bytes) => Some(bytes),
                         Err(e) => {

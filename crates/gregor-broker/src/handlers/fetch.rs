@@ -63,9 +63,9 @@ pub async fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fet
 fn fetch_once(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
     let by_id = version >= 13;
     let mut budget = if req.max_bytes > 0 {
-        req.max_bytes as usize
+        (req.max_bytes as usize).min(broker.config.fetch_max_bytes)
     } else {
-        usize::MAX
+        broker.config.fetch_max_bytes
     };
     let mut total = 0usize;
     let mut any_error = false;

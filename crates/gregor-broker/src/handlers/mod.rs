@@ -64,6 +64,24 @@ pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<Res
     })
 }
 
+/// How many partitions (or, for topic-level APIs, topics) a request names; checked against
+/// `max.partitions.per.request` before the request is handled.
+pub fn partitions_named(body: &RequestKind) -> usize {
+    match body {
+        RequestKind::Produce(r) => r.topic_data.iter().map(|t| t.partition_data.len()).sum(),
+        RequestKind::Fetch(r) => r.topics.iter().map(|t| t.partitions.len()).sum(),
+        RequestKind::ListOffsets(r) => r.topics.iter().map(|t| t.partitions.len()).sum(),
+        RequestKind::DeleteRecords(r) => r.topics.iter().map(|t| t.partitions.len()).sum(),
+        RequestKind::Metadata(r) => r.topics.as_ref().map_or(0, Vec::len),
+        RequestKind::CreateTopics(r) => r.topics.len(),
+        RequestKind::DeleteTopics(r) => r.topics.len() + r.topic_names.len(),
+        RequestKind::CreatePartitions(r) => r.topics.len(),
+        RequestKind::DescribeConfigs(r) => r.resources.len(),
+        RequestKind::IncrementalAlterConfigs(r) => r.resources.len(),
+        _ => 0,
+    }
+}
+
 pub(crate) fn sb(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
