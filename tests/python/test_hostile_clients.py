@@ -57,56 +57,63 @@ def round_trip_seconds(bootstrap: str) -> float:
     return time.perf_counter() - start
 
 
-def best_of(n: int, bootstrap: str) -> float:
-    return min(round_trip_seconds(bootstrap) for _ in range(n))
+class HostileConnections:
+    """2,000 idle connections plus 10 slow-loris ones that announce a 50 MiB request and then
+    send one byte per second."""
 
+    def __init__(self, port: int):
+        self.idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2000)]
+        self.loris = []
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(struct.pack(">i", 50 * 1024 * 1024))
+            self.loris.append(s)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._trickle, daemon=True)
+        self.thread.start()
 
-def test_idle_and_slow_loris_connections(broker):
-    baseline = best_of(3, broker.bootstrap)
-    rss_before = rss_mb(broker.pid)
-
-    idle = []
-    for _ in range(2000):
-        s = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
-        idle.append(s)
-
-    stop = threading.Event()
-    loris = []
-    for _ in range(10):
-        s = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
-        s.sendall(struct.pack(">i", 50 * 1024 * 1024))  # announces a 50 MiB request
-        loris.append(s)
-
-    def trickle():
-        while not stop.is_set():
-            for s in loris:
+    def _trickle(self):
+        while not self.stop.is_set():
+            for s in self.loris:
                 try:
                     s.send(b"\x00")
                 except OSError:
                     pass
-            stop.wait(1.0)
+            self.stop.wait(1.0)
 
-    t = threading.Thread(target=trickle, daemon=True)
-    t.start()
-    try:
-        # Let the broker accept everything before measuring.
-        time.sleep(0.5)
-        rss_loaded = rss_mb(broker.pid)
-        loaded = best_of(3, broker.bootstrap)
-        rss_after = rss_mb(broker.pid)
-    finally:
-        stop.set()
-        t.join()
-        for s in idle + loris:
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        for s in self.idle + self.loris:
             s.close()
+
+
+def test_idle_and_slow_loris_connections(broker):
+    # Interleave the two conditions and keep the best of each, so that a burst of load from
+    # elsewhere on the machine does not decide the comparison.
+    baseline, loaded = [], []
+    rss_before = rss_mb(broker.pid)
+    rss_loaded = 0.0
+    for _ in range(3):
+        baseline.append(round_trip_seconds(broker.bootstrap))
+        hostile = HostileConnections(broker.port)
+        try:
+            time.sleep(0.3)  # let the broker accept them all
+            rss_loaded = max(rss_loaded, rss_mb(broker.pid))
+            loaded.append(round_trip_seconds(broker.bootstrap))
+        finally:
+            hostile.close()
+    best_base, best_loaded = min(baseline), min(loaded)
     mb = RECORDS * SIZE / 1e6
     print(
-        f"\nround trip of {RECORDS} x {SIZE} B: baseline {mb / baseline:.1f} MB/s, "
-        f"with 2000 idle + 10 slow-loris connections {mb / loaded:.1f} MB/s "
-        f"(ratio {baseline / loaded:.2f}); broker RSS {rss_before:.0f} MB before, "
-        f"{rss_loaded:.0f} MB with the connections open, {rss_after:.0f} MB after the load"
+        f"\nround trip of {RECORDS} x {SIZE} B, best of 3 interleaved: baseline "
+        f"{mb / best_base:.1f} MB/s, with 2000 idle + 10 slow-loris connections "
+        f"{mb / best_loaded:.1f} MB/s (ratio {best_base / best_loaded:.2f}); broker RSS "
+        f"{rss_before:.0f} MB before, at most {rss_loaded:.0f} MB with the connections open"
     )
-    assert loaded <= baseline / 0.8, f"throughput fell from {mb / baseline:.1f} to {mb / loaded:.1f} MB/s"
+    assert best_loaded <= best_base / 0.8, (
+        f"throughput fell from {mb / best_base:.1f} to {mb / best_loaded:.1f} MB/s"
+    )
     # 2,012 connections must not cost more than ~64 KiB each.
     assert rss_loaded - rss_before < 2012 * 64 / 1024, (rss_before, rss_loaded)
     assert_alive(broker)
