@@ -136,6 +136,8 @@ class Broker:
         self.log_paths: list[Path] = []
         self._drain: Optional[threading.Thread] = None
         self._starts = 0
+        # 0 = a fresh ephemeral port at every start; see keep_port().
+        self.listen_port = 0
 
     # ------------------------------------------------------------------ start
     @property
@@ -167,7 +169,7 @@ class Broker:
             str(self.bin_path),
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            f"127.0.0.1:{self.listen_port}",
             "--data-dir",
             str(self.data_dir),
             *self.extra_args,
@@ -248,6 +250,12 @@ class Broker:
         self._join_drain()
         self.port = None
         return self.proc.returncode
+
+    def keep_port(self) -> "Broker":
+        """Make later (re)starts bind the port this start got, so clients that keep running
+        across a restart (e.g. a producer retrying through a kill -9) find the broker again."""
+        self.listen_port = self.port
+        return self
 
     def restart(self, timeout: float = START_TIMEOUT) -> "Broker":
         """Start again on the same data dir (stopping with SIGTERM if still up)."""

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use gregor_log::{LogConfig, PartitionLog};
+use gregor_log::{batch::iter_batches, LogConfig, PartitionLog};
+use gregor_txn::{ProducerBatch, ProducerStateTable};
 use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -27,6 +28,8 @@ pub struct Partition {
     pub topic: String,
     pub index: i32,
     pub log: RwLock<PartitionLog>,
+    /// Idempotent producers' sequence state. Lock order: `log` before `producers`.
+    pub producers: Mutex<ProducerStateTable>,
 }
 
 impl Partition {
@@ -74,6 +77,18 @@ struct PersistedTopic {
 struct PersistedState {
     cluster_id: String,
     topics: Vec<PersistedTopic>,
+    /// Producer IDs below this may have been handed out; a restart continues from here.
+    #[serde(default)]
+    producer_ids_reserved: i64,
+}
+
+/// Producer IDs are reserved in blocks, persisted before any ID of a block is handed out,
+/// so an ID is never given twice, even across a crash.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+struct ProducerIds {
+    next: i64,
+    reserved: i64,
 }
 
 /// A failed metadata operation: the Kafka error and a message for the client.
@@ -131,6 +146,7 @@ pub struct Broker {
     meta_write: Mutex<()>,
     /// Bumped after every append; long-polling fetches wait on it.
     appended: watch::Sender<u64>,
+    producer_ids: Mutex<ProducerIds>,
 }
 
 impl Broker {
@@ -144,6 +160,7 @@ impl Broker {
             let s = PersistedState {
                 cluster_id: new_cluster_id(),
                 topics: vec![],
+                producer_ids_reserved: 0,
             };
             write_atomically(&state_path, &serde_json::to_vec_pretty(&s)?)?;
             s
@@ -165,7 +182,12 @@ impl Broker {
                 }),
             );
         }
+        let producer_ids = ProducerIds {
+            next: persisted.producer_ids_reserved,
+            reserved: persisted.producer_ids_reserved,
+        };
         Ok(Broker {
+            producer_ids: Mutex::new(producer_ids),
             cluster_id: persisted.cluster_id,
             advertised_host: advertised.0,
             advertised_port: advertised.1,
@@ -371,6 +393,11 @@ impl Broker {
         change(&mut next);
         let persisted = PersistedState {
             cluster_id: self.cluster_id.clone(),
+            producer_ids_reserved: self
+                .producer_ids
+                .lock()
+                .expect("producer ids lock")
+                .reserved,
             topics: next
                 .values()
                 .map(|t| PersistedTopic {
@@ -389,6 +416,31 @@ impl Broker {
         .map_err(internal)?;
         *self.topics.write().expect("topics lock") = next;
         Ok(())
+    }
+
+    /// Hands out a producer ID that was never handed out before.
+    pub fn allocate_producer_id(&self) -> MetaResult<i64> {
+        {
+            let mut ids = self.producer_ids.lock().expect("producer ids lock");
+            if ids.next < ids.reserved {
+                ids.next += 1;
+                return Ok(ids.next - 1);
+            }
+        }
+        let _guard = self.meta_write.lock().expect("meta lock");
+        {
+            let mut ids = self.producer_ids.lock().expect("producer ids lock");
+            if ids.next < ids.reserved {
+                ids.next += 1;
+                return Ok(ids.next - 1);
+            }
+            ids.reserved += PRODUCER_ID_BLOCK;
+        }
+        // Persist the new reservation before handing out any ID from it.
+        self.commit_change(|_| {})?;
+        let mut ids = self.producer_ids.lock().expect("producer ids lock");
+        ids.next += 1;
+        Ok(ids.next - 1)
     }
 
     /// Flushes and closes every partition log (clean shutdown).
@@ -434,11 +486,52 @@ fn open_partition(
         ..LogConfig::default()
     };
     let log = PartitionLog::open(&partition_dir(&config.data_dir, topic, index), log_config)?;
+    let producers = rebuild_producer_state(&log)?;
+    if !producers.is_empty() {
+        tracing::info!(
+            topic,
+            partition = index,
+            producers = producers.len(),
+            "rebuilt producer state"
+        );
+    }
     Ok(Arc::new(Partition {
         topic: topic.to_string(),
         index,
         log: RwLock::new(log),
+        producers: Mutex::new(producers),
     }))
+}
+
+/// Replays the batch headers of the whole log into a producer state table.
+///
+/// Reads every batch once (headers only are parsed). TODO(issue 7): producer state
+/// snapshots, so a start replays only the tail written after the last snapshot.
+fn rebuild_producer_state(log: &PartitionLog) -> anyhow::Result<ProducerStateTable> {
+    let mut table = ProducerStateTable::new();
+    let end = log.log_end_offset();
+    let mut offset = log.log_start_offset();
+    while offset < end {
+        let read = log.read(offset, 1 << 20, end)?;
+        let mut next = offset;
+        for (header, _) in iter_batches(&read.data).flatten() {
+            if header.producer_id >= 0 {
+                let batch = ProducerBatch::new(
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence,
+                    header.last_offset_delta,
+                );
+                table.record(&batch, header.base_offset, header.last_offset());
+            }
+            next = header.last_offset() + 1;
+        }
+        if next <= offset {
+            anyhow::bail!("log read made no progress at offset {offset}");
+        }
+        offset = next;
+    }
+    Ok(table)
 }
 
 fn new_cluster_id() -> String {

@@ -169,6 +169,16 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                     ]),
             ]),
         )],
+        ApiKey::InitProducerId => vec![
+            RequestKind::InitProducerId(
+                InitProducerIdRequest::default().with_producer_id(ProducerId(-1)),
+            ),
+            RequestKind::InitProducerId(
+                InitProducerIdRequest::default()
+                    .with_producer_id(ProducerId(5))
+                    .with_producer_epoch(2),
+            ),
+        ],
         other => panic!("no sample request for advertised API {other:?}"),
     }
 }

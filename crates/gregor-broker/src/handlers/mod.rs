@@ -8,6 +8,7 @@ mod admin;
 mod fetch;
 mod metadata;
 mod produce;
+mod producer;
 
 use std::sync::Arc;
 
@@ -39,6 +40,9 @@ pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<Res
         }
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(fetch::delete_records(broker, r))
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(producer::init_producer_id(broker, r))
         }
         RequestKind::CreateTopics(r) => {
             ResponseKind::CreateTopics(admin::create_topics(broker, r, version))

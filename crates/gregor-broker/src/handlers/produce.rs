@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use gregor_log::{batch::iter_batches, LogError};
 use gregor_protocol::records::{validate_batch_records, RecordsError};
+use gregor_txn::{ProducerBatch, ProducerError, Verdict};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -142,6 +143,7 @@ fn append(
         Some(r) if !r.is_empty() => r,
         _ => return Err((ResponseError::InvalidRecord, "no records".to_string())),
     };
+    let mut headers = Vec::new();
     for batch in iter_batches(records) {
         match batch {
             Ok((header, _)) if header.total_size() > max_message_bytes => {
@@ -153,7 +155,13 @@ fn append(
                     ),
                 ))
             }
-            Ok((_, range)) => {
+            Ok((header, range)) => {
+                if header.is_transactional() || header.is_control() {
+                    return Err((
+                        ResponseError::InvalidTxnState,
+                        "transactional produce is not supported yet".to_string(),
+                    ));
+                }
                 validate_batch_records(&records[range], limits.max_decompressed_bytes).map_err(
                     |e| match e {
                         RecordsError::TooLarge { .. } => {
@@ -162,15 +170,79 @@ fn append(
                         _ => (ResponseError::CorruptMessage, e.to_string()),
                     },
                 )?;
+                headers.push(header);
             }
             Err(e) => return Err((ResponseError::CorruptMessage, e.to_string())),
         }
     }
+    let producer_batches: Vec<Option<ProducerBatch>> = headers
+        .iter()
+        .map(|h| {
+            (h.producer_id >= 0).then(|| {
+                ProducerBatch::new(
+                    h.producer_id,
+                    h.producer_epoch,
+                    h.base_sequence,
+                    h.last_offset_delta,
+                )
+            })
+        })
+        .collect();
     let mut log = partition.log.write().expect("log lock");
-    match log.append(records) {
-        Ok(info) => Ok((info.base_offset, log.log_start_offset())),
-        Err(e) => Err((log_error_code(&e), e.to_string())),
+    let mut producers = partition.producers.lock().expect("producer state lock");
+    // Idempotence: decide every batch before writing any. A lone batch that repeats one
+    // already written is answered with its original offsets and not written again.
+    // Several batches are checked against a scratch copy, so each sees its predecessors.
+    let mut scratch = None;
+    for (i, pb) in producer_batches.iter().enumerate() {
+        let Some(pb) = pb else { continue };
+        let verdict = if headers.len() == 1 {
+            producers.check(pb)
+        } else {
+            let table = scratch.get_or_insert_with(|| producers.clone());
+            let verdict = table.check(pb);
+            if verdict == Ok(Verdict::Append) {
+                table.record(pb, -1, -1);
+            }
+            verdict
+        };
+        match verdict {
+            Ok(Verdict::Append) => {}
+            Ok(Verdict::Duplicate { first_offset, .. }) if headers.len() == 1 => {
+                tracing::debug!(
+                    producer_id = pb.producer_id,
+                    sequence = pb.first_sequence,
+                    first_offset,
+                    "duplicate batch"
+                );
+                return Ok((first_offset, log.log_start_offset()));
+            }
+            Ok(Verdict::Duplicate { .. }) => {
+                return Err((
+                    ResponseError::DuplicateSequenceNumber,
+                    format!("batch {i} of a multi-batch request repeats a written batch"),
+                ))
+            }
+            Err(e @ ProducerError::InvalidEpoch { .. }) => {
+                return Err((ResponseError::InvalidProducerEpoch, e.to_string()))
+            }
+            Err(e @ ProducerError::OutOfOrder { .. }) => {
+                return Err((ResponseError::OutOfOrderSequenceNumber, e.to_string()))
+            }
+        }
     }
+    let info = log
+        .append(records)
+        .map_err(|e| (log_error_code(&e), e.to_string()))?;
+    let mut offset = info.base_offset;
+    for (header, pb) in headers.iter().zip(&producer_batches) {
+        let last = offset + i64::from(header.last_offset_delta);
+        if let Some(pb) = pb {
+            producers.record(pb, offset, last);
+        }
+        offset = last + 1;
+    }
+    Ok((info.base_offset, log.log_start_offset()))
 }
 
 pub(crate) fn log_error_code(e: &LogError) -> ResponseError {

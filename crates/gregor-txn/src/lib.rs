@@ -1,0 +1,276 @@
+//! Producer state for idempotent produce: which producer IDs wrote to a partition, at which
+//! epoch, and the sequence numbers of their last batches.
+//!
+//! Sans-I/O: the broker feeds it batch headers (before appending, to decide; after appending,
+//! to record) and rebuilds it after a restart by replaying the batch headers of the log.
+//! The transaction coordinator will live here too (issue 7).
+//!
+//! Rules, as Kafka applies them per partition (`ProducerStateManager`):
+//! - a batch from an epoch older than the producer's current one is fenced
+//!   (`INVALID_PRODUCER_EPOCH`);
+//! - within an epoch, a batch must start at the sequence after the last one written
+//!   (sequences wrap from `i32::MAX` to 0), otherwise `OUT_OF_ORDER_SEQUENCE_NUMBER`;
+//! - a batch equal to one of the producer's last [`RETAINED_BATCHES`] batches is a
+//!   duplicate (a retry whose first attempt was written but not acknowledged): it is not
+//!   written again and is answered with the original offsets;
+//! - a new epoch (or a producer the partition has never seen) starts at sequence 0; a
+//!   producer with no state here (e.g. its records were deleted) is accepted at any
+//!   sequence, as Kafka does since KIP-360.
+
+use std::collections::{HashMap, VecDeque};
+
+/// How many recent batches per producer are remembered for duplicate detection (Kafka's
+/// `max.in.flight.requests.per.connection` limit for idempotence is 5).
+pub const RETAINED_BATCHES: usize = 5;
+
+/// One batch as far as producer state is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerBatch {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+}
+
+impl ProducerBatch {
+    /// From a batch header's fields; `last_offset_delta` gives the sequence span.
+    pub fn new(producer_id: i64, epoch: i16, base_sequence: i32, last_offset_delta: i32) -> Self {
+        ProducerBatch {
+            producer_id,
+            epoch,
+            first_sequence: base_sequence,
+            last_sequence: increment_sequence(base_sequence, last_offset_delta),
+        }
+    }
+}
+
+/// Where a written batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenBatch {
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+/// What to do with an incoming batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write it.
+    Append,
+    /// Already written: answer with these offsets and write nothing.
+    Duplicate { first_offset: i64, last_offset: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProducerError {
+    #[error("producer {producer_id} epoch {epoch} is older than the current epoch {current}")]
+    InvalidEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    #[error("producer {producer_id}: sequence {got}, expected {expected}")]
+    OutOfOrder {
+        producer_id: i64,
+        got: i32,
+        expected: i32,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+struct ProducerEntry {
+    epoch: i16,
+    batches: VecDeque<WrittenBatch>,
+}
+
+/// The producer state of one partition.
+#[derive(Debug, Clone, Default)]
+pub struct ProducerStateTable {
+    producers: HashMap<i64, ProducerEntry>,
+}
+
+/// `seq + delta` with Kafka's wraparound at `i32::MAX`.
+pub fn increment_sequence(seq: i32, delta: i32) -> i32 {
+    let next = seq as i64 + delta as i64;
+    if next > i32::MAX as i64 {
+        (next - i32::MAX as i64 - 1) as i32
+    } else {
+        next as i32
+    }
+}
+
+impl ProducerStateTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of producers with state here.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// Decides what to do with `batch` without changing any state.
+    pub fn check(&self, batch: &ProducerBatch) -> Result<Verdict, ProducerError> {
+        let Some(entry) = self.producers.get(&batch.producer_id) else {
+            return Ok(Verdict::Append);
+        };
+        if batch.epoch < entry.epoch {
+            return Err(ProducerError::InvalidEpoch {
+                producer_id: batch.producer_id,
+                epoch: batch.epoch,
+                current: entry.epoch,
+            });
+        }
+        if batch.epoch > entry.epoch {
+            return if batch.first_sequence == 0 {
+                Ok(Verdict::Append)
+            } else {
+                Err(ProducerError::OutOfOrder {
+                    producer_id: batch.producer_id,
+                    got: batch.first_sequence,
+                    expected: 0,
+                })
+            };
+        }
+        if let Some(dup) = entry.batches.iter().find(|b| {
+            b.first_sequence == batch.first_sequence && b.last_sequence == batch.last_sequence
+        }) {
+            return Ok(Verdict::Duplicate {
+                first_offset: dup.first_offset,
+                last_offset: dup.last_offset,
+            });
+        }
+        let expected = match entry.batches.back() {
+            Some(last) => increment_sequence(last.last_sequence, 1),
+            None => 0,
+        };
+        if batch.first_sequence != expected {
+            return Err(ProducerError::OutOfOrder {
+                producer_id: batch.producer_id,
+                got: batch.first_sequence,
+                expected,
+            });
+        }
+        Ok(Verdict::Append)
+    }
+
+    /// Records a batch that was written at `first_offset..=last_offset`. Used after an
+    /// append and when replaying the log on start.
+    pub fn record(&mut self, batch: &ProducerBatch, first_offset: i64, last_offset: i64) {
+        let entry = self.producers.entry(batch.producer_id).or_default();
+        if batch.epoch != entry.epoch {
+            entry.epoch = batch.epoch;
+            entry.batches.clear();
+        }
+        entry.batches.push_back(WrittenBatch {
+            first_sequence: batch.first_sequence,
+            last_sequence: batch.last_sequence,
+            first_offset,
+            last_offset,
+        });
+        while entry.batches.len() > RETAINED_BATCHES {
+            entry.batches.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn b(pid: i64, epoch: i16, seq: i32, n: i32) -> ProducerBatch {
+        ProducerBatch::new(pid, epoch, seq, n - 1)
+    }
+
+    #[test]
+    fn in_order_batches_append_and_retries_are_duplicates() {
+        let mut t = ProducerStateTable::new();
+        let first = b(7, 0, 0, 10);
+        assert_eq!(t.check(&first), Ok(Verdict::Append));
+        t.record(&first, 100, 109);
+        let second = b(7, 0, 10, 5);
+        assert_eq!(t.check(&second), Ok(Verdict::Append));
+        t.record(&second, 110, 114);
+        assert_eq!(
+            t.check(&first),
+            Ok(Verdict::Duplicate {
+                first_offset: 100,
+                last_offset: 109
+            })
+        );
+        assert!(matches!(
+            t.check(&b(7, 0, 20, 1)),
+            Err(ProducerError::OutOfOrder { expected: 15, .. })
+        ));
+    }
+
+    #[test]
+    fn epochs_fence_and_reset() {
+        let mut t = ProducerStateTable::new();
+        t.record(&b(1, 3, 0, 1), 0, 0);
+        assert!(matches!(
+            t.check(&b(1, 2, 1, 1)),
+            Err(ProducerError::InvalidEpoch { .. })
+        ));
+        assert!(matches!(
+            t.check(&b(1, 4, 5, 1)),
+            Err(ProducerError::OutOfOrder { .. })
+        ));
+        assert_eq!(t.check(&b(1, 4, 0, 1)), Ok(Verdict::Append));
+        t.record(&b(1, 4, 0, 1), 1, 1);
+        assert!(matches!(
+            t.check(&b(1, 3, 1, 1)),
+            Err(ProducerError::InvalidEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_producers_are_accepted_at_any_sequence() {
+        let t = ProducerStateTable::new();
+        assert_eq!(t.check(&b(9, 0, 12345, 3)), Ok(Verdict::Append));
+    }
+
+    #[test]
+    fn sequences_wrap_at_i32_max() {
+        let mut t = ProducerStateTable::new();
+        let near_end = ProducerBatch::new(1, 0, i32::MAX - 1, 2);
+        assert_eq!(near_end.last_sequence, 0);
+        t.record(&near_end, 0, 2);
+        assert_eq!(t.check(&b(1, 0, 1, 1)), Ok(Verdict::Append));
+    }
+
+    proptest! {
+        /// Any interleaving of first attempts and retries of the last five batches writes
+        /// each batch exactly once, in sequence order.
+        #[test]
+        fn retries_never_write_twice(sizes in proptest::collection::vec(1i32..20, 1..40),
+                                     retries in proptest::collection::vec(0usize..5, 0..80)) {
+            let mut t = ProducerStateTable::new();
+            let mut written: Vec<ProducerBatch> = Vec::new();
+            let mut seq = 0;
+            let mut offset = 0i64;
+            let mut retry_iter = retries.into_iter();
+            for n in sizes {
+                let batch = b(42, 0, seq, n);
+                prop_assert_eq!(t.check(&batch), Ok(Verdict::Append));
+                t.record(&batch, offset, offset + n as i64 - 1);
+                written.push(batch);
+                offset += n as i64;
+                seq += n;
+                if let Some(back) = retry_iter.next() {
+                    if back < written.len() {
+                        let again = written[written.len() - 1 - back];
+                        let verdict = t.check(&again);
+                        prop_assert!(matches!(verdict, Ok(Verdict::Duplicate { .. })), "{:?}", verdict);
+                    }
+                }
+            }
+        }
+    }
+}
