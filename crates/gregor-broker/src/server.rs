@@ -100,7 +100,11 @@ async fn run_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr
                     request.api_version,
                     request.header.correlation_id,
                 );
-                match handlers::handle(&broker, request).await {
+                let client_host = format!("/{}", peer.ip());
+                let handled = crate::groups::CLIENT_HOST
+                    .scope(client_host, handlers::handle(&broker, request))
+                    .await;
+                match handled {
                     Some(body) => match encode_response(api_key, version, correlation_id, &body) {
                         Ok(bytes) => Some(bytes),
                         Err(e) => {

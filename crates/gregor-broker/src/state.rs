@@ -131,6 +131,8 @@ pub struct Broker {
     meta_write: Mutex<()>,
     /// Bumped after every append; long-polling fetches wait on it.
     appended: watch::Sender<u64>,
+    /// The group coordinator, set once by [`crate::groups::GroupService::start`].
+    pub groups: std::sync::OnceLock<Arc<crate::groups::GroupService>>,
 }
 
 impl Broker {
@@ -172,6 +174,7 @@ impl Broker {
             topics: RwLock::new(topics),
             meta_write: Mutex::new(()),
             appended: watch::channel(0).0,
+            groups: std::sync::OnceLock::new(),
             config,
         })
     }

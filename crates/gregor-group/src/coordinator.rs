@@ -119,7 +119,8 @@ pub struct JoinResponse {
 }
 
 impl JoinResponse {
-    fn error(e: ResponseError, member_id: &str) -> Self {
+    /// A response carrying only an error.
+    pub fn error(e: ResponseError, member_id: &str) -> Self {
         JoinResponse {
             error: code(e),
             generation_id: -1,
@@ -152,7 +153,8 @@ pub struct SyncResponse {
 }
 
 impl SyncResponse {
-    fn error(e: ResponseError) -> Self {
+    /// A response carrying only an error.
+    pub fn error(e: ResponseError) -> Self {
         SyncResponse {
             error: code(e),
             protocol_type: None,
@@ -1126,6 +1128,9 @@ impl Coordinator {
     pub fn tick(&mut self, now: i64, fx: &mut Effects) {
         let delay = self.config.initial_rebalance_delay_ms;
         for group in self.groups.values_mut() {
+            if !self.loaded[group.partition as usize] {
+                continue;
+            }
             let expired_pending: Vec<String> = group
                 .pending
                 .iter()
@@ -1177,7 +1182,7 @@ impl Coordinator {
         let n = self.loaded.len() as i32;
         let mut dead = Vec::new();
         for group in self.groups.values_mut() {
-            if group.state != GroupState::Empty {
+            if group.state != GroupState::Empty || !self.loaded[group.partition as usize] {
                 continue;
             }
             let partition = group_partition(&group.id, n);
