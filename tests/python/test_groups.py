@@ -1,0 +1,363 @@
+"""Consumer groups and committed offsets (issue 6) with real clients against real gregor.
+
+Group members that must be killed with SIGKILL run as separate processes
+(``group_consumer.py``); the others run in this process. Session timeouts are 6 s (the
+broker's minimum) so expiry tests stay short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from gregor_testlib import REPO_ROOT, confluent_common, create_topic_confluent, unique_topic, wait_for
+
+HERE = Path(__file__).resolve().parent
+SESSION_MS = 6000
+REPORT = REPO_ROOT / "target" / "group-latency.json"
+
+
+# ------------------------------------------------------------------ helpers
+def produce(bootstrap: str, topic: str, n: int, partitions: int | None = None, start: int = 0):
+    """Produces ``n`` records (round-robin over ``partitions`` if given, else by key)."""
+    p = Producer({**confluent_common(bootstrap), "acks": "all", "linger.ms": 5})
+    for i in range(start, start + n):
+        kw = {"key": f"k{i}".encode(), "value": f"v{i}".encode()}
+        if partitions:
+            kw["partition"] = i % partitions
+        p.produce(topic, **kw)
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+
+
+def consumer(bootstrap: str, group: str, **extra) -> Consumer:
+    conf = {
+        **confluent_common(bootstrap),
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": SESSION_MS,
+        "heartbeat.interval.ms": 300,
+    }
+    conf.update(extra)
+    return Consumer(conf)
+
+
+class Member:
+    """A group_consumer.py process and what it reported."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, *args: str):
+        cmd = [sys.executable, str(HERE / "group_consumer.py"), bootstrap, group, topic, *args]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        self.events: list[dict] = []
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in iter(self.proc.stdout.readline, b""):
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            with self.lock:
+                self.events.append(ev)
+
+    def of(self, kind: str) -> list[dict]:
+        with self.lock:
+            return [e for e in self.events if e["event"] == kind]
+
+    def assignment(self) -> set[int] | None:
+        """Current partitions (None before the first assignment). Works for eager (revoke
+        all, assign all) and cooperative (incremental) callbacks alike."""
+        owned: set[int] | None = None
+        with self.lock:
+            for e in self.events:
+                if e["event"] == "assign":
+                    owned = (owned or set()) | set(e["partitions"])
+                elif e["event"] in ("revoke", "lost") and owned is not None:
+                    owned -= set(e["partitions"])
+        return owned
+
+    def records(self) -> list[tuple[int, int]]:
+        return [(e["p"], e["o"]) for e in self.of("record")]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def members():
+    made: list[Member] = []
+
+    def make(*args, **kw) -> Member:
+        m = Member(*args, **kw)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        if m.alive():
+            m.kill9()
+        m.thread.join(5)
+
+
+def describe(admin: AdminClient, group: str):
+    return admin.describe_consumer_groups([group], request_timeout=10)[group].result(10)
+
+
+def exclusive_cover(assignments: list[set[int] | None], partitions: int) -> bool:
+    """Every partition owned by exactly one member."""
+    if any(a is None for a in assignments):
+        return False
+    owned = [p for a in assignments for p in a]
+    return sorted(owned) == list(range(partitions))
+
+
+def save_latency(name: str, seconds: float, note: str):
+    data = {}
+    try:
+        data = json.loads(REPORT.read_text())
+    except (OSError, ValueError):
+        pass
+    data[name] = {"seconds": round(seconds, 3), "note": note}
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"\nLATENCY {name}: {seconds * 1000:.0f} ms ({note})")
+
+
+# ------------------------------------------------- acceptance 1: one owner each
+def test_partitions_are_owned_exclusively_and_survive_a_kill9(broker, members):
+    topic = unique_topic("five")
+    group = unique_topic("g")
+    admin = create_topic_confluent(broker.bootstrap, topic, 5)
+
+    first = [members(broker.bootstrap, group, topic, "--client-id", f"c{i}") for i in range(3)]
+    wait_for(
+        lambda: exclusive_cover([m.assignment() for m in first], 5)
+        and describe(admin, group).state == ConsumerGroupState.STABLE,
+        30,
+        0.1,
+        "3 members owning 5 partitions",
+    )
+    assert sorted(len(m.assignment()) for m in first) == [1, 2, 2]
+
+    produce(broker.bootstrap, topic, 500, partitions=5)
+    wait_for(lambda: sum(len(m.records()) for m in first) >= 500, 30, 0.1, "500 records consumed")
+    consumed = [r for m in first for r in m.records()]
+    assert len(consumed) == 500 and len(set(consumed)) == 500, "every record exactly once"
+
+    # 6 members for 5 partitions: exactly one idle.
+    more = [members(broker.bootstrap, group, topic, "--client-id", f"c{i}") for i in range(3, 6)]
+    everyone = first + more
+    wait_for(
+        lambda: exclusive_cover([m.assignment() for m in everyone], 5)
+        and len(describe(admin, group).members) == 6
+        and describe(admin, group).state == ConsumerGroupState.STABLE,
+        60,
+        0.1,
+        "6 members sharing 5 partitions",
+    )
+    assert sorted(len(m.assignment()) for m in everyone) == [0, 1, 1, 1, 1, 1]
+
+    # kill -9 a member that owns a partition: it moves within session.timeout + 1 s.
+    victim = next(m for m in everyone if m.assignment())
+    lost = set(victim.assignment())
+    survivors = [m for m in everyone if m is not victim]
+    killed_at = time.monotonic()
+    victim.kill9()
+    wait_for(
+        lambda: exclusive_cover([m.assignment() for m in survivors], 5),
+        SESSION_MS / 1000 + 5,
+        0.05,
+        "partitions of the killed member reassigned",
+    )
+    moved_after = time.monotonic() - killed_at
+    print(f"\npartitions {sorted(lost)} moved {moved_after:.2f}s after kill -9")
+    assert moved_after <= SESSION_MS / 1000 + 1, f"took {moved_after:.2f}s"
+
+    # Processing continues with commits after processing: nothing is lost.
+    produce(broker.bootstrap, topic, 500, partitions=5, start=500)
+    expected = {(p, o) for p in range(5) for o in range(200)}
+
+    def all_seen():
+        seen = {r for m in everyone for r in m.records()}
+        return expected <= seen
+
+    wait_for(all_seen, 30, 0.1, "all 1000 records consumed")
+    for m in survivors:
+        assert not m.of("commit_error"), m.of("commit_error")
+
+
+# --------------------------------------- acceptance 2: independent consumer groups
+def test_several_groups_each_receive_every_record(broker):
+    topic = unique_topic("truck-gps-events")
+    create_topic_confluent(broker.bootstrap, topic, 3)
+    produce(broker.bootstrap, topic, 300)
+    sizes = {"location": 2, "notification": 3, "analytics": 1}
+    groups = {name: unique_topic(name) for name in sizes}
+    consumers = {
+        name: [consumer(broker.bootstrap, groups[name]) for _ in range(n)] for name, n in sizes.items()
+    }
+    seen: dict[str, list[tuple[int, int]]] = {name: [] for name in sizes}
+    try:
+        for cs in consumers.values():
+            for c in cs:
+                c.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(len(set(v)) < 300 for v in seen.values()):
+            for name, cs in consumers.items():
+                for c in cs:
+                    for m in c.consume(100, 0.02):
+                        if m.error() is None:
+                            seen[name].append((m.partition(), m.offset()))
+                            # Each group commits at its own pace: analytics only up to half.
+                            if name != "analytics" or m.offset() < 50:
+                                c.commit(message=m, asynchronous=False)
+        for name, records in seen.items():
+            assert len(set(records)) == 300, f"{name} got {len(set(records))} of 300"
+        committed = {}
+        for name, cs in consumers.items():
+            tps = cs[0].committed([TopicPartition(topic, p) for p in range(3)], timeout=10)
+            committed[name] = sum(tp.offset for tp in tps if tp.offset >= 0)
+        assert committed["location"] == 300
+        assert committed["notification"] == 300
+        assert committed["analytics"] == 150  # 50 per partition, independent of the others
+    finally:
+        for cs in consumers.values():
+            for c in cs:
+                c.close()
+
+
+# ------------------------------------------------ acceptance 3: the crash story
+@pytest.mark.parametrize("how", ["sigterm", "kill9"])
+def test_committed_offset_survives_broker_restart(broker, how):
+    topic = unique_topic("orders")
+    group = unique_topic("app")
+    create_topic_confluent(broker.bootstrap, topic, 1)
+    produce(broker.bootstrap, topic, 4300)
+
+    c = consumer(broker.bootstrap, group)
+    c.subscribe([topic])
+    processed = -1
+    deadline = time.monotonic() + 60
+    while processed < 4258 and time.monotonic() < deadline:
+        for m in c.consume(500, 0.2):
+            if m.error() is None and m.offset() <= 4258:
+                processed = m.offset()
+    assert processed == 4258
+    # Processed up to 4258: commit the next offset to read.
+    c.commit(offsets=[TopicPartition(topic, 0, 4259)], asynchronous=False)
+    if how == "kill9":
+        broker.kill9()  # straight after the acknowledged commit
+    else:
+        c.close()
+        assert broker.stop() == 0
+    broker.start()
+    if how == "kill9":
+        c.close()
+
+    c2 = consumer(broker.bootstrap, group)
+    try:
+        c2.subscribe([topic])
+        first = None
+        deadline = time.monotonic() + 60
+        while first is None and time.monotonic() < deadline:
+            m = c2.poll(0.2)
+            if m is not None and m.error() is None:
+                first = m.offset()
+        assert first == 4259
+    finally:
+        c2.close()
+
+
+# ---------------------------------------- acceptance 7: DescribeGroups/ListGroups
+def test_describe_and_list_groups_show_members_and_assignments(broker):
+    topic = unique_topic("described")
+    group = unique_topic("dg")
+    admin = create_topic_confluent(broker.bootstrap, topic, 4)
+    cs = [consumer(broker.bootstrap, group, **{"client.id": f"client-{i}"}) for i in range(2)]
+    try:
+        for c in cs:
+            c.subscribe([topic])
+
+        def stable():
+            for c in cs:
+                c.poll(0.05)
+            d = describe(admin, group)
+            return d if d.state == ConsumerGroupState.STABLE and len(d.members) == 2 else None
+
+        d = wait_for(stable, 30, 0.05, "stable group of 2")
+        assert d.group_id == group
+        assert d.partition_assignor == "range"
+        assert not d.is_simple_consumer_group
+        assert sorted(m.client_id for m in d.members) == ["client-0", "client-1"]
+        assert all(m.host == "/127.0.0.1" for m in d.members)
+        owned = sorted(
+            (tp.topic, tp.partition) for m in d.members for tp in m.assignment.topic_partitions
+        )
+        assert owned == [(topic, p) for p in range(4)]
+        assert all(m.member_id.startswith("client-") for m in d.members)
+
+        listed = admin.list_consumer_groups(request_timeout=10).result(10)
+        assert group in {g.group_id for g in listed.valid}
+        only_stable = admin.list_consumer_groups(
+            request_timeout=10, states={ConsumerGroupState.STABLE}
+        ).result(10)
+        assert group in {g.group_id for g in only_stable.valid}
+        only_empty = admin.list_consumer_groups(
+            request_timeout=10, states={ConsumerGroupState.EMPTY}
+        ).result(10)
+        assert group not in {g.group_id for g in only_empty.valid}
+
+        # Commit something, leave, then the group is Empty and can be deleted.
+        for c in cs:
+            c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+            c.close()
+        cs = []
+        assert describe(admin, group).state == ConsumerGroupState.EMPTY
+        offsets = admin.list_consumer_group_offsets(
+            [__import__("confluent_kafka").ConsumerGroupTopicPartitions(group)]
+        )[group].result(10)
+        assert [(tp.partition, tp.offset) for tp in offsets.topic_partitions] == [(0, 1)]
+        admin.delete_consumer_groups([group], request_timeout=10)[group].result(10)
+        assert describe(admin, group).state == ConsumerGroupState.DEAD
+        missing = admin.delete_consumer_groups([group], request_timeout=10)[group]
+        with pytest.raises(KafkaException) as e:
+            missing.result(10)
+        assert "GROUP_ID_NOT_FOUND" in str(e.value)
+    finally:
+        for c in cs:
+            c.close()
