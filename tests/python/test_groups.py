@@ -361,3 +361,124 @@ def test_describe_and_list_groups_show_members_and_assignments(broker):
     finally:
         for c in cs:
             c.close()
+
+
+# ------------------------------------------------ acceptance 5: static membership
+def join_phases(broker, group: str) -> int:
+    """Completed join phases (= generations) the broker logged for ``group``."""
+    return sum(
+        1
+        for line in broker.log_text().splitlines()
+        if "join phase complete" in line and group in line
+    )
+
+
+def test_static_member_restarted_within_session_timeout_keeps_partitions(broker, members):
+    topic = unique_topic("static")
+    group = unique_topic("sg")
+    admin = create_topic_confluent(broker.bootstrap, topic, 4)
+    s1 = members(broker.bootstrap, group, topic, "--instance-id", "s1", "--session-timeout-ms", "10000")
+    s2 = members(broker.bootstrap, group, topic, "--instance-id", "s2", "--session-timeout-ms", "10000")
+    wait_for(
+        lambda: exclusive_cover([s1.assignment(), s2.assignment()], 4)
+        and describe(admin, group).state == ConsumerGroupState.STABLE,
+        30,
+        0.1,
+        "static group stable",
+    )
+    before = s1.assignment()
+    s2_events = len(s2.events)
+    generations = join_phases(broker, group)
+    assert generations >= 1
+
+    s1.kill9()
+    s1b = members(broker.bootstrap, group, topic, "--instance-id", "s1", "--session-timeout-ms", "10000")
+    wait_for(lambda: s1b.assignment() is not None, 9, 0.05, "restarted static member assigned")
+    assert s1b.assignment() == before, "same partitions back"
+    time.sleep(1)  # give a (wrong) rebalance the chance to show up in s2's callbacks
+    assert join_phases(broker, group) == generations, "no new generation"
+    assert [e for e in s2.events[s2_events:] if e["event"] in ("assign", "revoke", "lost")] == []
+    d = describe(admin, group)
+    assert d.state == ConsumerGroupState.STABLE
+    assert sorted(m.group_instance_id for m in d.members) == ["s1", "s2"]
+
+
+# ---------------------------------------- acceptance 4: cooperative rebalancing
+def test_cooperative_sticky_members_keep_unmoved_partitions(broker, members):
+    topic = unique_topic("coop")
+    group = unique_topic("cg")
+    admin = create_topic_confluent(broker.bootstrap, topic, 6)
+    args = ("--strategy", "cooperative-sticky")
+    m1 = members(broker.bootstrap, group, topic, *args)
+    wait_for(lambda: m1.assignment() == set(range(6)), 30, 0.05, "first member owns all")
+    n_before = len(m1.events)
+    m2 = members(broker.bootstrap, group, topic, *args)
+    wait_for(
+        lambda: exclusive_cover([m1.assignment(), m2.assignment()], 6)
+        and m2.assignment()
+        and describe(admin, group).state == ConsumerGroupState.STABLE,
+        30,
+        0.05,
+        "partitions shared",
+    )
+    later = m1.events[n_before:]
+    revoked = {p for e in later if e["event"] in ("revoke", "lost") for p in e["partitions"]}
+    kept = m1.assignment()
+    assert len(kept) == 3 and len(m2.assignment()) == 3
+    assert revoked == set(m2.assignment()), "only the partitions that moved were revoked"
+    assert not revoked & kept, "kept partitions were never revoked"
+    assert not {p for e in later if e["event"] == "assign" for p in e["partitions"]} & kept
+
+
+# ------------------------------------------------------------ acceptance 8: latency
+def test_latency_first_assignment_and_rebalance_after_leave(broker):
+    topic = unique_topic("latency")
+    group = unique_topic("lg")
+    create_topic_confluent(broker.bootstrap, topic, 4)
+    assigned_at: dict[str, list] = {"c1": [], "c2": []}
+
+    def on_assign(name):
+        return lambda _c, ps: assigned_at[name].append((time.monotonic(), {p.partition for p in ps}))
+
+    c1 = consumer(broker.bootstrap, group)
+    c2 = None
+    try:
+        t0 = time.monotonic()
+        c1.subscribe([topic], on_assign=on_assign("c1"))
+        while not assigned_at["c1"] and time.monotonic() - t0 < 10:
+            c1.poll(0.01)
+        first = assigned_at["c1"][0][0] - t0
+        save_latency(
+            "subscribe_to_first_assignment",
+            first,
+            "lone confluent-kafka consumer, group.initial.rebalance.delay.ms=100 (default)",
+        )
+
+        c2 = consumer(broker.bootstrap, group)
+        c2.subscribe([topic], on_assign=on_assign("c2"))
+
+        def shared():
+            c1.poll(0.01)
+            c2.poll(0.01)
+            return assigned_at["c2"] and len(assigned_at["c2"][-1][1]) == 2
+
+        wait_for(shared, 30, 0, "two members sharing")
+        n = len(assigned_at["c1"])
+        t1 = time.monotonic()
+        c2.close()  # LeaveGroup
+        c2 = None
+        while len(assigned_at["c1"]) == n and time.monotonic() - t1 < 10:
+            c1.poll(0.01)
+        assert assigned_at["c1"][-1][1] == set(range(4))
+        rebalance = assigned_at["c1"][-1][0] - t1
+        save_latency(
+            "rebalance_after_clean_leave",
+            rebalance,
+            "close() of one of 2 members until the other owns all partitions; "
+            "heartbeat.interval.ms=300 (the survivor learns of the rebalance by heartbeat)",
+        )
+        assert first < 1.0 and rebalance < 1.0
+    finally:
+        c1.close()
+        if c2 is not None:
+            c2.close()
