@@ -482,3 +482,140 @@ def test_latency_first_assignment_and_rebalance_after_leave(broker):
         c1.close()
         if c2 is not None:
             c2.close()
+
+
+# ------------------------------------- acceptance 6: kafka-python, aiokafka, mixed
+class KafkaPythonMember(threading.Thread):
+    """A kafka-python KafkaConsumer polling in its own thread (the join happens in poll)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, **extra):
+        super().__init__(daemon=True)
+        from kafka import KafkaConsumer
+
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=SESSION_MS,
+            heartbeat_interval_ms=300,
+            **extra,
+        )
+        self.consumer.subscribe([topic])
+        self.records: list[tuple[int, int]] = []
+        self.owned: set[int] | None = None
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self):
+        try:
+            while not self.stopping.is_set():
+                batches = self.consumer.poll(timeout_ms=100)
+                for tp, msgs in batches.items():
+                    self.records.extend((tp.partition, m.offset) for m in msgs)
+                if batches:
+                    self.consumer.commit()
+                self.owned = {tp.partition for tp in self.consumer.assignment()}
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            self.consumer.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.join(30)
+        assert self.error is None, repr(self.error)
+
+
+def test_kafka_python_consumers_form_a_group(broker):
+    topic = unique_topic("kp")
+    group = unique_topic("kpg")
+    admin = create_topic_confluent(broker.bootstrap, topic, 4)
+    produce(broker.bootstrap, topic, 200, partitions=4)
+    ms = [KafkaPythonMember(broker.bootstrap, group, topic) for _ in range(2)]
+    try:
+        wait_for(
+            lambda: exclusive_cover([m.owned for m in ms], 4)
+            and all(m.owned for m in ms)
+            and len({r for m in ms for r in m.records}) == 200,
+            60,
+            0.1,
+            "kafka-python group sharing 4 partitions and all records",
+        )
+        d = describe(admin, group)
+        assert d.state == ConsumerGroupState.STABLE and len(d.members) == 2
+    finally:
+        for m in ms:
+            m.stop()
+
+
+def test_mixed_kafka_python_and_confluent_group(broker, members):
+    topic = unique_topic("mixed")
+    group = unique_topic("mg")
+    admin = create_topic_confluent(broker.bootstrap, topic, 4)
+    produce(broker.bootstrap, topic, 200, partitions=4)
+    kp = KafkaPythonMember(broker.bootstrap, group, topic)
+    ck = members(broker.bootstrap, group, topic)  # confluent-kafka, range,roundrobin
+    try:
+        wait_for(
+            lambda: exclusive_cover([kp.owned, ck.assignment()], 4)
+            and kp.owned
+            and ck.assignment()
+            and len(set(kp.records) | set(ck.records())) == 200,
+            60,
+            0.1,
+            "mixed group sharing 4 partitions and all records",
+        )
+        d = describe(admin, group)
+        assert d.state == ConsumerGroupState.STABLE and len(d.members) == 2
+    finally:
+        kp.stop()
+
+
+def test_aiokafka_consumers_form_a_group(broker):
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    topic = unique_topic("aio")
+    group = unique_topic("ag")
+    admin = create_topic_confluent(broker.bootstrap, topic, 4)
+    produce(broker.bootstrap, topic, 200, partitions=4)
+
+    async def run():
+        cs = [
+            AIOKafkaConsumer(
+                topic,
+                bootstrap_servers=broker.bootstrap,
+                group_id=group,
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                session_timeout_ms=SESSION_MS,
+                heartbeat_interval_ms=300,
+            )
+            for _ in range(2)
+        ]
+        for c in cs:
+            await c.start()
+        seen: set[tuple[int, int]] = set()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                for c in cs:
+                    batches = await c.getmany(timeout_ms=50)
+                    for tp, msgs in batches.items():
+                        seen.update((tp.partition, m.offset) for m in msgs)
+                    if batches:
+                        await c.commit()
+                owned = [{tp.partition for tp in c.assignment()} for c in cs]
+                if len(seen) == 200 and exclusive_cover(owned, 4) and all(owned):
+                    return owned, seen
+            raise AssertionError(f"aiokafka group did not settle: {owned}, {len(seen)} records")
+        finally:
+            for c in cs:
+                await c.stop()
+
+    owned, seen = asyncio.run(run())
+    assert len(seen) == 200 and all(owned)
+    assert describe(admin, group).state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
