@@ -1104,7 +1104,8 @@ impl Coordinator {
     pub fn next_deadline(&self) -> Option<i64> {
         let mut next: Option<i64> = None;
         let mut consider = |t: i64| next = Some(next.map_or(t, |n: i64| n.min(t)));
-        for g in self.groups.values() {
+        // Groups still being replayed are skipped by `tick`, so their deadlines must not wake it.
+        for g in self.groups.values().filter(|g| self.loaded[g.partition as usize]) {
             if let Some(d) = g.join_deadline {
                 consider(d);
             }
