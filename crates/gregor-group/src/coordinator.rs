@@ -1105,7 +1105,11 @@ impl Coordinator {
         let mut next: Option<i64> = None;
         let mut consider = |t: i64| next = Some(next.map_or(t, |n: i64| n.min(t)));
         // Groups still being replayed are skipped by `tick`, so their deadlines must not wake it.
-        for g in self.groups.values().filter(|g| self.loaded[g.partition as usize]) {
+        for g in self
+            .groups
+            .values()
+            .filter(|g| self.loaded[g.partition as usize])
+        {
             if let Some(d) = g.join_deadline {
                 consider(d);
             }
