@@ -36,7 +36,7 @@ def main():
     ap.add_argument("--client-id", default="group-consumer")
     ap.add_argument("--strategy", default="range,roundrobin")
     ap.add_argument("--session-timeout-ms", type=int, default=6000)
-    ap.add_argument("--heartbeat-interval-ms", type=int, default=300)
+    ap.add_argument("--heartbeat-interval-ms", type=int, default=200)
     args = ap.parse_args()
 
     conf = {
@@ -71,7 +71,7 @@ def main():
     emit(event="started", t=time.time())
     try:
         while not stopping["flag"]:
-            msg = consumer.poll(0.1)
+            msg = consumer.poll(0.05)
             if msg is None:
                 continue
             if msg.error():

@@ -619,3 +619,92 @@ def test_aiokafka_consumers_form_a_group(broker):
     owned, seen = asyncio.run(run())
     assert len(seen) == 200 and all(owned)
     assert describe(admin, group).state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
+
+
+# ------------------------------------------------- error codes and OffsetDelete
+def raw_call(broker, api_key: int, version: int, body: bytes) -> bytes:
+    """One request with a v1 header; returns the response body after the correlation id."""
+    from test_raw_protocol import connect, frame, header_v1, read_frame
+
+    with connect(broker) as s:
+        s.sendall(frame(header_v1(api_key, version, 7) + body))
+        payload = read_frame(s)
+    assert payload[:4] == (7).to_bytes(4, "big")
+    return payload[4:]
+
+
+def offset_delete(broker, group: str, topic: str, partition: int) -> tuple[int, int]:
+    """OffsetDelete v0 for one partition: (group error, partition error)."""
+    import struct
+
+    from test_raw_protocol import kstring
+
+    body = kstring(group) + struct.pack(">i", 1) + kstring(topic) + struct.pack(">ii", 1, partition)
+    resp = raw_call(broker, 47, 0, body)
+    (err,) = struct.unpack_from(">h", resp)
+    if err:
+        return err, 0
+    # error, throttle, [topic: name, [partition, error]]
+    pos = 2 + 4 + 4
+    (n,) = struct.unpack_from(">h", resp, pos)
+    pos += 2 + n + 4
+    _, perr = struct.unpack_from(">ih", resp, pos)
+    return 0, perr
+
+
+def test_group_error_codes_and_offset_delete(broker):
+    import struct
+
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    from test_raw_protocol import kstring
+
+    topic = unique_topic("errs")
+    group = unique_topic("eg")
+    admin = create_topic_confluent(broker.bootstrap, topic, 2)
+
+    # Commits from outside the group (generation -1) are accepted while the group is empty.
+    req = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 5), TopicPartition(topic, 1, 7)])
+    admin.alter_consumer_group_offsets([req])[group].result(10)
+
+    def committed():
+        res = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(10)
+        return {tp.partition: tp.offset for tp in res.topic_partitions if tp.offset >= 0}
+
+    assert committed() == {0: 5, 1: 7}
+    assert offset_delete(broker, group, topic, 0) == (0, 0)
+    assert committed() == {1: 7}
+    assert offset_delete(broker, unique_topic("nogroup"), topic, 0) == (69, 0)  # GROUP_ID_NOT_FOUND
+
+    c = consumer(broker.bootstrap, group)
+    try:
+        c.subscribe([topic])
+        wait_for(
+            lambda: c.poll(0.05) is None and describe(admin, group).state == ConsumerGroupState.STABLE,
+            30,
+            0,
+            "stable group",
+        )
+        # The group is subscribed to the topic: its offsets cannot be deleted.
+        assert offset_delete(broker, group, topic, 1) == (0, 86)  # GROUP_SUBSCRIBED_TO_TOPIC
+        with pytest.raises(KafkaException, match="NON_EMPTY_GROUP"):
+            admin.delete_consumer_groups([group], request_timeout=10)[group].result(10)
+        # A commit from a non-member to an active group is refused.
+        try:
+            res = admin.alter_consumer_group_offsets([req])[group].result(10)
+            errors = {str(tp.error) for tp in res.topic_partitions}
+        except KafkaException as exc:
+            errors = {str(exc)}
+        assert any("UNKNOWN_MEMBER_ID" in e for e in errors), errors
+        assert committed() == {1: 7}
+    finally:
+        c.close()
+
+    # JoinGroup v0 with an empty group id; Heartbeat v0 of an unknown member.
+    proto = struct.pack(">i", 1) + kstring("range") + struct.pack(">i", 0)
+    join = kstring("") + struct.pack(">i", 10000) + kstring("") + kstring("consumer") + proto
+    assert struct.unpack_from(">h", raw_call(broker, 11, 0, join))[0] == 24  # INVALID_GROUP_ID
+    short = kstring(group) + struct.pack(">i", 10) + kstring("") + kstring("consumer") + proto
+    assert struct.unpack_from(">h", raw_call(broker, 11, 0, short))[0] == 26  # INVALID_SESSION_TIMEOUT
+    hb = kstring(group) + struct.pack(">i", 1) + kstring("nobody")
+    assert struct.unpack_from(">h", raw_call(broker, 12, 0, hb))[0] == 25  # UNKNOWN_MEMBER_ID
