@@ -504,8 +504,10 @@ impl Coordinator {
                         .groups
                         .entry(group.clone())
                         .or_insert_with(|| Group::new(&group, group_partition(&group, n), now));
-                    // Members are not restored: after a restart they rejoin (their heartbeats
-                    // get UNKNOWN_MEMBER_ID). The generation continues where it was.
+                    // The group as last stored: Stable with its members and their
+                    // assignments, or Empty. Restored members get a full session timeout
+                    // from now to heartbeat again (with the same generation, so a
+                    // coordinator restart causes no rebalance); the others expire.
                     g.generation = v.generation;
                     g.protocol_type = (!v.protocol_type.is_empty()).then_some(v.protocol_type);
                     g.state_since = if v.current_state_timestamp > 0 {
@@ -513,6 +515,48 @@ impl Coordinator {
                     } else {
                         now
                     };
+                    g.members.clear();
+                    g.static_members.clear();
+                    g.pending.clear();
+                    g.join_deadline = None;
+                    g.initial_delay = false;
+                    match v.protocol {
+                        Some(protocol) if !v.members.is_empty() => {
+                            for m in v.members {
+                                if let Some(instance) = &m.group_instance_id {
+                                    g.static_members
+                                        .insert(instance.clone(), m.member_id.clone());
+                                }
+                                g.members.insert(
+                                    m.member_id.clone(),
+                                    Member {
+                                        id: m.member_id,
+                                        instance_id: m.group_instance_id,
+                                        client_id: m.client_id,
+                                        client_host: m.client_host,
+                                        session_timeout_ms: m.session_timeout_ms,
+                                        rebalance_timeout_ms: m.rebalance_timeout_ms,
+                                        protocols: vec![(protocol.clone(), m.subscription)],
+                                        assignment: m.assignment,
+                                        join_waiter: None,
+                                        sync_waiter: None,
+                                        session_deadline: now + m.session_timeout_ms.max(0) as i64,
+                                    },
+                                );
+                            }
+                            g.leader = v
+                                .leader
+                                .filter(|l| g.members.contains_key(l))
+                                .or_else(|| g.members.keys().next().cloned());
+                            g.protocol = Some(protocol);
+                            g.state = GroupState::Stable;
+                        }
+                        _ => {
+                            g.protocol = None;
+                            g.leader = None;
+                            g.state = GroupState::Empty;
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "skipping undecodable group value"),
             },

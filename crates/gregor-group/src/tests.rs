@@ -523,7 +523,37 @@ fn a_group_is_rebuilt_from_its_records() {
     }
     let fetched = co.fetch_offsets("g", None).unwrap();
     assert_eq!(fetched[0].1[0].1.as_ref().unwrap().offset, 4259);
-    assert_eq!(co.group_state("g"), Some((GroupState::Empty, g)));
+    // Its last stored state: Stable, with its single member.
+    assert_eq!(co.group_state("g"), Some((GroupState::Stable, g)));
+}
+
+#[test]
+fn a_stable_group_is_restored_with_its_members_and_generation() {
+    let mut s = Sim::new();
+    let (ids, g) = stable_group(&mut s, 2);
+    let mut co = Coordinator::new(GroupConfig::default());
+    for r in &s.records {
+        co.replay(&r.key, r.value.as_deref(), s.now);
+    }
+    for p in 0..10 {
+        co.finish_loading(p);
+    }
+    assert_eq!(co.group_state("g"), Some((GroupState::Stable, g)));
+    // Members carry on heartbeating with the same generation: no rebalance.
+    for id in &ids {
+        assert_eq!(co.heartbeat(s.now + 1_000, "g", id, None, g), 0);
+    }
+    let d = co.describe_group("g");
+    assert_eq!(d.members.len(), 2);
+    assert!(d.members.iter().all(|m| !m.assignment.is_empty()));
+    // A member that never comes back expires after its session timeout.
+    let mut fx = Effects::default();
+    co.heartbeat(s.now + 9_000, "g", &ids[0], None, g);
+    co.tick(s.now + 1_000 + SESSION as i64 + 1, &mut fx);
+    assert_eq!(
+        co.group_state("g"),
+        Some((GroupState::PreparingRebalance, g))
+    );
 }
 
 #[test]
