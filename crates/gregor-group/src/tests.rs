@@ -302,6 +302,31 @@ fn members_that_do_not_rejoin_within_the_rebalance_timeout_are_removed() {
 }
 
 #[test]
+fn a_member_that_heartbeats_but_never_rejoins_is_removed_at_the_rebalance_timeout() {
+    // The member is alive (heartbeats) but stuck in processing longer than
+    // max.poll.interval.ms (= rebalance timeout): the join phase ends without it.
+    let mut s = Sim::new();
+    let (ids, g1) = stable_group(&mut s, 2);
+    let started = s.now;
+    let w = s.join(Sim::join_req(&ids[1], None, &["range"]));
+    while s.now - started < REBALANCE as i64 - 3_000 {
+        s.advance(3_000);
+        assert_eq!(
+            s.heartbeat(&ids[0], g1),
+            c(ResponseError::RebalanceInProgress)
+        );
+        assert!(s.join_result(w).is_none(), "still waiting for ids[0]");
+    }
+    s.advance(3_000);
+    let r = s
+        .join_result(w)
+        .expect("join phase ended at the rebalance timeout");
+    assert_eq!(r.generation_id, g1 + 1);
+    assert_eq!(r.members.len(), 1);
+    assert_eq!(s.heartbeat(&ids[0], g1), c(ResponseError::UnknownMemberId));
+}
+
+#[test]
 fn session_timeout_removes_a_silent_member_and_rebalances() {
     let mut s = Sim::new();
     let (ids, g1) = stable_group(&mut s, 2);
