@@ -422,9 +422,11 @@ pub struct Coordinator {
 }
 
 /// Kafka's group id rule: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, DescribeGroups and
-/// DeleteGroups need a non-empty id; offset APIs accept the empty id.
+/// DeleteGroups need a non-empty id; offset APIs accept the empty id. In addition an id must
+/// fit the `__consumer_offsets` key schema (an int16-length string), or it could not be
+/// stored and reloaded intact.
 pub fn valid_group_id(id: &str, offsets_api: bool) -> bool {
-    offsets_api || !id.is_empty()
+    id.len() <= i16::MAX as usize && (offsets_api || !id.is_empty())
 }
 
 impl Coordinator {

@@ -482,6 +482,13 @@ fn inconsistent_protocols_and_bad_requests_are_refused() {
         s.join_result(w).unwrap().error,
         c(ResponseError::InvalidGroupId)
     );
+    let mut huge = Sim::join_req("", None, &["range"]);
+    huge.group_id = "g".repeat(40_000);
+    let w = s.join(huge);
+    assert_eq!(
+        s.join_result(w).unwrap().error,
+        c(ResponseError::InvalidGroupId)
+    );
     let w = s.join(Sim::join_req("ghost", None, &["range"]));
     assert_eq!(
         s.join_result(w).unwrap().error,

@@ -121,6 +121,9 @@ pub async fn join_group(
     let Some(svc) = service(broker) else {
         return join_response(JoinResponse::error(NOT_AVAILABLE, &member_id), version);
     };
+    if let Some(reason) = req.reason.as_ref().filter(|_| version >= 8) {
+        tracing::debug!(group = %req.group_id.0.as_str(), member = %member_id, reason = %reason.as_str(), "JoinGroup");
+    }
     let rebalance_timeout_ms = if version == 0 || req.rebalance_timeout_ms <= 0 {
         req.session_timeout_ms
     } else {
@@ -290,6 +293,11 @@ pub fn leave_group(
     let Some(svc) = service(broker) else {
         return LeaveGroupResponse::default().with_error_code(NOT_AVAILABLE.code());
     };
+    for m in req.members.iter().filter(|_| version >= 5) {
+        if let Some(reason) = &m.reason {
+            tracing::debug!(group = %req.group_id.0.as_str(), member = %m.member_id.as_str(), reason = %reason.as_str(), "LeaveGroup");
+        }
+    }
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         req.members
             .iter()
