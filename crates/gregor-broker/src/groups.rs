@@ -208,7 +208,13 @@ impl GroupService {
         out
     }
 
-    fn run_quiet<R>(&self, f: impl FnOnce(&mut Coordinator, &mut Effects) -> R) -> (R, Written) {
+    /// Like [`run`](Self::run) without waking the timer: for calls that can only move
+    /// deadlines later (Heartbeat and OffsetCommit extend sessions), where a wake-up would
+    /// only cost the timer a scan of every group.
+    pub(crate) fn run_quiet<R>(
+        &self,
+        f: impl FnOnce(&mut Coordinator, &mut Effects) -> R,
+    ) -> (R, Written) {
         let mut co = self.coordinator.lock().expect("coordinator lock");
         let mut fx = Effects::default();
         let result = f(&mut co, &mut fx);

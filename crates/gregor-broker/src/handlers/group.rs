@@ -271,7 +271,7 @@ pub fn heartbeat(broker: &Arc<Broker>, req: HeartbeatRequest, version: i16) -> H
         None
     };
     let now = now_ms();
-    let (code, _) = svc.run(|co, _| {
+    let (code, _) = svc.run_quiet(|co, _| {
         co.heartbeat(
             now,
             &req.group_id.0,
@@ -377,7 +377,7 @@ pub async fn offset_commit(
         None => Err(NOT_AVAILABLE),
         Some(svc) => {
             let now = now_ms();
-            let (result, written) = svc.run(|co, fx| co.commit_offsets(now, &commit, fx));
+            let (result, written) = svc.run_quiet(|co, fx| co.commit_offsets(now, &commit, fx));
             match (result, written) {
                 (Err(e), _) => Err(e),
                 (Ok(_), Err(e)) => {
