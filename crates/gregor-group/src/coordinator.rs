@@ -1534,8 +1534,11 @@ fn prepare_rebalance(group: &mut Group, now: i64, delay: i64, fx: &mut Effects) 
     }
 }
 
+/// Ends the join phase early if every member has rejoined — except during the initial delay of
+/// an empty group, which always runs its course (unless nobody is left).
 fn try_complete_join(group: &mut Group, now: i64, fx: &mut Effects) {
-    if group.state == GroupState::PreparingRebalance && group.all_joined() {
+    let may_end = !group.initial_delay || group.members.is_empty();
+    if group.state == GroupState::PreparingRebalance && may_end && group.all_joined() {
         complete_join(group, now, fx);
     }
 }

@@ -247,6 +247,22 @@ fn stable_group(s: &mut Sim, n: usize) -> (Vec<String>, i32) {
 }
 
 #[test]
+fn a_repeated_join_does_not_cut_the_initial_delay_short() {
+    let mut s = Sim::new();
+    let (id, w1) = s.new_member(&["range"]);
+    s.advance(50);
+    // The client retries its JoinGroup (say after a reconnect) during the initial delay.
+    let w2 = s.join(Sim::join_req(&id, None, &["range"]));
+    assert_eq!(
+        s.join_result(w1).unwrap().error,
+        c(ResponseError::RebalanceInProgress)
+    );
+    assert!(s.join_result(w2).is_none());
+    s.advance(50);
+    assert_eq!(s.join_result(w2).unwrap().generation_id, 1);
+}
+
+#[test]
 fn members_joining_during_the_initial_delay_share_one_generation() {
     let mut s = Sim::new();
     let (ids, generation) = stable_group(&mut s, 3);
