@@ -62,6 +62,29 @@ pub struct BrokerConfig {
     /// Upper bound on a Fetch's `max_wait_ms`.
     #[serde(alias = "fetch.max.wait.ms")]
     pub fetch_max_wait_ms: u64,
+    /// Partitions of `__consumer_offsets` when it is created (fixed afterwards). Kafka's
+    /// default is 50; 10 keeps a fresh data dir small and startup fast on one node.
+    #[serde(alias = "offsets.topic.num.partitions")]
+    pub offsets_topic_num_partitions: i32,
+    /// How long the first rebalance of an empty group waits for more members.
+    #[serde(alias = "group.initial.rebalance.delay.ms")]
+    pub group_initial_rebalance_delay_ms: i64,
+    #[serde(alias = "group.min.session.timeout.ms")]
+    pub group_min_session_timeout_ms: i32,
+    #[serde(alias = "group.max.session.timeout.ms")]
+    pub group_max_session_timeout_ms: i32,
+    /// Most members (including those that still have to rejoin with their id) in one group.
+    #[serde(alias = "group.max.size")]
+    pub group_max_size: usize,
+    /// Committed offsets of an empty group are removed this long after the later of the
+    /// commit and the moment the group became empty.
+    #[serde(alias = "offsets.retention.minutes")]
+    pub offsets_retention_minutes: i64,
+    #[serde(alias = "offsets.retention.check.interval.ms")]
+    pub offsets_retention_check_interval_ms: i64,
+    /// Largest `metadata` string of a committed offset.
+    #[serde(alias = "offset.metadata.max.bytes")]
+    pub offset_metadata_max_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -86,6 +109,14 @@ impl Default for BrokerConfig {
             max_connections_per_ip: 10_000,
             connections_max_idle_ms: 600_000,
             queued_max_request_bytes: 512 * 1024 * 1024,
+            offsets_topic_num_partitions: 10,
+            group_initial_rebalance_delay_ms: 100,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_max_size: 1_000,
+            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_check_interval_ms: 600_000,
+            offset_metadata_max_bytes: 4096,
         }
     }
 }

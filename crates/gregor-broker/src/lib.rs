@@ -6,6 +6,7 @@
 //! response encode → socket.
 
 pub mod config;
+pub mod groups;
 pub mod handlers;
 pub mod server;
 pub mod state;

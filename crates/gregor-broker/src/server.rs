@@ -172,11 +172,15 @@ async fn run_connection(
                     break;
                 }
                 // The handler runs as its own task so that a bug that panics in it fails this
-                // request and connection, logged with context, and never the broker.
+                // request and connection, logged with context, and never the broker. The
+                // group coordinator reads the client's host from a task-local.
+                let client_host = format!("/{}", peer.ip());
                 let handler_broker = broker.clone();
                 let handled =
-                    tokio::spawn(async move { handlers::handle(&handler_broker, request).await })
-                        .await;
+                    tokio::spawn(crate::groups::CLIENT_HOST.scope(client_host, async move {
+                        handlers::handle(&handler_broker, request).await
+                    }))
+                    .await;
                 let handled = match handled {
                     Ok(handled) => handled,
                     Err(e) => {

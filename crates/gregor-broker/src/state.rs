@@ -147,6 +147,8 @@ pub struct Broker {
     /// Bumped after every append; long-polling fetches wait on it.
     appended: watch::Sender<u64>,
     producer_ids: Mutex<ProducerIds>,
+    /// The group coordinator, set once by [`crate::groups::GroupService::start`].
+    pub groups: std::sync::OnceLock<Arc<crate::groups::GroupService>>,
 }
 
 impl Broker {
@@ -194,6 +196,7 @@ impl Broker {
             topics: RwLock::new(topics),
             meta_write: Mutex::new(()),
             appended: watch::channel(0).0,
+            groups: std::sync::OnceLock::new(),
             config,
         })
     }

@@ -179,11 +179,140 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                     .with_producer_epoch(2),
             ),
         ],
+        ApiKey::FindCoordinator => vec![
+            RequestKind::FindCoordinator(
+                FindCoordinatorRequest::default()
+                    .with_key(StrBytes::from_static_str("g"))
+                    .with_coordinator_keys(vec![StrBytes::from_static_str("g")]),
+            ),
+            RequestKind::FindCoordinator(
+                FindCoordinatorRequest::default()
+                    .with_key_type(1)
+                    .with_key(StrBytes::from_static_str("txn"))
+                    .with_coordinator_keys(vec![StrBytes::from_static_str("txn")]),
+            ),
+        ],
+        ApiKey::JoinGroup => {
+            // A fresh group per call: a lone static member becomes leader after the initial
+            // delay, so the response carries the member list.
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let join = |instance: Option<&str>| {
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                JoinGroupRequest::default()
+                    .with_group_id(GroupId(StrBytes::from_string(format!("join-{n}"))))
+                    .with_session_timeout_ms(10_000)
+                    .with_rebalance_timeout_ms(10_000)
+                    .with_group_instance_id(instance.map(|i| StrBytes::from_string(i.into())))
+                    .with_protocol_type(StrBytes::from_static_str("consumer"))
+                    .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+                    )
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"\0\0\0\0\0\0"))])
+            };
+            vec![
+                RequestKind::JoinGroup(join(Some("i"))),
+                RequestKind::JoinGroup(join(None)),
+                RequestKind::JoinGroup(
+                    join(None).with_group_id(GroupId(StrBytes::from_static_str(""))),
+                ),
+            ]
+        }
+        ApiKey::SyncGroup => vec![RequestKind::SyncGroup(
+            SyncGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("join-0")))
+                .with_member_id(StrBytes::from_static_str("nobody")),
+        )],
+        ApiKey::Heartbeat => vec![RequestKind::Heartbeat(
+            HeartbeatRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("join-0")))
+                .with_member_id(StrBytes::from_static_str("nobody")),
+        )],
+        ApiKey::LeaveGroup => vec![RequestKind::LeaveGroup(
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("join-0")))
+                .with_member_id(StrBytes::from_static_str("nobody"))
+                .with_members(vec![leave_group_request::MemberIdentity::default()
+                    .with_member_id(StrBytes::from_static_str("nobody"))
+                    .with_group_instance_id(Some(StrBytes::from_static_str("i")))]),
+        )],
+        ApiKey::OffsetCommit => vec![RequestKind::OffsetCommit(
+            OffsetCommitRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("offsets")))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(t())
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(2)
+                                .with_committed_leader_epoch(0)
+                                .with_committed_metadata(Some(StrBytes::from_static_str("m"))),
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(9)
+                                .with_committed_offset(2),
+                        ]),
+                ]),
+        )],
+        ApiKey::OffsetFetch => vec![RequestKind::OffsetFetch(
+            OffsetFetchRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("offsets")))
+                .with_topics(Some(vec![
+                    offset_fetch_request::OffsetFetchRequestTopic::default()
+                        .with_name(t())
+                        .with_partition_indexes(vec![0, 1]),
+                ]))
+                .with_groups(vec![
+                    offset_fetch_request::OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str("offsets")))
+                        .with_topics(None),
+                    offset_fetch_request::OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str("other")))
+                        .with_topics(Some(vec![
+                            offset_fetch_request::OffsetFetchRequestTopics::default()
+                                .with_name(t())
+                                .with_partition_indexes(vec![0]),
+                        ])),
+                ]),
+        )],
+        ApiKey::DescribeGroups => vec![RequestKind::DescribeGroups(
+            DescribeGroupsRequest::default().with_groups(vec![
+                GroupId(StrBytes::from_static_str("join-0")),
+                GroupId(StrBytes::from_static_str("offsets")),
+                GroupId(StrBytes::from_static_str("missing")),
+            ]),
+        )],
+        ApiKey::ListGroups => vec![
+            RequestKind::ListGroups(ListGroupsRequest::default()),
+            RequestKind::ListGroups(
+                ListGroupsRequest::default()
+                    .with_states_filter(vec![StrBytes::from_static_str("Empty")])
+                    .with_types_filter(vec![StrBytes::from_static_str("classic")]),
+            ),
+        ],
+        ApiKey::OffsetDelete => vec![RequestKind::OffsetDelete(
+            OffsetDeleteRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("offsets")))
+                .with_topics(vec![
+                    offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(t())
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default()
+                                .with_partition_index(1),
+                        ]),
+                ]),
+        )],
+        ApiKey::DeleteGroups => vec![RequestKind::DeleteGroups(
+            DeleteGroupsRequest::default().with_groups_names(vec![
+                GroupId(StrBytes::from_static_str("missing")),
+                GroupId(StrBytes::from_static_str("join-0")),
+            ]),
+        )],
         other => panic!("no sample request for advertised API {other:?}"),
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_handler_answers_every_advertised_version() {
     let dir = tempfile::tempdir().unwrap();
     let config = BrokerConfig {
@@ -194,6 +323,10 @@ async fn every_handler_answers_every_advertised_version() {
     let topic = broker
         .create_topic("t", 2, 1, Default::default(), false)
         .unwrap();
+    let groups = gregor_broker::groups::GroupService::start(&broker).unwrap();
+    while !groups.is_loaded() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     for &(api, min, max) in SUPPORTED_APIS {
         for version in min..=max {
             for body in requests(api, topic.id) {

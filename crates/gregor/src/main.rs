@@ -105,6 +105,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("opening data dir {}", data_dir.display()))?,
         );
+        gregor_broker::groups::GroupService::start(&broker)
+            .context("starting the group coordinator")?;
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
         gregor_broker::server::serve(broker.clone(), listener, shutdown_signal()).await;

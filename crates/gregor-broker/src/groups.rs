@@ -1,0 +1,328 @@
+//! The group coordinator service: `gregor_group::Coordinator` wired to the broker.
+//!
+//! * The coordinator state machine sits behind one mutex. Every call runs under it and its
+//!   [`Effects`] are applied before the lock is released: records are appended to
+//!   `__consumer_offsets` (one batch per partition, in order), and waiting JoinGroup/SyncGroup
+//!   requests are completed through their `oneshot` channels. A waiting request therefore
+//!   parks only its own connection (which processes requests in order, as Kafka does) and
+//!   never a thread.
+//! * A timer task sleeps until the coordinator's next deadline (session expiry, end of a join
+//!   phase or of the initial rebalance delay, offset retention) or until a call changed the
+//!   deadlines, then calls `tick`.
+//! * On start the `__consumer_offsets` topic is created if missing (`cleanup.policy=compact`,
+//!   `offsets.topic.num.partitions` partitions) and replayed in the background; until a
+//!   partition is replayed its groups answer COORDINATOR_LOAD_IN_PROGRESS.
+//! * OffsetCommit is acknowledged only after the offsets partition is fsynced.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use gregor_group::{Completion, Coordinator, Effects, GroupConfig, OffsetsRecord, Waiter};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use tokio::sync::{oneshot, Notify};
+
+use crate::state::{Broker, Partition, Topic};
+
+/// The internal topic holding committed offsets and group metadata.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+tokio::task_local! {
+    /// The client address of the request being handled, as Kafka reports it (`/1.2.3.4`).
+    pub static CLIENT_HOST: String;
+}
+
+/// The client host of the current request, or an empty string outside a connection.
+pub fn client_host() -> String {
+    CLIENT_HOST.try_with(|h| h.clone()).unwrap_or_default()
+}
+
+/// Wall-clock milliseconds (commit timestamps are stored; session deadlines use the same
+/// clock for simplicity — a clock step changes when sessions expire, never correctness of
+/// offsets).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub struct GroupService {
+    coordinator: Mutex<Coordinator>,
+    waiters: Mutex<HashMap<Waiter, oneshot::Sender<Completion>>>,
+    next_waiter: AtomicU64,
+    offsets: Arc<Topic>,
+    /// Wakes the timer task after a call that may have moved the next deadline.
+    deadlines_changed: Notify,
+}
+
+/// Partitions written by a call, to fsync before acknowledging; or the write error.
+pub type Written = Result<Vec<Arc<Partition>>, String>;
+
+impl GroupService {
+    /// Creates `__consumer_offsets` if needed, starts replaying it and starts the timer task.
+    /// Must be called inside a tokio runtime.
+    pub fn start(broker: &Arc<Broker>) -> anyhow::Result<Arc<GroupService>> {
+        let config = &broker.config;
+        let topic = match broker.topic(OFFSETS_TOPIC) {
+            Some(t) => t,
+            None => broker
+                .create_topic(
+                    OFFSETS_TOPIC,
+                    config.offsets_topic_num_partitions.max(1),
+                    1,
+                    BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+                    false,
+                )
+                .map_err(|e| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {}", e.message))?,
+        };
+        let group_config = GroupConfig {
+            // Fixed once created, as in Kafka: the existing partition count wins.
+            offsets_partitions: topic.partitions.len() as i32,
+            initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+            min_session_timeout_ms: config.group_min_session_timeout_ms,
+            max_session_timeout_ms: config.group_max_session_timeout_ms,
+            max_size: config.group_max_size,
+            offsets_retention_ms: config.offsets_retention_minutes.saturating_mul(60_000),
+            retention_check_interval_ms: config.offsets_retention_check_interval_ms,
+            offset_metadata_max_bytes: config.offset_metadata_max_bytes,
+        };
+        let service = Arc::new(GroupService {
+            coordinator: Mutex::new(Coordinator::new(group_config)),
+            waiters: Mutex::new(HashMap::new()),
+            next_waiter: AtomicU64::new(1),
+            offsets: topic,
+            deadlines_changed: Notify::new(),
+        });
+        if broker.groups.set(service.clone()).is_err() {
+            anyhow::bail!("group coordinator already started");
+        }
+        let loader = service.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let l = loader.clone();
+            match tokio::task::spawn_blocking(move || l.load()).await {
+                Ok(Ok(records)) => tracing::info!(
+                    records,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "group coordinator loaded {OFFSETS_TOPIC}"
+                ),
+                Ok(Err(e)) => tracing::error!(error = %e, "loading {OFFSETS_TOPIC} failed"),
+                Err(e) => tracing::error!(error = %e, "loading {OFFSETS_TOPIC} panicked"),
+            }
+            loader.deadlines_changed.notify_one();
+        });
+        let timer = service.clone();
+        tokio::spawn(async move { timer.run_timer().await });
+        Ok(service)
+    }
+
+    /// Replays every partition of `__consumer_offsets` into the coordinator.
+    fn load(&self) -> anyhow::Result<u64> {
+        let mut count = 0u64;
+        for partition in &self.offsets.partitions {
+            let mut offset = partition.log.read().expect("log lock").log_start_offset();
+            loop {
+                let data = {
+                    let log = partition.log.read().expect("log lock");
+                    let end = log.log_end_offset();
+                    log.read(offset, 1 << 20, end)?.data
+                };
+                if data.is_empty() {
+                    break;
+                }
+                let before = offset;
+                let now = now_ms();
+                for item in gregor_log::batch::iter_batches(&data) {
+                    let (header, range) = item.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    offset = header.next_offset();
+                    let mut batch = data.slice(range);
+                    let set = RecordBatchDecoder::decode(&mut batch)?;
+                    let mut co = self.coordinator.lock().expect("coordinator lock");
+                    for r in &set.records {
+                        if let Some(key) = &r.key {
+                            co.replay(key, r.value.as_deref(), now);
+                            count += 1;
+                        }
+                    }
+                }
+                if offset <= before {
+                    anyhow::bail!(
+                        "replay of {OFFSETS_TOPIC}-{} stuck at offset {offset}",
+                        partition.index
+                    );
+                }
+            }
+            self.coordinator
+                .lock()
+                .expect("coordinator lock")
+                .finish_loading(partition.index);
+        }
+        Ok(count)
+    }
+
+    async fn run_timer(self: Arc<Self>) {
+        loop {
+            let next = self
+                .coordinator
+                .lock()
+                .expect("coordinator lock")
+                .next_deadline();
+            let wait = match next {
+                Some(d) => (d - now_ms()).clamp(0, 60_000),
+                None => 60_000,
+            };
+            if wait > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                    _ = self.deadlines_changed.notified() => continue,
+                }
+            }
+            let now = now_ms();
+            // Tick without notifying ourselves (that would spin).
+            let _ = self.run_quiet(|co, fx| co.tick(now, fx));
+        }
+    }
+
+    /// Every `__consumer_offsets` partition has been replayed.
+    pub fn is_loaded(&self) -> bool {
+        self.read(|co| co.is_loaded())
+    }
+
+    /// A fresh waiter id and the receiver of its completion.
+    pub fn register(&self) -> (Waiter, oneshot::Receiver<Completion>) {
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().expect("waiters lock").insert(id, tx);
+        (id, rx)
+    }
+
+    /// Runs `f` on the coordinator and applies its effects; wakes the timer.
+    pub fn run<R>(&self, f: impl FnOnce(&mut Coordinator, &mut Effects) -> R) -> (R, Written) {
+        let out = self.run_quiet(f);
+        self.deadlines_changed.notify_one();
+        out
+    }
+
+    /// Like [`run`](Self::run) without waking the timer: for calls that can only move
+    /// deadlines later (Heartbeat and OffsetCommit extend sessions), where a wake-up would
+    /// only cost the timer a scan of every group.
+    pub(crate) fn run_quiet<R>(
+        &self,
+        f: impl FnOnce(&mut Coordinator, &mut Effects) -> R,
+    ) -> (R, Written) {
+        let mut co = self.coordinator.lock().expect("coordinator lock");
+        let mut fx = Effects::default();
+        let result = f(&mut co, &mut fx);
+        // Records first (under the lock, so the log order is the coordinator's order), then
+        // the answers of waiting requests.
+        let written = self.append(fx.records);
+        if !fx.completions.is_empty() {
+            let mut waiters = self.waiters.lock().expect("waiters lock");
+            for (w, completion) in fx.completions {
+                if let Some(tx) = waiters.remove(&w) {
+                    // The requester may be gone (connection closed); nothing to do then.
+                    let _ = tx.send(completion);
+                }
+            }
+        }
+        drop(co);
+        (result, written)
+    }
+
+    /// Read access to the coordinator (no effects).
+    pub fn read<R>(&self, f: impl FnOnce(&Coordinator) -> R) -> R {
+        f(&self.coordinator.lock().expect("coordinator lock"))
+    }
+
+    fn append(&self, records: Vec<OffsetsRecord>) -> Written {
+        if records.is_empty() {
+            return Ok(vec![]);
+        }
+        let now = now_ms();
+        let mut by_partition: BTreeMap<i32, Vec<OffsetsRecord>> = BTreeMap::new();
+        for r in records {
+            by_partition.entry(r.partition).or_default().push(r);
+        }
+        let mut written = Vec::new();
+        let mut error = None;
+        for (p, records) in by_partition {
+            let Some(partition) = self.offsets.partition(p) else {
+                error = Some(format!("{OFFSETS_TOPIC}-{p} does not exist"));
+                continue;
+            };
+            match encode_batch(&records, now) {
+                Ok(batch) => {
+                    let appended = partition.log.write().expect("log lock").append(&batch);
+                    match appended {
+                        Ok(_) => written.push(partition.clone()),
+                        Err(e) => {
+                            tracing::error!(partition = p, error = %e, "append to {OFFSETS_TOPIC} failed");
+                            error = Some(e.to_string());
+                        }
+                    }
+                }
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        match error {
+            None => Ok(written),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Makes written partitions durable (fdatasync on a blocking thread).
+    pub async fn sync(written: Vec<Arc<Partition>>) -> Result<(), String> {
+        if written.is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || {
+            for p in &written {
+                p.log
+                    .write()
+                    .expect("log lock")
+                    .flush()
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+fn encode_batch(records: &[OffsetsRecord], now: i64) -> anyhow::Result<Bytes> {
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: now,
+            key: Some(r.key.clone()),
+            value: r.value.clone(),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )?;
+    Ok(buf.freeze())
+}
