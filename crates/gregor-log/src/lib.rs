@@ -92,7 +92,14 @@ mod partition;
 mod segment;
 
 pub use batch::{BatchError, BatchHeader};
-pub use partition::PartitionLog;
+pub use partition::{PartitionLog, RecoveryHint, SyncJob};
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Tunables of a [`PartitionLog`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +107,9 @@ pub struct LogConfig {
     /// Roll to a new segment before the active one would exceed this size.
     /// Default 1 GiB.
     pub segment_bytes: u64,
+    /// Roll the active segment before an append once its first batch is
+    /// at least this old (Kafka's `segment.ms`). Default 7 days.
+    pub segment_ms: i64,
     /// Approximate number of bytes between sparse index entries.
     /// Default 4096.
     pub index_interval_bytes: u64,
@@ -112,6 +122,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1024 * 1024 * 1024,
+            segment_ms: 7 * 24 * 3600 * 1000,
             index_interval_bytes: 4096,
             max_batch_bytes: 1024 * 1024 + batch::LOG_OVERHEAD,
         }
@@ -139,6 +150,10 @@ pub enum LogError {
     /// `recordsCount < 1` or `lastOffsetDelta != recordsCount - 1`.
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    /// An earlier fsync of this log failed; the log refuses writes because
+    /// the kernel may have dropped the unsynced pages (see "fsyncgate").
+    #[error("log is offline after a failed fsync: {0}")]
+    StorageFailed(String),
     /// The requested offset is outside `[start, end]`.
     #[error("offset {requested} out of range [{start}, {end}]")]
     OffsetOutOfRange {

@@ -754,7 +754,13 @@ proptest! {
             }
             prop_assert_eq!(read_all(&log, max_bytes), expected.clone());
         }
-        let log = PartitionLog::open(dir.path(), config).unwrap();
+        let log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+        prop_assert_eq!(log.log_end_offset(), ranges.last().unwrap().1 + 1);
+        prop_assert_eq!(read_all(&log, max_bytes), expected.clone());
+        log.close().unwrap();
+        // A clean start loads every segment from its index file: same log.
+        let hint = RecoveryHint { recovery_point: None, clean: true };
+        let log = PartitionLog::open_with(dir.path(), config, hint).unwrap();
         prop_assert_eq!(log.log_end_offset(), ranges.last().unwrap().1 + 1);
         prop_assert_eq!(read_all(&log, max_bytes), expected);
         for &(base, last) in &ranges {
@@ -766,4 +772,162 @@ proptest! {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Recovery points, index files, group-commit sync jobs, retention.
+// ---------------------------------------------------------------------------
+
+fn flip_byte(path: &Path, at_from_end: usize) {
+    let mut data = fs::read(path).unwrap();
+    let i = data.len() - at_from_end;
+    data[i] ^= 0x10;
+    fs::write(path, &data).unwrap();
+}
+
+#[test]
+fn trusted_segments_are_loaded_from_index_files_not_scanned() {
+    let dir = TempDir::new().unwrap();
+    let b = batch_n(0, 3, 100);
+    {
+        let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
+        for _ in 0..10 {
+            log.append(&b).unwrap();
+        }
+        log.close().unwrap();
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    let index_files = fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".index")
+        })
+        .count();
+    assert_eq!(index_files, files.len());
+    // Damage the first (sealed) segment. A start that trusts the recovery
+    // point does not read it; a full validation does.
+    let first = dir.path().join(&files[0]);
+    flip_byte(&first, 5);
+    let second_base: i64 = files[1][..20].parse().unwrap();
+    let hint = RecoveryHint {
+        recovery_point: Some(second_base),
+        clean: false,
+    };
+    let log = PartitionLog::open_with(dir.path(), small_config(), hint).unwrap();
+    assert_eq!(log.log_end_offset(), 30);
+    assert_eq!(log.durable_offset(), 30);
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    assert!(log.log_end_offset() < second_base);
+}
+
+#[test]
+fn unclean_start_scans_and_truncates_active_segment_even_with_stale_index() {
+    let dir = TempDir::new().unwrap();
+    let b = batch_n(0, 2, 50);
+    {
+        let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+        log.append(&b).unwrap();
+        log.close().unwrap(); // writes an index for the active segment
+        let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+        log.append(&b).unwrap();
+        log.append(&b).unwrap();
+        // "crash": no close
+    }
+    let seg = dir.path().join("00000000000000000000.log");
+    let len = fs::metadata(&seg).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let hint = RecoveryHint {
+        recovery_point: Some(2),
+        clean: false,
+    };
+    let log = PartitionLog::open_with(dir.path(), LogConfig::default(), hint).unwrap();
+    assert_eq!(log.log_end_offset(), 4);
+    assert_eq!(log.durable_offset(), 4);
+}
+
+#[test]
+fn sync_job_advances_durable_offset_without_holding_the_log() {
+    let dir = TempDir::new().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.durable_offset(), 0);
+    for _ in 0..4 {
+        log.append(&batch_n(0, 2, 150)).unwrap();
+    }
+    assert_eq!(log.unflushed().0, 8);
+    let job = log.take_sync_job();
+    assert!(!job.is_empty());
+    assert_eq!(job.up_to(), 8);
+    // Appends continue while the job runs.
+    log.append(&batch_n(0, 2, 150)).unwrap();
+    job.run().unwrap();
+    log.complete_sync(&job, Ok(()));
+    assert_eq!(log.durable_offset(), 8);
+    let job = log.take_sync_job();
+    assert_eq!(job.up_to(), 10);
+    log.complete_sync(&job, Err("EIO".into()));
+    assert!(matches!(
+        log.append(&batch_n(0, 1, 1)),
+        Err(LogError::StorageFailed(_))
+    ));
+    assert_eq!(log.durable_offset(), 8);
+}
+
+#[test]
+fn segment_ms_rolls_old_active_segment() {
+    let dir = TempDir::new().unwrap();
+    let config = LogConfig {
+        segment_ms: 50,
+        ..LogConfig::default()
+    };
+    let mut log = PartitionLog::open(dir.path(), config).unwrap();
+    log.append(&batch_n(0, 1, 10)).unwrap();
+    log.append(&batch_n(0, 1, 10)).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    log.append(&batch_n(0, 1, 10)).unwrap();
+    assert_eq!(log.segment_count(), 2);
+}
+
+#[test]
+fn retention_by_time_and_size_deletes_whole_segments() {
+    let dir = TempDir::new().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    // Ten segments of ~one 3-record batch each; timestamps 1000, 2000, ...
+    for i in 0..10 {
+        log.append(&batch_n(1000 * (i + 1), 3, 300)).unwrap();
+    }
+    let n = log.segment_count();
+    assert_eq!(n, 10);
+    // Size: keep at least 4 batches' worth.
+    let seg_size = log.size_bytes() / 10;
+    assert_eq!(
+        log.apply_retention(-1, (seg_size * 4) as i64, 0).unwrap(),
+        6
+    );
+    assert_eq!(log.log_start_offset(), 18);
+    assert!(matches!(
+        log.read(0, 100, i64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    // Time: everything with maxTimestamp < 9000 goes (batch 8 has max 8002).
+    assert_eq!(log.apply_retention(10_000, -1, 19_000).unwrap(), 2);
+    assert_eq!(log.log_start_offset(), 24);
+    // Everything expired: the active segment goes too, the log stays at its end.
+    assert_eq!(log.apply_retention(0, -1, i64::MAX).unwrap(), 2);
+    assert_eq!(log.log_start_offset(), 30);
+    assert_eq!(log.log_end_offset(), 30);
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.log_start_offset(), 30);
 }
