@@ -48,6 +48,10 @@ struct ServeArgs {
     /// TOML file with the same settings (and Kafka-named ones); flags win.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Durability: `always` (acks=1/all answered after a group-commit fsync), `interval`
+    /// (topic flush.ms / flush.messages), `never`. Default always.
+    #[arg(long)]
+    fsync: Option<gregor_broker::config::FsyncPolicy>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +89,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.node_id {
         config.node_id = v;
     }
+    if let Some(v) = args.fsync {
+        config.fsync = v;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -105,10 +112,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("opening data dir {}", data_dir.display()))?,
         );
+        let background = gregor_broker::log_manager::spawn(broker.clone());
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
         gregor_broker::server::serve(broker.clone(), listener, shutdown_signal()).await;
         tracing::info!("shutting down");
+        background.abort();
         tokio::task::spawn_blocking(move || broker.shutdown()).await?;
         tracing::info!("clean shutdown complete");
         anyhow::Ok(())
