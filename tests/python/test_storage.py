@@ -392,3 +392,92 @@ def test_storage_configs_sources_and_persistence(broker_factory, tmp_path):
         b.restart()
         admin = AdminClient(confluent_common(b.bootstrap))
         wait_for_topic_confluent(admin, topic, 1)
+
+
+# --------------------------------------------------------------- compaction
+def test_compaction_converges_keeps_offsets_and_drops_tombstones(broker_factory, tmp_path):
+    """100,000 records over 1,000 keys: the compacted topic converges to the latest value
+    per key at its original offset; tombstoned keys vanish after delete.retention.ms."""
+    cfg = write_config(tmp_path, '"log.retention.check.interval.ms" = 200\n')
+    b = broker_factory(extra_args=("--config", str(cfg)))
+    topic = unique_topic("compact")
+    create_topic_confluent(
+        b.bootstrap,
+        topic,
+        1,
+        config={
+            "cleanup.policy": "compact",
+            "segment.bytes": "200000",
+            "min.cleanable.dirty.ratio": "0.01",
+            "delete.retention.ms": "3000",
+        },
+    )
+    p = producer(b.bootstrap, **{"linger.ms": 5, "batch.num.messages": 1000})
+    latest = {}  # key -> (offset, value)
+    errors = []
+
+    def cb(err, msg):
+        if err is not None:
+            errors.append(err)
+        else:
+            latest[msg.key()] = (msg.offset(), msg.value())
+
+    n, keys = 100_000, 1_000
+    for i in range(n):
+        while True:
+            try:
+                p.produce(topic, key=f"k{i % keys:04d}".encode(), value=f"v{i}".encode(), partition=0, on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0 and not errors
+    tombstoned = [f"k{k:04d}".encode() for k in range(0, keys, 10)]
+    for k in tombstoned:
+        p.produce(topic, key=k, value=None, partition=0, on_delivery=cb)
+    assert p.flush(30) == 0 and not errors
+
+    def pad(count=30):
+        for _ in range(count):
+            p.produce(topic, key=b"pad", value=b"x" * 8000, partition=0, on_delivery=cb)
+        assert p.flush(30) == 0 and not errors
+
+    pad()  # seals the segments holding the records above
+
+    def check(expect_tombstones: bool):
+        c = consumer(b.bootstrap)
+        try:
+            c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+            seen = defaultdict(list)
+            eof = False
+            deadline = time.monotonic() + 60
+            while not eof and time.monotonic() < deadline:
+                for m in c.consume(5000, 0.5):
+                    if m.error():
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            eof = True
+                            continue
+                        raise KafkaException(m.error())
+                    if m.key() != b"pad":
+                        seen[m.key()].append((m.offset(), m.value()))
+            assert eof
+        finally:
+            c.close()
+        for k in (f"k{i:04d}".encode() for i in range(keys)):
+            if k in tombstoned:
+                want = [latest[k]] if expect_tombstones else []
+            else:
+                want = [latest[k]]
+            if seen.get(k, []) != want:
+                return False
+        return True
+
+    wait_for(lambda: check(expect_tombstones=True), 60, 1.0, "compaction to converge")
+    assert re.search(r"compacted log", plain_log(b))
+    # After delete.retention.ms, a later pass (the log must be dirty again) drops the
+    # tombstones themselves.
+    time.sleep(3.2)
+    pad()
+    wait_for(lambda: check(expect_tombstones=False), 60, 1.0, "tombstones to vanish")
+    b.assert_no_panic()

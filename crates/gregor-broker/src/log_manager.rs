@@ -5,13 +5,62 @@
 //! thread and takes each partition's write lock only for the metadata change (a retention
 //! pass unlinks whole segments; it never rewrites data under the lock).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use gregor_log::clean::CleanConfig;
 
 use crate::config::FsyncPolicy;
 use crate::state::{Broker, Partition};
 
 const TICK: Duration = Duration::from_millis(100);
+
+/// Starts the compaction cleaner thread: every `log.retention.check.interval.ms` it runs a
+/// pass (see `gregor_log::clean`) on each partition of each topic whose `cleanup.policy`
+/// includes `compact`. One thread, so at most one partition is cleaned at a time; its I/O
+/// is throttled and it holds a partition's write lock only to swap files in.
+pub fn spawn_cleaner(broker: Arc<Broker>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("gregor-cleaner".into())
+        .spawn(move || {
+            let every =
+                Duration::from_millis(broker.config.log_retention_check_interval_ms.max(50));
+            while !broker.stopping.load(Ordering::SeqCst) {
+                std::thread::sleep(every);
+                cleaner_pass(&broker);
+            }
+        })
+        .expect("spawn cleaner thread")
+}
+
+/// One compaction pass over every compacted partition.
+pub fn cleaner_pass(broker: &Broker) {
+    for t in broker.all_topics() {
+        let s = t.log_settings(&broker.config);
+        if !s.compact {
+            continue;
+        }
+        let cfg = CleanConfig {
+            min_cleanable_dirty_ratio: s.min_cleanable_dirty_ratio,
+            min_compaction_lag_ms: s.min_compaction_lag_ms,
+            delete_retention_ms: s.delete_retention_ms,
+            max_map_bytes: broker.config.log_cleaner_dedupe_buffer_size,
+            io_bytes_per_sec: broker.config.log_cleaner_io_max_bytes_per_second,
+            now_ms: gregor_log::now_ms(),
+        };
+        for p in &t.partitions {
+            if broker.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            p.cleaning.store(true, Ordering::SeqCst);
+            if let Err(e) = gregor_log::clean::clean(&p.log, &cfg) {
+                tracing::error!(topic = %t.name, partition = p.index, error = %e, "compaction failed");
+            }
+            p.cleaning.store(false, Ordering::SeqCst);
+        }
+    }
+}
 
 /// Starts the background task; it runs until the runtime shuts down.
 pub fn spawn(broker: Arc<Broker>) -> tokio::task::JoinHandle<()> {

@@ -152,6 +152,8 @@ pub struct Broker {
     pub flusher: Flusher,
     /// Serializes recovery-point checkpoint writes.
     checkpoint_write: Mutex<()>,
+    /// Set at shutdown: background threads (the cleaner) stop at their next check.
+    pub stopping: AtomicBool,
 }
 
 impl Broker {
@@ -224,6 +226,7 @@ impl Broker {
             config,
             flusher: Flusher::start(),
             checkpoint_write: Mutex::new(()),
+            stopping: AtomicBool::new(false),
         };
         // Every log is durable up to its end after open: record that right away.
         broker.write_recovery_checkpoint()?;
@@ -474,6 +477,8 @@ impl Broker {
     /// Flushes every partition log and writes its index files, the recovery-point
     /// checkpoint and, if all of that succeeded, the clean-shutdown marker.
     pub fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.flusher.stop();
         let mut ok = true;
         for t in self.all_topics() {

@@ -88,6 +88,7 @@
 
 pub mod batch;
 mod checkpoint;
+pub mod clean;
 mod partition;
 mod segment;
 

@@ -17,10 +17,12 @@ use crate::{AppendInfo, LogConfig, LogError, ReadResult};
 /// invariants it maintains.
 #[derive(Debug)]
 pub struct PartitionLog {
-    dir: PathBuf,
-    config: LogConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
     /// Sorted by base offset, never empty; the last one is the active segment.
-    segments: Vec<Segment>,
+    pub(crate) segments: Vec<Segment>,
+    /// Compaction: offsets below this were cleaned by the last pass.
+    pub(crate) cleaned_up_to: i64,
     log_start_offset: i64,
     /// Segment files were created or removed since the last directory fsync.
     dir_dirty: bool,
@@ -113,7 +115,10 @@ impl PartitionLog {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name == checkpoint::TMP_FILE_NAME || name.ends_with(".index.tmp") {
+            if name == checkpoint::TMP_FILE_NAME
+                || name.ends_with(".index.tmp")
+                || name.ends_with(crate::clean::CLEANED_SUFFIX)
+            {
                 fs::remove_file(entry.path())?;
             } else if let Some(base) = segment::parse_file_name(name) {
                 files.push((base, entry.path()));
@@ -206,6 +211,7 @@ impl PartitionLog {
             segments,
             log_start_offset: checkpointed_start.unwrap_or(first_base).max(first_base),
             dir_dirty,
+            cleaned_up_to: crate::clean::read_checkpoint(dir),
             durable_offset: 0,
             unflushed_records: 0,
             first_unflushed_ms: None,

@@ -218,6 +218,16 @@ impl Segment {
         self.dirty = true;
     }
 
+    /// A shared handle to the segment file (for reads without the log lock).
+    pub fn file_handle(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Renames the segment in memory after its file was renamed.
+    pub fn set_path(&mut self, path: PathBuf) {
+        self.path = path;
+    }
+
     /// When this segment received its first batch, if it has one.
     pub fn first_append_ms(&self) -> Option<i64> {
         self.first_append_ms

@@ -113,6 +113,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("opening data dir {}", data_dir.display()))?,
         );
         let background = gregor_broker::log_manager::spawn(broker.clone());
+        gregor_broker::log_manager::spawn_cleaner(broker.clone());
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
         gregor_broker::server::serve(broker.clone(), listener, shutdown_signal()).await;
