@@ -1,5 +1,7 @@
 //! `gregor`: the broker and its command-line tools in one binary.
 
+mod bench_storage;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +31,9 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Storage benchmark: raw disk vs durable append throughput, fsync latency.
+    #[command(hide = true)]
+    BenchStorage(bench_storage::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::BenchStorage(args) => bench_storage::run(args),
     }
 }
 
