@@ -13,51 +13,100 @@
 //! Everything lives in one directory per partition:
 //!
 //! ```text
-//! <dir>/00000000000000000000.log   segment whose first batch has base offset 0
-//! <dir>/00000000000000001234.log   next segment, first base offset 1234
-//! <dir>/log-start-offset           checkpoint: decimal log start offset + '\n'
-//! <dir>/log-start-offset.tmp       transient, while replacing the checkpoint
+//! <dir>/00000000000000000000.log     segment whose first batch has base offset 0
+//! <dir>/00000000000000000000.index   its offset/time index (sealed segments, and all at clean shutdown)
+//! <dir>/00000000000000001234.log     next segment, first base offset 1234 (the active one)
+//! <dir>/log-start-offset             checkpoint: decimal log start offset + '\n'
+//! <dir>/cleaner-offset-checkpoint    compaction: offsets below it were cleaned by the last pass
+//! <dir>/*.tmp, *.log.cleaned         transient; removed on open
 //! ```
 //!
 //! * **Segments** (`<base offset as 20 zero-padded digits>.log`, as in Kafka)
 //!   are append-only files containing nothing but whole batches back to back.
 //!   The last segment is the *active* one; appends go there. Before an append
 //!   that would push a non-empty active segment past
-//!   [`LogConfig::segment_bytes`], a new segment named after the next offset
+//!   [`LogConfig::segment_bytes`], or once its first append is
+//!   [`LogConfig::segment_ms`] old, a new segment named after the next offset
 //!   is created ("rolled"). One append is always written to a single
-//!   segment with a single positioned write, so a segment only exceeds
-//!   `segment_bytes` when one append alone is larger.
-//! * **Index**: a sparse offset/time index per segment (one entry at least
-//!   every [`LogConfig::index_interval_bytes`] bytes) is kept in memory only
-//!   and rebuilt by scanning the segments on [`PartitionLog::open`]. Reads
-//!   binary-search it and then scan batch headers forward.
+//!   segment with a single positioned write.
+//! * **Index**: a sparse index per segment, one entry at least every
+//!   [`LogConfig::index_interval_bytes`] bytes: `(base offset, file position,
+//!   largest maxTimestamp of all earlier batches)`, so the same entries serve
+//!   offset lookups and timestamp lookups (ListOffsets by time binary-searches
+//!   the timestamp column, then scans batch headers forward — never the whole
+//!   log). It lives in memory and is persisted as `<base>.index` (magic,
+//!   segment size and next offset it describes, first-append time, max
+//!   timestamp, entries, CRC-32C) when a segment is sealed by a roll and for
+//!   every segment at a clean shutdown. Index files are written with
+//!   tmp + rename, not fsynced: one that is missing, damaged or describes a
+//!   different file length is ignored and the segment is scanned instead. An
+//!   index file is removed before its segment is appended to, so it never
+//!   describes a segment stale.
 //! * **`log-start-offset`** holds the offset set by
-//!   [`PartitionLog::advance_log_start_offset`]; it is replaced atomically
-//!   (write tmp, fsync, rename, fsync dir). If it is missing the log starts
-//!   at the base offset of the first segment.
+//!   [`PartitionLog::advance_log_start_offset`] (DeleteRecords, retention);
+//!   it is replaced atomically (write tmp, fsync, rename, fsync dir). If it is
+//!   missing the log starts at the base offset of the first segment.
 //!
 //! # Invariants
 //!
 //! * **Dense offsets**: every batch's base offset equals the previous batch's
 //!   last offset + 1, across segment boundaries too, and each segment's first
 //!   batch starts at the segment's base offset. Hence segment `i + 1`'s base
-//!   offset is segment `i`'s next offset.
+//!   offset is segment `i`'s next offset. Compaction keeps this: a batch that
+//!   loses all its records stays as an empty batch with the same offsets.
 //! * **Whole batches**: a batch is never split across segments, and a
 //!   segment file contains only whole, CRC-valid batches (after recovery).
-//! * **Ordered bounds**: `log_start_offset <= log_end_offset`, and the first
-//!   segment contains `log_start_offset` (or is the empty active segment at
-//!   `log_end_offset`). There is always at least one segment.
+//! * **Ordered bounds**: `log_start_offset <= log_end_offset`, and the first segment contains
+//!   `log_start_offset` (or is the empty active segment at `log_end_offset`).
+//!   There is always at least one segment.
+//! * **Durable prefix**: every record below [`PartitionLog::durable_offset`]
+//!   has been fdatasynced, together with the directory entries of its segment.
 //!
-//! # Durability and recovery
+//! # Durability: sync jobs and group commit
 //!
-//! Appends are plain `pwrite`s without fsync; [`PartitionLog::flush`]
-//! fdatasyncs every segment written since the last flush (and the directory
-//! if segments were created). On open every segment is scanned and every
-//! batch validated (length, magic, CRC, dense offsets). The log is cut at the
-//! first invalid batch: a torn tail of the last segment is truncated (with a
-//! warning naming the number of bytes dropped), and if the damage is in an
-//! earlier segment, the later segments are deleted as well, because keeping
-//! them would leave a gap in the offsets.
+//! Appends are plain `pwrite`s. [`PartitionLog::take_sync_job`] (called under
+//! the caller's write lock, cheap) returns a [`SyncJob`] holding cloned
+//! `Arc<File>` handles of the segments written since the last job, the
+//! directory if segments were created or removed, and the log end offset it
+//! covers; [`SyncJob::run`] fdatasyncs them *without* the lock, so appends
+//! and reads continue; [`PartitionLog::complete_sync`] then advances the
+//! durable offset. The broker's flusher uses this for group commit (one fsync
+//! round covers everything appended meanwhile, across partitions).
+//! [`PartitionLog::flush`] is the same three steps back to back. A failed
+//! fsync takes the log offline (appends fail with
+//! [`LogError::StorageFailed`]): after a failed fsync the kernel may have
+//! dropped the dirty pages, so retrying would prove nothing.
+//!
+//! # Recovery
+//!
+//! [`PartitionLog::open_with`] takes a [`RecoveryHint`] from the caller: the
+//! *recovery point* (an offset below which everything was fsynced, from the
+//! broker's periodic checkpoint of [`PartitionLog::durable_offset`]) and
+//! whether the previous process shut down cleanly. Segments known to be
+//! durable and unchanged — every segment after a clean shutdown, otherwise
+//! those lying wholly below the recovery point — are loaded from their index
+//! files without reading data. All other segments (after an unclean stop
+//! this always includes the active one) are scanned and every batch
+//! validated (length, magic, CRC, dense offsets). The log is cut at the first
+//! invalid batch: a torn tail is truncated (a `warn!` names the segment, the
+//! bytes dropped and why), and if the damage is in an earlier segment the
+//! later segments are deleted as well, because keeping them would leave a
+//! gap in the offsets. Recovered data past the recovery point may exist only
+//! in the page cache, so it is fsynced before `open` returns; the durable
+//! offset then equals the log end offset. Damage inside a trusted segment
+//! (below the recovery point) is not looked for — as in Kafka; [`open`]
+//! without a hint validates everything.
+//!
+//! [`open`]: PartitionLog::open
+//!
+//! # Retention and compaction
+//!
+//! [`PartitionLog::apply_retention`] deletes whole segments from the start
+//! (time: the segment's largest timestamp is older than `retention.ms`;
+//! size: dropping it keeps at least `retention.bytes`), checkpointing the new
+//! log start offset before unlinking files. Compaction lives in [`clean`]; it
+//! reads and writes without the log lock and swaps cleaned segments in with
+//! one rename each.
 //!
 //! # Reads
 //!
@@ -70,12 +119,11 @@
 //!
 //! # Known limitations
 //!
-//! * The index is not persisted, so [`PartitionLog::open`] reads (and
-//!   checksums) every byte of every segment; opening cost is proportional to
-//!   the log size. A persisted index plus a recovery-point checkpoint would
-//!   limit validation to the unflushed tail.
 //! * The log never sets `partitionLeaderEpoch`; batches keep the value the
 //!   producer sent.
+//! * No preallocation (`fallocate`): with fdatasync per group-commit round
+//!   the measured throughput is already at raw-disk level (see the README's
+//!   `bench-storage`).
 //!
 //! # Concurrency
 //!
