@@ -5,7 +5,8 @@
 
 fetch:   writes --mb MB (1 KB records) with confluent-kafka, then reads all of it back from
          the page cache with a confluent-kafka consumer; reports MB/s and the CPU seconds
-         the broker and the client process used (from /proc), i.e. where the time goes.
+         the broker and the client process used (from /proc), i.e. where the time goes;
+         --perf FILE adds a `perf record` profile of the broker during the read.
 startup: creates a topic with --partitions partitions, writes to each, then measures the
          broker's start time (process start to "listening") after a clean stop and after
          kill -9 (the log line "opened partition logs ... elapsed_ms" is the open phase).
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +60,11 @@ def fetch(args):
                       "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20,
                       "queued.max.messages.kbytes": 1 << 20, "enable.partition.eof": True})
         c.assign([TopicPartition(topic, 0, 0)])
+        perf = None
+        if args.perf:
+            perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-p", str(b.pid), "-o", args.perf],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         broker_cpu0, self_cpu0 = cpu_seconds(b.pid), time.process_time()
         t0 = time.monotonic()
         got = nbytes = 0
@@ -73,6 +81,15 @@ def fetch(args):
         broker_cpu = cpu_seconds(b.pid) - broker_cpu0
         client_cpu = time.process_time() - self_cpu0
         c.close()
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(60)
+            rep = subprocess.run(["perf", "report", "-i", args.perf, "--stdio", "--no-children",
+                                  "--sort", "dso,symbol", "--percent-limit", "2"],
+                                 capture_output=True, text=True).stdout
+            print("broker CPU profile (perf, self time, >= 2%):")
+            print("\n".join(l for l in rep.splitlines() if l.strip() and not l.startswith("#")
+                            and "%" in l and not l.lstrip().startswith("|") and not l.lstrip().startswith("-")))
         print(f"fetch: {got} records, {nbytes / 1e6:.0f} MB in {dt:.2f} s = {nbytes / 1e6 / dt:.0f} MB/s")
         print(f"cpu: broker {broker_cpu:.2f} s ({broker_cpu / dt * 100:.0f}% of one core), "
               f"client (librdkafka + python loop) {client_cpu:.2f} s")
@@ -119,6 +136,7 @@ def main():
     ap.add_argument("what", choices=["fetch", "startup"])
     ap.add_argument("--mb", type=int, default=1024)
     ap.add_argument("--partitions", type=int, default=1000)
+    ap.add_argument("--perf", metavar="FILE", help="fetch: record a perf profile of the broker into FILE")
     args = ap.parse_args()
     {"fetch": fetch, "startup": startup}[args.what](args)
 
