@@ -398,7 +398,7 @@ def test_storage_configs_sources_and_persistence(broker_factory, tmp_path):
 def test_compaction_converges_keeps_offsets_and_drops_tombstones(broker_factory, tmp_path):
     """100,000 records over 1,000 keys: the compacted topic converges to the latest value
     per key at its original offset; tombstoned keys vanish after delete.retention.ms."""
-    cfg = write_config(tmp_path, '"log.retention.check.interval.ms" = 200\n')
+    cfg = write_config(tmp_path, '"log.cleaner.backoff.ms" = 200\n')
     b = broker_factory(extra_args=("--config", str(cfg)))
     topic = unique_topic("compact")
     create_topic_confluent(

@@ -62,9 +62,13 @@ pub struct BrokerConfig {
     pub log_cleaner_min_cleanable_ratio: Option<f64>,
     #[serde(alias = "log.cleaner.min.compaction.lag.ms")]
     pub log_cleaner_min_compaction_lag_ms: Option<i64>,
-    /// How often retention (and compaction eligibility) is checked.
+    /// How often retention is checked (Kafka's default, 5 minutes). Retention works on
+    /// record timestamps, so a short interval deletes old-timestamped data quickly.
     #[serde(alias = "log.retention.check.interval.ms")]
     pub log_retention_check_interval_ms: u64,
+    /// Pause between compaction passes over all compacted topics (Kafka's default 15 s).
+    #[serde(alias = "log.cleaner.backoff.ms")]
+    pub log_cleaner_backoff_ms: u64,
     /// How often the recovery-point checkpoint is written (Kafka's
     /// `log.flush.offset.checkpoint.interval.ms`).
     #[serde(alias = "log.flush.offset.checkpoint.interval.ms")]
@@ -127,7 +131,8 @@ impl Default for BrokerConfig {
             log_cleaner_delete_retention_ms: None,
             log_cleaner_min_cleanable_ratio: None,
             log_cleaner_min_compaction_lag_ms: None,
-            log_retention_check_interval_ms: 5_000,
+            log_retention_check_interval_ms: 300_000,
+            log_cleaner_backoff_ms: 15_000,
             log_flush_offset_checkpoint_interval_ms: 10_000,
             log_cleaner_dedupe_buffer_size: 64 * 1024 * 1024,
             log_cleaner_io_max_bytes_per_second: 256 * 1024 * 1024,

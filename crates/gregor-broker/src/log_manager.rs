@@ -16,7 +16,7 @@ use crate::state::{Broker, Partition};
 
 const TICK: Duration = Duration::from_millis(100);
 
-/// Starts the compaction cleaner thread: every `log.retention.check.interval.ms` it runs a
+/// Starts the compaction cleaner thread: every `log.cleaner.backoff.ms` it runs a
 /// pass (see `gregor_log::clean`) on each partition of each topic whose `cleanup.policy`
 /// includes `compact`. One thread, so at most one partition is cleaned at a time; its I/O
 /// is throttled and it holds a partition's write lock only to swap files in.
@@ -24,11 +24,15 @@ pub fn spawn_cleaner(broker: Arc<Broker>) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("gregor-cleaner".into())
         .spawn(move || {
-            let every =
-                Duration::from_millis(broker.config.log_retention_check_interval_ms.max(50));
+            let every = Duration::from_millis(broker.config.log_cleaner_backoff_ms.max(10));
+            let mut last = Instant::now();
             while !broker.stopping.load(Ordering::SeqCst) {
-                std::thread::sleep(every);
-                cleaner_pass(&broker);
+                // Short sleeps so shutdown is not delayed by the backoff.
+                std::thread::sleep(every.min(Duration::from_millis(100)));
+                if last.elapsed() >= every {
+                    cleaner_pass(&broker);
+                    last = Instant::now();
+                }
             }
         })
         .expect("spawn cleaner thread")
