@@ -27,6 +27,8 @@ use crate::topic_config::{self, LogSettings};
 /// `<data-dir>/recovery-point-offset-checkpoint`: one line per partition,
 /// `<topic> <partition> <offset>`, every record below `offset` was fsynced.
 pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
+/// The recovery-point checkpoint re-indexes an active segment once it grew this much.
+const ACTIVE_INDEX_MIN_GROWTH: u64 = 1 << 20;
 /// `<data-dir>/clean-shutdown`: present only between a clean shutdown and the next start.
 pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 
@@ -405,7 +407,15 @@ impl Broker {
         let mut text = String::new();
         for t in self.all_topics() {
             for p in &t.partitions {
-                let durable = p.log.read().expect("log lock").durable_offset();
+                let durable = {
+                    let mut log = p.log.write().expect("log lock");
+                    // Index the active segment first, so that after a crash only what
+                    // was appended since (beyond the recovery point) is rescanned.
+                    if let Err(e) = log.checkpoint_active_index(ACTIVE_INDEX_MIN_GROWTH) {
+                        tracing::warn!(topic = %t.name, partition = p.index, error = %e, "could not write active segment index");
+                    }
+                    log.durable_offset()
+                };
                 text.push_str(&format!("{} {} {}\n", t.name, p.index, durable));
             }
         }

@@ -36,12 +36,17 @@
 //!   the timestamp column, then scans batch headers forward — never the whole
 //!   log). It lives in memory and is persisted as `<base>.index` (magic,
 //!   segment size and next offset it describes, first-append time, max
-//!   timestamp, entries, CRC-32C) when a segment is sealed by a roll and for
-//!   every segment at a clean shutdown. Index files are written with
-//!   tmp + rename, not fsynced: one that is missing, damaged or describes a
-//!   different file length is ignored and the segment is scanned instead. An
-//!   index file is removed before its segment is appended to, so it never
-//!   describes a segment stale.
+//!   timestamp, entries, CRC-32C) when a segment is sealed by a roll, for
+//!   the active segment at checkpoints
+//!   ([`PartitionLog::checkpoint_active_index`]), and for every segment at a
+//!   clean shutdown. Because segments only grow, an index file written
+//!   earlier stays a correct description of a *prefix* of its segment.
+//!   Index files are written with tmp + rename, not fsynced: one that is
+//!   missing, damaged or longer than its segment is ignored and the segment
+//!   is scanned instead. The only operation that shrinks a segment —
+//!   recovery cutting a torn tail — first removes its index file durably
+//!   (unlink + directory fsync); compaction swaps in a new file and a new
+//!   index.
 //! * **`log-start-offset`** holds the offset set by
 //!   [`PartitionLog::advance_log_start_offset`] (DeleteRecords, retention);
 //!   it is replaced atomically (write tmp, fsync, rename, fsync dir). If it is
@@ -82,12 +87,16 @@
 //! [`PartitionLog::open_with`] takes a [`RecoveryHint`] from the caller: the
 //! *recovery point* (an offset below which everything was fsynced, from the
 //! broker's periodic checkpoint of [`PartitionLog::durable_offset`]) and
-//! whether the previous process shut down cleanly. Segments known to be
-//! durable and unchanged — every segment after a clean shutdown, otherwise
-//! those lying wholly below the recovery point — are loaded from their index
-//! files without reading data. All other segments (after an unclean stop
-//! this always includes the active one) are scanned and every batch
-//! validated (length, magic, CRC, dense offsets). The log is cut at the first
+//! whether the previous process shut down cleanly. An index file is trusted
+//! for the part of the segment it describes if the whole segment is known
+//! durable — every segment after a clean shutdown, otherwise those lying
+//! wholly below the recovery point — or if the prefix it describes ends at
+//! or below the recovery point (the active segment, indexed at each
+//! checkpoint). Only bytes past a trusted index are read and validated; so
+//! after a crash a start reads just the unflushed tail of the active
+//! segment (plus what was appended since its last index checkpoint).
+//! Segments with no usable index file are scanned from the start. Scanning
+//! validates every batch (length, magic, CRC, dense offsets). The log is cut at the first
 //! invalid batch: a torn tail is truncated (a `warn!` names the segment, the
 //! bytes dropped and why), and if the damage is in an earlier segment the
 //! later segments are deleted as well, because keeping them would leave a

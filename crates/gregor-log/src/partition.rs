@@ -149,20 +149,24 @@ impl PartitionLog {
                 || files
                     .get(i + 1)
                     .is_some_and(|(next_base, _)| *next_base <= recovery_point);
-            let loaded = if trusted {
-                Segment::load_indexed(path.clone(), base)?
-            } else {
-                None
-            };
+            // An index file may describe the whole segment or a prefix of it
+            // (active segments are indexed at every checkpoint); its data is
+            // trusted if the segment is, or if the prefix is below the
+            // recovery point. Whatever lies past it is validated.
+            let loaded = Segment::load_indexed(path.clone(), base, |indexed_next| {
+                trusted || indexed_next <= recovery_point
+            })?
+            .filter(|s| trusted || s.next_offset() <= recovery_point);
             let (mut seg, recovery) = match loaded {
-                Some(seg) => (seg, None),
-                None => {
-                    let (seg, recovery) =
-                        Segment::recover(path, base, config.index_interval_bytes)?;
-                    scanned_bytes += seg.size();
-                    (seg, Some(recovery))
+                Some(mut seg) => {
+                    let recovery = seg.scan_tail(config.index_interval_bytes)?;
+                    (seg, recovery)
                 }
+                None => Segment::recover(path, base, config.index_interval_bytes)?,
             };
+            scanned_bytes += recovery.scanned_bytes;
+            let recovery =
+                (recovery.scanned_bytes > 0 || recovery.bytes_dropped > 0).then_some(recovery);
             let dropped = recovery.as_ref().map_or(0, |r| r.bytes_dropped);
             if dropped > 0 {
                 warn!(
@@ -656,6 +660,24 @@ impl PartitionLog {
                 Ok(Some((header, Bytes::from(data))))
             }
         }
+    }
+
+    /// Checkpoint support: if the active segment grew by at least
+    /// `min_growth` bytes since its index file was last written, writes it
+    /// (describing the segment as it is now). After a crash, `open_with`
+    /// then only validates what was appended after it — the unflushed tail —
+    /// provided the recovery point covers it.
+    pub fn checkpoint_active_index(&mut self, min_growth: u64) -> Result<(), LogError> {
+        let active = self
+            .segments
+            .last_mut()
+            .expect("a log always has a segment");
+        if !active.has_persisted_index()
+            && active.size().saturating_sub(active.indexed_size()) >= min_growth
+        {
+            active.write_index()?;
+        }
+        Ok(())
     }
 
     /// Flushes the log and writes the index files of segments that lack

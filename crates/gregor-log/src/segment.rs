@@ -50,6 +50,8 @@ pub(crate) struct MaxTimestamp {
 pub(crate) struct Recovery {
     /// Bytes removed from the end of the file (0 if it was intact).
     pub bytes_dropped: u64,
+    /// Bytes read and validated.
+    pub scanned_bytes: u64,
     /// Why the tail was dropped, if it was.
     pub reason: Option<String>,
 }
@@ -76,6 +78,9 @@ pub(crate) struct Segment {
     dirty: bool,
     /// An index file describing the segment as it is now exists.
     persisted_index: bool,
+    /// Segment size described by the index file this process last wrote or
+    /// loaded (0 if none).
+    indexed_size: u64,
 }
 
 /// File name of the segment starting at `base_offset`.
@@ -129,6 +134,7 @@ impl Segment {
             first_append_ms: None,
             dirty: false,
             persisted_index: false,
+            indexed_size: 0,
         }
     }
 
@@ -140,7 +146,17 @@ impl Segment {
     /// The caller must only use this when the segment's contents are known
     /// to be durable and unchanged since the index was written (below the
     /// recovery point, or after a clean shutdown).
-    pub fn load_indexed(path: PathBuf, base_offset: i64) -> Result<Option<Segment>, LogError> {
+    ///
+    /// With `prefix_ok(next_offset)` true, an index describing only a prefix
+    /// of the file is accepted too (the segment was appended to after the
+    /// index was written; the caller knows that prefix is durable, e.g.
+    /// `next_offset <= recovery point`); the caller then validates the rest
+    /// with [`Segment::scan_tail`].
+    pub fn load_indexed(
+        path: PathBuf,
+        base_offset: i64,
+        prefix_ok: impl Fn(i64) -> bool,
+    ) -> Result<Option<Segment>, LogError> {
         let bytes = match std::fs::read(index_path(&path)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -150,7 +166,8 @@ impl Segment {
             return Ok(None);
         };
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        if file.metadata()?.len() != parsed.size {
+        let len = file.metadata()?.len();
+        if len < parsed.size || (len > parsed.size && !prefix_ok(parsed.next_offset)) {
             return Ok(None);
         }
         if parsed
@@ -171,7 +188,8 @@ impl Segment {
         seg.first_append_ms = parsed.first_timestamp;
         // Resume index spacing conservatively: next append gets an entry.
         seg.bytes_since_index = u64::MAX / 2;
-        seg.persisted_index = true;
+        seg.persisted_index = len == parsed.size;
+        seg.indexed_size = parsed.size;
         Ok(Some(seg))
     }
 
@@ -204,7 +222,13 @@ impl Segment {
         std::fs::write(&tmp, &buf)?;
         std::fs::rename(&tmp, &path)?;
         self.persisted_index = true;
+        self.indexed_size = self.size;
         Ok(())
+    }
+
+    /// Segment size described by the last index file written or loaded.
+    pub fn indexed_size(&self) -> u64 {
+        self.indexed_size
     }
 
     /// Whether an index file describing the current contents exists.
@@ -254,13 +278,26 @@ impl Segment {
         index_interval: u64,
     ) -> Result<(Segment, Recovery), LogError> {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let file_len = file.metadata()?.len();
         let mut segment = Segment::empty(path, file, base_offset);
+        let recovery = segment.scan_tail(index_interval)?;
+        Ok((segment, recovery))
+    }
+
+    /// Validates the file from `self.size` (the end of what is already
+    /// known) to its end, batch by batch (length, magic, CRC, dense offsets),
+    /// extending the in-memory state; a torn or corrupt tail is cut off the
+    /// file (and fsynced), and the index file is removed durably first, since
+    /// it may describe bytes that are going away.
+    pub fn scan_tail(&mut self, index_interval: u64) -> Result<Recovery, LogError> {
+        let segment = self;
+        let file_len = segment.file.metadata()?.len();
+        let start = segment.size;
         // A dup of the descriptor, so the reader does not borrow `segment`.
-        let mut reader = BufReader::with_capacity(RECOVERY_BUFFER, segment.file.try_clone()?);
-        let _ = std::fs::remove_file(index_path(&segment.path));
+        let mut dup = segment.file.try_clone()?;
+        io::Seek::seek(&mut dup, io::SeekFrom::Start(start))?;
+        let mut reader = BufReader::with_capacity(RECOVERY_BUFFER, dup);
         let mut header_buf = [0u8; BatchHeader::SIZE];
-        let mut pos = 0u64;
+        let mut pos = start;
         let mut reason = None;
         while pos < file_len {
             let remaining = file_len - pos;
@@ -313,7 +350,7 @@ impl Segment {
             pos += size;
         }
         segment.size = pos;
-        if pos > 0 {
+        if pos > 0 && segment.first_append_ms.is_none() {
             // Age for `segment.ms`: when the file was created (batch
             // timestamps are the producers' and may be anything).
             let created = segment.file.metadata().and_then(|m| m.created()).ok();
@@ -324,16 +361,19 @@ impl Segment {
         }
         let bytes_dropped = file_len - pos;
         if bytes_dropped > 0 {
+            remove_if_exists(&index_path(&segment.path))?;
+            if let Some(dir) = segment.path.parent() {
+                crate::checkpoint::sync_dir(dir)?;
+            }
+            segment.persisted_index = false;
             segment.file.set_len(pos)?;
             segment.file.sync_all()?;
         }
-        Ok((
-            segment,
-            Recovery {
-                bytes_dropped,
-                reason,
-            },
-        ))
+        Ok(Recovery {
+            bytes_dropped,
+            scanned_bytes: pos - start,
+            reason,
+        })
     }
 
     pub fn base_offset(&self) -> i64 {
@@ -397,12 +437,9 @@ impl Segment {
         headers: &[(BatchHeader, usize)],
         index_interval: u64,
     ) -> Result<(), LogError> {
-        if self.persisted_index {
-            // The index file no longer describes the segment: remove it
-            // before the data changes so it can never be trusted stale.
-            remove_if_exists(&index_path(&self.path))?;
-            self.persisted_index = false;
-        }
+        // An index file on disk now describes a prefix of the segment (the
+        // file only grows); it is still correct as such.
+        self.persisted_index = false;
         if let Err(e) = self.file.write_all_at(data, self.size) {
             // Don't leave a partial batch behind; if this fails too the
             // garbage is past `size`, is overwritten by the next append and

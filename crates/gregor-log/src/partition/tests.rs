@@ -1203,3 +1203,45 @@ proptest! {
         prop_assert_eq!(all_records(&reopened), after);
     }
 }
+
+#[test]
+fn unclean_start_validates_only_the_tail_past_the_active_index_checkpoint() {
+    let dir = TempDir::new().unwrap();
+    let b = batch_n(0, 2, 100);
+    let seg = dir.path().join("00000000000000000000.log");
+    {
+        let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+        for _ in 0..5 {
+            log.append(&b).unwrap();
+        }
+        log.flush().unwrap();
+        log.checkpoint_active_index(1).unwrap(); // describes offsets [0, 10)
+        log.checkpoint_active_index(1).unwrap(); // no growth: no rewrite
+        for _ in 0..3 {
+            log.append(&b).unwrap();
+        }
+        // crash: no close
+    }
+    // Damage the first batch (inside the checkpointed prefix) and tear the tail.
+    let mut data = fs::read(&seg).unwrap();
+    data[100] ^= 0x01;
+    fs::write(&seg, &data).unwrap();
+    let len = data.len() as u64;
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let hint = RecoveryHint {
+        recovery_point: Some(10),
+        clean: false,
+    };
+    // The prefix is trusted (not re-read), the tail validated: one torn batch dropped.
+    let log = PartitionLog::open_with(dir.path(), LogConfig::default(), hint).unwrap();
+    assert_eq!(log.log_end_offset(), 14);
+    drop(log);
+    // Without the recovery point the prefix is validated too, and the damage found.
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.log_end_offset(), 0);
+}
