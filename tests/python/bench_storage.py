@@ -104,24 +104,34 @@ def startup(args):
         topic = "many"
         create_topic_confluent(b.bootstrap, topic, args.partitions, timeout=120)
         p = Producer({**confluent_common(b.bootstrap), "acks": "all", "linger.ms": 50})
+        value = b"x" * args.record_bytes
         for part in range(args.partitions):
-            for i in range(20):
-                p.produce(topic, value=b"x" * 200, partition=part)
+            for i in range(args.records):
+                while True:
+                    try:
+                        p.produce(topic, value=value, partition=part)
+                        break
+                    except BufferError:
+                        p.poll(0.05)
             p.poll(0)
         assert p.flush(300) == 0
+        total_mb = args.partitions * args.records * args.record_bytes / 1e6
+        print(f"{args.partitions} partitions, {total_mb:.0f} MB of records")
         for how in ("clean", "kill9"):
             if how == "clean":
                 assert b.stop() == 0
             else:
-                # produce again so the tails past the recovery point must be scanned
+                # let one recovery-point checkpoint (10 s) index the active segments
+                time.sleep(11)
                 b.kill9()
             t0 = time.monotonic()
             b.start(timeout=300)
             dt = time.monotonic() - t0
             log = ANSI.sub("", b.log_text())
-            m = re.findall(r"opened partition logs partitions=(\d+) clean_shutdown=(\w+) elapsed_ms=(\d+)", log)[-1]
-            print(f"start after {how:5}: {dt * 1000:.0f} ms to listening; open phase {m[2]} ms "
-                  f"({m[0]} partitions, clean_shutdown={m[1]})")
+            m = re.findall(r"opened partition logs partitions=(\d+) clean_shutdown=(\w+) "
+                           r"scanned_bytes=(\d+) elapsed_ms=(\d+)", log)[-1]
+            print(f"start after {how:5}: {dt * 1000:.0f} ms to listening; open phase {m[3]} ms "
+                  f"({m[0]} partitions, clean_shutdown={m[1]}, {int(m[2]) / 1e6:.1f} MB validated)")
             if how == "clean":
                 p = Producer({**confluent_common(b.bootstrap), "acks": "all", "linger.ms": 50})
                 for part in range(args.partitions):
@@ -136,6 +146,8 @@ def main():
     ap.add_argument("what", choices=["fetch", "startup"])
     ap.add_argument("--mb", type=int, default=1024)
     ap.add_argument("--partitions", type=int, default=1000)
+    ap.add_argument("--records", type=int, default=20, help="startup: records per partition")
+    ap.add_argument("--record-bytes", type=int, default=1000, help="startup: record size")
     ap.add_argument("--perf", metavar="FILE", help="fetch: record a perf profile of the broker into FILE")
     args = ap.parse_args()
     {"fetch": fetch, "startup": startup}[args.what](args)

@@ -188,6 +188,10 @@ impl Broker {
         }
         let total = work.len();
         let opened = open_partitions_parallel(&config, work, clean)?;
+        let scanned: u64 = opened
+            .iter()
+            .map(|p| p.log.read().expect("log lock").scanned_on_open())
+            .sum();
         let mut by_topic: HashMap<String, Vec<Arc<Partition>>> = HashMap::new();
         for part in opened {
             by_topic.entry(part.topic.clone()).or_default().push(part);
@@ -210,6 +214,7 @@ impl Broker {
         tracing::info!(
             partitions = total,
             clean_shutdown = clean,
+            scanned_bytes = scanned,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "opened partition logs"
         );

@@ -35,6 +35,8 @@ pub struct PartitionLog {
     first_unflushed_ms: Option<i64>,
     /// Set when an fsync failed: the log refuses further appends.
     failed: Option<String>,
+    /// Bytes of segment data read and validated by `open_with`.
+    scanned_on_open: u64,
 }
 
 /// What the caller knows about the state of a log directory when opening it.
@@ -220,6 +222,7 @@ impl PartitionLog {
             unflushed_records: 0,
             first_unflushed_ms: None,
             failed: None,
+            scanned_on_open: scanned_bytes,
         };
 
         let end = log.log_end_offset();
@@ -408,6 +411,12 @@ impl PartitionLog {
                 self.failed = Some(e);
             }
         }
+    }
+
+    /// Bytes of segment data [`open_with`](Self::open_with) had to read and
+    /// validate (0 when everything was covered by trusted index files).
+    pub fn scanned_on_open(&self) -> u64 {
+        self.scanned_on_open
     }
 
     /// Every record below this offset is durable (fsynced).
