@@ -616,7 +616,11 @@ impl PartitionLog {
             }
             let mut scanner = seg.scanner(position);
             while let Some((pos, header)) = scanner.next_header()? {
-                if header.max_timestamp >= ts && header.last_offset() >= start {
+                // Batches emptied by compaction keep their header but hold no record.
+                if header.max_timestamp >= ts
+                    && header.last_offset() >= start
+                    && header.records_count > 0
+                {
                     let data = seg.read_vec(pos, header.total_size())?;
                     return Ok(Some((header, Bytes::from(data))));
                 }
