@@ -85,6 +85,73 @@ pub struct BrokerConfig {
     /// Largest `metadata` string of a committed offset.
     #[serde(alias = "offset.metadata.max.bytes")]
     pub offset_metadata_max_bytes: usize,
+    // ---- storage (issue 5) ----
+    /// When appended data is fsynced: `always` (acks=1/all answered after a group-commit
+    /// fsync), `interval` (per topic `flush.messages` / `flush.ms`), `never` (the OS decides).
+    pub fsync: FsyncPolicy,
+    /// Broker-wide defaults of topic settings (`log.*` in Kafka). `None`: the topic default.
+    /// Shown by DescribeConfigs as `STATIC_BROKER_CONFIG` when set.
+    #[serde(alias = "log.roll.ms")]
+    pub log_roll_ms: Option<i64>,
+    #[serde(alias = "log.retention.ms")]
+    pub log_retention_ms: Option<i64>,
+    #[serde(alias = "log.retention.bytes")]
+    pub log_retention_bytes: Option<i64>,
+    #[serde(alias = "log.cleanup.policy")]
+    pub log_cleanup_policy: Option<String>,
+    #[serde(alias = "log.flush.interval.messages")]
+    pub log_flush_interval_messages: Option<i64>,
+    /// With `fsync = "interval"` and no topic `flush.ms`, 1000 ms.
+    #[serde(alias = "log.flush.interval.ms")]
+    pub log_flush_interval_ms: Option<i64>,
+    #[serde(alias = "log.cleaner.delete.retention.ms")]
+    pub log_cleaner_delete_retention_ms: Option<i64>,
+    #[serde(alias = "log.cleaner.min.cleanable.ratio")]
+    pub log_cleaner_min_cleanable_ratio: Option<f64>,
+    #[serde(alias = "log.cleaner.min.compaction.lag.ms")]
+    pub log_cleaner_min_compaction_lag_ms: Option<i64>,
+    /// How often retention is checked (Kafka's default, 5 minutes). Retention works on
+    /// record timestamps, so a short interval deletes old-timestamped data quickly.
+    #[serde(alias = "log.retention.check.interval.ms")]
+    pub log_retention_check_interval_ms: u64,
+    /// Pause between compaction passes over all compacted topics (Kafka's default 15 s).
+    #[serde(alias = "log.cleaner.backoff.ms")]
+    pub log_cleaner_backoff_ms: u64,
+    /// How often the recovery-point checkpoint is written (Kafka's
+    /// `log.flush.offset.checkpoint.interval.ms`).
+    #[serde(alias = "log.flush.offset.checkpoint.interval.ms")]
+    pub log_flush_offset_checkpoint_interval_ms: u64,
+    /// Largest amount of log one compaction pass reads into its key map, in bytes
+    /// (bounds the cleaner's memory; Kafka's `log.cleaner.dedupe.buffer.size`).
+    #[serde(alias = "log.cleaner.dedupe.buffer.size")]
+    pub log_cleaner_dedupe_buffer_size: usize,
+    /// Cleaner I/O cap in bytes per second (Kafka's `log.cleaner.io.max.bytes.per.second`).
+    #[serde(alias = "log.cleaner.io.max.bytes.per.second")]
+    pub log_cleaner_io_max_bytes_per_second: u64,
+}
+
+/// Durability policy for appended data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    #[default]
+    Always,
+    Interval,
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "interval" => Ok(FsyncPolicy::Interval),
+            "never" => Ok(FsyncPolicy::Never),
+            other => Err(format!(
+                "fsync must be always, interval or never, not {other}"
+            )),
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -117,7 +184,81 @@ impl Default for BrokerConfig {
             offsets_retention_minutes: 7 * 24 * 60,
             offsets_retention_check_interval_ms: 600_000,
             offset_metadata_max_bytes: 4096,
+            fsync: FsyncPolicy::Always,
+            log_roll_ms: None,
+            log_retention_ms: None,
+            log_retention_bytes: None,
+            log_cleanup_policy: None,
+            log_flush_interval_messages: None,
+            log_flush_interval_ms: None,
+            log_cleaner_delete_retention_ms: None,
+            log_cleaner_min_cleanable_ratio: None,
+            log_cleaner_min_compaction_lag_ms: None,
+            log_retention_check_interval_ms: 300_000,
+            log_cleaner_backoff_ms: 15_000,
+            log_flush_offset_checkpoint_interval_ms: 10_000,
+            log_cleaner_dedupe_buffer_size: 64 * 1024 * 1024,
+            log_cleaner_io_max_bytes_per_second: 256 * 1024 * 1024,
         }
+    }
+}
+
+impl BrokerConfig {
+    /// Broker-level values of topic settings that the config file sets, as
+    /// (topic config name, Kafka broker config name, value).
+    pub fn static_topic_defaults(&self) -> Vec<(&'static str, &'static str, String)> {
+        let mut out = Vec::new();
+        if self.log_segment_bytes != BrokerConfig::default().log_segment_bytes {
+            out.push((
+                "segment.bytes",
+                "log.segment.bytes",
+                self.log_segment_bytes.to_string(),
+            ));
+        }
+        let mut opt = |topic: &'static str, broker: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((topic, broker, v));
+            }
+        };
+        let s = |v: Option<i64>| v.map(|v| v.to_string());
+        opt("segment.ms", "log.roll.ms", s(self.log_roll_ms));
+        opt("retention.ms", "log.retention.ms", s(self.log_retention_ms));
+        opt(
+            "retention.bytes",
+            "log.retention.bytes",
+            s(self.log_retention_bytes),
+        );
+        opt(
+            "cleanup.policy",
+            "log.cleanup.policy",
+            self.log_cleanup_policy.clone(),
+        );
+        opt(
+            "flush.messages",
+            "log.flush.interval.messages",
+            s(self.log_flush_interval_messages),
+        );
+        opt(
+            "flush.ms",
+            "log.flush.interval.ms",
+            s(self.log_flush_interval_ms),
+        );
+        opt(
+            "delete.retention.ms",
+            "log.cleaner.delete.retention.ms",
+            s(self.log_cleaner_delete_retention_ms),
+        );
+        opt(
+            "min.cleanable.dirty.ratio",
+            "log.cleaner.min.cleanable.ratio",
+            self.log_cleaner_min_cleanable_ratio.map(|v| v.to_string()),
+        );
+        opt(
+            "min.compaction.lag.ms",
+            "log.cleaner.min.compaction.lag.ms",
+            s(self.log_cleaner_min_compaction_lag_ms),
+        );
+        out
     }
 }
 
@@ -141,5 +282,23 @@ mod tests {
         assert_eq!(c.node_id, 3);
         assert_eq!(c.num_partitions, 4);
         assert!(BrokerConfig::from_toml("num_partitons = 4").is_err());
+    }
+
+    #[test]
+    fn storage_settings_parse() {
+        let c = BrokerConfig::from_toml(
+            "fsync = \"interval\"\n\"log.retention.ms\" = 5000\n\"log.cleanup.policy\" = \"compact\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.fsync, FsyncPolicy::Interval);
+        let d = c.static_topic_defaults();
+        assert!(d.contains(&("retention.ms", "log.retention.ms", "5000".to_string())));
+        assert!(d.contains(&(
+            "cleanup.policy",
+            "log.cleanup.policy",
+            "compact".to_string()
+        )));
+        assert_eq!(BrokerConfig::default().fsync, FsyncPolicy::Always);
+        assert!(BrokerConfig::from_toml("fsync = \"sometimes\"").is_err());
     }
 }

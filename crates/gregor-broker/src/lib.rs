@@ -6,8 +6,10 @@
 //! response encode → socket.
 
 pub mod config;
+pub mod flusher;
 pub mod groups;
 pub mod handlers;
+pub mod log_manager;
 pub mod server;
 pub mod state;
 pub mod topic_config;

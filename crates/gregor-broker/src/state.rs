@@ -9,10 +9,12 @@
 //! Invariant: a topic is in the registry if and only if it is in `state.json`; partition
 //! directories are created before the registry change is persisted and removed after it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
+use gregor_log::RecoveryHint;
 use gregor_log::{batch::iter_batches, LogConfig, PartitionLog};
 use gregor_txn::{ProducerBatch, ProducerStateTable};
 use kafka_protocol::error::ResponseError;
@@ -21,7 +23,16 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
-use crate::topic_config;
+use crate::flusher::Flusher;
+use crate::topic_config::{self, LogSettings};
+
+/// `<data-dir>/recovery-point-offset-checkpoint`: one line per partition,
+/// `<topic> <partition> <offset>`, every record below `offset` was fsynced.
+pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
+/// The recovery-point checkpoint re-indexes an active segment once it grew this much.
+const ACTIVE_INDEX_MIN_GROWTH: u64 = 1 << 20;
+/// `<data-dir>/clean-shutdown`: present only between a clean shutdown and the next start.
+pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 
 /// One partition of a topic, led by this broker.
 pub struct Partition {
@@ -30,6 +41,10 @@ pub struct Partition {
     pub log: RwLock<PartitionLog>,
     /// Idempotent producers' sequence state. Lock order: `log` before `producers`.
     pub producers: Mutex<ProducerStateTable>,
+    /// Queued for the group-commit flusher's next round (see [`crate::flusher`]).
+    pub flush_queued: AtomicBool,
+    /// The compaction cleaner is working on this partition.
+    pub cleaning: AtomicBool,
 }
 
 impl Partition {
@@ -54,6 +69,11 @@ impl Topic {
         usize::try_from(index)
             .ok()
             .and_then(|i| self.partitions.get(i))
+    }
+
+    /// The topic's storage settings (overrides, broker `log.*` settings, defaults).
+    pub fn log_settings(&self, broker: &BrokerConfig) -> LogSettings {
+        LogSettings::resolve(&self.configs, broker)
     }
 
     /// The topic's `max.message.bytes`, or the broker's `message.max.bytes` if not overridden.
@@ -149,6 +169,12 @@ pub struct Broker {
     producer_ids: Mutex<ProducerIds>,
     /// The group coordinator, set once by [`crate::groups::GroupService::start`].
     pub groups: std::sync::OnceLock<Arc<crate::groups::GroupService>>,
+    /// Group commit for `fsync = always` (and the `interval` policy's flushes).
+    pub flusher: Flusher,
+    /// Serializes recovery-point checkpoint writes.
+    checkpoint_write: Mutex<()>,
+    /// Set at shutdown: background threads (the cleaner) stop at their next check.
+    pub stopping: AtomicBool,
 }
 
 impl Broker {
@@ -167,13 +193,34 @@ impl Broker {
             write_atomically(&state_path, &serde_json::to_vec_pretty(&s)?)?;
             s
         };
+        // What the last process left: a clean-shutdown marker means every log was flushed
+        // and indexed at exit; otherwise the recovery points say how much was fsynced.
+        let clean_path = config.data_dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean = clean_path.exists();
+        let recovery_points = read_recovery_points(&config.data_dir)?;
+        let started = std::time::Instant::now();
+        let mut work = Vec::new();
+        for t in &persisted.topics {
+            for p in 0..t.partitions {
+                let rp = recovery_points.get(&(t.name.clone(), p)).copied();
+                work.push((t.name.clone(), p, t.configs.clone(), rp));
+            }
+        }
+        let total = work.len();
+        let opened = open_partitions_parallel(&config, work, clean)?;
+        let scanned: u64 = opened
+            .iter()
+            .map(|p| p.log.read().expect("log lock").scanned_on_open())
+            .sum();
+        let mut by_topic: HashMap<String, Vec<Arc<Partition>>> = HashMap::new();
+        for part in opened {
+            by_topic.entry(part.topic.clone()).or_default().push(part);
+        }
         let mut topics = BTreeMap::new();
         for t in persisted.topics {
-            let mut partitions = Vec::new();
-            for p in 0..t.partitions {
-                partitions.push(open_partition(&config, &t.name, p, &t.configs)?);
-            }
-            tracing::info!(topic = %t.name, partitions = t.partitions, "loaded topic");
+            let mut partitions = by_topic.remove(&t.name).unwrap_or_default();
+            partitions.sort_by_key(|p| p.index);
+            tracing::debug!(topic = %t.name, partitions = t.partitions, "loaded topic");
             topics.insert(
                 t.name.clone(),
                 Arc::new(Topic {
@@ -184,11 +231,23 @@ impl Broker {
                 }),
             );
         }
+        tracing::info!(
+            partitions = total,
+            clean_shutdown = clean,
+            scanned_bytes = scanned,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "opened partition logs"
+        );
+        if clean {
+            // From here on the logs change: the marker must not survive a crash.
+            std::fs::remove_file(&clean_path)?;
+            std::fs::File::open(&config.data_dir)?.sync_all()?;
+        }
         let producer_ids = ProducerIds {
             next: persisted.producer_ids_reserved,
             reserved: persisted.producer_ids_reserved,
         };
-        Ok(Broker {
+        let broker = Broker {
             producer_ids: Mutex::new(producer_ids),
             cluster_id: persisted.cluster_id,
             advertised_host: advertised.0,
@@ -198,7 +257,13 @@ impl Broker {
             appended: watch::channel(0).0,
             groups: std::sync::OnceLock::new(),
             config,
-        })
+            flusher: Flusher::start(),
+            checkpoint_write: Mutex::new(()),
+            stopping: AtomicBool::new(false),
+        };
+        // Every log is durable up to its end after open: record that right away.
+        broker.write_recovery_checkpoint()?;
+        Ok(broker)
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -367,6 +432,30 @@ impl Broker {
         })
     }
 
+    /// Writes the recovery-point checkpoint: each partition's durable offset.
+    pub fn write_recovery_checkpoint(&self) -> std::io::Result<()> {
+        let _guard = self.checkpoint_write.lock().expect("checkpoint lock");
+        let mut text = String::new();
+        for t in self.all_topics() {
+            for p in &t.partitions {
+                let durable = {
+                    let mut log = p.log.write().expect("log lock");
+                    // Index the active segment first, so that after a crash only what
+                    // was appended since (beyond the recovery point) is rescanned.
+                    if let Err(e) = log.checkpoint_active_index(ACTIVE_INDEX_MIN_GROWTH) {
+                        tracing::warn!(topic = %t.name, partition = p.index, error = %e, "could not write active segment index");
+                    }
+                    log.durable_offset()
+                };
+                text.push_str(&format!("{} {} {}\n", t.name, p.index, durable));
+            }
+        }
+        write_atomically(
+            &self.config.data_dir.join(RECOVERY_POINT_FILE),
+            text.as_bytes(),
+        )
+    }
+
     /// Replaces a topic's config overrides (already validated by the caller).
     pub fn set_topic_configs(
         &self,
@@ -381,9 +470,19 @@ impl Broker {
             partitions: topic.partitions.clone(),
             configs,
         });
+        let log_config = log_config(&self.config, &updated.configs);
         self.commit_change(|topics| {
-            topics.insert(name.to_string(), updated);
-        })
+            topics.insert(name.to_string(), updated.clone());
+        })?;
+        // Applied live: segment settings take effect from the next append; retention,
+        // compaction and flush settings are read by the background tasks on every pass.
+        for p in &updated.partitions {
+            p.log
+                .write()
+                .expect("log lock")
+                .set_config(log_config.clone());
+        }
+        Ok(())
     }
 
     /// Applies `change` to a copy of the registry, persists the copy, then publishes it.
@@ -446,13 +545,29 @@ impl Broker {
         Ok(ids.next - 1)
     }
 
-    /// Flushes and closes every partition log (clean shutdown).
+    /// Flushes every partition log and writes its index files, the recovery-point
+    /// checkpoint and, if all of that succeeded, the clean-shutdown marker.
     pub fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.flusher.stop();
+        let mut ok = true;
         for t in self.all_topics() {
             for p in &t.partitions {
-                if let Err(e) = p.log.write().expect("log lock").flush() {
+                if let Err(e) = p.log.write().expect("log lock").flush_for_shutdown() {
+                    ok = false;
                     tracing::error!(topic = %t.name, partition = p.index, error = %e, "flush on shutdown failed");
                 }
+            }
+        }
+        if let Err(e) = self.write_recovery_checkpoint() {
+            ok = false;
+            tracing::error!(error = %e, "writing recovery-point checkpoint failed");
+        }
+        if ok {
+            let marker = self.config.data_dir.join(CLEAN_SHUTDOWN_FILE);
+            if let Err(e) = write_atomically(&marker, b"") {
+                tracing::error!(error = %e, "writing clean-shutdown marker failed");
             }
         }
     }
@@ -474,21 +589,35 @@ pub fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
 }
 
+/// The log tunables of a topic's partitions.
+fn log_config(config: &BrokerConfig, overrides: &BTreeMap<String, String>) -> LogConfig {
+    let s = LogSettings::resolve(overrides, config);
+    LogConfig {
+        segment_bytes: s.segment_bytes,
+        segment_ms: s.segment_ms,
+        max_batch_bytes: config.socket_request_max_bytes,
+        ..LogConfig::default()
+    }
+}
+
 fn open_partition(
     config: &BrokerConfig,
     topic: &str,
     index: i32,
     overrides: &BTreeMap<String, String>,
 ) -> anyhow::Result<Arc<Partition>> {
-    let segment_bytes = topic_config::effective(overrides, "segment.bytes")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(config.log_segment_bytes);
-    let log_config = LogConfig {
-        segment_bytes,
-        max_batch_bytes: config.socket_request_max_bytes,
-        ..LogConfig::default()
-    };
-    let log = PartitionLog::open(&partition_dir(&config.data_dir, topic, index), log_config)?;
+    open_partition_with(config, topic, index, overrides, RecoveryHint::default())
+}
+
+fn open_partition_with(
+    config: &BrokerConfig,
+    topic: &str,
+    index: i32,
+    overrides: &BTreeMap<String, String>,
+    hint: RecoveryHint,
+) -> anyhow::Result<Arc<Partition>> {
+    let dir = partition_dir(&config.data_dir, topic, index);
+    let log = PartitionLog::open_with(&dir, log_config(config, overrides), hint)?;
     let producers = rebuild_producer_state(&log)?;
     if !producers.is_empty() {
         tracing::info!(
@@ -503,6 +632,8 @@ fn open_partition(
         index,
         log: RwLock::new(log),
         producers: Mutex::new(producers),
+        flush_queued: AtomicBool::new(false),
+        cleaning: AtomicBool::new(false),
     }))
 }
 
@@ -535,6 +666,70 @@ fn rebuild_producer_state(log: &PartitionLog) -> anyhow::Result<ProducerStateTab
         offset = next;
     }
     Ok(table)
+}
+
+type OpenWork = (String, i32, BTreeMap<String, String>, Option<i64>);
+
+/// Opens many partitions on a few threads (startup with 1,000s of partitions).
+fn open_partitions_parallel(
+    config: &BrokerConfig,
+    work: Vec<OpenWork>,
+    clean: bool,
+) -> anyhow::Result<Vec<Arc<Partition>>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8)
+        .min(work.len().max(1));
+    let chunk = work.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = work
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .map(|(topic, p, overrides, rp)| {
+                            let hint = RecoveryHint {
+                                recovery_point: *rp,
+                                clean,
+                            };
+                            open_partition_with(config, topic, *p, overrides, hint)
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("partition open thread panicked"))??,
+            );
+        }
+        Ok(out)
+    })
+}
+
+/// Reads the recovery-point checkpoint (missing file: no recovery points).
+fn read_recovery_points(data_dir: &Path) -> anyhow::Result<HashMap<(String, i32), i64>> {
+    let text = match std::fs::read_to_string(data_dir.join(RECOVERY_POINT_FILE)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let mut it = line.split(' ');
+        match (it.next(), it.next(), it.next(), it.next()) {
+            (Some(t), Some(p), Some(o), None) => match (p.parse(), o.parse()) {
+                (Ok(p), Ok(o)) => {
+                    out.insert((t.to_string(), p), o);
+                }
+                _ => tracing::warn!(line, "ignoring malformed recovery-point line"),
+            },
+            _ => tracing::warn!(line, "ignoring malformed recovery-point line"),
+        }
+    }
+    Ok(out)
 }
 
 fn new_cluster_id() -> String {

@@ -161,6 +161,122 @@ pub fn effective<'a>(overrides: &'a BTreeMap<String, String>, name: &str) -> Opt
         .or_else(|| lookup(name).map(|d| d.default))
 }
 
+/// Where an effective topic setting comes from (DescribeConfigs `config_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A topic override (`DYNAMIC_TOPIC_CONFIG`, 1).
+    DynamicTopic,
+    /// A broker `log.*` setting from the config file (`STATIC_BROKER_CONFIG`, 4).
+    StaticBroker,
+    /// Gregor's (Kafka's) default (`DEFAULT_CONFIG`, 5).
+    Default,
+}
+
+impl Source {
+    pub fn code(self) -> i8 {
+        match self {
+            Source::DynamicTopic => 1,
+            Source::StaticBroker => 4,
+            Source::Default => 5,
+        }
+    }
+}
+
+/// The effective value of a known topic setting and its source, plus the
+/// broker-level synonym when the broker config file sets one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub value: String,
+    pub source: Source,
+    pub broker: Option<(&'static str, String)>,
+}
+
+/// Resolves `name` for a topic: topic override, else broker static setting, else default.
+pub fn resolve(
+    overrides: &BTreeMap<String, String>,
+    broker: &crate::config::BrokerConfig,
+    name: &str,
+) -> Option<Resolved> {
+    let def = lookup(name)?;
+    let broker_value = broker
+        .static_topic_defaults()
+        .into_iter()
+        .find(|(t, _, _)| *t == name)
+        .map(|(_, b, v)| (b, v));
+    let (value, source) = if let Some(v) = overrides.get(name) {
+        (v.clone(), Source::DynamicTopic)
+    } else if let Some((_, v)) = &broker_value {
+        (v.clone(), Source::StaticBroker)
+    } else {
+        (def.default.to_string(), Source::Default)
+    };
+    Some(Resolved {
+        value,
+        source,
+        broker: broker_value,
+    })
+}
+
+/// The storage settings of a topic, resolved and parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub delete: bool,
+    pub compact: bool,
+    pub delete_retention_ms: i64,
+    pub min_cleanable_dirty_ratio: f64,
+    pub min_compaction_lag_ms: i64,
+    pub flush_messages: i64,
+    /// `flush.ms`; with `fsync = interval` and nothing set, 1000.
+    pub flush_ms: i64,
+}
+
+impl LogSettings {
+    pub fn resolve(
+        overrides: &BTreeMap<String, String>,
+        broker: &crate::config::BrokerConfig,
+    ) -> LogSettings {
+        let get = |name: &str| resolve(overrides, broker, name).expect("known setting");
+        let long = |name: &str| {
+            let r = get(name);
+            r.value.trim().parse::<i64>().unwrap_or_else(|_| {
+                lookup(name)
+                    .and_then(|d| d.default.parse().ok())
+                    .unwrap_or(i64::MAX)
+            })
+        };
+        let policy = get("cleanup.policy").value;
+        let flush_ms = get("flush.ms");
+        let flush_ms = if flush_ms.source == Source::Default
+            && broker.fsync == crate::config::FsyncPolicy::Interval
+        {
+            1000
+        } else {
+            flush_ms.value.trim().parse().unwrap_or(i64::MAX)
+        };
+        LogSettings {
+            segment_bytes: u64::try_from(long("segment.bytes")).unwrap_or(1 << 30),
+            segment_ms: long("segment.ms"),
+            retention_ms: long("retention.ms"),
+            retention_bytes: long("retention.bytes"),
+            delete: policy.split(',').any(|p| p.trim() == "delete"),
+            compact: policy.split(',').any(|p| p.trim() == "compact"),
+            delete_retention_ms: long("delete.retention.ms"),
+            min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio")
+                .value
+                .trim()
+                .parse()
+                .unwrap_or(0.5),
+            min_compaction_lag_ms: long("min.compaction.lag.ms"),
+            flush_messages: long("flush.messages"),
+            flush_ms,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +290,27 @@ mod tests {
         assert!(validate("cleanup.policy", "shred").is_err());
         assert!(validate("no.such.setting", "1").is_err());
         assert!(validate("min.cleanable.dirty.ratio", "0.7").is_ok());
+    }
+
+    #[test]
+    fn resolution_order_is_topic_then_broker_then_default() {
+        let mut broker = crate::config::BrokerConfig {
+            log_retention_ms: Some(5000),
+            ..Default::default()
+        };
+        let mut over = BTreeMap::new();
+        let r = resolve(&over, &broker, "retention.ms").unwrap();
+        assert_eq!((r.value.as_str(), r.source), ("5000", Source::StaticBroker));
+        over.insert("retention.ms".to_string(), "7".to_string());
+        let r = resolve(&over, &broker, "retention.ms").unwrap();
+        assert_eq!((r.value.as_str(), r.source), ("7", Source::DynamicTopic));
+        let r = resolve(&over, &broker, "segment.ms").unwrap();
+        assert_eq!(r.source, Source::Default);
+        broker.fsync = crate::config::FsyncPolicy::Interval;
+        let s = LogSettings::resolve(&over, &broker);
+        assert_eq!(
+            (s.retention_ms, s.flush_ms, s.delete, s.compact),
+            (7, 1000, true, false)
+        );
     }
 }

@@ -13,51 +13,109 @@
 //! Everything lives in one directory per partition:
 //!
 //! ```text
-//! <dir>/00000000000000000000.log   segment whose first batch has base offset 0
-//! <dir>/00000000000000001234.log   next segment, first base offset 1234
-//! <dir>/log-start-offset           checkpoint: decimal log start offset + '\n'
-//! <dir>/log-start-offset.tmp       transient, while replacing the checkpoint
+//! <dir>/00000000000000000000.log     segment whose first batch has base offset 0
+//! <dir>/00000000000000000000.index   its offset/time index (sealed segments, and all at clean shutdown)
+//! <dir>/00000000000000001234.log     next segment, first base offset 1234 (the active one)
+//! <dir>/log-start-offset             checkpoint: decimal log start offset + '\n'
+//! <dir>/cleaner-offset-checkpoint    compaction: offsets below it were cleaned by the last pass
+//! <dir>/*.tmp, *.log.cleaned         transient; removed on open
 //! ```
 //!
 //! * **Segments** (`<base offset as 20 zero-padded digits>.log`, as in Kafka)
 //!   are append-only files containing nothing but whole batches back to back.
 //!   The last segment is the *active* one; appends go there. Before an append
 //!   that would push a non-empty active segment past
-//!   [`LogConfig::segment_bytes`], a new segment named after the next offset
+//!   [`LogConfig::segment_bytes`], or once its first append is
+//!   [`LogConfig::segment_ms`] old, a new segment named after the next offset
 //!   is created ("rolled"). One append is always written to a single
-//!   segment with a single positioned write, so a segment only exceeds
-//!   `segment_bytes` when one append alone is larger.
-//! * **Index**: a sparse offset/time index per segment (one entry at least
-//!   every [`LogConfig::index_interval_bytes`] bytes) is kept in memory only
-//!   and rebuilt by scanning the segments on [`PartitionLog::open`]. Reads
-//!   binary-search it and then scan batch headers forward.
+//!   segment with a single positioned write.
+//! * **Index**: a sparse index per segment, one entry at least every
+//!   [`LogConfig::index_interval_bytes`] bytes: `(base offset, file position,
+//!   largest maxTimestamp of all earlier batches)`, so the same entries serve
+//!   offset lookups and timestamp lookups (ListOffsets by time binary-searches
+//!   the timestamp column, then scans batch headers forward — never the whole
+//!   log). It lives in memory and is persisted as `<base>.index` (magic,
+//!   segment size and next offset it describes, first-append time, max
+//!   timestamp, entries, CRC-32C) when a segment is sealed by a roll, for
+//!   the active segment at checkpoints
+//!   ([`PartitionLog::checkpoint_active_index`]), and for every segment at a
+//!   clean shutdown. Because segments only grow, an index file written
+//!   earlier stays a correct description of a *prefix* of its segment.
+//!   Index files are written with tmp + rename, not fsynced: one that is
+//!   missing, damaged or longer than its segment is ignored and the segment
+//!   is scanned instead. The only operation that shrinks a segment —
+//!   recovery cutting a torn tail — first removes its index file durably
+//!   (unlink + directory fsync); compaction swaps in a new file and a new
+//!   index.
 //! * **`log-start-offset`** holds the offset set by
-//!   [`PartitionLog::advance_log_start_offset`]; it is replaced atomically
-//!   (write tmp, fsync, rename, fsync dir). If it is missing the log starts
-//!   at the base offset of the first segment.
+//!   [`PartitionLog::advance_log_start_offset`] (DeleteRecords, retention);
+//!   it is replaced atomically (write tmp, fsync, rename, fsync dir). If it is
+//!   missing the log starts at the base offset of the first segment.
 //!
 //! # Invariants
 //!
 //! * **Dense offsets**: every batch's base offset equals the previous batch's
 //!   last offset + 1, across segment boundaries too, and each segment's first
 //!   batch starts at the segment's base offset. Hence segment `i + 1`'s base
-//!   offset is segment `i`'s next offset.
+//!   offset is segment `i`'s next offset. Compaction keeps this: a batch that
+//!   loses all its records stays as an empty batch with the same offsets.
 //! * **Whole batches**: a batch is never split across segments, and a
 //!   segment file contains only whole, CRC-valid batches (after recovery).
-//! * **Ordered bounds**: `log_start_offset <= log_end_offset`, and the first
-//!   segment contains `log_start_offset` (or is the empty active segment at
-//!   `log_end_offset`). There is always at least one segment.
+//! * **Ordered bounds**: `log_start_offset <= log_end_offset`, and the first segment contains
+//!   `log_start_offset` (or is the empty active segment at `log_end_offset`).
+//!   There is always at least one segment.
+//! * **Durable prefix**: every record below [`PartitionLog::durable_offset`]
+//!   has been fdatasynced, together with the directory entries of its segment.
 //!
-//! # Durability and recovery
+//! # Durability: sync jobs and group commit
 //!
-//! Appends are plain `pwrite`s without fsync; [`PartitionLog::flush`]
-//! fdatasyncs every segment written since the last flush (and the directory
-//! if segments were created). On open every segment is scanned and every
-//! batch validated (length, magic, CRC, dense offsets). The log is cut at the
-//! first invalid batch: a torn tail of the last segment is truncated (with a
-//! warning naming the number of bytes dropped), and if the damage is in an
-//! earlier segment, the later segments are deleted as well, because keeping
-//! them would leave a gap in the offsets.
+//! Appends are plain `pwrite`s. [`PartitionLog::take_sync_job`] (called under
+//! the caller's write lock, cheap) returns a [`SyncJob`] holding cloned
+//! `Arc<File>` handles of the segments written since the last job, the
+//! directory if segments were created or removed, and the log end offset it
+//! covers; [`SyncJob::run`] fdatasyncs them *without* the lock, so appends
+//! and reads continue; [`PartitionLog::complete_sync`] then advances the
+//! durable offset. The broker's flusher uses this for group commit (one fsync
+//! round covers everything appended meanwhile, across partitions).
+//! [`PartitionLog::flush`] is the same three steps back to back. A failed
+//! fsync takes the log offline (appends fail with
+//! [`LogError::StorageFailed`]): after a failed fsync the kernel may have
+//! dropped the dirty pages, so retrying would prove nothing.
+//!
+//! # Recovery
+//!
+//! [`PartitionLog::open_with`] takes a [`RecoveryHint`] from the caller: the
+//! *recovery point* (an offset below which everything was fsynced, from the
+//! broker's periodic checkpoint of [`PartitionLog::durable_offset`]) and
+//! whether the previous process shut down cleanly. An index file is trusted
+//! for the part of the segment it describes if the whole segment is known
+//! durable — every segment after a clean shutdown, otherwise those lying
+//! wholly below the recovery point — or if the prefix it describes ends at
+//! or below the recovery point (the active segment, indexed at each
+//! checkpoint). Only bytes past a trusted index are read and validated; so
+//! after a crash a start reads just the unflushed tail of the active
+//! segment (plus what was appended since its last index checkpoint).
+//! Segments with no usable index file are scanned from the start. Scanning
+//! validates every batch (length, magic, CRC, dense offsets). The log is cut at the first
+//! invalid batch: a torn tail is truncated (a `warn!` names the segment, the
+//! bytes dropped and why), and if the damage is in an earlier segment the
+//! later segments are deleted as well, because keeping them would leave a
+//! gap in the offsets. Recovered data past the recovery point may exist only
+//! in the page cache, so it is fsynced before `open` returns; the durable
+//! offset then equals the log end offset. Damage inside a trusted segment
+//! (below the recovery point) is not looked for — as in Kafka; [`open`]
+//! without a hint validates everything.
+//!
+//! [`open`]: PartitionLog::open
+//!
+//! # Retention and compaction
+//!
+//! [`PartitionLog::apply_retention`] deletes whole segments from the start
+//! (time: the segment's largest timestamp is older than `retention.ms`;
+//! size: dropping it keeps at least `retention.bytes`), checkpointing the new
+//! log start offset before unlinking files. Compaction lives in [`clean`]; it
+//! reads and writes without the log lock and swaps cleaned segments in with
+//! one rename each.
 //!
 //! # Reads
 //!
@@ -70,12 +128,11 @@
 //!
 //! # Known limitations
 //!
-//! * The index is not persisted, so [`PartitionLog::open`] reads (and
-//!   checksums) every byte of every segment; opening cost is proportional to
-//!   the log size. A persisted index plus a recovery-point checkpoint would
-//!   limit validation to the unflushed tail.
 //! * The log never sets `partitionLeaderEpoch`; batches keep the value the
 //!   producer sent.
+//! * No preallocation (`fallocate`): with fdatasync per group-commit round
+//!   the measured throughput is already at raw-disk level (see the README's
+//!   `bench-storage`).
 //!
 //! # Concurrency
 //!
@@ -88,11 +145,19 @@
 
 pub mod batch;
 mod checkpoint;
+pub mod clean;
 mod partition;
 mod segment;
 
 pub use batch::{BatchError, BatchHeader};
-pub use partition::PartitionLog;
+pub use partition::{PartitionLog, RecoveryHint, SyncJob};
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Tunables of a [`PartitionLog`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +165,9 @@ pub struct LogConfig {
     /// Roll to a new segment before the active one would exceed this size.
     /// Default 1 GiB.
     pub segment_bytes: u64,
+    /// Roll the active segment before an append once its first batch is
+    /// at least this old (Kafka's `segment.ms`). Default 7 days.
+    pub segment_ms: i64,
     /// Approximate number of bytes between sparse index entries.
     /// Default 4096.
     pub index_interval_bytes: u64,
@@ -112,6 +180,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1024 * 1024 * 1024,
+            segment_ms: 7 * 24 * 3600 * 1000,
             index_interval_bytes: 4096,
             max_batch_bytes: 1024 * 1024 + batch::LOG_OVERHEAD,
         }
@@ -139,6 +208,10 @@ pub enum LogError {
     /// `recordsCount < 1` or `lastOffsetDelta != recordsCount - 1`.
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    /// An earlier fsync of this log failed; the log refuses writes because
+    /// the kernel may have dropped the unsynced pages (see "fsyncgate").
+    #[error("log is offline after a failed fsync: {0}")]
+    StorageFailed(String),
     /// The requested offset is outside `[start, end]`.
     #[error("offset {requested} out of range [{start}, {end}]")]
     OffsetOutOfRange {

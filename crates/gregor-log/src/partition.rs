@@ -1,7 +1,8 @@
 //! [`PartitionLog`]: the segmented log of one partition.
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tracing::{debug, warn};
@@ -16,24 +17,98 @@ use crate::{AppendInfo, LogConfig, LogError, ReadResult};
 /// invariants it maintains.
 #[derive(Debug)]
 pub struct PartitionLog {
-    dir: PathBuf,
-    config: LogConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
     /// Sorted by base offset, never empty; the last one is the active segment.
-    segments: Vec<Segment>,
+    pub(crate) segments: Vec<Segment>,
+    /// Compaction: offsets below this were cleaned by the last pass.
+    pub(crate) cleaned_up_to: i64,
     log_start_offset: i64,
     /// Segment files were created or removed since the last directory fsync.
     dir_dirty: bool,
+    /// Every record below this offset is known to be fsynced (the recovery
+    /// point). Only advanced by [`PartitionLog::complete_sync`].
+    durable_offset: i64,
+    /// Records appended since the last sync job was taken.
+    unflushed_records: i64,
+    /// Wall clock of the first append since the last sync job was taken.
+    first_unflushed_ms: Option<i64>,
+    /// Set when an fsync failed: the log refuses further appends.
+    failed: Option<String>,
+    /// Bytes of segment data read and validated by `open_with`.
+    scanned_on_open: u64,
+}
+
+/// What the caller knows about the state of a log directory when opening it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryHint {
+    /// Offset below which every record was fsynced (from the broker's
+    /// recovery-point checkpoint); `None` if unknown.
+    pub recovery_point: Option<i64>,
+    /// The previous process shut down cleanly (flushed everything and wrote
+    /// index files) and nothing has touched the directory since.
+    pub clean: bool,
+}
+
+/// The fsyncs that make a log durable up to [`SyncJob::up_to`], taken under
+/// the log's lock by [`PartitionLog::take_sync_job`] and run without it, so
+/// appends and reads continue during the fsync (group commit).
+#[derive(Debug)]
+pub struct SyncJob {
+    files: Vec<Arc<File>>,
+    dir: Option<PathBuf>,
+    up_to: i64,
+}
+
+impl SyncJob {
+    /// fdatasyncs the segment files, then the directory if segments were
+    /// created or removed.
+    pub fn run(&self) -> std::io::Result<()> {
+        for f in &self.files {
+            f.sync_data()?;
+        }
+        if let Some(dir) = &self.dir {
+            checkpoint::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The log end offset when the job was taken.
+    pub fn up_to(&self) -> i64 {
+        self.up_to
+    }
+
+    /// Nothing to sync.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.dir.is_none()
+    }
 }
 
 impl PartitionLog {
+    /// Opens (creating if missing) the log in `dir`, validating every
+    /// segment (no recovery point known). See [`PartitionLog::open_with`].
+    pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, LogError> {
+        Self::open_with(dir, config, RecoveryHint::default())
+    }
+
     /// Opens (creating if missing) the log in `dir`.
     ///
-    /// Every segment is scanned and each batch validated (length, magic,
-    /// CRC, dense offsets); the log is cut at the first invalid batch, which
-    /// truncates a torn tail of the last segment (logged with `warn!`). The
-    /// sparse index is rebuilt in memory and the log start offset checkpoint
-    /// is read; segments lying entirely below it are deleted.
-    pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, LogError> {
+    /// Segments that `hint` says are durable and unchanged — all of them
+    /// after a clean shutdown, otherwise those lying wholly below the
+    /// recovery point — are loaded from their index files without reading
+    /// their data. Every other segment (always including the active one
+    /// after an unclean stop) is scanned and each batch validated (length,
+    /// magic, CRC, dense offsets); the log is cut at the first invalid
+    /// batch, which truncates a torn tail (logged with `warn!` and the
+    /// number of bytes dropped). Recovered data past the recovery point is
+    /// fsynced before the log is returned, so the durable offset starts at
+    /// the log end offset. The log start offset checkpoint is read and
+    /// segments lying entirely below it are deleted.
+    pub fn open_with(
+        dir: &Path,
+        config: LogConfig,
+        hint: RecoveryHint,
+    ) -> Result<PartitionLog, LogError> {
         fs::create_dir_all(dir)?;
         let checkpointed_start = checkpoint::read(dir)?;
 
@@ -42,7 +117,10 @@ impl PartitionLog {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name == checkpoint::TMP_FILE_NAME {
+            if name == checkpoint::TMP_FILE_NAME
+                || name.ends_with(".index.tmp")
+                || name.ends_with(crate::clean::CLEANED_SUFFIX)
+            {
                 fs::remove_file(entry.path())?;
             } else if let Some(base) = segment::parse_file_name(name) {
                 files.push((base, entry.path()));
@@ -50,10 +128,12 @@ impl PartitionLog {
         }
         files.sort_unstable_by_key(|(base, _)| *base);
 
+        let recovery_point = hint.recovery_point.unwrap_or(i64::MIN);
         let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
-        let mut files = files.into_iter();
-        let mut cut = false;
-        for (base, path) in files.by_ref() {
+        let mut cut_at = None;
+        let mut scanned_bytes = 0u64;
+        for i in 0..files.len() {
+            let (base, path) = files[i].clone();
             if let Some(prev) = segments.last() {
                 if prev.next_offset() != base {
                     warn!(
@@ -62,35 +142,66 @@ impl PartitionLog {
                         "segment base offset does not continue the log; \
                          dropping it and all later segments"
                     );
-                    fs::remove_file(&path)?;
-                    cut = true;
+                    cut_at = Some(i);
                     break;
                 }
             }
-            let (seg, recovery) = Segment::recover(path, base, config.index_interval_bytes)?;
-            if recovery.bytes_dropped > 0 {
+            // Segment i ends where segment i + 1 begins.
+            let trusted = hint.clean
+                || files
+                    .get(i + 1)
+                    .is_some_and(|(next_base, _)| *next_base <= recovery_point);
+            // An index file may describe the whole segment or a prefix of it
+            // (active segments are indexed at every checkpoint); its data is
+            // trusted if the segment is, or if the prefix is below the
+            // recovery point. Whatever lies past it is validated.
+            let loaded = Segment::load_indexed(path.clone(), base, |indexed_next| {
+                trusted || indexed_next <= recovery_point
+            })?
+            .filter(|s| trusted || s.next_offset() <= recovery_point);
+            let (mut seg, recovery) = match loaded {
+                Some(mut seg) => {
+                    let recovery = seg.scan_tail(config.index_interval_bytes)?;
+                    (seg, recovery)
+                }
+                None => Segment::recover(path, base, config.index_interval_bytes)?,
+            };
+            scanned_bytes += recovery.scanned_bytes;
+            let recovery =
+                (recovery.scanned_bytes > 0 || recovery.bytes_dropped > 0).then_some(recovery);
+            let dropped = recovery.as_ref().map_or(0, |r| r.bytes_dropped);
+            if dropped > 0 {
                 warn!(
                     segment = %seg.path().display(),
-                    bytes_dropped = recovery.bytes_dropped,
+                    bytes_dropped = dropped,
                     valid_bytes = seg.size(),
-                    reason = recovery.reason.as_deref().unwrap_or(""),
+                    reason = recovery.as_ref().and_then(|r| r.reason.as_deref()).unwrap_or(""),
                     "truncated invalid tail of log segment"
                 );
             }
+            if recovery.is_some() && seg.next_offset() > recovery_point {
+                // Found on disk but maybe only in the page cache.
+                seg.mark_dirty();
+            }
             segments.push(seg);
-            if recovery.bytes_dropped > 0 {
-                cut = true;
+            if dropped > 0 {
+                cut_at = Some(i + 1);
                 break;
             }
         }
-        if cut {
-            for (_, path) in files {
+        let cut = cut_at.is_some();
+        if let Some(from) = cut_at {
+            for (_, path) in &files[from..] {
                 warn!(
                     segment = %path.display(),
                     "deleting segment after the point where the log was cut"
                 );
-                fs::remove_file(&path)?;
+                let _ = fs::remove_file(segment::index_path(path));
+                fs::remove_file(path)?;
             }
+        }
+        if scanned_bytes > 0 {
+            debug!(dir = %dir.display(), scanned_bytes, "validated segment data on open");
         }
 
         let mut dir_dirty = cut;
@@ -106,6 +217,12 @@ impl PartitionLog {
             segments,
             log_start_offset: checkpointed_start.unwrap_or(first_base).max(first_base),
             dir_dirty,
+            cleaned_up_to: crate::clean::read_checkpoint(dir),
+            durable_offset: 0,
+            unflushed_records: 0,
+            first_unflushed_ms: None,
+            failed: None,
+            scanned_on_open: scanned_bytes,
         };
 
         let end = log.log_end_offset();
@@ -123,6 +240,19 @@ impl PartitionLog {
             log.roll(start)?;
         }
         log.delete_segments_below_start()?;
+        // Make everything recovered durable, so that durable offset = end.
+        log.flush()?;
+        log.durable_offset = log.log_end_offset();
+        // Index files for sealed segments that were scanned, so the next
+        // start can skip them once they are below the recovery point.
+        let sealed = log.segments.len() - 1;
+        for seg in &mut log.segments[..sealed] {
+            if !seg.has_persisted_index() {
+                if let Err(e) = seg.write_index() {
+                    warn!(segment = %seg.path().display(), error = %e, "could not write index file");
+                }
+            }
+        }
         log.check_invariants();
         debug!(
             dir = %dir.display(),
@@ -158,6 +288,9 @@ impl PartitionLog {
         records: &[u8],
         log_append_time: Option<i64>,
     ) -> Result<AppendInfo, LogError> {
+        if let Some(e) = &self.failed {
+            return Err(LogError::StorageFailed(e.clone()));
+        }
         if records.is_empty() {
             return Err(LogError::InvalidRecord("empty record set".into()));
         }
@@ -195,7 +328,11 @@ impl PartitionLog {
         // index format requires.
         let relative_overflow =
             base_offset + record_count - active.base_offset() > i64::from(i32::MAX);
-        if !active.is_empty() && (would_exceed || relative_overflow) {
+        let now = crate::now_ms();
+        let aged = active
+            .first_append_ms()
+            .is_some_and(|t| now.saturating_sub(t) >= self.config.segment_ms);
+        if !active.is_empty() && (would_exceed || relative_overflow || aged) {
             self.roll(base_offset)?;
         }
 
@@ -219,6 +356,8 @@ impl PartitionLog {
         let interval = self.config.index_interval_bytes;
         self.active_mut().append(&data, &headers, interval)?;
         debug_assert_eq!(self.log_end_offset(), next_offset);
+        self.unflushed_records += record_count;
+        self.first_unflushed_ms.get_or_insert(now);
         Ok(AppendInfo {
             base_offset,
             last_offset: next_offset - 1,
@@ -230,16 +369,133 @@ impl PartitionLog {
     }
 
     /// fdatasyncs every segment written since the last flush, and the
-    /// directory if segment files were created or deleted.
+    /// directory if segment files were created or deleted, holding the
+    /// caller's `&mut` throughout (the broker's group commit uses
+    /// [`take_sync_job`](Self::take_sync_job) instead).
     pub fn flush(&mut self) -> Result<(), LogError> {
-        for seg in &mut self.segments {
-            seg.sync()?;
+        let job = self.take_sync_job();
+        let result = job.run().map_err(|e| e.to_string());
+        self.complete_sync(&job, result.clone());
+        result.map_err(LogError::StorageFailed)
+    }
+
+    /// Collects what must be fsynced for every record appended so far to be
+    /// durable. The segments count as clean from now on: the caller must
+    /// run the job and report the outcome to
+    /// [`complete_sync`](Self::complete_sync).
+    pub fn take_sync_job(&mut self) -> SyncJob {
+        let files = self
+            .segments
+            .iter_mut()
+            .filter_map(Segment::take_dirty_file)
+            .collect();
+        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
+        self.unflushed_records = 0;
+        self.first_unflushed_ms = None;
+        SyncJob {
+            files,
+            dir,
+            up_to: self.log_end_offset(),
         }
-        if self.dir_dirty {
-            checkpoint::sync_dir(&self.dir)?;
-            self.dir_dirty = false;
+    }
+
+    /// Records the outcome of a [`SyncJob`]: on success the durable offset
+    /// advances to the job's end; on failure the log goes offline (appends
+    /// fail with [`LogError::StorageFailed`]), because after a failed fsync
+    /// the kernel may have dropped dirty pages and a retry proves nothing.
+    pub fn complete_sync(&mut self, job: &SyncJob, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.durable_offset = self.durable_offset.max(job.up_to),
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed; log is offline");
+                self.failed = Some(e);
+            }
         }
-        Ok(())
+    }
+
+    /// Bytes of segment data [`open_with`](Self::open_with) had to read and
+    /// validate (0 when everything was covered by trusted index files).
+    pub fn scanned_on_open(&self) -> u64 {
+        self.scanned_on_open
+    }
+
+    /// Every record below this offset is durable (fsynced).
+    pub fn durable_offset(&self) -> i64 {
+        self.durable_offset
+    }
+
+    /// Records appended since the last sync job, and the wall clock of the
+    /// first of those appends (for `flush.messages` / `flush.ms`).
+    pub fn unflushed(&self) -> (i64, Option<i64>) {
+        (self.unflushed_records, self.first_unflushed_ms)
+    }
+
+    /// Replaces the tunables (live topic config changes); they apply from
+    /// the next append.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    /// The current tunables.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(Segment::size).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Time and size retention: deletes the oldest whole segments while a
+    /// segment's largest timestamp is older than `now_ms - retention_ms`
+    /// (`retention_ms < 0`: no time limit) or while dropping it keeps the
+    /// log at least `retention_bytes` large (`retention_bytes < 0`: no size
+    /// limit). Stops at the first segment that must stay. The active
+    /// segment may go too (a fresh one is rolled first). The log start
+    /// offset advances to the first remaining offset and is checkpointed
+    /// before files are removed. Returns the number of segments deleted.
+    pub fn apply_retention(
+        &mut self,
+        retention_ms: i64,
+        retention_bytes: i64,
+        now_ms: i64,
+    ) -> Result<usize, LogError> {
+        let mut excess = if retention_bytes >= 0 {
+            self.size_bytes() as i64 - retention_bytes
+        } else {
+            0
+        };
+        let mut new_start = None;
+        let mut count = 0;
+        for seg in &self.segments {
+            if seg.is_empty() {
+                break;
+            }
+            let expired = retention_ms >= 0
+                && seg
+                    .max_timestamp()
+                    .is_some_and(|m| m.timestamp < now_ms.saturating_sub(retention_ms));
+            let over_size = retention_bytes >= 0 && (seg.size() as i64) <= excess;
+            if !(expired || over_size) {
+                break;
+            }
+            excess -= seg.size() as i64;
+            new_start = Some(seg.next_offset());
+            count += 1;
+        }
+        match new_start {
+            Some(start) if start > self.log_start_offset => {
+                debug!(dir = %self.dir.display(), new_log_start_offset = start, segments = count, "retention");
+                self.advance_log_start_offset(start)?;
+                Ok(count)
+            }
+            _ => Ok(0),
+        }
     }
 
     /// Reads whole batches starting with the one containing `offset`.
@@ -360,7 +616,11 @@ impl PartitionLog {
             }
             let mut scanner = seg.scanner(position);
             while let Some((pos, header)) = scanner.next_header()? {
-                if header.max_timestamp >= ts && header.last_offset() >= start {
+                // Batches emptied by compaction keep their header but hold no record.
+                if header.max_timestamp >= ts
+                    && header.last_offset() >= start
+                    && header.records_count > 0
+                {
                     let data = seg.read_vec(pos, header.total_size())?;
                     return Ok(Some((header, Bytes::from(data))));
                 }
@@ -415,9 +675,41 @@ impl PartitionLog {
         }
     }
 
-    /// Flushes and closes the log.
+    /// Checkpoint support: if the active segment grew by at least
+    /// `min_growth` bytes since its index file was last written, writes it
+    /// (describing the segment as it is now). After a crash, `open_with`
+    /// then only validates what was appended after it — the unflushed tail —
+    /// provided the recovery point covers it.
+    pub fn checkpoint_active_index(&mut self, min_growth: u64) -> Result<(), LogError> {
+        let active = self
+            .segments
+            .last_mut()
+            .expect("a log always has a segment");
+        if !active.has_persisted_index()
+            && active.size().saturating_sub(active.indexed_size()) >= min_growth
+        {
+            active.write_index()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the log and writes the index files of segments that lack
+    /// one, so that a start after a clean shutdown reads no segment data.
+    /// The log stays usable.
+    pub fn flush_for_shutdown(&mut self) -> Result<(), LogError> {
+        self.flush()?;
+        for seg in &mut self.segments {
+            if !seg.has_persisted_index() {
+                seg.write_index()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes the log (see
+    /// [`flush_for_shutdown`](Self::flush_for_shutdown)).
     pub fn close(mut self) -> Result<(), LogError> {
-        self.flush()
+        self.flush_for_shutdown()
     }
 
     /// Deletes the log's directory and everything in it (topic deletion).
@@ -447,6 +739,14 @@ impl PartitionLog {
     /// Starts a new, empty active segment at `base_offset`.
     fn roll(&mut self, base_offset: i64) -> Result<(), LogError> {
         debug_assert!(base_offset >= self.log_end_offset());
+        if let Some(prev) = self.segments.last_mut() {
+            if !prev.is_empty() && !prev.has_persisted_index() {
+                // Sealed from now on: persist its index for fast restarts.
+                if let Err(e) = prev.write_index() {
+                    warn!(segment = %prev.path().display(), error = %e, "could not write index file");
+                }
+            }
+        }
         let seg = Segment::create(&self.dir, base_offset)?;
         debug!(segment = %seg.path().display(), "rolled new log segment");
         self.segments.push(seg);

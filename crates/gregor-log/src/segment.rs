@@ -5,12 +5,21 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::batch::{self, BatchHeader};
 use crate::LogError;
 
 /// Suffix of segment data files.
 pub(crate) const LOG_SUFFIX: &str = ".log";
+/// Suffix of persisted offset/time index files.
+pub(crate) const INDEX_SUFFIX: &str = ".index";
+/// First bytes of an index file (format version 1).
+const INDEX_MAGIC: &[u8; 8] = b"GRIDX001";
+/// Fixed part of an index file: magic, size, next offset, first timestamp,
+/// max timestamp (ts, position, last offset), entry count.
+const INDEX_HEADER: usize = 8 + 8 + 8 + 8 + 24 + 4;
+const INDEX_ENTRY: usize = 24;
 
 /// How many bytes a [`HeaderScanner`] reads at a time.
 const SCAN_CHUNK: usize = 16 * 1024;
@@ -41,6 +50,8 @@ pub(crate) struct MaxTimestamp {
 pub(crate) struct Recovery {
     /// Bytes removed from the end of the file (0 if it was intact).
     pub bytes_dropped: u64,
+    /// Bytes read and validated.
+    pub scanned_bytes: u64,
     /// Why the tail was dropped, if it was.
     pub reason: Option<String>,
 }
@@ -49,7 +60,9 @@ pub(crate) struct Recovery {
 pub(crate) struct Segment {
     base_offset: i64,
     path: PathBuf,
-    file: File,
+    /// Shared so that the group-commit flusher can fsync a clone of the
+    /// handle without holding the partition's lock.
+    file: Arc<File>,
     /// Bytes of whole, validated batches; the file is never read past this.
     size: u64,
     /// Offset after the last record in the segment (`base_offset` if empty).
@@ -57,13 +70,27 @@ pub(crate) struct Segment {
     index: Vec<IndexEntry>,
     bytes_since_index: u64,
     max_timestamp: Option<MaxTimestamp>,
+    /// When the segment got its first batch (ms since the epoch): the wall
+    /// clock of that append, or the file's creation time for a segment
+    /// found on disk. Drives `segment.ms` rolling.
+    first_append_ms: Option<i64>,
     /// Written since the last fdatasync.
     dirty: bool,
+    /// An index file describing the segment as it is now exists.
+    persisted_index: bool,
+    /// Segment size described by the index file this process last wrote or
+    /// loaded (0 if none).
+    indexed_size: u64,
 }
 
 /// File name of the segment starting at `base_offset`.
 pub(crate) fn file_name(base_offset: i64) -> String {
     format!("{base_offset:020}{LOG_SUFFIX}")
+}
+
+/// Path of the index file belonging to the segment file `log_path`.
+pub(crate) fn index_path(log_path: &Path) -> PathBuf {
+    log_path.with_extension(&INDEX_SUFFIX[1..])
 }
 
 /// Base offset encoded in a segment file name, if `name` is one.
@@ -98,13 +125,147 @@ impl Segment {
         Segment {
             base_offset,
             path,
-            file,
+            file: Arc::new(file),
             size: 0,
             next_offset: base_offset,
             index: Vec::new(),
             bytes_since_index: 0,
             max_timestamp: None,
+            first_append_ms: None,
             dirty: false,
+            persisted_index: false,
+            indexed_size: 0,
+        }
+    }
+
+    /// Opens an existing segment from its persisted index file without
+    /// reading the segment's data. Returns `None` (caller falls back to
+    /// [`Segment::recover`]) if the index file is missing, damaged, or does
+    /// not describe a file of exactly the current length.
+    ///
+    /// The caller must only use this when the segment's contents are known
+    /// to be durable and unchanged since the index was written (below the
+    /// recovery point, or after a clean shutdown).
+    ///
+    /// With `prefix_ok(next_offset)` true, an index describing only a prefix
+    /// of the file is accepted too (the segment was appended to after the
+    /// index was written; the caller knows that prefix is durable, e.g.
+    /// `next_offset <= recovery point`); the caller then validates the rest
+    /// with [`Segment::scan_tail`].
+    pub fn load_indexed(
+        path: PathBuf,
+        base_offset: i64,
+        prefix_ok: impl Fn(i64) -> bool,
+    ) -> Result<Option<Segment>, LogError> {
+        let bytes = match std::fs::read(index_path(&path)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(parsed) = parse_index(&bytes) else {
+            return Ok(None);
+        };
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let len = file.metadata()?.len();
+        if len < parsed.size || (len > parsed.size && !prefix_ok(parsed.next_offset)) {
+            return Ok(None);
+        }
+        if parsed
+            .index
+            .first()
+            .is_some_and(|e| e.offset != base_offset)
+            || parsed.next_offset < base_offset
+            || (parsed.size == 0) != (parsed.next_offset == base_offset)
+            || (parsed.size == 0) != parsed.index.is_empty()
+        {
+            return Ok(None);
+        }
+        let mut seg = Segment::empty(path, file, base_offset);
+        seg.size = parsed.size;
+        seg.next_offset = parsed.next_offset;
+        seg.index = parsed.index;
+        seg.max_timestamp = parsed.max_timestamp;
+        seg.first_append_ms = parsed.first_timestamp;
+        // Resume index spacing conservatively: next append gets an entry.
+        seg.bytes_since_index = u64::MAX / 2;
+        seg.persisted_index = len == parsed.size;
+        seg.indexed_size = parsed.size;
+        Ok(Some(seg))
+    }
+
+    /// Writes the index file describing the segment as it is now (write a
+    /// temporary file, rename). Not fsynced: the file carries its own
+    /// checksum and the segment length it describes, and a missing or stale
+    /// index only costs a rescan.
+    pub fn write_index(&mut self) -> Result<(), LogError> {
+        let mut buf = Vec::with_capacity(INDEX_HEADER + self.index.len() * INDEX_ENTRY + 4);
+        buf.extend_from_slice(INDEX_MAGIC);
+        buf.extend_from_slice(&self.size.to_be_bytes());
+        buf.extend_from_slice(&self.next_offset.to_be_bytes());
+        buf.extend_from_slice(&self.first_append_ms.unwrap_or(i64::MIN).to_be_bytes());
+        let (ts, pos, last) = self.max_timestamp.map_or((i64::MIN, u64::MAX, -1), |m| {
+            (m.timestamp, m.position, m.last_offset)
+        });
+        buf.extend_from_slice(&ts.to_be_bytes());
+        buf.extend_from_slice(&pos.to_be_bytes());
+        buf.extend_from_slice(&last.to_be_bytes());
+        buf.extend_from_slice(&(self.index.len() as u32).to_be_bytes());
+        for e in &self.index {
+            buf.extend_from_slice(&e.offset.to_be_bytes());
+            buf.extend_from_slice(&e.position.to_be_bytes());
+            buf.extend_from_slice(&e.max_timestamp_before.to_be_bytes());
+        }
+        let crc = crc32c::crc32c(&buf);
+        buf.extend_from_slice(&crc.to_be_bytes());
+        let path = index_path(&self.path);
+        let tmp = path.with_extension("index.tmp");
+        std::fs::write(&tmp, &buf)?;
+        std::fs::rename(&tmp, &path)?;
+        self.persisted_index = true;
+        self.indexed_size = self.size;
+        Ok(())
+    }
+
+    /// Segment size described by the last index file written or loaded.
+    pub fn indexed_size(&self) -> u64 {
+        self.indexed_size
+    }
+
+    /// Whether an index file describing the current contents exists.
+    pub fn has_persisted_index(&self) -> bool {
+        self.persisted_index
+    }
+
+    /// Marks the segment as needing an fsync (e.g. data found on disk by
+    /// recovery that may only be in the page cache).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// A shared handle to the segment file (for reads without the log lock).
+    pub fn file_handle(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Renames the segment in memory after its file was renamed.
+    pub fn set_path(&mut self, path: PathBuf) {
+        self.path = path;
+    }
+
+    /// When this segment received its first batch, if it has one.
+    pub fn first_append_ms(&self) -> Option<i64> {
+        self.first_append_ms
+    }
+
+    /// A handle to fsync if the segment was written since the last call;
+    /// the segment is considered clean from now on (the caller must make
+    /// the sync happen or fail the log).
+    pub fn take_dirty_file(&mut self) -> Option<Arc<File>> {
+        if self.dirty {
+            self.dirty = false;
+            Some(self.file.clone())
+        } else {
+            None
         }
     }
 
@@ -117,12 +278,26 @@ impl Segment {
         index_interval: u64,
     ) -> Result<(Segment, Recovery), LogError> {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let file_len = file.metadata()?.len();
         let mut segment = Segment::empty(path, file, base_offset);
+        let recovery = segment.scan_tail(index_interval)?;
+        Ok((segment, recovery))
+    }
+
+    /// Validates the file from `self.size` (the end of what is already
+    /// known) to its end, batch by batch (length, magic, CRC, dense offsets),
+    /// extending the in-memory state; a torn or corrupt tail is cut off the
+    /// file (and fsynced), and the index file is removed durably first, since
+    /// it may describe bytes that are going away.
+    pub fn scan_tail(&mut self, index_interval: u64) -> Result<Recovery, LogError> {
+        let segment = self;
+        let file_len = segment.file.metadata()?.len();
+        let start = segment.size;
         // A dup of the descriptor, so the reader does not borrow `segment`.
-        let mut reader = BufReader::with_capacity(RECOVERY_BUFFER, segment.file.try_clone()?);
+        let mut dup = segment.file.try_clone()?;
+        io::Seek::seek(&mut dup, io::SeekFrom::Start(start))?;
+        let mut reader = BufReader::with_capacity(RECOVERY_BUFFER, dup);
         let mut header_buf = [0u8; BatchHeader::SIZE];
-        let mut pos = 0u64;
+        let mut pos = start;
         let mut reason = None;
         while pos < file_len {
             let remaining = file_len - pos;
@@ -175,18 +350,30 @@ impl Segment {
             pos += size;
         }
         segment.size = pos;
+        if pos > 0 && segment.first_append_ms.is_none() {
+            // Age for `segment.ms`: when the file was created (batch
+            // timestamps are the producers' and may be anything).
+            let created = segment.file.metadata().and_then(|m| m.created()).ok();
+            segment.first_append_ms = Some(created.map_or_else(crate::now_ms, |t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64)
+            }));
+        }
         let bytes_dropped = file_len - pos;
         if bytes_dropped > 0 {
+            remove_if_exists(&index_path(&segment.path))?;
+            if let Some(dir) = segment.path.parent() {
+                crate::checkpoint::sync_dir(dir)?;
+            }
+            segment.persisted_index = false;
             segment.file.set_len(pos)?;
             segment.file.sync_all()?;
         }
-        Ok((
-            segment,
-            Recovery {
-                bytes_dropped,
-                reason,
-            },
-        ))
+        Ok(Recovery {
+            bytes_dropped,
+            scanned_bytes: pos - start,
+            reason,
+        })
     }
 
     pub fn base_offset(&self) -> i64 {
@@ -250,6 +437,9 @@ impl Segment {
         headers: &[(BatchHeader, usize)],
         index_interval: u64,
     ) -> Result<(), LogError> {
+        // An index file on disk now describes a prefix of the segment (the
+        // file only grows); it is still correct as such.
+        self.persisted_index = false;
         if let Err(e) = self.file.write_all_at(data, self.size) {
             // Don't leave a partial batch behind; if this fails too the
             // garbage is past `size`, is overwritten by the next append and
@@ -258,19 +448,13 @@ impl Segment {
             return Err(e.into());
         }
         self.dirty = true;
+        if self.first_append_ms.is_none() {
+            self.first_append_ms = Some(crate::now_ms());
+        }
         for (header, start) in headers {
             self.track_batch(header, self.size + *start as u64, index_interval);
         }
         self.size += data.len() as u64;
-        Ok(())
-    }
-
-    /// fdatasync if anything was written since the last sync.
-    pub fn sync(&mut self) -> Result<(), LogError> {
-        if self.dirty {
-            self.file.sync_data()?;
-            self.dirty = false;
-        }
         Ok(())
     }
 
@@ -342,12 +526,76 @@ impl Segment {
     pub fn delete(self) -> Result<(), LogError> {
         let Segment { path, file, .. } = self;
         drop(file);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        remove_if_exists(&index_path(&path))?;
+        remove_if_exists(&path)
     }
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), LogError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct ParsedIndex {
+    size: u64,
+    next_offset: i64,
+    first_timestamp: Option<i64>,
+    max_timestamp: Option<MaxTimestamp>,
+    index: Vec<IndexEntry>,
+}
+
+fn be_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    be_u64(b, at) as i64
+}
+
+/// Parses an index file; `None` if it is not exactly a valid one. The entry
+/// count is checked against the file length before anything is allocated.
+fn parse_index(b: &[u8]) -> Option<ParsedIndex> {
+    if b.len() < INDEX_HEADER + 4 || &b[..8] != INDEX_MAGIC {
+        return None;
+    }
+    let body = b.len() - 4;
+    let stored = u32::from_be_bytes(b[body..].try_into().ok()?);
+    if crc32c::crc32c(&b[..body]) != stored {
+        return None;
+    }
+    let count = u32::from_be_bytes(b[INDEX_HEADER - 4..INDEX_HEADER].try_into().ok()?) as usize;
+    if count.checked_mul(INDEX_ENTRY)? != body - INDEX_HEADER {
+        return None;
+    }
+    let first_ts = be_i64(b, 24);
+    let ts = be_i64(b, 32);
+    let pos = be_u64(b, 40);
+    let last = be_i64(b, 48);
+    let mut index = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = INDEX_HEADER + i * INDEX_ENTRY;
+        index.push(IndexEntry {
+            offset: be_i64(b, at),
+            position: be_u64(b, at + 8),
+            max_timestamp_before: be_i64(b, at + 16),
+        });
+    }
+    Some(ParsedIndex {
+        size: be_u64(b, 8),
+        next_offset: be_i64(b, 16),
+        first_timestamp: (first_ts != i64::MIN).then_some(first_ts),
+        max_timestamp: (pos != u64::MAX).then_some(MaxTimestamp {
+            timestamp: ts,
+            position: pos,
+            last_offset: last,
+        }),
+        index,
+    })
 }
 
 /// Reads batch headers sequentially, fetching [`SCAN_CHUNK`] bytes per

@@ -1,5 +1,7 @@
 //! `gregor`: the broker and its command-line tools in one binary.
 
+mod bench_storage;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +31,9 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Storage benchmark: raw disk vs durable append throughput, fsync latency.
+    #[command(hide = true)]
+    BenchStorage(bench_storage::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -48,6 +53,10 @@ struct ServeArgs {
     /// TOML file with the same settings (and Kafka-named ones); flags win.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Durability: `always` (acks=1/all answered after a group-commit fsync), `interval`
+    /// (topic flush.ms / flush.messages), `never`. Default always.
+    #[arg(long)]
+    fsync: Option<gregor_broker::config::FsyncPolicy>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::BenchStorage(args) => bench_storage::run(args),
     }
 }
 
@@ -85,6 +95,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.node_id {
         config.node_id = v;
     }
+    if let Some(v) = args.fsync {
+        config.fsync = v;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -107,10 +120,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         gregor_broker::groups::GroupService::start(&broker)
             .context("starting the group coordinator")?;
+        let background = gregor_broker::log_manager::spawn(broker.clone());
+        gregor_broker::log_manager::spawn_cleaner(broker.clone());
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
         gregor_broker::server::serve(broker.clone(), listener, shutdown_signal()).await;
         tracing::info!("shutting down");
+        background.abort();
         tokio::task::spawn_blocking(move || broker.shutdown()).await?;
         tracing::info!("clean shutdown complete");
         anyhow::Ok(())

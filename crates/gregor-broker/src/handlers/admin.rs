@@ -110,15 +110,13 @@ pub fn create_topics(
                         TOPIC_CONFIGS
                             .iter()
                             .map(|d| {
-                                let over = topic.configs.get(d.name);
+                                let r =
+                                    topic_config::resolve(&topic.configs, &broker.config, d.name)
+                                        .expect("known setting");
                                 CreatableTopicConfigs::default()
                                     .with_name(sb(d.name))
-                                    .with_value(Some(sb(over.map_or(d.default, String::as_str))))
-                                    .with_config_source(if over.is_some() {
-                                        SOURCE_DYNAMIC_TOPIC
-                                    } else {
-                                        SOURCE_DEFAULT
-                                    })
+                                    .with_value(Some(sb(r.value)))
+                                    .with_config_source(r.source.code())
                             })
                             .collect(),
                     );
@@ -245,15 +243,25 @@ pub fn describe_configs(
                             .iter()
                             .filter(|d| wanted(d.name))
                             .map(|d| {
-                                let over = topic.configs.get(d.name);
+                                let r =
+                                    topic_config::resolve(&topic.configs, &broker.config, d.name)
+                                        .expect("known setting");
                                 let mut synonyms = Vec::new();
                                 if req.include_synonyms {
-                                    if let Some(v) = over {
+                                    if let Some(v) = topic.configs.get(d.name) {
                                         synonyms.push(
                                             DescribeConfigsSynonym::default()
                                                 .with_name(sb(d.name))
                                                 .with_value(Some(sb(v.clone())))
                                                 .with_source(SOURCE_DYNAMIC_TOPIC),
+                                        );
+                                    }
+                                    if let Some((name, v)) = &r.broker {
+                                        synonyms.push(
+                                            DescribeConfigsSynonym::default()
+                                                .with_name(sb(*name))
+                                                .with_value(Some(sb(v.clone())))
+                                                .with_source(SOURCE_STATIC_BROKER),
                                         );
                                     }
                                     synonyms.push(
@@ -265,12 +273,8 @@ pub fn describe_configs(
                                 }
                                 DescribeConfigsResourceResult::default()
                                     .with_name(sb(d.name))
-                                    .with_value(Some(sb(over.map_or(d.default, String::as_str))))
-                                    .with_config_source(if over.is_some() {
-                                        SOURCE_DYNAMIC_TOPIC
-                                    } else {
-                                        SOURCE_DEFAULT
-                                    })
+                                    .with_value(Some(sb(r.value)))
+                                    .with_config_source(r.source.code())
                                     .with_config_type(d.config_type)
                                     .with_synonyms(synonyms)
                             })
@@ -298,9 +302,17 @@ pub fn describe_configs(
                         ),
                         ("log.segment.bytes", c.log_segment_bytes.to_string()),
                         ("log.dirs", c.data_dir.display().to_string()),
+                        ("fsync", format!("{:?}", c.fsync).to_lowercase()),
                     ];
+                    let storage: Vec<(&str, String)> = c
+                        .static_topic_defaults()
+                        .into_iter()
+                        .filter(|(_, b, _)| *b != "log.segment.bytes")
+                        .map(|(_, b, v)| (b, v))
+                        .collect();
                     out.configs = entries
                         .into_iter()
+                        .chain(storage)
                         .filter(|(n, _)| wanted(n))
                         .map(|(n, v)| {
                             DescribeConfigsResourceResult::default()

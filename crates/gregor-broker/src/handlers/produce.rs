@@ -2,9 +2,12 @@
 //! is met.
 //!
 //! Batches are appended as received (the log rewrites only their base offset). With
-//! acks=1 or acks=all the response waits until every partition written by this request has
-//! been fsynced; on a single node the leader is the whole ISR, so both levels mean "on disk".
-//! With acks=0 there is no response at all, as in Kafka.
+//! `fsync = always` and acks=1 or acks=all the response waits until the group-commit
+//! flusher ([`crate::flusher`]) has fsynced every partition written by this request; on a
+//! single node the leader is the whole ISR, so both levels mean "on disk". The partition
+//! lock is released before waiting, so other appends join the same fsync. With
+//! `interval`, a partition past its `flush.messages` is queued for a flush (not waited
+//! for); with `never` nothing is fsynced. With acks=0 there is no response at all.
 
 use std::sync::Arc;
 
@@ -16,6 +19,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::sb;
+use crate::config::FsyncPolicy;
 use crate::state::{Broker, Partition};
 
 pub async fn produce(
@@ -88,21 +92,38 @@ pub async fn produce(
     if !written.is_empty() {
         broker.notify_appended();
     }
+    let wait = acks != 0 && broker.config.fsync == FsyncPolicy::Always;
+    let mut flushed = None;
+    if !written.is_empty() {
+        match broker.config.fsync {
+            // Group commit: acks=0 data is queued too, just not waited for.
+            FsyncPolicy::Always => flushed = broker.flusher.request(&written, wait),
+            FsyncPolicy::Interval => {
+                let due: Vec<_> = written
+                    .iter()
+                    .filter(|p| {
+                        let limit = broker
+                            .topic(&p.topic)
+                            .map_or(i64::MAX, |t| t.log_settings(&broker.config).flush_messages);
+                        p.log.read().expect("log lock").unflushed().0 >= limit
+                    })
+                    .cloned()
+                    .collect();
+                if !due.is_empty() {
+                    broker.flusher.request(&due, false);
+                }
+            }
+            FsyncPolicy::Never => {}
+        }
+    }
     if acks == 0 {
         return None;
     }
-    if !written.is_empty() {
-        let flushed = tokio::task::spawn_blocking(move || {
-            for p in &written {
-                p.log.write().expect("log lock").flush()?;
-            }
-            Ok::<_, LogError>(())
-        })
-        .await;
-        let failure = match flushed {
+    if let Some(rx) = flushed {
+        let failure = match rx.await {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some("flusher stopped".to_string()),
         };
         if let Some(e) = failure {
             tracing::error!(error = %e, "fsync failed; failing the produce");
@@ -251,6 +272,6 @@ pub(crate) fn log_error_code(e: &LogError) -> ResponseError {
         LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         LogError::InvalidRecord(_) => ResponseError::InvalidRecord,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
-        LogError::Io(_) => ResponseError::KafkaStorageError,
+        LogError::Io(_) | LogError::StorageFailed(_) => ResponseError::KafkaStorageError,
     }
 }

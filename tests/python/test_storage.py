@@ -1,0 +1,483 @@
+"""Storage engine (issue 5): crash recovery under kill -9, torn writes, retention,
+topic storage configs, fsync policies. Real binary, real files, real SIGKILL."""
+
+from __future__ import annotations
+
+import random
+import re
+import struct
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    ResourceType,
+)
+
+from gregor_testlib import (
+    confluent_common,
+    create_topic_confluent,
+    unique_topic,
+    wait_for,
+    wait_for_topic_confluent,
+)
+
+
+# ------------------------------------------------------------------ helpers
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain_log(broker) -> str:
+    return ANSI.sub("", broker.log_text())
+
+
+def producer(bootstrap: str, **extra) -> Producer:
+    conf = confluent_common(bootstrap)
+    conf.update({"acks": "all", "linger.ms": 2, "message.timeout.ms": 30000})
+    conf.update(extra)
+    return Producer(conf)
+
+
+def consumer(bootstrap: str, **extra) -> Consumer:
+    conf = confluent_common(bootstrap)
+    conf.update(
+        {
+            "group.id": unique_topic("g"),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+    conf.update(extra)
+    return Consumer(conf)
+
+
+def read_partitions(bootstrap, topic, partitions, timeout=60, start=OFFSET_BEGINNING):
+    """Everything readable in each partition: {partition: [(offset, value)]}."""
+    c = consumer(bootstrap)
+    try:
+        c.assign([TopicPartition(topic, p, start) for p in range(partitions)])
+        got = defaultdict(list)
+        eof = set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(eof) < partitions:
+            for msg in c.consume(num_messages=5000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        eof.add(msg.partition())
+                        continue
+                    raise KafkaException(err)
+                eof.discard(msg.partition())
+                got[msg.partition()].append((msg.offset(), msg.value()))
+        assert len(eof) == partitions, f"no EOF on {set(range(partitions)) - eof}"
+        return got
+    finally:
+        c.close()
+
+
+def produce_sync(bootstrap, topic, values, partition=0, **extra):
+    """Produce ``values`` one flush at a time (one batch each); returns their offsets."""
+    p = producer(bootstrap, **extra)
+    offsets = []
+
+    def cb(err, msg):
+        assert err is None, err
+        offsets.append(msg.offset())
+
+    for v in values:
+        p.produce(topic, value=v, partition=partition, on_delivery=cb)
+        assert p.flush(30) == 0
+    return offsets
+
+
+def segment_files(broker, topic, partition=0):
+    d = broker.data_dir / f"{topic}-{partition}"
+    return sorted(d.glob("*.log"))
+
+
+def batches_in(path: Path):
+    """(position, size) of each batch in a segment file."""
+    data = path.read_bytes()
+    out, pos = [], 0
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">i", data[pos + 8 : pos + 12])
+        out.append((pos, length + 12))
+        pos += length + 12
+    return out
+
+
+def write_config(broker_factory_tmp: Path, text: str) -> Path:
+    path = broker_factory_tmp / "gregor.toml"
+    path.write_text(text)
+    return path
+
+
+def list_offsets(bootstrap, topic, partition=0):
+    c = consumer(bootstrap)
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------- acceptance 1: kill -9
+def test_kill9_while_producing_acks_all_loses_nothing_acked(broker):
+    """A confluent-kafka acks=all producer writes continuously; the broker is killed with
+    SIGKILL at random moments 6 times. After each restart every acknowledged record is
+    present exactly once, at its acknowledged offset, in order, and producing resumes."""
+    topic = unique_topic("crash")
+    partitions = 3
+    create_topic_confluent(broker.bootstrap, topic, partitions)
+    rng = random.Random(5)
+    acked = {}  # value -> (partition, offset)
+    for rnd in range(6):
+        # No retries: a record is either acked once or failed, so each acked value is
+        # unique in the log (a retry after a lost response would legitimately duplicate).
+        p = producer(
+            broker.bootstrap,
+            **{"message.send.max.retries": 0, "linger.ms": 1, "batch.num.messages": 200},
+        )
+        lock = threading.Lock()
+        stop = threading.Event()
+        round_acked = []
+
+        def cb(err, msg):
+            if err is None:
+                with lock:
+                    round_acked.append((msg.value(), msg.partition(), msg.offset()))
+
+        def run():
+            i = 0
+            while not stop.is_set():
+                try:
+                    p.produce(topic, value=f"r{rnd}-{i:07d}".encode(), partition=i % partitions, on_delivery=cb)
+                    i += 1
+                except BufferError:
+                    pass
+                p.poll(0.0005 if i % 50 == 0 else 0)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        # Resumption: the producer gets acks from the restarted broker.
+        wait_for(lambda: len(round_acked) > 200, 30, 0.02, f"acks in round {rnd}")
+        time.sleep(rng.uniform(0.05, 1.0))
+        broker.kill9()
+        stop.set()
+        t.join(10)
+        p.purge(in_queue=True, in_flight=True, blocking=False)
+        p.poll(0.5)
+        with lock:
+            for v, part, off in round_acked:
+                acked[v] = (part, off)
+        broker.restart()
+
+        got = read_partitions(broker.bootstrap, topic, partitions)
+        where = {}
+        for part, msgs in got.items():
+            offs = [o for o, _ in msgs]
+            assert offs == list(range(offs[0], offs[0] + len(offs))), f"partition {part}: offsets not dense"
+            for off, v in msgs:
+                assert v not in where, f"value {v!r} present twice"
+                where[v] = (part, off)
+        missing = [v for v in acked if v not in where]
+        assert not missing, f"round {rnd}: {len(missing)} acked records lost, e.g. {missing[:3]}"
+        moved = [(v, acked[v], where[v]) for v in acked if where[v] != acked[v]]
+        assert not moved, f"round {rnd}: acked records at other offsets: {moved[:3]}"
+    assert len(acked) > 1000
+    broker.assert_no_panic()
+
+
+# ------------------------------------------------- acceptance 2: torn writes
+def _damage_test(broker, damage, expect_kept):
+    topic = unique_topic("torn")
+    create_topic_confluent(broker.bootstrap, topic, 1)
+    values = [f"v{i}".encode() * 20 for i in range(6)]
+    offsets = produce_sync(broker.bootstrap, topic, values)
+    assert offsets == list(range(6))
+    broker.kill9()
+    seg = segment_files(broker, topic)[-1]
+    batches = batches_in(seg)
+    assert len(batches) == 6
+    dropped = damage(seg, batches)
+    broker.restart()
+    log = plain_log(broker)
+    m = re.search(r"bytes_dropped=(\d+).*truncated invalid tail", log) or re.search(
+        r"truncated invalid tail.*bytes_dropped=(\d+)", log
+    )
+    assert m, f"truncation not reported:\n{broker.log_tail(30)}"
+    assert int(m.group(1)) == dropped
+    got = read_partitions(broker.bootstrap, topic, 1)
+    assert [v for _, v in got[0]] == values[:expect_kept]
+    # the log continues right after the last valid batch
+    more = produce_sync(broker.bootstrap, topic, [b"after"])
+    assert more == [expect_kept]
+    broker.assert_no_panic()
+
+
+def test_torn_write_truncated_mid_batch(broker):
+    def damage(seg, batches):
+        pos, size = batches[-1]
+        with open(seg, "r+b") as f:
+            f.truncate(pos + size // 2)
+        return size // 2
+
+    _damage_test(broker, damage, 5)
+
+
+def test_torn_write_garbage_appended(broker):
+    def damage(seg, batches):
+        with open(seg, "ab") as f:
+            f.write(bytes(random.Random(1).randrange(256) for _ in range(333)))
+        return 333
+
+    _damage_test(broker, damage, 6)
+
+
+def test_torn_write_flipped_byte(broker):
+    def damage(seg, batches):
+        pos, size = batches[3]
+        data = bytearray(seg.read_bytes())
+        data[pos + size - 3] ^= 0x40
+        seg.write_bytes(bytes(data))
+        return len(data) - pos
+
+    _damage_test(broker, damage, 3)
+
+
+# -------------------------------------------------------- clean restart path
+def test_clean_shutdown_marker_skips_scan_and_is_removed(broker):
+    topic = unique_topic("clean")
+    create_topic_confluent(broker.bootstrap, topic, 2)
+    produce_sync(broker.bootstrap, topic, [b"a", b"b"])
+    assert broker.stop() == 0
+    marker = broker.data_dir / "clean-shutdown"
+    assert marker.exists()
+    assert list((broker.data_dir / f"{topic}-0").glob("*.index"))
+    broker.start()
+    assert not marker.exists(), "marker must be removed before the broker accepts writes"
+    assert re.search(r"clean_shutdown=true", plain_log(broker))
+    assert (broker.data_dir / "recovery-point-offset-checkpoint").exists()
+    got = read_partitions(broker.bootstrap, topic, 2)
+    assert [v for _, v in got[0]] == [b"a", b"b"]
+    assert produce_sync(broker.bootstrap, topic, [b"c"]) == [2]
+
+
+@pytest.mark.parametrize("policy", ["interval", "never"])
+def test_other_fsync_policies_serve_and_survive_kill9(broker_factory, policy):
+    b = broker_factory(extra_args=("--fsync", policy))
+    topic = unique_topic(policy)
+    create_topic_confluent(b.bootstrap, topic, 1, config={"flush.messages": "5"})
+    offsets = produce_sync(b.bootstrap, topic, [f"m{i}".encode() for i in range(20)])
+    assert offsets == list(range(20))
+    # kill -9 keeps the page cache: everything written is still there.
+    b.kill9()
+    b.restart()
+    got = read_partitions(b.bootstrap, topic, 1)
+    assert len(got[0]) == 20
+
+
+# ---------------------------------------------------------------- retention
+def test_retention_ms_deletes_old_segments_and_consumers_reset(broker_factory, tmp_path):
+    cfg = write_config(tmp_path, '"log.retention.check.interval.ms" = 200\n')
+    b = broker_factory(extra_args=("--config", str(cfg)))
+    topic = unique_topic("ret")
+    create_topic_confluent(b.bootstrap, topic, 1, config={"segment.ms": "100", "retention.ms": "1500"})
+    # Batches 150 ms apart, so each lands in its own segment (segment.ms rolls).
+    for i in range(6):
+        produce_sync(b.bootstrap, topic, [f"old{i}".encode()])
+        time.sleep(0.15)
+    assert len(segment_files(b, topic)) >= 5
+    wait_for(lambda: list_offsets(b.bootstrap, topic)[0] == 6, 20, 0.2, "log start offset 6")
+    assert re.search(r"retention deleted old segments", plain_log(b))
+    assert len(segment_files(b, topic)) == 1
+    produce_sync(b.bootstrap, topic, [b"new"])
+    # Below the log start offset: OFFSET_OUT_OF_RANGE, surfaced with auto.offset.reset=error.
+    c = consumer(b.bootstrap, **{"auto.offset.reset": "error"})
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        err = None
+        deadline = time.monotonic() + 20
+        while err is None and time.monotonic() < deadline:
+            for m in c.consume(10, 0.5):
+                if m.error() and m.error().code() != KafkaError._PARTITION_EOF:
+                    err = m.error()
+        assert err is not None and err.code() in (
+            KafkaError.OFFSET_OUT_OF_RANGE,
+            KafkaError._AUTO_OFFSET_RESET,
+        ), err
+    finally:
+        c.close()
+    # ... and auto.offset.reset=earliest moves to the log start offset.
+    c = consumer(b.bootstrap)
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        got = []
+        deadline = time.monotonic() + 20
+        while not got and time.monotonic() < deadline:
+            got = [m for m in c.consume(10, 0.5) if not m.error()]
+        assert [(m.offset(), m.value()) for m in got] == [(6, b"new")]
+    finally:
+        c.close()
+
+
+def test_retention_bytes_and_live_alter(broker_factory, tmp_path):
+    cfg = write_config(tmp_path, '"log.retention.check.interval.ms" = 200\n')
+    b = broker_factory(extra_args=("--config", str(cfg)))
+    topic = unique_topic("retb")
+    create_topic_confluent(b.bootstrap, topic, 1, config={"segment.bytes": "1000"})
+    for i in range(10):
+        produce_sync(b.bootstrap, topic, [bytes([65 + i]) * 600])
+    assert len(segment_files(b, topic)) == 10
+    assert list_offsets(b.bootstrap, topic)[0] == 0
+    # Applied live by IncrementalAlterConfigs: keep (at least) 3 segments' worth.
+    seg_size = segment_files(b, topic)[0].stat().st_size
+    admin = AdminClient(confluent_common(b.bootstrap))
+    res = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry("retention.bytes", str(3 * seg_size), incremental_operation=AlterConfigOpType.SET)],
+    )
+    admin.incremental_alter_configs([res])[res].result(30)
+    wait_for(lambda: list_offsets(b.bootstrap, topic)[0] == 7, 20, 0.2, "log start offset 7")
+    assert len(segment_files(b, topic)) == 3
+
+
+# ------------------------------------------------------------ topic configs
+def test_storage_configs_sources_and_persistence(broker_factory, tmp_path):
+    cfg = write_config(tmp_path, '"log.retention.ms" = 3600000\n"log.roll.ms" = 60000\n')
+    b = broker_factory(extra_args=("--config", str(cfg)))
+    topic = unique_topic("cfg")
+    create_topic_confluent(b.bootstrap, topic, 1, config={"cleanup.policy": "compact,delete"})
+    admin = AdminClient(confluent_common(b.bootstrap))
+    res = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry("segment.ms", "120000", incremental_operation=AlterConfigOpType.SET),
+            ConfigEntry("min.cleanable.dirty.ratio", "0.2", incremental_operation=AlterConfigOpType.SET),
+        ],
+    )
+    admin.incremental_alter_configs([res])[res].result(30)
+
+    def describe(a):
+        r = ConfigResource(ResourceType.TOPIC, topic)
+        return a.describe_configs([r])[r].result(30)
+
+    for _ in range(2):
+        d = describe(admin)
+        assert d["retention.ms"].value == "3600000"
+        assert d["retention.ms"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+        assert d["segment.ms"].value == "120000"
+        assert d["segment.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+        assert d["cleanup.policy"].value == "compact,delete"
+        assert d["min.cleanable.dirty.ratio"].value == "0.2"
+        assert d["delete.retention.ms"].source == ConfigSource.DEFAULT_CONFIG.value
+        # persisted across restart
+        b.restart()
+        admin = AdminClient(confluent_common(b.bootstrap))
+        wait_for_topic_confluent(admin, topic, 1)
+
+
+# --------------------------------------------------------------- compaction
+def test_compaction_converges_keeps_offsets_and_drops_tombstones(broker_factory, tmp_path):
+    """100,000 records over 1,000 keys: the compacted topic converges to the latest value
+    per key at its original offset; tombstoned keys vanish after delete.retention.ms."""
+    cfg = write_config(tmp_path, '"log.cleaner.backoff.ms" = 200\n')
+    b = broker_factory(extra_args=("--config", str(cfg)))
+    topic = unique_topic("compact")
+    create_topic_confluent(
+        b.bootstrap,
+        topic,
+        1,
+        config={
+            "cleanup.policy": "compact",
+            "segment.bytes": "200000",
+            "min.cleanable.dirty.ratio": "0.01",
+            "delete.retention.ms": "3000",
+        },
+    )
+    p = producer(b.bootstrap, **{"linger.ms": 5, "batch.num.messages": 1000})
+    latest = {}  # key -> (offset, value)
+    errors = []
+
+    def cb(err, msg):
+        if err is not None:
+            errors.append(err)
+        else:
+            latest[msg.key()] = (msg.offset(), msg.value())
+
+    n, keys = 100_000, 1_000
+    for i in range(n):
+        while True:
+            try:
+                p.produce(topic, key=f"k{i % keys:04d}".encode(), value=f"v{i}".encode(), partition=0, on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0 and not errors
+    tombstoned = [f"k{k:04d}".encode() for k in range(0, keys, 10)]
+    for k in tombstoned:
+        p.produce(topic, key=k, value=None, partition=0, on_delivery=cb)
+    assert p.flush(30) == 0 and not errors
+
+    def pad(count=30):
+        for _ in range(count):
+            p.produce(topic, key=b"pad", value=b"x" * 8000, partition=0, on_delivery=cb)
+        assert p.flush(30) == 0 and not errors
+
+    pad()  # seals the segments holding the records above
+
+    def check(expect_tombstones: bool):
+        c = consumer(b.bootstrap)
+        try:
+            c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+            seen = defaultdict(list)
+            eof = False
+            deadline = time.monotonic() + 60
+            while not eof and time.monotonic() < deadline:
+                for m in c.consume(5000, 0.5):
+                    if m.error():
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            eof = True
+                            continue
+                        raise KafkaException(m.error())
+                    if m.key() != b"pad":
+                        seen[m.key()].append((m.offset(), m.value()))
+            assert eof
+        finally:
+            c.close()
+        for k in (f"k{i:04d}".encode() for i in range(keys)):
+            if k in tombstoned:
+                want = [latest[k]] if expect_tombstones else []
+            else:
+                want = [latest[k]]
+            if seen.get(k, []) != want:
+                return False
+        return True
+
+    wait_for(lambda: check(expect_tombstones=True), 60, 1.0, "compaction to converge")
+    assert re.search(r"compacted log", plain_log(b))
+    # After delete.retention.ms, a later pass (the log must be dirty again) drops the
+    # tombstones themselves.
+    time.sleep(3.2)
+    pad()
+    wait_for(lambda: check(expect_tombstones=False), 60, 1.0, "tombstones to vanish")
+    b.assert_no_panic()
