@@ -708,3 +708,31 @@ def test_group_error_codes_and_offset_delete(broker):
     assert struct.unpack_from(">h", raw_call(broker, 11, 0, short))[0] == 26  # INVALID_SESSION_TIMEOUT
     hb = kstring(group) + struct.pack(">i", 1) + kstring("nobody")
     assert struct.unpack_from(">h", raw_call(broker, 12, 0, hb))[0] == 25  # UNKNOWN_MEMBER_ID
+
+
+def test_internal_topics_are_protected(broker):
+    """Clients may read __consumer_offsets but not produce to, delete or grow it."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewPartitions
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    md = admin.list_topics(timeout=10)
+    assert "__consumer_offsets" in md.topics
+    errors = []
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "retries": 0})
+    p.produce("__consumer_offsets", b"x", partition=0, on_delivery=lambda e, m: errors.append(e))
+    p.flush(10)
+    assert errors and errors[0] is not None and errors[0].name() == "TOPIC_EXCEPTION", errors
+    f = admin.delete_topics(["__consumer_offsets"])["__consumer_offsets"]
+    try:
+        f.result(10)
+        raise AssertionError("deleting __consumer_offsets must fail")
+    except Exception as e:  # KafkaException
+        assert "INVALID_REQUEST" in str(e) or "internal" in str(e), e
+    f = admin.create_partitions([NewPartitions("__consumer_offsets", 99)])["__consumer_offsets"]
+    try:
+        f.result(10)
+        raise AssertionError("growing __consumer_offsets must fail")
+    except Exception as e:
+        assert "INVALID_REQUEST" in str(e) or "internal" in str(e), e
+    assert "__consumer_offsets" in admin.list_topics(timeout=10).topics

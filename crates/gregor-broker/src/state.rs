@@ -129,6 +129,23 @@ impl MetaError {
 
 pub type MetaResult<T> = Result<T, MetaError>;
 
+/// Internal topics are written only by the broker's own coordinators: clients may read and
+/// describe them, but not produce to, delete or repartition them (the coordinators' hash of
+/// a key to a partition depends on the partition count).
+pub fn is_internal_topic(name: &str) -> bool {
+    matches!(name, "__consumer_offsets" | "__transaction_state")
+}
+
+fn refuse_internal(name: &str, what: &str) -> MetaResult<()> {
+    if is_internal_topic(name) {
+        return Err(MetaError::new(
+            ResponseError::InvalidRequest,
+            format!("{what} the internal topic {name} is not allowed"),
+        ));
+    }
+    Ok(())
+}
+
 /// Kafka's topic name rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> MetaResult<()> {
     let bad = |why: &str| {
@@ -386,6 +403,7 @@ impl Broker {
     }
 
     pub fn delete_topic(&self, name: &str) -> MetaResult<Uuid> {
+        refuse_internal(name, "Deleting")?;
         let _guard = self.meta_write.lock().expect("meta lock");
         let topic = self.topic(name).ok_or_else(|| unknown_topic(name))?;
         self.commit_change(|topics| {
@@ -402,6 +420,7 @@ impl Broker {
     }
 
     pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> MetaResult<()> {
+        refuse_internal(name, "Adding partitions to")?;
         let _guard = self.meta_write.lock().expect("meta lock");
         let topic = self.topic(name).ok_or_else(|| unknown_topic(name))?;
         let current = topic.partitions.len() as i32;

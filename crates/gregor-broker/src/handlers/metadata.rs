@@ -92,7 +92,7 @@ fn topic_metadata(broker: &Broker, topic: &Topic, authorized_ops: i32) -> Metada
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(sb(&topic.name))))
         .with_topic_id(topic.id)
-        .with_is_internal(topic.name.starts_with("__"))
+        .with_is_internal(crate::state::is_internal_topic(&topic.name))
         .with_topic_authorized_operations(authorized_ops)
         .with_partitions(
             topic

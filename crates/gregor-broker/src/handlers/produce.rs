@@ -47,6 +47,10 @@ pub async fn produce(
             } else {
                 match &topic {
                     Err(e) => Err((e.code, e.message.clone())),
+                    Ok(topic) if crate::state::is_internal_topic(&topic.name) => Err((
+                        ResponseError::InvalidTopicException,
+                        format!("Cannot append to internal topic {}", topic.name),
+                    )),
                     Ok(topic) => match topic.partition(pd.index) {
                         None => Err((
                             ResponseError::UnknownTopicOrPartition,
