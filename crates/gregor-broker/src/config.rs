@@ -85,6 +85,16 @@ pub struct BrokerConfig {
     /// Largest `metadata` string of a committed offset.
     #[serde(alias = "offset.metadata.max.bytes")]
     pub offset_metadata_max_bytes: usize,
+    /// Partitions of `__transaction_state` when it is created (fixed afterwards). Kafka's
+    /// default is 50; 10 as for `__consumer_offsets`.
+    #[serde(alias = "transaction.state.log.num.partitions")]
+    pub transaction_state_log_num_partitions: i32,
+    /// Largest `transaction.timeout.ms` a producer may ask for.
+    #[serde(alias = "transaction.max.timeout.ms")]
+    pub transaction_max_timeout_ms: i32,
+    /// How often transactions past their timeout are looked for and aborted.
+    #[serde(alias = "transaction.abort.timed.out.transaction.cleanup.interval.ms")]
+    pub transaction_abort_check_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -117,6 +127,9 @@ impl Default for BrokerConfig {
             offsets_retention_minutes: 7 * 24 * 60,
             offsets_retention_check_interval_ms: 600_000,
             offset_metadata_max_bytes: 4096,
+            transaction_state_log_num_partitions: 10,
+            transaction_max_timeout_ms: 900_000,
+            transaction_abort_check_interval_ms: 200,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod server;
 pub mod state;
 pub mod topic_config;
+pub mod transactions;
 
 pub use config::BrokerConfig;
 pub use state::Broker;

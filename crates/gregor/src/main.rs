@@ -107,6 +107,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         gregor_broker::groups::GroupService::start(&broker)
             .context("starting the group coordinator")?;
+        gregor_broker::transactions::TransactionService::start(&broker)
+            .context("starting the transaction coordinator")?;
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
         gregor_broker::server::serve(broker.clone(), listener, shutdown_signal()).await;
