@@ -222,7 +222,7 @@ def test_exactly_once_pipeline_survives_kill9_of_the_processor(broker):
 
     group, txn_id = unique_topic("eos"), unique_topic("eos-tx")
     args = [sys.executable, str(HERE / "txn_processor.py"), broker.bootstrap, src, dst, group,
-            txn_id, str(partitions)]
+            txn_id, str(partitions), "200"]
     logs = []
 
     def spawn():
@@ -242,12 +242,22 @@ def test_exactly_once_pipeline_survives_kill9_of_the_processor(broker):
         finally:
             c.close()
 
+    def wait_started(proc, log_name, timeout=60):
+        # Kill only a processor that is working (has committed at least one transaction),
+        # at a random moment after that.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if b"committed" in Path(log_name).read_bytes():
+                return
+            time.sleep(0.05)
+
     rng = random.Random(7)
     proc = spawn()
     kills = 0
     try:
         while kills < 6:
-            time.sleep(rng.uniform(1.0, 3.0))
+            wait_started(proc, logs[-1])
+            time.sleep(rng.uniform(0.0, 1.0))
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -272,14 +282,20 @@ def test_exactly_once_pipeline_survives_kill9_of_the_processor(broker):
     assert not missing, f"{len(missing)} missing, e.g. {missing[:5]}"
     assert len(out) == n
     # Aborted work of the killed processors is in the log but invisible.
-    raw = read_all(broker.bootstrap, dst, partitions, "read_uncommitted", expect=n, timeout=120)
-    print(f"pipeline: {n} records, {kills} kills, {len(raw) - n} aborted records hidden")
+    raw = read_all(broker.bootstrap, dst, partitions, "read_uncommitted", idle=2.0, timeout=120)
+    progress = []
+    for name in logs:
+        lines = Path(name).read_text(errors="replace").split("\n")
+        done = [ln for ln in lines if ln.startswith("committed")]
+        progress.append(done[-1].split()[1] if done else "0")
+    print(f"pipeline: {n} records, {kills} kills, records committed per incarnation {progress}, "
+          f"{len(raw) - n} aborted records hidden from read_committed")
 
 
 # ------------------------------------------------------------------- throughput
 
 def test_throughput_transactional_vs_plain(broker):
-    n, size, per_txn = 50_000, 100, 1000
+    n, size, per_txn = 200_000, 100, 1000
     value = b"x" * size
     results = {}
     for mode in ("plain", "idempotent", "transactional"):

@@ -4,7 +4,7 @@ committed offsets), writes `out-<value>` to `out` and commits its input offsets 
 transaction (send_offsets_to_transaction). Runs until killed; exits non-zero on an error
 (the test restarts it).
 
-usage: txn_processor.py BOOTSTRAP IN_TOPIC OUT_TOPIC GROUP TRANSACTIONAL_ID PARTITIONS
+usage: txn_processor.py BOOTSTRAP IN_TOPIC OUT_TOPIC GROUP TRANSACTIONAL_ID PARTITIONS [BATCH]
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 def main() -> int:
     bootstrap, in_topic, out_topic, group, txn_id, partitions = sys.argv[1:7]
+    batch = int(sys.argv[7]) if len(sys.argv) > 7 else 500
     producer = Producer({
         "bootstrap.servers": bootstrap,
         "transactional.id": txn_id,
@@ -38,8 +39,9 @@ def main() -> int:
         for tp in committed
     ])
     print("started", [(tp.partition, tp.offset) for tp in committed], flush=True)
+    done = 0
     while True:
-        msgs = consumer.consume(num_messages=500, timeout=0.5)
+        msgs = consumer.consume(num_messages=batch, timeout=0.5)
         msgs = [m for m in msgs if m.error() is None]
         if not msgs:
             continue
@@ -54,6 +56,8 @@ def main() -> int:
             30,
         )
         producer.commit_transaction(30)
+        done += len(msgs)
+        print("committed", done, flush=True)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ fn service(broker: &Broker) -> Result<&Arc<TransactionService>, ResponseError> {
         .ok_or(ResponseError::CoordinatorNotAvailable)
 }
 
-/// Persists a change's records durably; a failure is KAFKA_STORAGE_ERROR... mapped to
-/// COORDINATOR_NOT_AVAILABLE so clients retry (as Kafka does for a failed log append).
+/// Makes a change's records durable. A failed append or fsync answers
+/// COORDINATOR_NOT_AVAILABLE, which clients retry (Kafka maps failed transaction log
+/// appends the same way). The in-memory state has already moved on: a simplification.
 async fn durable(
     svc: &TransactionService,
     written: Result<Vec<Arc<crate::state::Partition>>, String>,
