@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from confluent_kafka import (
 )
 
 from gregor_testlib import confluent_common, create_topic_confluent, unique_topic
+from test_raw_protocol import header_v2, roundtrip, uvarint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -334,3 +336,106 @@ def test_throughput_transactional_vs_plain(broker):
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print("txn bench:", json.dumps(results))
+
+
+# -------------------------------------------------- ListTransactions, DescribeProducers
+
+class _Reader:
+    """Just enough of Kafka's flexible (compact) encoding to read two admin responses."""
+
+    def __init__(self, b: bytes):
+        self.b, self.pos = b, 0
+
+    def fixed(self, fmt: str):
+        (v,) = struct.unpack_from(fmt, self.b, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return v
+
+    def uvarint(self) -> int:
+        shift = n = 0
+        while True:
+            byte = self.b[self.pos]
+            self.pos += 1
+            n |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return n
+            shift += 7
+
+    def cstring(self):
+        n = self.uvarint() - 1
+        if n < 0:
+            return None
+        s = self.b[self.pos:self.pos + n].decode()
+        self.pos += n
+        return s
+
+    def tags(self):
+        for _ in range(self.uvarint()):
+            self.uvarint()
+            self.pos += self.uvarint()
+
+    def array(self, item):
+        return [item() for _ in range(self.uvarint() - 1)]
+
+
+def _cstr(s: str) -> bytes:
+    return uvarint(len(s.encode()) + 1) + s.encode()
+
+
+def test_list_transactions_and_describe_producers(broker):
+    topic = unique_topic("txn-admin")
+    create_topic_confluent(broker.bootstrap, topic, 1)
+    txn_id = unique_topic("tx-admin")
+    p = txn_producer(broker.bootstrap, txn_id)
+    p.begin_transaction()
+    for i in range(3):
+        p.produce(topic, value=b"v%d" % i)
+    p.flush(30)
+
+    # ListTransactions v0 filtered on Ongoing.
+    body = uvarint(2) + _cstr("Ongoing") + uvarint(1) + uvarint(0)
+    r = _Reader(roundtrip(broker, header_v2(66, 0, 7) + body))
+    assert r.fixed(">i") == 7
+    r.tags()
+    r.fixed(">i")
+    assert r.fixed(">h") == 0
+    r.array(r.cstring)
+
+    def listed():
+        t = (r.cstring(), r.fixed(">q"), r.cstring())
+        r.tags()
+        return t
+    states = r.array(listed)
+    ours = [s for s in states if s[0] == txn_id]
+    assert len(ours) == 1 and ours[0][2] == "Ongoing", states
+    pid = ours[0][1]
+
+    # DescribeProducers v0: the producer, with its open transaction's first offset.
+    body = uvarint(2) + _cstr(topic) + uvarint(2) + struct.pack(">i", 0) + uvarint(0) + uvarint(0)
+    r = _Reader(roundtrip(broker, header_v2(61, 0, 8) + body))
+    assert r.fixed(">i") == 8
+    r.tags()
+    r.fixed(">i")
+
+    def producer():
+        v = dict(pid=r.fixed(">q"), epoch=r.fixed(">i"), last_seq=r.fixed(">i"),
+                 ts=r.fixed(">q"), coord_epoch=r.fixed(">i"), txn_start=r.fixed(">q"))
+        r.tags()
+        return v
+
+    def partition():
+        v = dict(index=r.fixed(">i"), error=r.fixed(">h"), msg=r.cstring(),
+                 producers=r.array(producer))
+        r.tags()
+        return v
+
+    def topic_resp():
+        v = (r.cstring(), r.array(partition))
+        r.tags()
+        return v
+    topics = r.array(topic_resp)
+    (name, parts), = topics
+    assert name == topic and parts[0]["error"] == 0
+    (prod,) = [x for x in parts[0]["producers"] if x["pid"] == pid]
+    assert prod["txn_start"] == 0 and prod["last_seq"] >= 0, prod
+    p.commit_transaction(30)

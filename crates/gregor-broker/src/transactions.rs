@@ -13,7 +13,8 @@
 //!   verification). The coordinator lock is never held while a data partition's log lock is
 //!   taken.
 //! * A timer task aborts transactions older than their `transaction.timeout.ms`, with a
-//!   bumped epoch (the hung producer is fenced).
+//!   bumped epoch (the hung producer is fenced), and rewrites the markers of transactions
+//!   stuck in Prepare* (a failed marker write) after [`STUCK_RETRY_MS`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -31,6 +32,10 @@ use crate::state::{Broker, Partition, Topic};
 
 /// The internal topic holding transaction state.
 pub const TXN_TOPIC: &str = "__transaction_state";
+
+/// A transaction still preparing this long after its last change gets its markers
+/// rewritten by the timer task.
+const STUCK_RETRY_MS: i64 = 10_000;
 
 /// Coordinator epoch written into markers (single node: always 0).
 const COORDINATOR_EPOCH: i32 = 0;
@@ -156,6 +161,15 @@ impl TransactionService {
                 let records = expired.iter().map(|(_, r)| r.clone()).collect();
                 (expired, records)
             });
+            // Markers whose write failed earlier (EndTxn answered an error, or a timeout
+            // abort failed) are retried.
+            let stuck = self.read(|co| co.stuck(now, STUCK_RETRY_MS));
+            for job in stuck {
+                tracing::warn!(transactional_id = %job.transactional_id, "retrying transaction markers");
+                if let Err(e) = self.complete_job(&job).await {
+                    tracing::error!(transactional_id = %job.transactional_id, error = %e, "retrying transaction markers failed");
+                }
+            }
             if expired.is_empty() {
                 continue;
             }

@@ -355,6 +355,27 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                         ]),
                 ]),
         )],
+        ApiKey::DescribeTransactions => vec![RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                TransactionalId(StrBytes::from_static_str("tx")),
+                TransactionalId(StrBytes::from_static_str("missing")),
+            ]),
+        )],
+        ApiKey::ListTransactions => vec![
+            RequestKind::ListTransactions(ListTransactionsRequest::default()),
+            RequestKind::ListTransactions(
+                ListTransactionsRequest::default()
+                    .with_state_filters(vec![StrBytes::from_static_str("Ongoing")])
+                    .with_producer_id_filters(vec![ProducerId(1)]),
+            ),
+        ],
+        ApiKey::DescribeProducers => vec![RequestKind::DescribeProducers(
+            DescribeProducersRequest::default().with_topics(vec![
+                describe_producers_request::TopicRequest::default()
+                    .with_name(t())
+                    .with_partition_indexes(vec![0, 9]),
+            ]),
+        )],
         other => panic!("no sample request for advertised API {other:?}"),
     }
 }

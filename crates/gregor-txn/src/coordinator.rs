@@ -462,6 +462,16 @@ impl TxnCoordinator {
         out
     }
 
+    /// Transactions stuck between Prepare and Complete for `older_than_ms` (their marker
+    /// write failed): their markers must be written again. Markers are idempotent.
+    pub fn stuck(&self, now: i64, older_than_ms: i64) -> Vec<MarkerJob> {
+        self.txns
+            .values()
+            .filter(|m| m.status.is_preparing() && m.last_update_ms + older_than_ms <= now)
+            .map(job_of)
+            .collect()
+    }
+
     /// The earliest time an ongoing transaction times out.
     pub fn next_expiry(&self) -> Option<i64> {
         self.txns
@@ -599,6 +609,8 @@ mod tests {
         assert_eq!(expired.len(), 1);
         let (job, record) = &expired[0];
         assert_eq!(job.producer_epoch, 1);
+        assert!(c.stuck(1_100, 5_000).is_empty());
+        assert_eq!(c.stuck(6_100, 5_000), vec![job.clone()]);
         // Replaying the last record restores a preparing transaction, whose markers must be
         // rewritten.
         let mut d = TxnCoordinator::new(c.config.clone());

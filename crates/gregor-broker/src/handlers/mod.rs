@@ -11,6 +11,7 @@ mod metadata;
 mod produce;
 mod producer;
 pub mod txn;
+mod txn_admin;
 
 use std::sync::Arc;
 
@@ -56,6 +57,15 @@ pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<Res
             ResponseKind::AddOffsetsToTxn(txn::add_offsets_to_txn(broker, r, version).await)
         }
         RequestKind::EndTxn(r) => ResponseKind::EndTxn(txn::end_txn(broker, r, version).await),
+        RequestKind::DescribeTransactions(r) => {
+            ResponseKind::DescribeTransactions(txn_admin::describe_transactions(broker, r))
+        }
+        RequestKind::ListTransactions(r) => {
+            ResponseKind::ListTransactions(txn_admin::list_transactions(broker, r, version))
+        }
+        RequestKind::DescribeProducers(r) => {
+            ResponseKind::DescribeProducers(txn_admin::describe_producers(broker, r))
+        }
         RequestKind::TxnOffsetCommit(r) => {
             ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(broker, r, version).await)
         }
@@ -135,6 +145,10 @@ pub fn partitions_named(body: &RequestKind) -> usize {
             .sum::<usize>()
             .max(r.transactions.len()),
         RequestKind::TxnOffsetCommit(r) => r.topics.iter().map(|t| t.partitions.len()).sum(),
+        RequestKind::DescribeProducers(r) => {
+            r.topics.iter().map(|t| t.partition_indexes.len()).sum()
+        }
+        RequestKind::DescribeTransactions(r) => r.transactional_ids.len(),
         _ => 0,
     }
 }
