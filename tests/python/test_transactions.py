@@ -439,3 +439,54 @@ def test_list_transactions_and_describe_producers(broker):
     (prod,) = [x for x in parts[0]["producers"] if x["pid"] == pid]
     assert prod["txn_start"] == 0 and prod["last_seq"] >= 0, prod
     p.commit_transaction(30)
+
+
+# ------------------------------------------------------------- broker kill -9
+
+def test_transaction_state_and_offsets_survive_broker_kill9(broker):
+    src, dst = unique_topic("in"), unique_topic("out")
+    create_topic_confluent(broker.bootstrap, src, 1)
+    create_topic_confluent(broker.bootstrap, dst, 1)
+    group = unique_topic("g")
+    cons = Consumer({**confluent_common(broker.bootstrap), "group.id": group,
+                     "enable.auto.commit": False})
+    meta = cons.consumer_group_metadata()
+    cons.close()
+    p = txn_producer(broker.bootstrap, unique_topic("tx"))
+    p.begin_transaction()
+    p.produce(dst, value=b"committed")
+    p.send_offsets_to_transaction([TopicPartition(src, 0, 42)], meta, 30)
+    p.commit_transaction(30)
+    # A second transaction is left open (5 s timeout) when the broker dies.
+    hung = txn_producer(broker.bootstrap, unique_topic("tx"),
+                        **{"transaction.timeout.ms": 5000, "socket.timeout.ms": 5000})
+    hung.begin_transaction()
+    hung.produce(dst, value=b"open")
+    hung.send_offsets_to_transaction([TopicPartition(src, 0, 99)], meta, 30)
+    hung.flush(30)
+    broker.kill9()
+    broker.restart()
+    started = time.monotonic()
+
+    # The committed transaction's offset is visible; the open one's is not.
+    c = Consumer({**confluent_common(broker.bootstrap), "group.id": group,
+                  "isolation.level": "read_committed"})
+    got = None
+    while time.monotonic() - started < 30:
+        try:
+            got = c.committed([TopicPartition(src, 0)], timeout=5)[0].offset
+        except KafkaException:
+            # UNSTABLE_OFFSET_COMMIT until the open transaction is aborted.
+            time.sleep(0.2)
+            continue
+        break
+    c.close()
+    assert got == 42, got
+    # The reloaded coordinator aborts the open transaction after its timeout: read_committed
+    # then reads past it (until then the LSO holds "after" back).
+    p2 = Producer(confluent_common(broker.bootstrap))
+    p2.produce(dst, value=b"after")
+    p2.flush(30)
+    rc = values(read_all(broker.bootstrap, dst, 1, "read_committed", expect=2, timeout=30))
+    assert rc == [b"committed", b"after"], rc
+    assert "aborting a transaction that exceeded its timeout" in broker.log_text()
