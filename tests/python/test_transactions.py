@@ -25,7 +25,8 @@ from confluent_kafka import (
 )
 
 from gregor_testlib import confluent_common, create_topic_confluent, unique_topic
-from test_raw_protocol import header_v2, roundtrip, uvarint
+from test_hostile_batches import batch, produce_error, record
+from test_raw_protocol import header_v1, header_v2, kstring, roundtrip, uvarint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -490,3 +491,51 @@ def test_transaction_state_and_offsets_survive_broker_kill9(broker):
     rc = values(read_all(broker.bootstrap, dst, 1, "read_committed", expect=2, timeout=30))
     assert rc == [b"committed", b"after"], rc
     assert "aborting a transaction that exceeded its timeout" in broker.log_text()
+
+
+# ------------------------------------------- server-side verification (raw frames)
+
+INVALID_PRODUCER_EPOCH = 47
+INVALID_TXN_STATE = 48
+INVALID_RECORD = 87
+
+
+def test_transactional_produce_needs_the_partition_in_the_transaction(broker):
+    topic = unique_topic("txn-verify")
+    create_topic_confluent(broker.bootstrap, topic, 1)
+    txn_id = unique_topic("raw-tx")
+
+    def init():
+        resp = roundtrip(broker, header_v1(22, 1, 1) + kstring(txn_id) + struct.pack(">i", 60_000))
+        _corr, _throttle, error, pid, epoch = struct.unpack_from(">iihqh", resp)
+        assert error == 0
+        return pid, epoch
+
+    def add_partition(pid, epoch):
+        resp = roundtrip(broker, header_v1(24, 1, 2) + kstring(txn_id)
+                         + struct.pack(">qhi", pid, epoch, 1) + kstring(topic)
+                         + struct.pack(">ii", 1, 0))
+        pos = 4 + 4 + 4
+        (name_len,) = struct.unpack_from(">h", resp, pos)
+        pos += 2 + name_len + 4
+        _index, error = struct.unpack_from(">ih", resp, pos)
+        return error
+
+    def txn_batch(pid, epoch, seq, attributes=0x10):
+        return batch(record(0, b"v%d" % seq), 1, codec=attributes, producer_id=pid,
+                     producer_epoch=epoch, base_sequence=seq)
+
+    pid, epoch = init()
+    # Not added to a transaction yet: refused (KIP-890 part 1).
+    assert produce_error(broker, topic, txn_batch(pid, epoch, 0))[0] == INVALID_TXN_STATE
+    # Clients may not write control batches.
+    assert produce_error(broker, topic, txn_batch(pid, epoch, 0, 0x30))[0] == INVALID_RECORD
+    assert add_partition(pid, epoch) == 0
+    assert produce_error(broker, topic, txn_batch(pid, epoch, 0)) == (0, 0)
+    # A new incarnation aborts the open transaction and fences the old epoch.
+    pid2, epoch2 = init()
+    assert (pid2, epoch2) == (pid, epoch + 2)
+    assert produce_error(broker, topic, txn_batch(pid, epoch, 1))[0] == INVALID_PRODUCER_EPOCH
+    assert add_partition(pid, epoch) != 0
+    assert add_partition(pid2, epoch2) == 0
+    assert produce_error(broker, topic, txn_batch(pid2, epoch2, 0))[0] == 0
