@@ -622,6 +622,102 @@ mod tests {
         );
     }
 
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Init(u8),
+        Add(u8, u8, bool),
+        End(u8, bool, bool),
+        Complete,
+        Expire(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..3).prop_map(Op::Init),
+            (0u8..3, 0u8..4, any::<bool>()).prop_map(|(i, p, stale)| Op::Add(i, p, stale)),
+            (0u8..3, any::<bool>(), any::<bool>()).prop_map(|(i, c, stale)| Op::End(i, c, stale)),
+            Just(Op::Complete),
+            (0u16..3000).prop_map(Op::Expire),
+        ]
+    }
+
+    proptest! {
+        /// Random producers, requests, completions and timeouts: epochs never go back, only
+        /// the current epoch of an Ongoing transaction may write to its partitions, and
+        /// replaying the emitted records rebuilds exactly the coordinator's state.
+        #[test]
+        fn random_operations_keep_invariants(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut c = coordinator();
+            let mut next = 0i64;
+            let mut now = 0i64;
+            let mut log: Vec<TxnRecord> = Vec::new();
+            let mut jobs: Vec<MarkerJob> = Vec::new();
+            let mut last_epoch: HashMap<String, (i64, i16)> = HashMap::new();
+            for op in ops {
+                now += 10;
+                let id = |i: u8| format!("tx{i}");
+                let current = |c: &TxnCoordinator, i: u8| {
+                    c.get(&id(i)).map(|m| (m.producer_id, m.producer_epoch))
+                };
+                match op {
+                    Op::Init(i) => match c.init_producer_id(now, &id(i), 1_000, None, &mut || { next += 1; Some(next) }) {
+                        Ok(InitOutcome::Ready { record, .. }) => log.push(record),
+                        Ok(InitOutcome::AbortFirst { job, record }) => { log.push(record); jobs.push(job) }
+                        Err(_) => {}
+                    },
+                    Op::Add(i, p, stale) => if let Some((pid, epoch)) = current(&c, i) {
+                        let epoch = if stale { epoch - 1 } else { epoch };
+                        if let Ok(Some(r)) = c.add_partitions(now, &id(i), pid, epoch, &[(format!("t{p}"), 0)]) {
+                            log.push(r);
+                        }
+                    },
+                    Op::End(i, commit, stale) => if let Some((pid, epoch)) = current(&c, i) {
+                        let epoch = if stale { epoch - 1 } else { epoch };
+                        if let Ok(Some((job, r))) = c.end_txn(now, &id(i), pid, epoch, commit) {
+                            log.push(r);
+                            jobs.push(job);
+                        }
+                    },
+                    Op::Complete => if !jobs.is_empty() {
+                        let job = jobs.remove(0);
+                        if let Some(r) = c.complete(now, &job) { log.push(r) }
+                    },
+                    Op::Expire(dt) => {
+                        now += dt as i64;
+                        for (job, r) in c.expire(now) { log.push(r); jobs.push(job) }
+                    }
+                }
+                for m in c.all() {
+                    let key = m.transactional_id.clone();
+                    if let Some(&(pid, epoch)) = last_epoch.get(&key) {
+                        prop_assert!(m.producer_id != pid || m.producer_epoch >= epoch);
+                    }
+                    last_epoch.insert(key, (m.producer_id, m.producer_epoch));
+                    for p in 0..4 {
+                        let t = format!("t{p}");
+                        let ok = c.verify_write(m.producer_id, m.producer_epoch, &t, 0).is_ok();
+                        prop_assert_eq!(ok, m.status == TxnStatus::Ongoing && m.partitions.contains(&(t.clone(), 0)));
+                        if m.producer_epoch > 0 {
+                            prop_assert!(c.verify_write(m.producer_id, m.producer_epoch - 1, &t, 0).is_err());
+                        }
+                    }
+                }
+            }
+            let mut replayed = TxnCoordinator::new(c.config.clone());
+            for r in &log {
+                replayed.replay(&r.key, Some(&r.value)).unwrap();
+            }
+            replayed.finish_loading();
+            let mut a: Vec<_> = c.all().cloned().collect();
+            let mut b: Vec<_> = replayed.all().cloned().collect();
+            a.sort_by(|x, y| x.transactional_id.cmp(&y.transactional_id));
+            b.sort_by(|x, y| x.transactional_id.cmp(&y.transactional_id));
+            prop_assert_eq!(a, b);
+        }
+    }
+
     #[test]
     fn partition_of_an_id_matches_kafka() {
         // "hello".hashCode() == 99162322 in Java.
