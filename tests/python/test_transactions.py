@@ -298,10 +298,14 @@ def test_exactly_once_pipeline_survives_kill9_of_the_processor(broker):
 # ------------------------------------------------------------------- throughput
 
 def test_throughput_transactional_vs_plain(broker):
-    n, size, per_txn = 200_000, 100, 1000
+    """Same broker, same run: plain (acks=all), idempotent and transactional (1,000 records
+    per transaction) produce of 200,000 100-byte records; best of three runs each, because
+    the 2 cores are shared and single runs are noisy."""
+    n, size, per_txn, runs = 200_000, 100, 1000, 3
     value = b"x" * size
     results = {}
-    for mode in ("plain", "idempotent", "transactional"):
+
+    def run(mode: str) -> float:
         topic = unique_topic(f"bench-{mode}")
         create_topic_confluent(broker.bootstrap, topic, 1)
         conf = {**confluent_common(broker.bootstrap), "linger.ms": 5, "acks": "all"}
@@ -327,9 +331,15 @@ def test_throughput_transactional_vs_plain(broker):
         if mode == "transactional":
             p.commit_transaction(30)
         assert p.flush(60) == 0
-        elapsed = time.monotonic() - start
-        results[mode] = {"records": n, "record_bytes": size, "seconds": round(elapsed, 3),
-                         "records_per_second": round(n / elapsed)}
+        return time.monotonic() - start
+
+    for mode in ("plain", "idempotent", "transactional"):
+        times = [run(mode) for _ in range(runs)]
+        best = min(times)
+        results[mode] = {"records": n, "record_bytes": size, "runs": runs,
+                         "best_seconds": round(best, 3),
+                         "all_seconds": [round(t, 3) for t in times],
+                         "records_per_second": round(n / best)}
     results["transactional_records_per_txn"] = per_txn
     results["transactional_vs_plain"] = round(
         results["transactional"]["records_per_second"] / results["plain"]["records_per_second"], 3)
