@@ -128,6 +128,16 @@ pub struct BrokerConfig {
     /// Cleaner I/O cap in bytes per second (Kafka's `log.cleaner.io.max.bytes.per.second`).
     #[serde(alias = "log.cleaner.io.max.bytes.per.second")]
     pub log_cleaner_io_max_bytes_per_second: u64,
+    /// Partitions of `__transaction_state` when it is created (fixed afterwards). Kafka's
+    /// default is 50; 10 as for `__consumer_offsets`.
+    #[serde(alias = "transaction.state.log.num.partitions")]
+    pub transaction_state_log_num_partitions: i32,
+    /// Largest `transaction.timeout.ms` a producer may ask for.
+    #[serde(alias = "transaction.max.timeout.ms")]
+    pub transaction_max_timeout_ms: i32,
+    /// How often transactions past their timeout are looked for and aborted.
+    #[serde(alias = "transaction.abort.timed.out.transaction.cleanup.interval.ms")]
+    pub transaction_abort_check_interval_ms: u64,
 }
 
 /// Durability policy for appended data.
@@ -199,6 +209,9 @@ impl Default for BrokerConfig {
             log_flush_offset_checkpoint_interval_ms: 10_000,
             log_cleaner_dedupe_buffer_size: 64 * 1024 * 1024,
             log_cleaner_io_max_bytes_per_second: 256 * 1024 * 1024,
+            transaction_state_log_num_partitions: 10,
+            transaction_max_timeout_ms: 900_000,
+            transaction_abort_check_interval_ms: 200,
         }
     }
 }

@@ -144,10 +144,18 @@ impl GroupService {
                     let set = RecordBatchDecoder::decode(&mut batch)?;
                     let mut co = self.coordinator.lock().expect("coordinator lock");
                     for r in &set.records {
-                        if let Some(key) = &r.key {
+                        let Some(key) = &r.key else { continue };
+                        if r.control {
+                            // A transaction marker: the producer's pending offsets end.
+                            if let Some(commit) = gregor_txn::records::decode_marker_key(key) {
+                                co.complete_txn(r.producer_id, commit, now);
+                            }
+                        } else if r.transactional {
+                            co.replay_txn(r.producer_id, key, r.value.as_deref());
+                        } else {
                             co.replay(key, r.value.as_deref(), now);
-                            count += 1;
                         }
+                        count += 1;
                     }
                 }
                 if offset <= before {
@@ -220,7 +228,7 @@ impl GroupService {
         let result = f(&mut co, &mut fx);
         // Records first (under the lock, so the log order is the coordinator's order), then
         // the answers of waiting requests.
-        let written = self.append(fx.records);
+        let written = self.append(fx.records, None);
         if !fx.completions.is_empty() {
             let mut waiters = self.waiters.lock().expect("waiters lock");
             for (w, completion) in fx.completions {
@@ -234,12 +242,41 @@ impl GroupService {
         (result, written)
     }
 
+    /// Runs `f` (a TxnOffsetCommit) and appends its records as one transactional batch of
+    /// the producer, under the coordinator lock.
+    pub fn run_txn<R>(
+        &self,
+        producer: (i64, i16),
+        f: impl FnOnce(&mut Coordinator, &mut Effects) -> R,
+    ) -> (R, Written) {
+        let mut co = self.coordinator.lock().expect("coordinator lock");
+        let mut fx = Effects::default();
+        let result = f(&mut co, &mut fx);
+        let written = self.append(fx.records, Some(producer));
+        drop(co);
+        (result, written)
+    }
+
+    /// The transaction of `producer_id` ended and its marker was written to
+    /// `__consumer_offsets`: its pending offsets become visible (commit) or are dropped.
+    pub fn complete_txn(&self, producer_id: i64, commit: bool) {
+        self.coordinator
+            .lock()
+            .expect("coordinator lock")
+            .complete_txn(producer_id, commit, now_ms());
+    }
+
+    /// The `__consumer_offsets` partition of a group.
+    pub fn partition_for(&self, group_id: &str) -> i32 {
+        self.read(|co| co.partition_for(group_id))
+    }
+
     /// Read access to the coordinator (no effects).
     pub fn read<R>(&self, f: impl FnOnce(&Coordinator) -> R) -> R {
         f(&self.coordinator.lock().expect("coordinator lock"))
     }
 
-    fn append(&self, records: Vec<OffsetsRecord>) -> Written {
+    fn append(&self, records: Vec<OffsetsRecord>, producer: Option<(i64, i16)>) -> Written {
         if records.is_empty() {
             return Ok(vec![]);
         }
@@ -255,7 +292,7 @@ impl GroupService {
                 error = Some(format!("{OFFSETS_TOPIC}-{p} does not exist"));
                 continue;
             };
-            match encode_batch(&records, now) {
+            match encode_batch(&records, now, producer) {
                 Ok(batch) => {
                     let appended = partition.log.write().expect("log lock").append(&batch);
                     match appended {
@@ -295,17 +332,22 @@ impl GroupService {
     }
 }
 
-fn encode_batch(records: &[OffsetsRecord], now: i64) -> anyhow::Result<Bytes> {
+fn encode_batch(
+    records: &[OffsetsRecord],
+    now: i64,
+    producer: Option<(i64, i16)>,
+) -> anyhow::Result<Bytes> {
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
     let records: Vec<Record> = records
         .iter()
         .enumerate()
         .map(|(i, r)| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: -1,

@@ -13,6 +13,7 @@ pub mod log_manager;
 pub mod server;
 pub mod state;
 pub mod topic_config;
+pub mod transactions;
 
 pub use config::BrokerConfig;
 pub use state::Broker;

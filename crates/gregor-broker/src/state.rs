@@ -53,6 +53,16 @@ impl Partition {
     pub fn high_watermark(&self) -> i64 {
         self.log.read().expect("log lock").log_end_offset()
     }
+
+    /// The last stable offset given the high watermark: the first offset of the earliest
+    /// open transaction, or the high watermark. read_committed consumers stop here.
+    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        self.producers
+            .lock()
+            .expect("producer state lock")
+            .first_unstable_offset()
+            .map_or(high_watermark, |o| o.min(high_watermark))
+    }
 }
 
 /// A topic and its partitions.
@@ -192,6 +202,9 @@ pub struct Broker {
     checkpoint_write: Mutex<()>,
     /// Set at shutdown: background threads (the cleaner) stop at their next check.
     pub stopping: AtomicBool,
+    /// The transaction coordinator, set once by
+    /// [`crate::transactions::TransactionService::start`].
+    pub txns: std::sync::OnceLock<Arc<crate::transactions::TransactionService>>,
 }
 
 impl Broker {
@@ -273,6 +286,7 @@ impl Broker {
             meta_write: Mutex::new(()),
             appended: watch::channel(0).0,
             groups: std::sync::OnceLock::new(),
+            txns: std::sync::OnceLock::new(),
             config,
             flusher: Flusher::start(),
             checkpoint_write: Mutex::new(()),
@@ -656,7 +670,9 @@ fn open_partition_with(
     }))
 }
 
-/// Replays the batch headers of the whole log into a producer state table.
+/// Replays the batch headers of the whole log into a producer state table: sequences,
+/// open transactions (transactional batches not yet followed by their marker) and the
+/// aborted-transaction index (from ABORT markers).
 ///
 /// Reads every batch once (headers only are parsed). TODO(issue 7): producer state
 /// snapshots, so a start replays only the tail written after the last snapshot.
@@ -667,8 +683,24 @@ fn rebuild_producer_state(log: &PartitionLog) -> anyhow::Result<ProducerStateTab
     while offset < end {
         let read = log.read(offset, 1 << 20, end)?;
         let mut next = offset;
-        for (header, _) in iter_batches(&read.data).flatten() {
-            if header.producer_id >= 0 {
+        for (header, range) in iter_batches(&read.data).flatten() {
+            if header.is_control() {
+                match crate::transactions::marker_type(&read.data[range]) {
+                    Some(commit) => table.record_marker(
+                        header.producer_id,
+                        header.producer_epoch,
+                        header.base_offset,
+                        commit,
+                    ),
+                    None => tracing::warn!(
+                        offset = header.base_offset,
+                        "unreadable control batch skipped"
+                    ),
+                }
+            } else if header.producer_id >= 0 {
+                if header.is_transactional() {
+                    table.record_transactional(header.producer_id, header.base_offset);
+                }
                 let batch = ProducerBatch::new(
                     header.producer_id,
                     header.producer_epoch,

@@ -178,6 +178,13 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                     .with_producer_id(ProducerId(5))
                     .with_producer_epoch(2),
             ),
+            RequestKind::InitProducerId(
+                InitProducerIdRequest::default()
+                    .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx"))))
+                    .with_transaction_timeout_ms(60_000)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1),
+            ),
         ],
         ApiKey::FindCoordinator => vec![
             RequestKind::FindCoordinator(
@@ -308,6 +315,67 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                 GroupId(StrBytes::from_static_str("join-0")),
             ]),
         )],
+        ApiKey::AddPartitionsToTxn => vec![RequestKind::AddPartitionsToTxn(
+            AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str(
+                    "tx",
+                )))
+                .with_v3_and_below_producer_id(ProducerId(1))
+                .with_v3_and_below_topics(vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(t())
+                        .with_partitions(vec![0, 9]),
+                ]),
+        )],
+        ApiKey::AddOffsetsToTxn => vec![RequestKind::AddOffsetsToTxn(
+            AddOffsetsToTxnRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_static_str("tx")))
+                .with_producer_id(ProducerId(1))
+                .with_group_id(GroupId(StrBytes::from_static_str("g"))),
+        )],
+        ApiKey::EndTxn => vec![RequestKind::EndTxn(
+            EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_static_str("tx")))
+                .with_producer_id(ProducerId(1))
+                .with_committed(true),
+        )],
+        ApiKey::TxnOffsetCommit => vec![RequestKind::TxnOffsetCommit(
+            TxnOffsetCommitRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_static_str("tx")))
+                .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                .with_producer_id(ProducerId(1))
+                .with_generation_id(-1)
+                .with_topics(vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                        .with_name(t())
+                        .with_partitions(vec![
+                            txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(1),
+                        ]),
+                ]),
+        )],
+        ApiKey::DescribeTransactions => vec![RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                TransactionalId(StrBytes::from_static_str("tx")),
+                TransactionalId(StrBytes::from_static_str("missing")),
+            ]),
+        )],
+        ApiKey::ListTransactions => vec![
+            RequestKind::ListTransactions(ListTransactionsRequest::default()),
+            RequestKind::ListTransactions(
+                ListTransactionsRequest::default()
+                    .with_state_filters(vec![StrBytes::from_static_str("Ongoing")])
+                    .with_producer_id_filters(vec![ProducerId(1)]),
+            ),
+        ],
+        ApiKey::DescribeProducers => vec![RequestKind::DescribeProducers(
+            DescribeProducersRequest::default().with_topics(vec![
+                describe_producers_request::TopicRequest::default()
+                    .with_name(t())
+                    .with_partition_indexes(vec![0, 9]),
+            ]),
+        )],
         other => panic!("no sample request for advertised API {other:?}"),
     }
 }
@@ -324,7 +392,8 @@ async fn every_handler_answers_every_advertised_version() {
         .create_topic("t", 2, 1, Default::default(), false)
         .unwrap();
     let groups = gregor_broker::groups::GroupService::start(&broker).unwrap();
-    while !groups.is_loaded() {
+    let txns = gregor_broker::transactions::TransactionService::start(&broker).unwrap();
+    while !groups.is_loaded() || !txns.read(|co| co.is_loaded()) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     for &(api, min, max) in SUPPORTED_APIS {

@@ -419,6 +419,22 @@ pub struct Coordinator {
     /// Per `__consumer_offsets` partition: replay finished.
     loaded: Vec<bool>,
     next_retention_check: i64,
+    /// Transactional offset commits not yet committed or aborted, per producer id:
+    /// (group, topic, partition) → offset. They become committed offsets when the
+    /// transaction's COMMIT marker is written and are dropped on ABORT.
+    pending_txn: HashMap<i64, BTreeMap<(String, String, i32), OffsetValue>>,
+}
+
+/// TxnOffsetCommit, version-free.
+#[derive(Debug, Clone)]
+pub struct TxnCommitRequest {
+    pub group_id: String,
+    pub producer_id: i64,
+    /// -1 / empty when the producer does not send its consumer's group metadata.
+    pub generation_id: i32,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub partitions: Vec<CommitPartition>,
 }
 
 /// Kafka's group id rule: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, DescribeGroups and
@@ -438,6 +454,7 @@ impl Coordinator {
             groups: HashMap::new(),
             loaded: vec![false; n],
             next_retention_check: 0,
+            pending_txn: HashMap::new(),
         }
     }
 
@@ -566,6 +583,108 @@ impl Coordinator {
                 self.groups.remove(&group);
             }
         }
+    }
+
+    /// Applies one replayed transactional offset commit record of `producer_id` (pending
+    /// until that producer's marker is replayed).
+    pub fn replay_txn(&mut self, producer_id: i64, key: &[u8], value: Option<&[u8]>) {
+        if let (
+            Ok(RecordKey::Offset {
+                group,
+                topic,
+                partition,
+            }),
+            Some(v),
+        ) = (records::decode_key(key), value)
+        {
+            match records::decode_offset_value(v) {
+                Ok(v) => {
+                    self.pending_txn
+                        .entry(producer_id)
+                        .or_default()
+                        .insert((group, topic, partition), v);
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping undecodable offset value"),
+            }
+        }
+    }
+
+    /// The transaction of `producer_id` ended (its marker reached `__consumer_offsets`):
+    /// its pending offsets become committed (`commit`) or are dropped.
+    pub fn complete_txn(&mut self, producer_id: i64, commit: bool, now: i64) {
+        let Some(pending) = self.pending_txn.remove(&producer_id) else {
+            return;
+        };
+        if !commit {
+            return;
+        }
+        let n = self.loaded.len() as i32;
+        for ((group, topic, partition), v) in pending {
+            self.groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(&group, group_partition(&group, n), now))
+                .offsets
+                .insert((topic, partition), v);
+        }
+    }
+
+    /// Whether a transactional offset commit for this partition is pending (OffsetFetch with
+    /// `require_stable` answers UNSTABLE_OFFSET_COMMIT then).
+    pub fn has_pending_txn_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        let key = (group_id.to_string(), topic.to_string(), partition);
+        self.pending_txn.values().any(|m| m.contains_key(&key))
+    }
+
+    /// TxnOffsetCommit: the records in `fx` must be written as a transactional batch of the
+    /// producer and be durable before the caller acknowledges.
+    pub fn txn_commit_offsets(
+        &mut self,
+        now: i64,
+        req: &TxnCommitRequest,
+        fx: &mut Effects,
+    ) -> Result<Vec<i16>, ResponseError> {
+        if !valid_group_id(&req.group_id, true) {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        self.check_loaded(&req.group_id)?;
+        let partition = self.partition_for(&req.group_id);
+        if let Some(group) = self.groups.get(&req.group_id) {
+            if req.generation_id >= 0 && !req.member_id.is_empty() && !group.members.is_empty() {
+                check_static(group, &req.member_id, req.group_instance_id.as_deref())?;
+                if !group.members.contains_key(&req.member_id) {
+                    return Err(ResponseError::UnknownMemberId);
+                }
+                if req.generation_id != group.generation {
+                    return Err(ResponseError::IllegalGeneration);
+                }
+            }
+        }
+        let max_meta = self.config.offset_metadata_max_bytes;
+        let mut codes = Vec::with_capacity(req.partitions.len());
+        for p in &req.partitions {
+            let metadata = p.metadata.clone().unwrap_or_default();
+            if metadata.len() > max_meta {
+                codes.push(code(ResponseError::OffsetMetadataTooLarge));
+                continue;
+            }
+            let value = OffsetValue {
+                offset: p.offset,
+                leader_epoch: p.leader_epoch,
+                metadata,
+                commit_timestamp: now,
+            };
+            fx.records.push(OffsetsRecord {
+                partition,
+                key: records::offset_key(&req.group_id, &p.topic, p.partition),
+                value: Some(records::offset_value(&value)),
+            });
+            self.pending_txn
+                .entry(req.producer_id)
+                .or_default()
+                .insert((req.group_id.clone(), p.topic.clone(), p.partition), value);
+            codes.push(0);
+        }
+        Ok(codes)
     }
 
     /// Marks a partition loaded: its groups answer from now on.

@@ -27,7 +27,7 @@ pub mod records;
 pub use coordinator::{
     CommitPartition, CommitRequest, Committed, Completion, Coordinator, DescribedGroup,
     DescribedMember, Effects, GroupConfig, JoinRequest, JoinResponse, JoinedMember, ListedGroup,
-    OffsetsRecord, SyncRequest, SyncResponse, Waiter,
+    OffsetsRecord, SyncRequest, SyncResponse, TxnCommitRequest, Waiter,
 };
 
 /// The state of a group.

@@ -269,7 +269,10 @@ pub fn clean(
             if header.next_offset() <= first_dirty {
                 continue;
             }
-            if header.compression() == 0 && !header.is_control() {
+            // Transactional batches are kept whole and stay out of the key map until the
+            // cleaner knows which transactions aborted: an aborted write must never hide a
+            // committed value of the same key.
+            if header.compression() == 0 && !header.is_control() && !header.is_transactional() {
                 if map.len() + header.records_count.max(0) as usize > max_entries
                     && map_end > first_dirty
                 {
@@ -309,6 +312,7 @@ pub fn clean(
             io_bytes += bytes.len() as u64;
             let kept = if header.compression() == 0
                 && !header.is_control()
+                && !header.is_transactional()
                 && header.base_offset < map_end
             {
                 parse_records(&bytes, &header).map(|records| {

@@ -33,6 +33,16 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    // Transactions, see gregor-txn. Capped below the KIP-890 part 2 versions (EndTxn v5,
+    // AddOffsetsToTxn v4, TxnOffsetCommit v5: per-transaction epoch bumps) and the batched
+    // AddPartitionsToTxn v4+ (broker-to-broker verification).
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 2),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// The advertised `(min, max)` for `api`, or `None` if Gregor does not implement it.

@@ -3,7 +3,8 @@
 //!
 //! Sans-I/O: the broker feeds it batch headers (before appending, to decide; after appending,
 //! to record) and rebuilds it after a restart by replaying the batch headers of the log.
-//! The transaction coordinator will live here too (issue 7).
+//! The transaction coordinator lives in [`coordinator`]; the `__transaction_state` and
+//! control record schemas in [`records`].
 //!
 //! Rules, as Kafka applies them per partition (`ProducerStateManager`):
 //! - a batch from an epoch older than the producer's current one is fenced
@@ -17,7 +18,15 @@
 //!   producer with no state here (e.g. its records were deleted) is accepted at any
 //!   sequence, as Kafka does since KIP-360.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+pub mod coordinator;
+pub mod records;
+
+pub use coordinator::{
+    txn_partition, InitOutcome, MarkerJob, TxnConfig, TxnCoordinator, TxnError, TxnMetadata,
+    TxnRecord, TxnStatus,
+};
 
 /// How many recent batches per producer are remembered for duplicate detection (Kafka's
 /// `max.in.flight.requests.per.connection` limit for idempotence is 5).
@@ -84,10 +93,24 @@ struct ProducerEntry {
     batches: VecDeque<WrittenBatch>,
 }
 
+/// An aborted transaction in a partition: its producer and the offsets from its first
+/// record to its ABORT marker. Fetch with read_committed returns these so clients drop the
+/// aborted records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
 /// The producer state of one partition.
 #[derive(Debug, Clone, Default)]
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
+    /// Open transactions: producer id → offset of the transaction's first batch here.
+    ongoing: BTreeMap<i64, i64>,
+    /// Aborted transactions, in the order of their markers (so by `last_offset`).
+    aborted: Vec<AbortedTxn>,
 }
 
 /// `seq + delta` with Kafka's wraparound at `i32::MAX`.
@@ -159,6 +182,73 @@ impl ProducerStateTable {
         Ok(Verdict::Append)
     }
 
+    /// A transactional batch of `producer_id` was written at `first_offset`: the producer's
+    /// transaction is open here from its first such batch until its marker.
+    pub fn record_transactional(&mut self, producer_id: i64, first_offset: i64) {
+        self.ongoing.entry(producer_id).or_insert(first_offset);
+    }
+
+    /// A COMMIT/ABORT marker of `producer_id` at `epoch` was written at `offset`.
+    pub fn record_marker(&mut self, producer_id: i64, epoch: i16, offset: i64, commit: bool) {
+        if let Some(first_offset) = self.ongoing.remove(&producer_id) {
+            if !commit {
+                self.aborted.push(AbortedTxn {
+                    producer_id,
+                    first_offset,
+                    last_offset: offset,
+                });
+            }
+        }
+        // A marker with a bumped epoch (fencing, timeout) fences the older epoch here too.
+        let entry = self.producers.entry(producer_id).or_default();
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+    }
+
+    /// The first offset of the earliest open transaction: the last stable offset is this
+    /// or, with none open, the high watermark.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.values().min().copied()
+    }
+
+    /// Whether `producer_id` has an open transaction here.
+    pub fn in_transaction(&self, producer_id: i64) -> bool {
+        self.ongoing.contains_key(&producer_id)
+    }
+
+    /// Open transactions: (producer id, first offset).
+    pub fn ongoing(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.ongoing.iter().map(|(&p, &o)| (p, o))
+    }
+
+    /// Producers with state here: (id, epoch, last sequence, last offset).
+    pub fn producers(&self) -> Vec<(i64, i16, i32, i64)> {
+        self.producers
+            .iter()
+            .map(|(&id, e)| {
+                let last = e.batches.back();
+                (
+                    id,
+                    e.epoch,
+                    last.map_or(-1, |b| b.last_sequence),
+                    last.map_or(-1, |b| b.last_offset),
+                )
+            })
+            .collect()
+    }
+
+    /// Aborted transactions overlapping `from..=to`.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        let start = self.aborted.partition_point(|a| a.last_offset < from);
+        self.aborted[start..]
+            .iter()
+            .filter(|a| a.first_offset <= to)
+            .copied()
+            .collect()
+    }
+
     /// Records a batch that was written at `first_offset..=last_offset`. Used after an
     /// append and when replaying the log on start.
     pub fn record(&mut self, batch: &ProducerBatch, first_offset: i64, last_offset: i64) {
@@ -226,6 +316,37 @@ mod tests {
         t.record(&b(1, 4, 0, 1), 1, 1);
         assert!(matches!(
             t.check(&b(1, 3, 1, 1)),
+            Err(ProducerError::InvalidEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn transactions_track_the_first_unstable_offset_and_aborts() {
+        let mut t = ProducerStateTable::new();
+        t.record(&b(1, 0, 0, 2), 10, 11);
+        t.record_transactional(1, 10);
+        t.record_transactional(1, 20);
+        t.record_transactional(2, 15);
+        assert_eq!(t.first_unstable_offset(), Some(10));
+        t.record_marker(1, 0, 30, false);
+        assert_eq!(t.first_unstable_offset(), Some(15));
+        t.record_marker(2, 0, 31, true);
+        assert_eq!(t.first_unstable_offset(), None);
+        let a = AbortedTxn {
+            producer_id: 1,
+            first_offset: 10,
+            last_offset: 30,
+        };
+        assert_eq!(t.aborted_between(0, 9), vec![]);
+        assert_eq!(t.aborted_between(0, 10), vec![a]);
+        assert_eq!(t.aborted_between(30, 40), vec![a]);
+        assert_eq!(t.aborted_between(31, 40), vec![]);
+        // Same-epoch marker keeps sequence state; a later batch continues the sequence.
+        assert_eq!(t.check(&b(1, 0, 2, 1)), Ok(Verdict::Append));
+        // A marker with a bumped epoch fences the old epoch.
+        t.record_marker(1, 1, 32, false);
+        assert!(matches!(
+            t.check(&b(1, 0, 2, 1)),
             Err(ProducerError::InvalidEpoch { .. })
         ));
     }

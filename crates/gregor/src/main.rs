@@ -122,6 +122,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("starting the group coordinator")?;
         let background = gregor_broker::log_manager::spawn(broker.clone());
         gregor_broker::log_manager::spawn_cleaner(broker.clone());
+        gregor_broker::transactions::TransactionService::start(&broker)
+            .context("starting the transaction coordinator")?;
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
         gregor_broker::server::serve(broker.clone(), listener, shutdown_signal()).await;

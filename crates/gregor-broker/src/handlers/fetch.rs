@@ -14,13 +14,15 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
     BrokerId, DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, ProducerId,
 };
 use kafka_protocol::records::RecordBatchDecoder;
 use tokio::time::Instant;
@@ -101,20 +103,46 @@ fn fetch_once(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchRespon
             };
             let log = partition.log.read().expect("log lock");
             let hw = log.log_end_offset();
+            let lso = partition.last_stable_offset(hw);
             pd.high_watermark = hw;
-            pd.last_stable_offset = hw;
+            pd.last_stable_offset = lso;
             pd.log_start_offset = log.log_start_offset();
+            // read_committed never reads past the last stable offset.
+            let upper_bound = if req.isolation_level == 1 { lso } else { hw };
             let limit = (fp.partition_max_bytes.max(0) as usize).min(budget);
             if limit == 0 && total > 0 {
                 partitions.push(pd);
                 continue;
             }
-            match log.read(fp.fetch_offset, limit, hw) {
+            match log.read(fp.fetch_offset, limit, upper_bound) {
                 Ok(read) => {
                     // KIP-74: only the first data of the response may exceed the limits.
                     if total > 0 && read.data.len() > limit {
                         partitions.push(pd);
                         continue;
+                    }
+                    if req.isolation_level == 1 && !read.data.is_empty() {
+                        // The aborted transactions overlapping the returned batches, so the
+                        // client drops their records.
+                        let last = gregor_log::batch::iter_batches(&read.data)
+                            .flatten()
+                            .last()
+                            .map_or(fp.fetch_offset, |(h, _)| h.last_offset());
+                        let aborted = partition
+                            .producers
+                            .lock()
+                            .expect("producer state lock")
+                            .aborted_between(fp.fetch_offset, last);
+                        pd.aborted_transactions = Some(
+                            aborted
+                                .into_iter()
+                                .map(|a| {
+                                    AbortedTransaction::default()
+                                        .with_producer_id(ProducerId(a.producer_id))
+                                        .with_first_offset(a.first_offset)
+                                })
+                                .collect(),
+                        );
                     }
                     total += read.data.len();
                     budget = budget.saturating_sub(read.data.len());
@@ -146,6 +174,7 @@ pub fn list_offsets(
     req: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
+    let read_committed = version >= 2 && req.isolation_level == 1;
     let topics = req
         .topics
         .into_iter()
@@ -163,7 +192,8 @@ pub fn list_offsets(
                         .with_leader_epoch(if version >= 4 { 0 } else { -1 });
                     match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
                         None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                        Some(partition) => match offset_for(partition, p.timestamp) {
+                        Some(partition) => match offset_for(partition, p.timestamp, read_committed)
+                        {
                             Ok(Some((offset, ts))) => {
                                 r.offset = offset;
                                 r.timestamp = ts;
@@ -185,10 +215,19 @@ pub fn list_offsets(
 
 /// The (offset, timestamp) ListOffsets answers for `timestamp`; None means "no such offset"
 /// (Kafka answers offset -1, timestamp -1).
-fn offset_for(partition: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+fn offset_for(
+    partition: &Partition,
+    timestamp: i64,
+    read_committed: bool,
+) -> Result<Option<(i64, i64)>, LogError> {
     let log = partition.log.read().expect("log lock");
     match timestamp {
         EARLIEST | EARLIEST_LOCAL => Ok(Some((log.log_start_offset(), -1))),
+        // read_committed: the last stable offset.
+        LATEST if read_committed => Ok(Some((
+            partition.last_stable_offset(log.log_end_offset()),
+            -1,
+        ))),
         LATEST => Ok(Some((log.log_end_offset(), -1))),
         MAX_TIMESTAMP => {
             let start = log.log_start_offset();

@@ -62,13 +62,13 @@ pub fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    // Single node: this broker coordinates every group. Key type 1 (transactions) is not
-    // implemented yet.
+    // Single node: this broker coordinates every group and every transactional id.
     let answer = || -> Option<(ResponseError, &'static str)> {
         match req.key_type {
             0 if service(broker).is_some() => None,
             0 => Some((NOT_AVAILABLE, "group coordinator not started")),
-            1 => Some((NOT_AVAILABLE, "transactions are not supported yet")),
+            1 if broker.txns.get().is_some() => None,
+            1 => Some((NOT_AVAILABLE, "transaction coordinator not started")),
             _ => Some((ResponseError::InvalidRequest, "unknown key type")),
         }
     };
@@ -452,6 +452,7 @@ pub fn offset_fetch(
                         .collect()
                 });
                 let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+                let group_id = g.group_id.0.to_string();
                 match fetch_group(broker, &g.group_id.0, topics) {
                     Err(e) => out.error_code = e.code(),
                     Ok(found) => {
@@ -459,16 +460,25 @@ pub fn offset_fetch(
                             .into_iter()
                             .map(|(t, ps)| {
                                 OffsetFetchResponseTopics::default()
-                                    .with_name(TopicName(sb(t)))
+                                    .with_name(TopicName(sb(t.clone())))
                                     .with_partitions(
                                         ps.into_iter()
                                             .map(|(p, c)| {
                                                 let (offset, epoch, meta) = committed(c);
-                                                OffsetFetchResponsePartitions::default()
+                                                let r = OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(p)
                                                     .with_committed_offset(offset)
                                                     .with_committed_leader_epoch(epoch)
-                                                    .with_metadata(Some(sb(meta)))
+                                                    .with_metadata(Some(sb(meta)));
+                                                if req.require_stable
+                                                    && unstable(broker, &group_id, &t, p)
+                                                {
+                                                    r.with_committed_offset(-1).with_error_code(
+                                                        ResponseError::UnstableOffsetCommit.code(),
+                                                    )
+                                                } else {
+                                                    r
+                                                }
                                             })
                                             .collect(),
                                     )
@@ -506,23 +516,39 @@ pub fn offset_fetch(
         .into_iter()
         .map(|(t, ps)| {
             OffsetFetchResponseTopic::default()
-                .with_name(TopicName(sb(t)))
+                .with_name(TopicName(sb(t.clone())))
                 .with_partitions(
                     ps.into_iter()
                         .map(|(p, c)| {
                             let (offset, epoch, meta) = committed(c);
-                            OffsetFetchResponsePartition::default()
+                            let r = OffsetFetchResponsePartition::default()
                                 .with_partition_index(p)
                                 .with_committed_offset(offset)
                                 .with_committed_leader_epoch(if version >= 5 { epoch } else { -1 })
                                 .with_metadata(Some(sb(meta)))
-                                .with_error_code(error)
+                                .with_error_code(error);
+                            if version >= 7
+                                && error == 0
+                                && req.require_stable
+                                && unstable(broker, &req.group_id.0, &t, p)
+                            {
+                                r.with_committed_offset(-1)
+                                    .with_error_code(ResponseError::UnstableOffsetCommit.code())
+                            } else {
+                                r
+                            }
                         })
                         .collect(),
                 )
         })
         .collect();
     resp
+}
+
+/// A transactional offset commit for this partition awaits its transaction's end.
+fn unstable(broker: &Arc<Broker>, group_id: &str, topic: &str, partition: i32) -> bool {
+    service(broker)
+        .is_some_and(|svc| svc.read(|co| co.has_pending_txn_offset(group_id, topic, partition)))
 }
 
 fn committed(c: Option<gregor_group::Committed>) -> (i64, i32, String) {

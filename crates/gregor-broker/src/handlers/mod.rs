@@ -10,6 +10,8 @@ mod group;
 mod metadata;
 mod produce;
 mod producer;
+pub mod txn;
+mod txn_admin;
 
 use std::sync::Arc;
 
@@ -42,8 +44,30 @@ pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<Res
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(fetch::delete_records(broker, r))
         }
+        RequestKind::InitProducerId(r) if r.transactional_id.is_some() => {
+            ResponseKind::InitProducerId(txn::init_producer_id(broker, r, version).await)
+        }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(producer::init_producer_id(broker, r))
+        }
+        RequestKind::AddPartitionsToTxn(r) => {
+            ResponseKind::AddPartitionsToTxn(txn::add_partitions_to_txn(broker, r, version).await)
+        }
+        RequestKind::AddOffsetsToTxn(r) => {
+            ResponseKind::AddOffsetsToTxn(txn::add_offsets_to_txn(broker, r, version).await)
+        }
+        RequestKind::EndTxn(r) => ResponseKind::EndTxn(txn::end_txn(broker, r, version).await),
+        RequestKind::DescribeTransactions(r) => {
+            ResponseKind::DescribeTransactions(txn_admin::describe_transactions(broker, r))
+        }
+        RequestKind::ListTransactions(r) => {
+            ResponseKind::ListTransactions(txn_admin::list_transactions(broker, r, version))
+        }
+        RequestKind::DescribeProducers(r) => {
+            ResponseKind::DescribeProducers(txn_admin::describe_producers(broker, r))
+        }
+        RequestKind::TxnOffsetCommit(r) => {
+            ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(broker, r, version).await)
         }
         RequestKind::CreateTopics(r) => {
             ResponseKind::CreateTopics(admin::create_topics(broker, r, version))
@@ -114,6 +138,17 @@ pub fn partitions_named(body: &RequestKind) -> usize {
         RequestKind::CreatePartitions(r) => r.topics.len(),
         RequestKind::DescribeConfigs(r) => r.resources.len(),
         RequestKind::IncrementalAlterConfigs(r) => r.resources.len(),
+        RequestKind::AddPartitionsToTxn(r) => r
+            .v3_and_below_topics
+            .iter()
+            .map(|t| t.partitions.len())
+            .sum::<usize>()
+            .max(r.transactions.len()),
+        RequestKind::TxnOffsetCommit(r) => r.topics.iter().map(|t| t.partitions.len()).sum(),
+        RequestKind::DescribeProducers(r) => {
+            r.topics.iter().map(|t| t.partition_indexes.len()).sum()
+        }
+        RequestKind::DescribeTransactions(r) => r.transactional_ids.len(),
         _ => 0,
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use gregor_log::{batch::iter_batches, LogError};
 use gregor_protocol::records::{validate_batch_records, RecordsError};
-use gregor_txn::{ProducerBatch, ProducerError, Verdict};
+use gregor_txn::{ProducerBatch, ProducerError, TxnError, Verdict};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -21,6 +21,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use super::sb;
 use crate::config::FsyncPolicy;
 use crate::state::{Broker, Partition};
+use crate::transactions::TransactionService;
 
 pub async fn produce(
     broker: &Arc<Broker>,
@@ -57,6 +58,7 @@ pub async fn produce(
                             format!("{}-{} does not exist", topic.name, pd.index),
                         )),
                         Some(partition) => append(
+                            broker.txns.get().map(|t| &**t),
                             partition,
                             pd.records.as_deref(),
                             &Limits {
@@ -159,6 +161,7 @@ struct Limits {
 /// by `gregor_protocol::records`, as Kafka's log validator does. A bad batch rejects the whole
 /// partition's records.
 fn append(
+    txns: Option<&TransactionService>,
     partition: &Partition,
     records: Option<&[u8]>,
     limits: &Limits,
@@ -181,10 +184,17 @@ fn append(
                 ))
             }
             Ok((header, range)) => {
-                if header.is_transactional() || header.is_control() {
+                if header.is_control() {
+                    // Only the transaction coordinator writes markers.
                     return Err((
-                        ResponseError::InvalidTxnState,
-                        "transactional produce is not supported yet".to_string(),
+                        ResponseError::InvalidRecord,
+                        "clients may not write control batches".to_string(),
+                    ));
+                }
+                if header.is_transactional() && header.producer_id < 0 {
+                    return Err((
+                        ResponseError::InvalidRecord,
+                        "a transactional batch needs a producer id".to_string(),
                     ));
                 }
                 validate_batch_records(&records[range], limits.max_decompressed_bytes).map_err(
@@ -214,6 +224,41 @@ fn append(
         })
         .collect();
     let mut log = partition.log.write().expect("log lock");
+    // KIP-890 part 1: a transactional batch is written only if its partition was added to
+    // the producer's ongoing transaction at this epoch. Checked under the log lock, which
+    // marker writes also take, so no batch slips in after its transaction's marker.
+    for h in headers.iter().filter(|h| h.is_transactional()) {
+        let verified = match txns {
+            None => Err(TxnError::InvalidTxnState),
+            Some(t) => t.verify_write(
+                h.producer_id,
+                h.producer_epoch,
+                &partition.topic,
+                partition.index,
+            ),
+        };
+        match verified {
+            Ok(()) => {}
+            Err(TxnError::ProducerFenced) => {
+                return Err((
+                    ResponseError::InvalidProducerEpoch,
+                    format!(
+                        "producer {} epoch {} is fenced",
+                        h.producer_id, h.producer_epoch
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err((
+                    ResponseError::InvalidTxnState,
+                    format!(
+                        "producer {} has no ongoing transaction with {}-{}: {e}",
+                        h.producer_id, partition.topic, partition.index
+                    ),
+                ))
+            }
+        }
+    }
     let mut producers = partition.producers.lock().expect("producer state lock");
     // Idempotence: decide every batch before writing any. A lone batch that repeats one
     // already written is answered with its original offsets and not written again.
@@ -264,6 +309,9 @@ fn append(
         let last = offset + i64::from(header.last_offset_delta);
         if let Some(pb) = pb {
             producers.record(pb, offset, last);
+            if header.is_transactional() {
+                producers.record_transactional(pb.producer_id, offset);
+            }
         }
         offset = last + 1;
     }

@@ -1,8 +1,7 @@
 //! InitProducerId for idempotent producers: hands out producer IDs and bumps epochs.
 //!
-//! Transactional producers (a `transactional_id`) need the transaction coordinator, which
-//! does not exist yet (issue 7); they get an error rather than an ID that would pretend
-//! transactions work.
+//! Transactional producers (a `transactional_id`) are routed to the transaction
+//! coordinator (`handlers::txn`) instead.
 
 use std::sync::Arc;
 

@@ -1,0 +1,229 @@
+//! Kafka's `__transaction_state` record schemas (key v0, value v0) and the control record
+//! (transaction marker) key/value, encoded by hand: `kafka-protocol` has no types for them.
+//!
+//! Key v0: `version: i16 = 0`, `transactional_id: string` (i16 length).
+//! Value v0: `version: i16 = 0`, `producer_id: i64`, `producer_epoch: i16`,
+//! `transaction_timeout_ms: i32`, `status: i8`, `partitions: [topic: string,
+//! partition_ids: [i32]]` (nullable array, i32 counts), `last_update_ms: i64`,
+//! `start_ms: i64`.
+//!
+//! Control record key: `version: i16 = 0`, `type: i16` (0 = ABORT, 1 = COMMIT);
+//! value: `version: i16 = 0`, `coordinator_epoch: i32`.
+
+use std::collections::BTreeSet;
+
+use crate::coordinator::{TxnMetadata, TxnStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad __transaction_state record: {0}")]
+pub struct RecordError(pub String);
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let len = s.len().min(i16::MAX as usize);
+    out.extend_from_slice(&(len as i16).to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..len]);
+}
+
+/// The record key of a transactional id.
+pub fn txn_key(transactional_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + transactional_id.len());
+    out.extend_from_slice(&0i16.to_be_bytes());
+    put_str(&mut out, transactional_id);
+    out
+}
+
+/// The record value (v0) of a transaction's metadata.
+pub fn txn_value(m: &TxnMetadata) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&m.producer_id.to_be_bytes());
+    out.extend_from_slice(&m.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&m.timeout_ms.to_be_bytes());
+    out.push(m.status as u8);
+    let mut topics: Vec<(&str, Vec<i32>)> = Vec::new();
+    for (t, p) in &m.partitions {
+        match topics.last_mut() {
+            Some((last, ps)) if *last == t.as_str() => ps.push(*p),
+            _ => topics.push((t.as_str(), vec![*p])),
+        }
+    }
+    out.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+    for (t, ps) in topics {
+        put_str(&mut out, t);
+        out.extend_from_slice(&(ps.len() as i32).to_be_bytes());
+        for p in ps {
+            out.extend_from_slice(&p.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&m.last_update_ms.to_be_bytes());
+    out.extend_from_slice(&m.start_ms.to_be_bytes());
+    out
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        if self.buf.len() - self.pos < n {
+            return Err(RecordError("truncated".into()));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn i8(&mut self) -> Result<i8, RecordError> {
+        Ok(self.take(1)?[0] as i8)
+    }
+    fn i16(&mut self) -> Result<i16, RecordError> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+    fn i32(&mut self) -> Result<i32, RecordError> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn i64(&mut self) -> Result<i64, RecordError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(i64::from_be_bytes(a))
+    }
+    fn string(&mut self) -> Result<String, RecordError> {
+        let len = self.i16()?;
+        if len < 0 {
+            return Err(RecordError("null string".into()));
+        }
+        let b = self.take(len as usize)?;
+        String::from_utf8(b.to_vec()).map_err(|_| RecordError("string is not UTF-8".into()))
+    }
+    /// An array count, checked against the bytes left (each element is at least `min` bytes).
+    fn count(&mut self, min: usize) -> Result<usize, RecordError> {
+        let n = self.i32()?;
+        if n < 0 {
+            return Ok(0);
+        }
+        let n = n as usize;
+        if n.saturating_mul(min) > self.buf.len() - self.pos {
+            return Err(RecordError("array count exceeds the record".into()));
+        }
+        Ok(n)
+    }
+}
+
+/// The transactional id of a key.
+pub fn decode_key(key: &[u8]) -> Result<String, RecordError> {
+    let mut r = Reader { buf: key, pos: 0 };
+    let version = r.i16()?;
+    if version != 0 {
+        return Err(RecordError(format!("unknown key version {version}")));
+    }
+    r.string()
+}
+
+/// A transaction's metadata from a value (v0; the fixed fields of a v1 value are skipped).
+pub fn decode_value(transactional_id: &str, value: &[u8]) -> Result<TxnMetadata, RecordError> {
+    let mut r = Reader { buf: value, pos: 0 };
+    let version = r.i16()?;
+    if version != 0 {
+        return Err(RecordError(format!("unsupported value version {version}")));
+    }
+    let producer_id = r.i64()?;
+    let producer_epoch = r.i16()?;
+    let timeout_ms = r.i32()?;
+    let status = TxnStatus::from_i8(r.i8()?)
+        .ok_or_else(|| RecordError("unknown transaction status".into()))?;
+    let mut partitions = BTreeSet::new();
+    for _ in 0..r.count(6)? {
+        let topic = r.string()?;
+        for _ in 0..r.count(4)? {
+            partitions.insert((topic.clone(), r.i32()?));
+        }
+    }
+    let last_update_ms = r.i64()?;
+    let start_ms = r.i64()?;
+    Ok(TxnMetadata {
+        transactional_id: transactional_id.to_string(),
+        producer_id,
+        producer_epoch,
+        timeout_ms,
+        status,
+        partitions,
+        start_ms,
+        last_update_ms,
+    })
+}
+
+/// Control record key of a transaction marker.
+pub fn marker_key(commit: bool) -> [u8; 4] {
+    let t: i16 = if commit { 1 } else { 0 };
+    let [a, b] = t.to_be_bytes();
+    [0, 0, a, b]
+}
+
+/// Control record value of a transaction marker.
+pub fn marker_value(coordinator_epoch: i32) -> [u8; 6] {
+    let e = coordinator_epoch.to_be_bytes();
+    [0, 0, e[0], e[1], e[2], e[3]]
+}
+
+/// Whether a control record key is a COMMIT (`Some(true)`) or ABORT (`Some(false)`) marker.
+pub fn decode_marker_key(key: &[u8]) -> Option<bool> {
+    if key.len() < 4 {
+        return None;
+    }
+    match i16::from_be_bytes([key[2], key[3]]) {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_round_trips() {
+        let m = TxnMetadata {
+            transactional_id: "tx".into(),
+            producer_id: 42,
+            producer_epoch: 3,
+            timeout_ms: 60_000,
+            status: TxnStatus::Ongoing,
+            partitions: [
+                ("a".to_string(), 0),
+                ("a".to_string(), 2),
+                ("b".to_string(), 1),
+            ]
+            .into_iter()
+            .collect(),
+            start_ms: 5,
+            last_update_ms: 7,
+        };
+        assert_eq!(decode_key(&txn_key("tx")).unwrap(), "tx");
+        assert_eq!(decode_value("tx", &txn_value(&m)).unwrap(), m);
+        assert!(decode_value("tx", &txn_value(&m)[..20]).is_err());
+        assert_eq!(decode_marker_key(&marker_key(true)), Some(true));
+        assert_eq!(decode_marker_key(&marker_key(false)), Some(false));
+    }
+
+    #[test]
+    fn hostile_counts_are_refused() {
+        let mut v = txn_value(&TxnMetadata {
+            transactional_id: "t".into(),
+            producer_id: 1,
+            producer_epoch: 0,
+            timeout_ms: 1,
+            status: TxnStatus::Empty,
+            partitions: BTreeSet::new(),
+            start_ms: 0,
+            last_update_ms: 0,
+        });
+        // partitions count sits after version(2)+pid(8)+epoch(2)+timeout(4)+status(1)
+        v[17..21].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(decode_value("t", &v).is_err());
+    }
+}
