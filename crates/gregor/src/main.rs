@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use gregor_broker::{Broker, BrokerConfig};
 use tokio::net::TcpListener;
 
+mod cli;
+
 /// See `gregor_protocol::alloc_guard`: keeps hostile wire counts from aborting the process.
 #[global_allocator]
 static ALLOCATOR: gregor_protocol::alloc_guard::GuardedAllocator =
@@ -21,6 +23,8 @@ static ALLOCATOR: gregor_protocol::alloc_guard::GuardedAllocator =
     about = "A Kafka-compatible event streaming platform"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: cli::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,6 +33,22 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Create, list, describe, delete topics and change their configs.
+    #[command(subcommand)]
+    Topic(cli::topic::TopicCmd),
+    /// Write stdin lines to a topic, one record per line.
+    Produce(cli::produce::ProduceArgs),
+    /// Print records of a topic.
+    Consume(cli::consume::ConsumeArgs),
+    /// Consumer groups: list, describe (lag), delete, reset offsets.
+    #[command(subcommand)]
+    Group(cli::group::GroupCmd),
+    /// Cluster information.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCmd),
+    /// Load generator: produce, consume and end-to-end benchmarks.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCmd),
 }
 
 #[derive(clap::Args)]
@@ -50,17 +70,36 @@ struct ServeArgs {
     config: Option<PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GREGOR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {
+    let g = cli.global;
+    let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Topic(c) => cli::run(async { cli::topic::run(&g, c).await }),
+        Command::Produce(a) => cli::run(async { cli::produce::run(&g, a).await }),
+        Command::Consume(a) => cli::run(async { cli::consume::run(&g, a).await }),
+        Command::Group(c) => cli::run(async { cli::group::run(&g, c).await }),
+        Command::Cluster(c) => cli::run(async { cli::cluster::run(&g, c).await }),
+        Command::Bench(c) => cli::run(async { cli::bench::run(&g, c).await }),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, no backtrace: the chain of causes joined with ': '.
+            eprintln!("gregor: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
