@@ -531,7 +531,7 @@ pub(crate) async fn find_coordinator(client: &Client, group: &str) -> Result<i32
             .await?;
         if resp.error_code == 0 {
             let id = resp.node_id.0;
-            if client.metadata().brokers.get(&id).is_none() {
+            if !client.metadata().brokers.contains_key(&id) {
                 client.refresh_metadata(Some(&[])).await?;
             }
             return Ok(id);

@@ -130,11 +130,7 @@ impl Connection {
             let dead = dead.clone();
             let addr = addr.to_string();
             tokio::spawn(async move {
-                loop {
-                    let len = match rd.read_i32().await {
-                        Ok(l) => l,
-                        Err(_) => break,
-                    };
+                while let Ok(len) = rd.read_i32().await {
                     if len < 4 || len as usize > max_response_bytes {
                         tracing::warn!(%addr, len, "response length out of range; closing");
                         break;

@@ -499,7 +499,9 @@ impl Drop for Membership {
 mod tests {
     use super::*;
 
-    fn members(spec: &[(&str, &[&str], &[(&str, i32)])]) -> BTreeMap<String, MemberSubscription> {
+    type Spec<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, i32)]);
+
+    fn members(spec: &[Spec]) -> BTreeMap<String, MemberSubscription> {
         spec.iter()
             .map(|(m, ts, owned)| {
                 (

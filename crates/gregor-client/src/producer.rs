@@ -639,6 +639,9 @@ impl Task {
     }
 }
 
+/// error code, base offset, log append time, error message
+type PartitionOutcome = (i16, i64, i64, Option<String>);
+
 fn fail(b: Sealed, e: &Error) {
     let msg = e.to_string();
     let code = e.code();
@@ -671,7 +674,7 @@ async fn send_request(
         let pd = PartitionProduceData::default()
             .with_index(*partition)
             .with_records(Some(b.data.clone()));
-        match topic_data.iter_mut().find(|t| &*t.name.0 == &**topic) {
+        match topic_data.iter_mut().find(|t| *t.name.0 == **topic) {
             Some(t) => t.partition_data.push(pd),
             None => topic_data.push(
                 TopicProduceData::default()
@@ -726,8 +729,7 @@ async fn send_request(
             }
         }
         Ok(Some(resp)) => {
-            let mut results: HashMap<(String, i32), (i16, i64, i64, Option<String>)> =
-                HashMap::with_capacity(n);
+            let mut results: HashMap<(String, i32), PartitionOutcome> = HashMap::with_capacity(n);
             for t in resp.responses {
                 for p in t.partition_responses {
                     results.insert(

@@ -146,7 +146,9 @@ async fn ensure_topic(client: &Client, a: &BenchArgs) -> anyhow::Result<i32> {
         }])
         .await?;
     for _ in 0..100 {
-        client.refresh_metadata(Some(&[a.topic.clone()])).await?;
+        client
+            .refresh_metadata(Some(std::slice::from_ref(&a.topic)))
+            .await?;
         if let Some(t) = client.topic(&a.topic) {
             if t.partitions.len() as i32 == a.partitions {
                 return Ok(a.partitions);

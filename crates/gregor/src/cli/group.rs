@@ -137,14 +137,8 @@ pub async fn run(g: &Global, cmd: GroupCmd) -> anyhow::Result<()> {
                     desc.members.len()
                 );
                 println!(
-                    "{:<24} {:>9} {:>16} {:>16} {:>8}  {:<40} {}",
-                    "TOPIC",
-                    "PARTITION",
-                    "CURRENT-OFFSET",
-                    "LOG-END-OFFSET",
-                    "LAG",
-                    "CONSUMER-ID",
-                    "HOST"
+                    "{:<24} {:>9} {:>16} {:>16} {:>8}  {:<40} HOST",
+                    "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID",
                 );
                 for r in rows {
                     println!(

@@ -106,7 +106,9 @@ pub async fn run(g: &Global, cmd: TopicCmd) -> anyhow::Result<()> {
             }
         }
         TopicCmd::Describe { topic } => {
-            client.refresh_metadata(Some(&[topic.clone()])).await?;
+            client
+                .refresh_metadata(Some(std::slice::from_ref(&topic)))
+                .await?;
             let t = client.topic_metadata(&topic).await?;
             let start = admin
                 .list_offsets(&topic, &[], OffsetSpec::Earliest)
