@@ -11,7 +11,7 @@ use crate::admin::{Admin, OffsetSpec};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::group::{Assignor, Membership, Tp};
-use crate::records::{decode_batches, ConsumerRecord};
+use crate::records::{decode_batches_with_next, ConsumerRecord};
 
 /// Where to start when there is no committed (or a no longer valid) position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,15 +471,16 @@ impl Consumer {
                         continue;
                     };
                     let Some(data) = p.records else { continue };
-                    let records = decode_batches(data)?;
-                    let mut next = pos;
+                    let (records, batch_end) = decode_batches_with_next(data)?;
+                    // Past control batches and compacted-away offsets too.
+                    let mut next = batch_end.unwrap_or(pos).max(pos);
                     for mut r in records {
                         if r.offset < pos {
                             continue; // a batch starts before the requested offset
                         }
                         r.topic = topic.clone();
                         r.partition = p.partition_index;
-                        next = r.offset + 1;
+                        next = next.max(r.offset + 1);
                         self.buffer.push_back(r);
                     }
                     self.positions.insert(tp, Some(next));

@@ -376,8 +376,15 @@ fn snappy_decompress(data: &[u8]) -> Result<Bytes> {
 
 /// Decode every complete batch in `data` (a Fetch response's `records`). A partial batch at
 /// the end (brokers may cut the last one) is ignored. Control batches yield no records.
-pub fn decode_batches(mut data: Bytes) -> Result<Vec<ConsumerRecord>> {
+pub fn decode_batches(data: Bytes) -> Result<Vec<ConsumerRecord>> {
+    Ok(decode_batches_with_next(data)?.0)
+}
+
+/// Like [`decode_batches`], also returning the offset after the last complete batch
+/// (`None` if there was none). Control batches count, so a consumer moves past them.
+pub fn decode_batches_with_next(mut data: Bytes) -> Result<(Vec<ConsumerRecord>, Option<i64>)> {
     let mut out = Vec::new();
+    let mut next = None;
     while data.remaining() >= BATCH_HEADER_BYTES {
         let batch_len = i32::from_be_bytes([data[8], data[9], data[10], data[11]]);
         if batch_len < (BATCH_HEADER_BYTES - 12) as i32 {
@@ -388,9 +395,12 @@ pub fn decode_batches(mut data: Bytes) -> Result<Vec<ConsumerRecord>> {
             break; // partial trailing batch
         }
         let batch = data.split_to(total);
+        let base = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
+        let last_delta = i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
+        next = Some(base + i64::from(last_delta) + 1);
         decode_one(batch, &mut out)?;
     }
-    Ok(out)
+    Ok((out, next))
 }
 
 fn decode_one(mut b: Bytes, out: &mut Vec<ConsumerRecord>) -> Result<()> {
@@ -511,6 +521,7 @@ mod tests {
             let b = encode_batch(&input, c, ProducerIdentity::default()).unwrap();
             let out = decode_batches(b.clone()).unwrap();
             assert_eq!(out.len(), 50, "{c:?}");
+            assert_eq!(decode_batches_with_next(b.clone()).unwrap().1, Some(50));
             for (i, (a, r)) in input.iter().zip(&out).enumerate() {
                 assert_eq!(r.offset, i as i64);
                 assert_eq!(r.key, a.key);
