@@ -16,12 +16,18 @@ import pytest
 from gregor_testlib import java_partition, unique_topic
 
 
+def cli_bin(broker) -> str:
+    """The CLI under test: GREGOR_CLI_BIN, else the broker's own binary (so the client can
+    be tested against another broker build, e.g. one with group coordination)."""
+    return os.environ.get("GREGOR_CLI_BIN") or str(broker.bin_path)
+
+
 def gregor(broker, *args, stdin=None, check=True, timeout=120):
     env = dict(os.environ)
     env["GREGOR_BROKERS"] = broker.bootstrap
     env.pop("RUST_BACKTRACE", None)
     p = subprocess.run(
-        [str(broker.bin_path), *args],
+        [cli_bin(broker), *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -142,7 +148,7 @@ def test_errors_are_one_line(broker):
         assert "panicked" not in p.stderr and "backtrace" not in p.stderr.lower()
     # Broker unreachable.
     env = dict(os.environ, GREGOR_BROKERS="127.0.0.1:1")
-    p = subprocess.run([str(broker.bin_path), "topic", "list"], capture_output=True, text=True, env=env,
+    p = subprocess.run([cli_bin(broker), "topic", "list"], capture_output=True, text=True, env=env,
                        timeout=60)
     assert p.returncode != 0 and "cannot connect to 127.0.0.1:1" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
@@ -214,7 +220,7 @@ def test_group_reset_refuses_active_group(broker):
     t, g = unique_topic("act"), unique_topic("grp")
     gregor(broker, "topic", "create", t, "-p", "1")
     env = dict(os.environ, GREGOR_BROKERS=broker.bootstrap)
-    member = subprocess.Popen([str(broker.bin_path), "consume", t, "--group", g], env=env,
+    member = subprocess.Popen([cli_bin(broker), "consume", t, "--group", g], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         from gregor_testlib import wait_for

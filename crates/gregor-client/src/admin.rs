@@ -198,16 +198,25 @@ impl Admin {
 
     /// Delete topics by name.
     pub async fn delete_topics(&self, names: &[String]) -> Result<()> {
-        let req = DeleteTopicsRequest::default()
-            .with_timeout_ms(30_000)
-            .with_topic_names(names.iter().map(|n| tn(n)).collect())
-            .with_topics(
-                names
-                    .iter()
-                    .map(|n| DeleteTopicState::default().with_name(Some(tn(n))))
-                    .collect(),
-            );
-        let resp = self.client.send_to(self.controller().await?, &req).await?;
+        let build = |v: i16| {
+            let req = DeleteTopicsRequest::default().with_timeout_ms(30_000);
+            if v >= 6 {
+                req.with_topics(
+                    names
+                        .iter()
+                        .map(|n| DeleteTopicState::default().with_name(Some(tn(n))))
+                        .collect(),
+                )
+            } else {
+                req.with_topic_names(names.iter().map(|n| tn(n)).collect())
+            }
+        };
+        let resp = self
+            .client
+            .conn(self.controller().await?)
+            .await?
+            .send_built(build)
+            .await?;
         for t in resp.responses {
             if t.error_code != 0 {
                 return Err(Error::kafka(
@@ -572,7 +581,7 @@ pub(crate) async fn fetch_offsets(
     let req = OffsetFetchRequest::default()
         .with_group_id(GroupId(s(group)))
         .with_topics(req_topics);
-    let resp = client.send_to(coord, &req).await?;
+    let resp = client.conn_tagged(coord, "group").await?.send(&req).await?;
     check(resp.error_code, || {
         format!("fetching offsets of group {group}")
     })?;
@@ -625,7 +634,7 @@ pub(crate) async fn commit_offsets(
                 })
                 .collect(),
         );
-    let resp = client.send_to(coord, &req).await?;
+    let resp = client.conn_tagged(coord, "group").await?.send(&req).await?;
     for t in resp.topics {
         for p in t.partitions {
             check(p.error_code, || {

@@ -171,8 +171,32 @@ impl Client {
     }
 
     pub(crate) async fn conn_to(&self, addr: &str) -> Result<Arc<Connection>> {
+        self.conn_keyed(addr, addr.to_string()).await
+    }
+
+    /// A connection to broker `id` dedicated to `tag` (e.g. `fetch`, `group`).
+    ///
+    /// Brokers answer the requests of one connection in order, so a long-polling Fetch
+    /// parked by the broker would hold up produce requests, heartbeats and commits queued
+    /// behind it. The consumer therefore fetches and talks to its coordinator on their own
+    /// connections, as the Java client does.
+    pub(crate) async fn conn_tagged(&self, id: i32, tag: &str) -> Result<Arc<Connection>> {
+        let addr = {
+            let md = self.inner.metadata.read().unwrap();
+            md.brokers.get(&id).map(|b| b.addr())
+        };
+        match addr {
+            Some(a) => {
+                let key = format!("{a}#{tag}");
+                self.conn_keyed(&a, key).await
+            }
+            None => Err(Error::Protocol(format!("broker {id} is not in metadata"))),
+        }
+    }
+
+    async fn conn_keyed(&self, addr: &str, key: String) -> Result<Arc<Connection>> {
         let mut conns = self.inner.conns.lock().await;
-        if let Some(c) = conns.get(addr) {
+        if let Some(c) = conns.get(&key) {
             if !c.is_dead() {
                 return Ok(c.clone());
             }
@@ -187,7 +211,7 @@ impl Client {
             )
             .await?,
         );
-        conns.insert(addr.to_string(), c.clone());
+        conns.insert(key, c.clone());
         Ok(c)
     }
 
@@ -254,19 +278,25 @@ impl Client {
     /// Refresh metadata. `None` asks for every topic, `Some(&[])` for brokers only,
     /// otherwise for the given topics (the broker may auto-create them if it allows).
     pub async fn refresh_metadata(&self, topics: Option<&[String]>) -> Result<ClusterMetadata> {
-        let req = MetadataRequest::default()
-            .with_topics(topics.map(|ts| {
-                ts.iter()
-                    .map(|t| {
-                        MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
-                    })
-                    .collect()
-            }))
-            .with_allow_auto_topic_creation(false);
+        let req = MetadataRequest::default().with_topics(topics.map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                })
+                .collect()
+        }));
         let conn = self.any_conn().await?;
         // v0 cannot ask for "no topics"; every broker worth talking to has v1+.
-        let resp = conn.send(&req).await?;
+        let resp = conn
+            .send_built(|v| {
+                if v >= 4 {
+                    req.with_allow_auto_topic_creation(false)
+                } else {
+                    req
+                }
+            })
+            .await?;
         let mut md = self.inner.metadata.write().unwrap();
         md.cluster_id = resp.cluster_id.map(|s| s.to_string());
         md.controller_id = resp.controller_id.0;

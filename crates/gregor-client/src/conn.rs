@@ -175,7 +175,7 @@ impl Connection {
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
         let mut resp: ApiVersionsResponse = self.send_version(&req, 3).await?;
         if resp.error_code == 35 {
-            resp = self.send_version(&req, 0).await?;
+            resp = self.send_version(&ApiVersionsRequest::default(), 0).await?;
         }
         crate::error::check(resp.error_code, || {
             format!("ApiVersions from {}", self.addr)
@@ -222,6 +222,17 @@ impl Connection {
         let api = api_of::<R>()?;
         let v = self.version_for(api)?;
         self.send_version(req, v).await
+    }
+
+    /// Build the request for the negotiated version (fields differ between versions and
+    /// `kafka-protocol` refuses to encode a field the version lacks), send it and wait.
+    pub(crate) async fn send_built<R: Request>(
+        &self,
+        build: impl FnOnce(i16) -> R,
+    ) -> Result<R::Response> {
+        let api = api_of::<R>()?;
+        let v = self.version_for(api)?;
+        self.send_version(&build(v), v).await
     }
 
     /// Send without waiting for a response (Produce with acks=0).

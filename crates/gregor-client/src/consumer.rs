@@ -425,9 +425,9 @@ impl Consumer {
                         .collect(),
                 );
             let client = self.client.clone();
-            futs.push(tokio::spawn(
-                async move { client.send_to(leader, &req).await },
-            ));
+            futs.push(tokio::spawn(async move {
+                client.conn_tagged(leader, "fetch").await?.send(&req).await
+            }));
         }
         let mut refresh = false;
         for f in futs {

@@ -333,7 +333,7 @@ impl Membership {
                 .with_protocols(vec![JoinGroupRequestProtocol::default()
                     .with_name(StrBytes::from_static_str(self.assignor.name()))
                     .with_metadata(meta)]);
-            let conn = client.conn(self.coordinator).await?;
+            let conn = client.conn_tagged(self.coordinator, "group").await?;
             let resp = conn.send(&req).await?;
             match resp.error_code {
                 0 => {}
@@ -403,10 +403,17 @@ impl Membership {
                 .with_group_id(gid.clone())
                 .with_generation_id(self.generation)
                 .with_member_id(StrBytes::from_string(self.member_id.clone()))
-                .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
-                .with_protocol_name(Some(StrBytes::from_string(protocol)))
                 .with_assignments(assignments);
-            let sresp = conn.send(&sync).await?;
+            let sresp = conn
+                .send_built(|v| {
+                    if v >= 5 {
+                        sync.with_protocol_type(Some(StrBytes::from_static_str("consumer")))
+                            .with_protocol_name(Some(StrBytes::from_string(protocol)))
+                    } else {
+                        sync
+                    }
+                })
+                .await?;
             match sresp.error_code {
                 0 => {}
                 27 | 22 | 25 => {
@@ -451,7 +458,8 @@ impl Membership {
         self.heartbeat = Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
-                match client.send_to(coord, &req).await {
+                let sent = async { client.conn_tagged(coord, "group").await?.send(&req).await };
+                match sent.await {
                     Ok(r) if r.error_code == 0 => {}
                     Ok(r) => {
                         tracing::debug!(code = r.error_code, "heartbeat: rejoin needed");
@@ -476,12 +484,33 @@ impl Membership {
         if self.member_id.is_empty() || self.coordinator < 0 {
             return;
         }
-        let req = LeaveGroupRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(self.group.clone())))
-            .with_member_id(StrBytes::from_string(self.member_id.clone()))
-            .with_members(vec![MemberIdentity::default()
-                .with_member_id(StrBytes::from_string(self.member_id.clone()))]);
-        let _ = client.send_to(self.coordinator, &req).await;
+        let group = self.group.clone();
+        let member = self.member_id.clone();
+        let build = move |v: i16| {
+            let req = LeaveGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(group.clone())));
+            if v <= 2 {
+                req.with_member_id(StrBytes::from_string(member.clone()))
+            } else {
+                req.with_members(vec![
+                    MemberIdentity::default().with_member_id(StrBytes::from_string(member.clone()))
+                ])
+            }
+        };
+        match client.conn_tagged(self.coordinator, "group").await {
+            Ok(c) => match c.send_built(build).await {
+                Ok(r) if r.error_code != 0 => {
+                    tracing::debug!(code = r.error_code, "LeaveGroup refused")
+                }
+                Ok(r) => {
+                    for m in r.members.iter().filter(|m| m.error_code != 0) {
+                        tracing::debug!(code = m.error_code, member = %m.member_id, "LeaveGroup member refused");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "LeaveGroup failed"),
+            },
+            Err(e) => tracing::debug!(error = %e, "LeaveGroup: no connection"),
+        }
         self.member_id.clear();
         self.generation = -1;
     }

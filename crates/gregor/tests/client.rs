@@ -22,7 +22,10 @@ struct Broker {
 
 impl Broker {
     fn start_in(dir: tempfile::TempDir, listen: &str) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gregor"))
+        // GREGOR_BROKER_BIN runs the client against another broker build.
+        let bin = std::env::var("GREGOR_BROKER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_gregor").to_string());
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir.path().join("data"))
             .stdout(Stdio::piped())

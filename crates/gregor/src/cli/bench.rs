@@ -77,12 +77,13 @@ pub struct BenchArgs {
 }
 
 struct Progress {
+    what: &'static str,
     bar: Option<indicatif::ProgressBar>,
     total: Option<u64>,
 }
 
 impl Progress {
-    fn new(total: Option<u64>, what: &str) -> Progress {
+    fn new(total: Option<u64>, what: &'static str) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = match total {
                 Some(t) => indicatif::ProgressBar::new(t),
@@ -96,7 +97,7 @@ impl Progress {
             );
             b
         });
-        Progress { bar, total }
+        Progress { what, bar, total }
     }
 
     fn tick(&self, done: u64, bytes: u64, elapsed: Duration) {
@@ -107,7 +108,8 @@ impl Progress {
                 b.set_message(format!("{mbps:.1} MB/s"));
             }
             None => eprintln!(
-                "{:>7.1}s {done}{} records, {:.0} records/s, {mbps:.1} MB/s",
+                "{} {:>7.1}s {done}{} records, {:.0} records/s, {mbps:.1} MB/s",
+                self.what,
                 elapsed.as_secs_f64(),
                 self.total.map(|t| format!("/{t}")).unwrap_or_default(),
                 done as f64 / elapsed.as_secs_f64().max(1e-9)
@@ -233,18 +235,29 @@ pub async fn run(g: &Global, cmd: BenchCmd) -> anyhow::Result<()> {
         .duration
         .map(|d| Instant::now() + Duration::from_secs_f64(d));
     let summary = match kind {
-        "produce" => produce(&client, &a, total, deadline, false).await?,
-        "consume" => consume(&client, &a, partitions, total, deadline, false).await?,
+        "produce" => produce(&client, &a, total, deadline, false, None).await?,
+        "consume" => consume(&client, &a, partitions, total, deadline, false, None).await?,
         _ => {
+            // Consumers take their start offsets first, then the producers start.
+            let ready = Arc::new(tokio::sync::Notify::new());
+            let produced = Arc::new(AtomicU64::new(u64::MAX));
+            let ready_p = ready.clone();
             let (p, c) = tokio::join!(
-                produce(&client, &a, total, deadline, true),
+                async {
+                    let r = produce(&client, &a, total, deadline, true, Some(ready_p)).await;
+                    if let Ok(s) = &r {
+                        produced.store(s.records, Ordering::SeqCst);
+                    }
+                    r
+                },
                 consume(
                     &client,
                     &a,
                     partitions,
                     total,
                     deadline.map(|d| d + Duration::from_secs(10)),
-                    true
+                    true,
+                    Some((ready, produced.clone()))
                 )
             );
             let p = p?;
@@ -269,7 +282,11 @@ async fn produce(
     total: Option<u64>,
     deadline: Option<Instant>,
     e2e: bool,
+    ready: Option<Arc<tokio::sync::Notify>>,
 ) -> anyhow::Result<Summary> {
+    if let Some(r) = ready {
+        r.notified().await;
+    }
     let config = ProducerConfig {
         acks: super::produce::parse_acks(&a.acks)?,
         compression: a.compression.parse::<Compression>()?,
@@ -430,7 +447,12 @@ async fn consume(
     total: Option<u64>,
     deadline: Option<Instant>,
     e2e: bool,
+    sync: Option<(Arc<tokio::sync::Notify>, Arc<AtomicU64>)>,
 ) -> anyhow::Result<Summary> {
+    let (ready, produced) = match sync {
+        Some((r, p)) => (Some(r), Some(p)),
+        None => (None, None),
+    };
     let n = a.consumers.min(partitions as usize).max(1);
     let got = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
@@ -457,14 +479,22 @@ async fn consume(
                 OffsetSpec::Earliest
             })
             .await?;
-        let (got, bytes) = (got.clone(), bytes.clone());
+        let (got, bytes, produced) = (got.clone(), bytes.clone(), produced.clone());
         tasks.push(tokio::spawn(async move {
             let mut h = hist();
+            let mut last_progress = Instant::now();
             loop {
                 let done = got.load(Ordering::Relaxed);
-                if total.is_some_and(|t| done >= t) || deadline.is_some_and(|d| Instant::now() >= d)
+                if total.is_some_and(|t| done >= t)
+                    || deadline.is_some_and(|d| Instant::now() >= d)
+                    || produced
+                        .as_ref()
+                        .is_some_and(|p| done >= p.load(Ordering::SeqCst))
                 {
                     break;
+                }
+                if last_progress.elapsed() > Duration::from_secs(10) {
+                    anyhow::bail!("no records for 10 s; {done} consumed so far");
                 }
                 let recs = consumer.poll(Duration::from_millis(500)).await?;
                 let now = now_us();
@@ -477,11 +507,17 @@ async fn consume(
                         let _ = h.record(now.saturating_sub(sent).max(1));
                     }
                 }
+                if !recs.is_empty() {
+                    last_progress = Instant::now();
+                }
                 bytes.fetch_add(b, Ordering::Relaxed);
                 got.fetch_add(recs.len() as u64, Ordering::Relaxed);
             }
             anyhow::Ok(h)
         }));
+    }
+    if let Some(r) = ready {
+        r.notify_one();
     }
     let ticker = {
         let (got, bytes) = (got.clone(), bytes.clone());
