@@ -220,7 +220,7 @@ def test_group_reset_refuses_active_group(broker):
     t, g = unique_topic("act"), unique_topic("grp")
     gregor(broker, "topic", "create", t, "-p", "1")
     env = dict(os.environ, GREGOR_BROKERS=broker.bootstrap)
-    member = subprocess.Popen([cli_bin(broker), "consume", t, "--group", g], env=env,
+    member = subprocess.Popen([cli_bin(broker), "consume", t, "--group", g, "--assignor", "cooperative-sticky"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         from gregor_testlib import wait_for

@@ -515,7 +515,7 @@ impl Admin {
         group: &str,
         topics: Option<&[String]>,
     ) -> Result<BTreeMap<(String, i32), i64>> {
-        fetch_offsets(&self.client, group, topics).await
+        fetch_offsets(&self.client, group, topics, "admin").await
     }
 
     /// Commit offsets for `group` outside any generation (the group must be empty).
@@ -524,7 +524,7 @@ impl Admin {
         group: &str,
         offsets: &BTreeMap<(String, i32), i64>,
     ) -> Result<()> {
-        commit_offsets(&self.client, group, -1, "", offsets).await
+        commit_offsets(&self.client, group, -1, "", offsets, "admin").await
     }
 }
 
@@ -563,6 +563,7 @@ pub(crate) async fn fetch_offsets(
     client: &Client,
     group: &str,
     topics: Option<&[String]>,
+    tag: &str,
 ) -> Result<BTreeMap<(String, i32), i64>> {
     let coord = find_coordinator(client, group).await?;
     let mut req_topics = None;
@@ -581,7 +582,7 @@ pub(crate) async fn fetch_offsets(
     let req = OffsetFetchRequest::default()
         .with_group_id(GroupId(s(group)))
         .with_topics(req_topics);
-    let resp = client.conn_tagged(coord, "group").await?.send(&req).await?;
+    let resp = client.conn_tagged(coord, tag).await?.send(&req).await?;
     check(resp.error_code, || {
         format!("fetching offsets of group {group}")
     })?;
@@ -608,6 +609,7 @@ pub(crate) async fn commit_offsets(
     generation: i32,
     member_id: &str,
     offsets: &BTreeMap<(String, i32), i64>,
+    tag: &str,
 ) -> Result<()> {
     let coord = find_coordinator(client, group).await?;
     let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
@@ -634,7 +636,7 @@ pub(crate) async fn commit_offsets(
                 })
                 .collect(),
         );
-    let resp = client.conn_tagged(coord, "group").await?.send(&req).await?;
+    let resp = client.conn_tagged(coord, tag).await?.send(&req).await?;
     for t in resp.topics {
         for p in t.partitions {
             check(p.error_code, || {

@@ -194,6 +194,14 @@ impl Client {
         }
     }
 
+    /// Drop the pooled connections tagged `tag*` (a consumer's, when it closes).
+    pub(crate) fn forget_tagged(&self, tag: &str) {
+        let needle = format!("#{tag}");
+        if let Ok(mut conns) = self.inner.conns.try_lock() {
+            conns.retain(|k, _| !k.contains(&needle));
+        }
+    }
+
     async fn conn_keyed(&self, addr: &str, key: String) -> Result<Arc<Connection>> {
         let mut conns = self.inner.conns.lock().await;
         if let Some(c) = conns.get(&key) {

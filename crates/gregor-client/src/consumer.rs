@@ -108,7 +108,13 @@ pub struct Consumer {
     membership: Option<Membership>,
     last_commit: Instant,
     committed: BTreeMap<Tp, i64>,
+    /// This consumer's own connections (`<tag>-fetch`, `<tag>-group`): brokers answer one
+    /// connection's requests in order, so consumers sharing a `Client` must not share the
+    /// connections they long-poll or rebalance on.
+    tag: String,
 }
+
+static NEXT_CONSUMER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Consumer {
     /// A consumer with nothing assigned.
@@ -124,6 +130,10 @@ impl Consumer {
             membership: None,
             last_commit: Instant::now(),
             committed: BTreeMap::new(),
+            tag: format!(
+                "consumer{}",
+                NEXT_CONSUMER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
         }
     }
 
@@ -159,6 +169,7 @@ impl Consumer {
             &group,
             self.config.assignor,
             self.config.session_timeout,
+            format!("{}-group", self.tag),
         ));
         self.rejoin().await
     }
@@ -177,6 +188,7 @@ impl Consumer {
                     m.generation,
                     &m.member_id,
                     &offs,
+                    &format!("{}-group", self.tag),
                 )
                 .await
                 {
@@ -287,7 +299,15 @@ impl Consumer {
         if changed.is_empty() {
             return Ok(());
         }
-        crate::admin::commit_offsets(&self.client, &group, generation, &member, &changed).await?;
+        crate::admin::commit_offsets(
+            &self.client,
+            &group,
+            generation,
+            &member,
+            &changed,
+            &format!("{}-group", self.tag),
+        )
+        .await?;
         self.committed.extend(changed);
         self.last_commit = Instant::now();
         Ok(())
@@ -310,7 +330,13 @@ impl Consumer {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let committed = crate::admin::fetch_offsets(&self.client, g, Some(&topics)).await?;
+            let committed = crate::admin::fetch_offsets(
+                &self.client,
+                g,
+                Some(&topics),
+                &format!("{}-group", self.tag),
+            )
+            .await?;
             for tp in &unresolved {
                 if let Some(o) = committed.get(tp) {
                     self.positions.insert(tp.clone(), Some(*o));
@@ -425,8 +451,9 @@ impl Consumer {
                         .collect(),
                 );
             let client = self.client.clone();
+            let tag = format!("{}-fetch", self.tag);
             futs.push(tokio::spawn(async move {
-                client.conn_tagged(leader, "fetch").await?.send(&req).await
+                client.conn_tagged(leader, &tag).await?.send(&req).await
             }));
         }
         let mut refresh = false;
@@ -511,5 +538,11 @@ impl Consumer {
             m.leave(&self.client).await;
         }
         result
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.client.forget_tagged(&self.tag);
     }
 }

@@ -288,11 +288,19 @@ pub(crate) struct Membership {
     pub rebalance_timeout: Duration,
     pub coordinator: i32,
     pub rejoin: Arc<AtomicBool>,
+    /// Connection tag: each member talks to the coordinator on its own connection, since a
+    /// JoinGroup parked by the coordinator blocks everything behind it on that connection.
+    pub tag: String,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Membership {
-    pub fn new(group: &str, assignor: Assignor, session_timeout: Duration) -> Membership {
+    pub fn new(
+        group: &str,
+        assignor: Assignor,
+        session_timeout: Duration,
+        tag: String,
+    ) -> Membership {
         Membership {
             group: group.to_string(),
             member_id: String::new(),
@@ -302,6 +310,7 @@ impl Membership {
             rebalance_timeout: Duration::from_secs(60),
             coordinator: -1,
             rejoin: Arc::new(AtomicBool::new(true)),
+            tag,
             heartbeat: None,
         }
     }
@@ -333,7 +342,7 @@ impl Membership {
                 .with_protocols(vec![JoinGroupRequestProtocol::default()
                     .with_name(StrBytes::from_static_str(self.assignor.name()))
                     .with_metadata(meta)]);
-            let conn = client.conn_tagged(self.coordinator, "group").await?;
+            let conn = client.conn_tagged(self.coordinator, &self.tag).await?;
             let resp = conn.send(&req).await?;
             match resp.error_code {
                 0 => {}
@@ -454,11 +463,12 @@ impl Membership {
             .with_member_id(StrBytes::from_string(self.member_id.clone()));
         let coord = self.coordinator;
         let rejoin = self.rejoin.clone();
+        let tag = self.tag.clone();
         let interval = (self.session_timeout / 3).max(Duration::from_millis(100));
         self.heartbeat = Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
-                let sent = async { client.conn_tagged(coord, "group").await?.send(&req).await };
+                let sent = async { client.conn_tagged(coord, &tag).await?.send(&req).await };
                 match sent.await {
                     Ok(r) if r.error_code == 0 => {}
                     Ok(r) => {
@@ -497,7 +507,7 @@ impl Membership {
                 ])
             }
         };
-        match client.conn_tagged(self.coordinator, "group").await {
+        match client.conn_tagged(self.coordinator, &self.tag).await {
             Ok(c) => match c.send_built(build).await {
                 Ok(r) if r.error_code != 0 => {
                     tracing::debug!(code = r.error_code, "LeaveGroup refused")

@@ -379,3 +379,85 @@ async fn group_rebalance_two_processes() {
     let _ = p2.wait();
     assert!(ok, "two members never shared the partitions");
 }
+
+/// Cooperative-sticky: a second member joins; the first keeps a subset of what it owned
+/// (nothing moves twice) and the partitions end up split 2/2. Skipped without groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_sticky_rebalance_keeps_owned_partitions() {
+    use gregor_client::group::Assignor;
+    use std::sync::{Arc, Mutex};
+
+    let b = Broker::start();
+    let client = setup(&b, "coop", 4).await;
+    if !groups_supported(&client) {
+        eprintln!("skipped: broker does not advertise FindCoordinator");
+        return;
+    }
+    let cfg = ConsumerConfig {
+        group_id: Some("g-coop".into()),
+        assignor: Assignor::CooperativeSticky,
+        session_timeout: Duration::from_secs(6),
+        ..Default::default()
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    type History = Arc<Mutex<Vec<Vec<(String, i32)>>>>;
+    let spawn_member = |name: &'static str, seen: History| {
+        let client = client.clone();
+        let cfg = cfg.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut c = Consumer::new(client, cfg);
+            c.subscribe(&["coop".into()]).await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.poll(Duration::from_millis(200)).await.unwrap();
+                let a = c.assignment();
+                let mut s = seen.lock().unwrap();
+                if s.last() != Some(&a) {
+                    eprintln!("{name}: {a:?}");
+                    s.push(a);
+                }
+            }
+            c.close().await.unwrap();
+        })
+    };
+    let seen_a = Arc::new(Mutex::new(Vec::new()));
+    let seen_b = Arc::new(Mutex::new(Vec::new()));
+    let ta = spawn_member("a", seen_a.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen_a.lock().unwrap().last().map_or(0, |a| a.len()) != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "first member never got all partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tb = spawn_member("b", seen_b.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = seen_a.lock().unwrap().last().cloned().unwrap_or_default();
+        let bb = seen_b.lock().unwrap().last().cloned().unwrap_or_default();
+        if a.len() == 2 && bb.len() == 2 {
+            let mut all: Vec<_> = a.iter().chain(bb.iter()).cloned().collect();
+            all.sort();
+            all.dedup();
+            assert_eq!(all.len(), 4, "disjoint: {a:?} {bb:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never balanced: a={a:?} b={bb:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // a only ever shrank: every assignment it had is a subset of the previous one.
+    let history = seen_a.lock().unwrap().clone();
+    for w in history.windows(2) {
+        assert!(
+            w[1].iter().all(|tp| w[0].contains(tp)),
+            "a regained partitions: {history:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    ta.await.unwrap();
+    tb.await.unwrap();
+}

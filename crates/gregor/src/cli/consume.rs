@@ -40,6 +40,9 @@ pub struct ConsumeArgs {
     /// Do not commit offsets (with --group).
     #[arg(long)]
     pub no_commit: bool,
+    /// Partition assignor with --group: range or cooperative-sticky.
+    #[arg(long, default_value = "range")]
+    pub assignor: String,
 }
 
 fn show(b: &Option<bytes::Bytes>) -> String {
@@ -129,6 +132,7 @@ pub async fn run(g: &Global, a: ConsumeArgs) -> anyhow::Result<()> {
         group_id: a.group.clone(),
         auto_offset_reset: reset,
         enable_auto_commit: false, // the CLI commits exactly what it printed
+        assignor: a.assignor.parse()?,
         auto_commit_interval: Duration::from_secs(1),
         ..Default::default()
     };
