@@ -152,9 +152,12 @@ def test_errors_are_one_line(broker):
                        timeout=60)
     assert p.returncode != 0 and "cannot connect to 127.0.0.1:1" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
-    # Bad flag: clap's usage error, non-zero.
-    p = gregor(broker, "topic", "create", check=False)
-    assert p.returncode != 0 and "panicked" not in p.stderr
+    # Bad flags: one line, exit code 2.
+    for args in (["topic", "create"], ["consume", "t", "--no-such-flag"], ["produce", "t", "--acks", "7"],
+                 ["bench", "produce", "--count", "many"]):
+        p = gregor(broker, *args, stdin="", check=False)
+        assert p.returncode != 0 and "panicked" not in p.stderr, args
+        assert len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
 
 
 def test_bench_produce_consume_json(broker):

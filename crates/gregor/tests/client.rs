@@ -198,7 +198,8 @@ async fn seek_and_manual_assign() {
     assert!(c.assign(&[("seek".into(), 3)]).await.is_err());
 }
 
-/// Retries: the broker is killed (SIGKILL) and restarted on the same port and data dir while
+/// Retries (idempotent ones when the broker offers InitProducerId; Gregor does not yet, so
+/// there the exactly-once check is skipped): the broker is killed (SIGKILL) and restarted on the same port and data dir while
 /// the producer is sending. Every record is acknowledged, and within each partition the
 /// records read back keep the order they were sent in (one batch in flight per partition;
 /// duplicates are possible without idempotence, reordering is not).
@@ -266,6 +267,10 @@ async fn producer_retries_across_broker_restart_keep_order() {
         seen.insert(v);
     }
     assert_eq!(seen.len(), 3000, "every record is in the log");
+    if producer.idempotent() {
+        // With idempotence the broker drops retried duplicates: exactly once per record.
+        assert_eq!(recs.len(), 3000, "idempotent retries wrote duplicates");
+    }
 }
 
 fn groups_supported(client: &Client) -> bool {
