@@ -7,6 +7,7 @@ workload against the same fresh `gregor serve`, in one run.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,17 +23,21 @@ def main():
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--acks", default="all")
+    ap.add_argument("--idempotence", choices=["true", "false"], default="false",
+                    help="for both clients (confluent-kafka's default is false)")
     args = ap.parse_args()
-    b = Broker(DEFAULT_BIN).start()
+    # GREGOR_BIN: the broker to measure against (default: this build's).
+    b = Broker(Path(os.environ.get("GREGOR_BIN", DEFAULT_BIN))).start()
     try:
         gregor = json.loads(subprocess.run(
             [str(DEFAULT_BIN), "--brokers", b.bootstrap, "bench", "produce", "--topic", "bench-gregor",
              "--count", str(args.count), "--record-size", str(args.size), "--partitions", str(args.partitions),
-             "--acks", args.acks, "--json"], capture_output=True, text=True, check=True).stdout)
+             "--acks", args.acks, "--idempotence", args.idempotence, "--json"], capture_output=True, text=True, check=True).stdout)
 
         from confluent_kafka import Producer
         create_topic_confluent(b.bootstrap, "bench-rdkafka", args.partitions)
         p = Producer({**confluent_common(b.bootstrap), "acks": args.acks, "linger.ms": 5,
+                      "enable.idempotence": args.idempotence == "true",
                       "queue.buffering.max.messages": 1_000_000, "batch.size": 1_000_000})
         payload = b"x" * args.size
         errors = [0]

@@ -238,7 +238,8 @@ impl Admin {
             .with_timeout_ms(30_000)
             .with_topics(vec![CreatePartitionsTopic::default()
                 .with_name(tn(topic))
-                .with_count(count)]);
+                .with_count(count)
+                .with_assignments(None)]);
         let resp = self.client.send_to(self.controller().await?, &req).await?;
         for r in resp.results {
             if r.error_code != 0 {
@@ -295,7 +296,8 @@ impl Admin {
                     .with_value(Some(s(v))),
                 ConfigOp::Delete(k) => AlterableConfig::default()
                     .with_name(s(k))
-                    .with_config_operation(1),
+                    .with_config_operation(1)
+                    .with_value(None),
             })
             .collect();
         let req = IncrementalAlterConfigsRequest::default().with_resources(vec![

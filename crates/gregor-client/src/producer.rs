@@ -22,7 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -195,6 +195,7 @@ enum Msg {
 pub struct Producer {
     tx: mpsc::Sender<Msg>,
     idempotent: Arc<AtomicBool>,
+    retries: Arc<AtomicU64>,
 }
 
 impl Producer {
@@ -216,8 +217,10 @@ impl Producer {
             if client.api_versions(ApiKey::InitProducerId).await?.is_some() {
                 let resp = client
                     .send_any(
+                        // Default has transactional_id Some(""): an idempotent producer sends null.
                         &InitProducerIdRequest::default()
-                            .with_transaction_timeout_ms(60_000)
+                            .with_transactional_id(None)
+                            .with_transaction_timeout_ms(-1)
                             .with_producer_id(ProducerId(-1))
                             .with_producer_epoch(-1),
                     )
@@ -229,6 +232,7 @@ impl Producer {
             }
         }
         let idempotent = Arc::new(AtomicBool::new(identity.is_some()));
+        let retries = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel(config.queue_records.max(1));
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let task = Task {
@@ -241,9 +245,19 @@ impl Producer {
             flushers: Vec::new(),
             done_tx,
             in_flight_total: 0,
+            retries: retries.clone(),
         };
         tokio::spawn(task.run(rx, done_rx));
-        Ok(Producer { tx, idempotent })
+        Ok(Producer {
+            tx,
+            idempotent,
+            retries,
+        })
+    }
+
+    /// How many times a batch has been retried so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Whether batches carry a producer id and sequence numbers.
@@ -320,6 +334,7 @@ struct Task {
     flushers: Vec<oneshot::Sender<()>>,
     done_tx: mpsc::UnboundedSender<Completion>,
     in_flight_total: usize,
+    retries: Arc<AtomicU64>,
 }
 
 impl Task {
@@ -357,7 +372,7 @@ impl Task {
                 }
                 _ = sleep_until(deadline) => {}
             }
-            if closed {
+            if closed && self.flushers.is_empty() {
                 self.flushers.push(oneshot::channel().0);
             }
             self.seal_ready();
@@ -627,6 +642,7 @@ impl Task {
                     && c.batch.created.elapsed() < self.config.delivery_timeout =>
             {
                 tracing::debug!(topic = %c.key.0, partition = c.key.1, error = %e, attempt = c.batch.attempts, "retrying batch");
+                self.retries.fetch_add(1, Ordering::Relaxed);
                 part.sealed.push_front(c.batch);
                 part.backoff_until = Some(Instant::now() + self.config.retry_backoff);
                 let _ = self

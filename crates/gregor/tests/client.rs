@@ -267,6 +267,14 @@ async fn producer_retries_across_broker_restart_keep_order() {
         seen.insert(v);
     }
     assert_eq!(seen.len(), 3000, "every record is in the log");
+    assert!(producer.retries() > 0, "the restart forced retries");
+    eprintln!(
+        "idempotent={} retries={} records in log={} distinct={}",
+        producer.idempotent(),
+        producer.retries(),
+        recs.len(),
+        seen.len()
+    );
     if producer.idempotent() {
         // With idempotence the broker drops retried duplicates: exactly once per record.
         assert_eq!(recs.len(), 3000, "idempotent retries wrote duplicates");
