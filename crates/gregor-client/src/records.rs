@@ -161,23 +161,39 @@ fn put_bytes_field(buf: &mut BytesMut, b: Option<&[u8]>) {
     }
 }
 
+fn bytes_field_len(b: Option<&[u8]>) -> usize {
+    match b {
+        None => 1,
+        Some(b) => varint_len(b.len() as i64) + b.len(),
+    }
+}
+
 fn encode_records(out: &mut BytesMut, records: &[OutRecord], base_ts: i64) {
-    let mut body = BytesMut::new();
     for (i, r) in records.iter().enumerate() {
-        body.clear();
-        body.put_i8(0);
-        put_varlong(&mut body, r.timestamp - base_ts);
-        put_varint(&mut body, i as i32);
-        put_bytes_field(&mut body, r.key.as_deref());
-        put_bytes_field(&mut body, r.value.as_deref());
-        put_varint(&mut body, r.headers.len() as i32);
+        let ts_delta = r.timestamp - base_ts;
+        let mut len = 1
+            + varint_len(ts_delta)
+            + varint_len(i as i64)
+            + bytes_field_len(r.key.as_deref())
+            + bytes_field_len(r.value.as_deref())
+            + varint_len(r.headers.len() as i64);
         for h in &r.headers {
-            put_bytes_field(&mut body, Some(h.key.as_bytes()));
-            put_bytes_field(&mut body, h.value.as_deref());
+            len += bytes_field_len(Some(h.key.as_bytes())) + bytes_field_len(h.value.as_deref());
         }
-        out.reserve(body.len() + varint_len(body.len() as i64));
-        put_varint(out, body.len() as i32);
-        out.put_slice(&body);
+        out.reserve(len + 5);
+        put_varint(out, len as i32);
+        let start = out.len();
+        out.put_i8(0);
+        put_varlong(out, ts_delta);
+        put_varint(out, i as i32);
+        put_bytes_field(out, r.key.as_deref());
+        put_bytes_field(out, r.value.as_deref());
+        put_varint(out, r.headers.len() as i32);
+        for h in &r.headers {
+            put_bytes_field(out, Some(h.key.as_bytes()));
+            put_bytes_field(out, h.value.as_deref());
+        }
+        debug_assert_eq!(out.len() - start, len);
     }
 }
 
