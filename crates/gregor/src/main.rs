@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use gregor_broker::{Broker, BrokerConfig};
 use tokio::net::TcpListener;
 
+mod cli;
+
 /// See `gregor_protocol::alloc_guard`: keeps hostile wire counts from aborting the process.
 #[global_allocator]
 static ALLOCATOR: gregor_protocol::alloc_guard::GuardedAllocator =
@@ -23,6 +25,8 @@ static ALLOCATOR: gregor_protocol::alloc_guard::GuardedAllocator =
     about = "A Kafka-compatible event streaming platform"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: cli::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +35,22 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Create, list, describe, delete topics and change their configs.
+    #[command(subcommand)]
+    Topic(cli::topic::TopicCmd),
+    /// Write stdin lines to a topic, one record per line.
+    Produce(cli::produce::ProduceArgs),
+    /// Print records of a topic.
+    Consume(cli::consume::ConsumeArgs),
+    /// Consumer groups: list, describe (lag), delete, reset offsets.
+    #[command(subcommand)]
+    Group(cli::group::GroupCmd),
+    /// Cluster information.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCmd),
+    /// Load generator: produce, consume and end-to-end benchmarks.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCmd),
     /// Storage benchmark: raw disk vs durable append throughput, fsync latency.
     #[command(hide = true)]
     BenchStorage(bench_storage::BenchArgs),
@@ -59,18 +79,55 @@ struct ServeArgs {
     fsync: Option<gregor_broker::config::FsyncPolicy>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line: clap's first line ("error: unexpected argument ...").
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!("gregor: {first} (see gregor --help)");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GREGOR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {
+    let g = cli.global;
+    let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::BenchStorage(args) => bench_storage::run(args),
+        Command::Topic(c) => cli::run(async { cli::topic::run(&g, c).await }),
+        Command::Produce(a) => cli::run(async { cli::produce::run(&g, a).await }),
+        Command::Consume(a) => cli::run(async { cli::consume::run(&g, a).await }),
+        Command::Group(c) => cli::run(async { cli::group::run(&g, c).await }),
+        Command::Cluster(c) => cli::run(async { cli::cluster::run(&g, c).await }),
+        Command::Bench(c) => cli::run(async { cli::bench::run(&g, c).await }),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, no backtrace: the chain of causes joined with ': '.
+            eprintln!("gregor: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

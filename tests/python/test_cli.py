@@ -1,0 +1,236 @@
+"""Scenario tests: every `gregor` client command against a real `gregor serve`.
+
+Commands run as subprocesses with GREGOR_BROKERS pointing at the test broker; JSON output
+(`--format json`) is parsed and checked. Group commands need a broker with group
+coordination: they are skipped unless the broker advertises FindCoordinator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from gregor_testlib import java_partition, unique_topic
+
+
+def cli_bin(broker) -> str:
+    """The CLI under test: GREGOR_CLI_BIN, else the broker's own binary (so the client can
+    be tested against another broker build, e.g. one with group coordination)."""
+    return os.environ.get("GREGOR_CLI_BIN") or str(broker.bin_path)
+
+
+def gregor(broker, *args, stdin=None, check=True, timeout=120):
+    env = dict(os.environ)
+    env["GREGOR_BROKERS"] = broker.bootstrap
+    env.pop("RUST_BACKTRACE", None)
+    p = subprocess.run(
+        [cli_bin(broker), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(f"gregor {' '.join(args)} failed ({p.returncode}):\n{p.stderr}")
+    return p
+
+
+def gj(broker, *args, **kw):
+    return json.loads(gregor(broker, *args, "--format", "json", **kw).stdout)
+
+
+def has_groups(broker) -> bool:
+    info = gj(broker, "cluster", "info")
+    return any(v["name"] == "FindCoordinator" for v in info["api_versions"])
+
+
+def test_topic_lifecycle(broker):
+    t = unique_topic("cli")
+    out = gj(broker, "topic", "create", t, "--partitions", "3", "--config", "retention.ms=60000")
+    assert out["created"] == t
+    assert t in [x["name"] for x in gj(broker, "topic", "list")]
+    d = gj(broker, "topic", "describe", t)
+    assert [p["partition"] for p in d["partitions"]] == [0, 1, 2]
+    assert all(p["leader"] == 0 and p["log_end_offset"] == 0 for p in d["partitions"])
+    assert d["overrides"]["retention.ms"] == "60000"
+    gj(broker, "topic", "alter-config", t, "--set", "retention.ms=1000", "--partitions", "4")
+    d = gj(broker, "topic", "describe", t)
+    assert d["configs"]["retention.ms"] == "1000"
+    assert len(d["partitions"]) == 4
+    gj(broker, "topic", "alter-config", t, "--delete", "retention.ms")
+    assert "retention.ms" not in gj(broker, "topic", "describe", t)["overrides"]
+    assert gj(broker, "topic", "delete", t)["deleted"] == [t]
+    assert t not in [x["name"] for x in gj(broker, "topic", "list")]
+
+
+def test_produce_consume_roundtrip(broker):
+    t = unique_topic("cli")
+    gregor(broker, "topic", "create", t, "-p", "3")
+    lines = "".join(f"k{i}|v{i}\n" for i in range(50))
+    out = gj(broker, "produce", t, "--key-separator", "|", "--header", "h=1", "--header", "h=2",
+             "--compression", "lz4", "--acks", "1", stdin=lines)
+    assert out["produced"] == 50
+    for r in out["records"]:
+        assert r["partition"] == java_partition(r["key"].encode(), 3)
+    recs = [json.loads(x) for x in gregor(broker, "consume", t, "--from-beginning", "--count", "50",
+                                          "--format", "json").stdout.splitlines()]
+    assert len(recs) == 50
+    by_key = {r["key"]: r for r in recs}
+    assert by_key["k7"]["value"] == "v7"
+    assert by_key["k7"]["headers"] == [["h", "1"], ["h", "2"]]
+    assert by_key["k7"]["partition"] == java_partition(b"k7", 3)
+    # Template output, one partition, explicit offset.
+    p = java_partition(b"k7", 3)
+    off = by_key["k7"]["offset"]
+    line = gregor(broker, "consume", t, "--partition", str(p), "--offset", str(off), "--count", "1",
+                  "--format", "%t/%p@%o %k=%v [%h]").stdout
+    assert line == f"{t}/{p}@{off} k7=v7 [h=1,h=2]\n"
+
+
+def test_produce_explicit_partition_and_unkeyed(broker):
+    t = unique_topic("cli")
+    gregor(broker, "topic", "create", t, "-p", "2")
+    out = gj(broker, "produce", t, "--partition", "1", stdin="a\nb\nc\n")
+    assert {r["partition"] for r in out["records"]} == {1}
+    assert [r["offset"] for r in out["records"]] == [0, 1, 2]
+    text = gregor(broker, "consume", t, "--from-beginning", "--count", "3").stdout
+    assert text == "a\nb\nc\n"
+    # consume stops on idle timeout without --count
+    p = gregor(broker, "consume", t, "--from-beginning", "--idle-timeout-ms", "500")
+    assert p.stdout == "a\nb\nc\n"
+
+
+def test_murmur2_matches_librdkafka(broker):
+    """The same keys through confluent-kafka (murmur2_random) and `gregor produce`."""
+    from confluent_kafka import Producer
+
+    from gregor_testlib import confluent_common, create_topic_confluent
+
+    t1, t2 = unique_topic("rdk"), unique_topic("grg")
+    create_topic_confluent(broker.bootstrap, t1, 7)
+    gregor(broker, "topic", "create", t2, "-p", "7")
+    keys = [f"user-{i}" for i in range(200)] + ["", "a", "ab", "abc", "ÄÖÜ"]
+    rdk = {}
+
+    def cb(err, msg):
+        assert err is None, err
+        rdk[msg.key().decode()] = msg.partition()
+
+    p = Producer({**confluent_common(broker.bootstrap), "partitioner": "murmur2_random"})
+    for k in keys:
+        p.produce(t1, key=k.encode(), value=b"x", on_delivery=cb)
+    assert p.flush(30) == 0
+    out = gj(broker, "produce", t2, "--key-separator", "\t", stdin="".join(f"{k}\tx\n" for k in keys))
+    ours = {r["key"]: r["partition"] for r in out["records"]}
+    assert ours == rdk
+
+
+def test_cluster_info(broker):
+    info = gj(broker, "cluster", "info")
+    assert info["brokers"] == [{"id": 0, "host": "127.0.0.1", "port": broker.port, "rack": None}]
+    assert info["controller_id"] == 0
+    names = {v["name"] for v in info["api_versions"]}
+    assert {"Produce", "Fetch", "Metadata", "ApiVersions"} <= names
+    assert "cluster id" in gregor(broker, "cluster", "info").stdout
+
+
+def test_errors_are_one_line(broker):
+    for args in (["topic", "describe", "no-such-topic"], ["consume", "no-such-topic", "--count", "1"],
+                 ["produce", "no-such-topic"], ["topic", "create", "x", "--config", "novalue"]):
+        p = gregor(broker, *args, stdin="", check=False)
+        assert p.returncode != 0, args
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("gregor: error:"), (args, p.stderr)
+        assert "panicked" not in p.stderr and "backtrace" not in p.stderr.lower()
+    # Broker unreachable.
+    env = dict(os.environ, GREGOR_BROKERS="127.0.0.1:1")
+    p = subprocess.run([cli_bin(broker), "topic", "list"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert p.returncode != 0 and "cannot connect to 127.0.0.1:1" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    # Bad flags: one line, exit code 2.
+    for args in (["topic", "create"], ["consume", "t", "--no-such-flag"], ["produce", "t", "--acks", "7"],
+                 ["bench", "produce", "--count", "many"]):
+        p = gregor(broker, *args, stdin="", check=False)
+        assert p.returncode != 0 and "panicked" not in p.stderr, args
+        assert len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+
+
+def test_bench_produce_consume_json(broker):
+    t = unique_topic("bench")
+    pr = gj(broker, "bench", "produce", "--topic", t, "--count", "20000", "--record-size", "512",
+            "--partitions", "3", "--compression", "zstd", "--json")
+    assert pr["records"] == 20000 and pr["errors"] == 0 and pr["mb_per_sec"] > 0
+    lat = pr["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99_9"] <= lat["max"]
+    co = gj(broker, "bench", "consume", "--topic", t, "--count", "20000", "--json")
+    assert co["records"] == 20000 and co["bytes"] == 20000 * 512
+    e2e = gj(broker, "bench", "e2e", "--topic", t, "--count", "3000", "--rate", "20000", "--json")
+    assert e2e["records"] >= 3000 and e2e["latency_ms"]["p50"] > 0
+    # Non-TTY progress: plain periodic lines on stderr, summary on stdout.
+    p = gregor(broker, "bench", "produce", "--topic", t, "--duration", "1.5", "--rate", "2000")
+    assert "records/s" in p.stdout and "latency ms" in p.stdout
+
+
+# ------------------------------------------------------------------ groups
+def skip_without_groups(broker):
+    if not has_groups(broker):
+        pytest.skip("broker does not advertise FindCoordinator (consumer groups not implemented)")
+
+
+def test_group_describe_lag_matches_commits(broker):
+    skip_without_groups(broker)
+    t, g = unique_topic("lag"), unique_topic("grp")
+    gregor(broker, "topic", "create", t, "-p", "2")
+    gregor(broker, "produce", t, "--partition", "0", stdin="".join(f"a{i}\n" for i in range(10)))
+    gregor(broker, "produce", t, "--partition", "1", stdin="".join(f"b{i}\n" for i in range(4)))
+    # The consumer commits exactly the 6 records it printed.
+    out = gregor(broker, "consume", t, "--group", g, "--from-beginning", "--count", "6", "--format", "json")
+    printed = [json.loads(x) for x in out.stdout.splitlines()]
+    assert len(printed) == 6
+    consumed = {}
+    for r in printed:
+        consumed[r["partition"]] = max(consumed.get(r["partition"], -1), r["offset"] + 1)
+    assert t in [x for x in [g2["group"] for g2 in gj(broker, "group", "list")]] or True
+    assert g in [x["group"] for x in gj(broker, "group", "list")]
+    d = gj(broker, "group", "describe", g)
+    ends = {0: 10, 1: 4}
+    rows = {r["partition"]: r for r in d["partitions"] if r["topic"] == t}
+    for p, c in consumed.items():
+        assert rows[p]["committed_offset"] == c
+        assert rows[p]["log_end_offset"] == ends[p]
+        assert rows[p]["lag"] == ends[p] - c
+    # reset-offsets: dry run changes nothing, --execute does.
+    plan = gj(broker, "group", "reset-offsets", g, "--topic", t, "--to-earliest")
+    assert not plan["executed"] and all(o["new_offset"] == 0 for o in plan["offsets"])
+    assert gj(broker, "group", "describe", g)["partitions"] == d["partitions"]
+    gj(broker, "group", "reset-offsets", g, "--topic", t, "--shift-by", "-1", "--execute")
+    gj(broker, "group", "reset-offsets", g, "--topic", t, "--to-latest", "--execute")
+    d2 = gj(broker, "group", "describe", g)
+    assert all(r["lag"] == 0 for r in d2["partitions"])
+    # Resume: nothing left to read.
+    p = gregor(broker, "consume", t, "--group", g, "--idle-timeout-ms", "1500")
+    assert p.stdout == ""
+    assert gj(broker, "group", "delete", g)["deleted"] == [g]
+
+
+def test_group_reset_refuses_active_group(broker):
+    skip_without_groups(broker)
+    t, g = unique_topic("act"), unique_topic("grp")
+    gregor(broker, "topic", "create", t, "-p", "1")
+    env = dict(os.environ, GREGOR_BROKERS=broker.bootstrap)
+    member = subprocess.Popen([cli_bin(broker), "consume", t, "--group", g, "--assignor", "cooperative-sticky"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from gregor_testlib import wait_for
+
+        wait_for(lambda: gj(broker, "group", "describe", g)["members"], 30, 0.2, "a group member")
+        p = gregor(broker, "group", "reset-offsets", g, "--topic", t, "--to-earliest", "--execute", check=False)
+        assert p.returncode != 0 and "active member" in p.stderr
+    finally:
+        member.terminate()
+        member.wait(10)
