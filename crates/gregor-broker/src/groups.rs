@@ -68,18 +68,8 @@ impl GroupService {
     /// Must be called inside a tokio runtime.
     pub fn start(broker: &Arc<Broker>) -> anyhow::Result<Arc<GroupService>> {
         let config = &broker.config;
-        let topic = match broker.topic(OFFSETS_TOPIC) {
-            Some(t) => t,
-            None => broker
-                .create_topic(
-                    OFFSETS_TOPIC,
-                    config.offsets_topic_num_partitions.max(1),
-                    1,
-                    BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
-                    false,
-                )
-                .map_err(|e| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {}", e.message))?,
-        };
+        let topic =
+            broker.ensure_internal_topic(OFFSETS_TOPIC, config.offsets_topic_num_partitions)?;
         let group_config = GroupConfig {
             // Fixed once created, as in Kafka: the existing partition count wins.
             offsets_partitions: topic.partitions.len() as i32,

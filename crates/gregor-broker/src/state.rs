@@ -399,6 +399,23 @@ impl Broker {
         Ok(topic)
     }
 
+    /// Returns an internal topic (a coordinator's log), creating it compacted with
+    /// `partitions` partitions if it does not exist yet. An existing topic keeps its count:
+    /// the coordinators' key-to-partition hash depends on it.
+    pub fn ensure_internal_topic(&self, name: &str, partitions: i32) -> anyhow::Result<Arc<Topic>> {
+        if let Some(t) = self.topic(name) {
+            return Ok(t);
+        }
+        self.create_topic(
+            name,
+            partitions.max(1),
+            1,
+            BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+            false,
+        )
+        .map_err(|e| anyhow::anyhow!("creating {name}: {}", e.message))
+    }
+
     /// Returns the topic, creating it with broker defaults if auto-creation allows.
     pub fn get_or_auto_create(&self, name: &str, allow: bool) -> MetaResult<Arc<Topic>> {
         if let Some(t) = self.topic(name) {

@@ -16,7 +16,6 @@
 //!   bumped epoch (the hung producer is fenced), and rewrites the markers of transactions
 //!   stuck in Prepare* (a failed marker write) after [`STUCK_RETRY_MS`].
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -52,18 +51,8 @@ impl TransactionService {
     /// transactions that were being committed/aborted) and starts the timeout task.
     pub fn start(broker: &Arc<Broker>) -> anyhow::Result<Arc<TransactionService>> {
         let config = &broker.config;
-        let topic = match broker.topic(TXN_TOPIC) {
-            Some(t) => t,
-            None => broker
-                .create_topic(
-                    TXN_TOPIC,
-                    config.transaction_state_log_num_partitions.max(1),
-                    1,
-                    BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
-                    false,
-                )
-                .map_err(|e| anyhow::anyhow!("creating {TXN_TOPIC}: {}", e.message))?,
-        };
+        let topic =
+            broker.ensure_internal_topic(TXN_TOPIC, config.transaction_state_log_num_partitions)?;
         let txn_config = TxnConfig {
             state_partitions: topic.partitions.len() as i32,
             max_timeout_ms: config.transaction_max_timeout_ms,
