@@ -141,3 +141,21 @@ def test_idempotent_producer_exactly_once_through_kill9(broker):
     for part, values in per_partition.items():
         assert values == sorted(values), f"partition {part} out of produce order"
     assert kills == 3
+
+
+def test_producer_state_snapshot_on_clean_restart(broker):
+    """A clean stop writes each partition's producer state; the next start loads it (and
+    removes it) instead of replaying the log, and duplicates are still recognised."""
+    topic = unique_topic("snap")
+    create_topic_confluent(broker.bootstrap, topic, 1)
+    _, pid, _ = init_producer_id(broker)
+    assert produce_error(broker, topic, one(pid, 0, 0, 2)) == (0, 0)
+    assert produce_error(broker, topic, one(pid, 0, 2, 1)) == (0, 2)
+    assert broker.stop() == 0
+    snapshot = broker.data_dir / f"{topic}-0" / "producer-state.snapshot"
+    assert snapshot.exists()
+    broker.start()
+    assert not snapshot.exists(), "a loaded snapshot must not outlive the start"
+    assert produce_error(broker, topic, one(pid, 0, 0, 2)) == (0, 0)
+    assert produce_error(broker, topic, one(pid, 0, 3, 1)) == (0, 3)
+    assert produce_error(broker, topic, one(pid, 0, 9, 1))[0] == OUT_OF_ORDER_SEQUENCE_NUMBER

@@ -608,6 +608,10 @@ impl Broker {
                     ok = false;
                     tracing::error!(topic = %t.name, partition = p.index, error = %e, "flush on shutdown failed");
                 }
+                if let Err(e) = write_producer_snapshot(p, &self.config.data_dir) {
+                    ok = false;
+                    tracing::error!(topic = %t.name, partition = p.index, error = %e, "producer snapshot failed");
+                }
             }
         }
         if let Err(e) = self.write_recovery_checkpoint() {
@@ -668,7 +672,7 @@ fn open_partition_with(
 ) -> anyhow::Result<Arc<Partition>> {
     let dir = partition_dir(&config.data_dir, topic, index);
     let log = PartitionLog::open_with(&dir, log_config(config, overrides), hint)?;
-    let producers = rebuild_producer_state(&log)?;
+    let producers = load_producer_state(&dir, &log, hint.clean)?;
     if !producers.is_empty() {
         tracing::info!(
             topic,
@@ -687,12 +691,69 @@ fn open_partition_with(
     }))
 }
 
+/// File in a partition directory holding the producer state at a clean shutdown.
+const PRODUCER_SNAPSHOT_FILE: &str = "producer-state.snapshot";
+
+#[derive(Serialize, Deserialize)]
+struct ProducerSnapshot {
+    /// The log end offset the state was taken at.
+    end_offset: i64,
+    table: ProducerStateTable,
+}
+
+/// Writes the partition's producer state for the next start (clean shutdown only).
+fn write_producer_snapshot(partition: &Partition, data_dir: &Path) -> anyhow::Result<()> {
+    let log = partition.log.read().expect("log lock");
+    let snapshot = ProducerSnapshot {
+        end_offset: log.log_end_offset(),
+        table: partition
+            .producers
+            .lock()
+            .expect("producer state lock")
+            .clone(),
+    };
+    let dir = partition_dir(data_dir, &partition.topic, partition.index);
+    write_atomically(
+        &dir.join(PRODUCER_SNAPSHOT_FILE),
+        &serde_json::to_vec(&snapshot)?,
+    )?;
+    Ok(())
+}
+
+/// The producer state of a partition being opened: the snapshot written at a clean
+/// shutdown if the log still ends exactly where it was taken, otherwise a replay of the
+/// whole log. The snapshot is removed either way, so it can never describe a log that
+/// changed after an unclean stop.
+fn load_producer_state(
+    dir: &Path,
+    log: &PartitionLog,
+    clean: bool,
+) -> anyhow::Result<ProducerStateTable> {
+    let path = dir.join(PRODUCER_SNAPSHOT_FILE);
+    let snapshot = match std::fs::read(&path) {
+        Ok(bytes) => {
+            std::fs::remove_file(&path)?;
+            match serde_json::from_slice::<ProducerSnapshot>(&bytes) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable producer snapshot");
+                    None
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    match snapshot {
+        Some(s) if clean && s.end_offset == log.log_end_offset() => Ok(s.table),
+        _ => rebuild_producer_state(log),
+    }
+}
+
 /// Replays the batch headers of the whole log into a producer state table: sequences,
 /// open transactions (transactional batches not yet followed by their marker) and the
-/// aborted-transaction index (from ABORT markers).
-///
-/// Reads every batch once (headers only are parsed). TODO(issue 7): producer state
-/// snapshots, so a start replays only the tail written after the last snapshot.
+/// aborted-transaction index (from ABORT markers). Reads every batch once (headers, and
+/// control records' type); used when no clean-shutdown snapshot applies.
 fn rebuild_producer_state(log: &PartitionLog) -> anyhow::Result<ProducerStateTable> {
     let mut table = ProducerStateTable::new();
     let end = log.log_end_offset();

@@ -54,7 +54,7 @@ impl ProducerBatch {
 }
 
 /// Where a written batch landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WrittenBatch {
     pub first_sequence: i32,
     pub last_sequence: i32,
@@ -87,7 +87,7 @@ pub enum ProducerError {
     },
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<WrittenBatch>,
@@ -96,15 +96,16 @@ struct ProducerEntry {
 /// An aborted transaction in a partition: its producer and the offsets from its first
 /// record to its ABORT marker. Fetch with read_committed returns these so clients drop the
 /// aborted records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AbortedTxn {
     pub producer_id: i64,
     pub first_offset: i64,
     pub last_offset: i64,
 }
 
-/// The producer state of one partition.
-#[derive(Debug, Clone, Default)]
+/// The producer state of one partition. Serializable, so a clean shutdown can write a
+/// snapshot that the next start loads instead of replaying the log.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
     /// Open transactions: producer id → offset of the transaction's first batch here.
@@ -347,6 +348,27 @@ mod tests {
         t.record_marker(1, 1, 32, false);
         assert!(matches!(
             t.check(&b(1, 0, 2, 1)),
+            Err(ProducerError::InvalidEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_decisions() {
+        let mut t = ProducerStateTable::new();
+        t.record(&b(7, 2, 0, 4), 10, 13);
+        t.record(&b(7, 2, 4, 1), 14, 14);
+        let json = serde_json::to_string(&t).unwrap();
+        let back: ProducerStateTable = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back.check(&b(7, 2, 0, 4)),
+            Ok(Verdict::Duplicate {
+                first_offset: 10,
+                last_offset: 13
+            })
+        );
+        assert_eq!(back.check(&b(7, 2, 5, 1)), Ok(Verdict::Append));
+        assert!(matches!(
+            back.check(&b(7, 1, 5, 1)),
             Err(ProducerError::InvalidEpoch { .. })
         ));
     }
