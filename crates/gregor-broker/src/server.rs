@@ -130,6 +130,16 @@ pub async fn serve(
 /// A frame and the share of `queued.max.request.bytes` it holds until answered.
 type QueuedFrame = (Bytes, Option<OwnedSemaphorePermit>);
 
+/// A response on its way to the socket, in request order. `Later` is a produce whose
+/// records are appended and whose answer waits for durability; the processor has moved on.
+enum Outgoing {
+    Ready(Option<Bytes>, Option<OwnedSemaphorePermit>),
+    Later(
+        tokio::task::JoinHandle<Option<Bytes>>,
+        Option<OwnedSemaphorePermit>,
+    ),
+}
+
 async fn run_connection(
     broker: Arc<Broker>,
     stream: TcpStream,
@@ -137,9 +147,9 @@ async fn run_connection(
     queued_bytes: Arc<Semaphore>,
 ) {
     tracing::debug!(%peer, "connection opened");
-    let (reader, mut writer) = stream.into_split();
-    let (frames_tx, mut frames_rx) =
-        mpsc::channel::<QueuedFrame>(broker.config.max_inflight_requests_per_connection.max(1));
+    let (reader, writer) = stream.into_split();
+    let depth = broker.config.max_inflight_requests_per_connection.max(1);
+    let (frames_tx, mut frames_rx) = mpsc::channel::<QueuedFrame>(depth);
     let read_task = tokio::spawn(read_frames(
         reader,
         peer,
@@ -148,12 +158,14 @@ async fn run_connection(
         queued_bytes,
         frames_tx,
     ));
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(depth);
+    let write_task = tokio::spawn(write_responses(writer, peer, out_rx));
 
     while let Some((frame, permit)) = frames_rx.recv().await {
         if let Some(capture) = capture_dir() {
             capture_frame(capture, &frame);
         }
-        let response = match decode_request(frame) {
+        let outgoing = match decode_request(frame) {
             Ok(request) => {
                 if let (Some(capture), RequestKind::Produce(produce)) =
                     (capture_dir(), &request.body)
@@ -171,33 +183,64 @@ async fn run_connection(
                         "closing connection: request names too many partitions (max.partitions.per.request)");
                     break;
                 }
-                // The handler runs as its own task so that a bug that panics in it fails this
-                // request and connection, logged with context, and never the broker. The
-                // group coordinator reads the client's host from a task-local.
-                let client_host = format!("/{}", peer.ip());
+                // Handlers run as their own tasks so that a bug that panics in one fails
+                // this request and connection, logged with context, and never the broker.
                 let handler_broker = broker.clone();
-                let handled =
-                    tokio::spawn(crate::groups::CLIENT_HOST.scope(client_host, async move {
-                        handlers::handle(&handler_broker, request).await
-                    }))
+                if let RequestKind::Produce(produce) = request.body {
+                    // Append now, in request order; answer when durable, without holding up
+                    // the next request (pipelined produces share one group-commit fsync).
+                    let appended = tokio::spawn(async move {
+                        handlers::produce::append_phase(&handler_broker, produce, version)
+                    })
                     .await;
-                let handled = match handled {
-                    Ok(handled) => handled,
-                    Err(e) => {
-                        tracing::error!(%peer, ?api_key, version, correlation_id, error = %e,
-                            "request handler failed; closing connection");
-                        break;
-                    }
-                };
-                match handled {
-                    Some(body) => match encode_response(api_key, version, correlation_id, &body) {
-                        Ok(bytes) => Some(bytes),
+                    let pending = match appended {
+                        Ok(pending) => pending,
                         Err(e) => {
-                            tracing::error!(%peer, ?api_key, version, error = %e, "response failed to encode; closing");
+                            tracing::error!(%peer, ?api_key, version, correlation_id, error = %e,
+                                "produce failed; closing connection");
                             break;
                         }
-                    },
-                    None => None,
+                    };
+                    let answer = tokio::spawn(async move {
+                        let body = pending.finish().await?;
+                        let body = kafka_protocol::messages::ResponseKind::Produce(body);
+                        match encode_response(api_key, version, correlation_id, &body) {
+                            Ok(bytes) => Some(bytes),
+                            Err(e) => {
+                                tracing::error!(%peer, version, error = %e, "produce response failed to encode");
+                                None
+                            }
+                        }
+                    });
+                    Outgoing::Later(answer, permit)
+                } else {
+                    // The group coordinator reads the client's host from a task-local.
+                    let client_host = format!("/{}", peer.ip());
+                    let handled =
+                        tokio::spawn(crate::groups::CLIENT_HOST.scope(client_host, async move {
+                            handlers::handle(&handler_broker, request).await
+                        }))
+                        .await;
+                    let handled = match handled {
+                        Ok(handled) => handled,
+                        Err(e) => {
+                            tracing::error!(%peer, ?api_key, version, correlation_id, error = %e,
+                                "request handler failed; closing connection");
+                            break;
+                        }
+                    };
+                    match handled {
+                        Some(body) => {
+                            match encode_response(api_key, version, correlation_id, &body) {
+                                Ok(bytes) => Outgoing::Ready(Some(bytes), permit),
+                                Err(e) => {
+                                    tracing::error!(%peer, ?api_key, version, error = %e, "response failed to encode; closing");
+                                    break;
+                                }
+                            }
+                        }
+                        None => Outgoing::Ready(None, permit),
+                    }
                 }
             }
             Err(DecodeError::UnsupportedVersion {
@@ -206,14 +249,45 @@ async fn run_connection(
                 api_version,
             }) => {
                 tracing::debug!(%peer, api_version, "ApiVersions at unsupported version; answering v0");
-                Some(unsupported_api_versions_response(correlation_id))
+                Outgoing::Ready(
+                    Some(unsupported_api_versions_response(correlation_id)),
+                    permit,
+                )
             }
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection");
                 break;
             }
         };
-        if let Some(bytes) = response {
+        if out_tx.send(outgoing).await.is_err() {
+            break; // the writer stopped: the peer is gone
+        }
+    }
+    read_task.abort();
+    // Answer what was already accepted, then close.
+    drop(out_tx);
+    let _ = write_task.await;
+    tracing::debug!(%peer, "connection closed");
+}
+
+/// Writes responses in request order; a `Later` response is awaited in its turn.
+async fn write_responses(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    peer: SocketAddr,
+    mut out_rx: mpsc::Receiver<Outgoing>,
+) {
+    while let Some(outgoing) = out_rx.recv().await {
+        let (bytes, permit) = match outgoing {
+            Outgoing::Ready(bytes, permit) => (bytes, permit),
+            Outgoing::Later(task, permit) => match task.await {
+                Ok(bytes) => (bytes, permit),
+                Err(e) => {
+                    tracing::error!(%peer, error = %e, "produce completion failed; closing connection");
+                    break;
+                }
+            },
+        };
+        if let Some(bytes) = bytes {
             if let Err(e) = writer.write_all(&bytes).await {
                 tracing::debug!(%peer, error = %e, "write failed");
                 break;
@@ -221,9 +295,7 @@ async fn run_connection(
         }
         drop(permit);
     }
-    read_task.abort();
     let _ = writer.shutdown().await;
-    tracing::debug!(%peer, "connection closed");
 }
 
 /// Bytes read at once when no frame is in progress, and the most read at once into a body.

@@ -8,7 +8,7 @@ mod admin;
 mod fetch;
 mod group;
 mod metadata;
-mod produce;
+pub mod produce;
 mod producer;
 pub mod txn;
 mod txn_admin;

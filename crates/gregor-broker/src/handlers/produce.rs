@@ -26,8 +26,23 @@ use crate::transactions::TransactionService;
 pub async fn produce(
     broker: &Arc<Broker>,
     req: ProduceRequest,
-    _version: i16,
+    version: i16,
 ) -> Option<ProduceResponse> {
+    append_phase(broker, req, version).finish().await
+}
+
+/// A produce whose records are appended (in request order) and whose answer now waits only
+/// for durability. The connection can start the next request meanwhile: several pipelined
+/// produces then share one group-commit fsync, and their answers still go out in order.
+pub struct PendingProduce {
+    acks: i16,
+    responses: Vec<TopicProduceResponse>,
+    flushed: Option<tokio::sync::oneshot::Receiver<crate::flusher::FlushResult>>,
+}
+
+/// Validates and appends every partition's records and queues the durability work;
+/// never waits.
+pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> PendingProduce {
     let acks = req.acks;
     let mut written: Vec<Arc<Partition>> = Vec::new();
     let mut responses = Vec::with_capacity(req.topic_data.len());
@@ -122,28 +137,45 @@ pub async fn produce(
             FsyncPolicy::Never => {}
         }
     }
-    if acks == 0 {
-        return None;
+    PendingProduce {
+        acks,
+        responses,
+        flushed,
     }
-    if let Some(rx) = flushed {
-        let failure = match rx.await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(_) => Some("flusher stopped".to_string()),
-        };
-        if let Some(e) = failure {
-            tracing::error!(error = %e, "fsync failed; failing the produce");
-            for t in &mut responses {
-                for p in &mut t.partition_responses {
-                    if p.error_code == 0 {
-                        p.error_code = ResponseError::KafkaStorageError.code();
-                        p.error_message = Some(sb(format!("fsync failed: {e}")));
+}
+
+impl PendingProduce {
+    /// Waits until the appended data meets the durability policy and builds the response
+    /// (`None` for acks=0, which gets no response).
+    pub async fn finish(self) -> Option<ProduceResponse> {
+        let PendingProduce {
+            acks,
+            mut responses,
+            flushed,
+        } = self;
+        if acks == 0 {
+            return None;
+        }
+        if let Some(rx) = flushed {
+            let failure = match rx.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some("flusher stopped".to_string()),
+            };
+            if let Some(e) = failure {
+                tracing::error!(error = %e, "fsync failed; failing the produce");
+                for t in &mut responses {
+                    for p in &mut t.partition_responses {
+                        if p.error_code == 0 {
+                            p.error_code = ResponseError::KafkaStorageError.code();
+                            p.error_message = Some(sb(format!("fsync failed: {e}")));
+                        }
                     }
                 }
             }
         }
+        Some(ProduceResponse::default().with_responses(responses))
     }
-    Some(ProduceResponse::default().with_responses(responses))
 }
 
 /// The size limits a produced batch must meet.
