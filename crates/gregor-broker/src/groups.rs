@@ -115,22 +115,9 @@ impl GroupService {
     fn load(&self) -> anyhow::Result<u64> {
         let mut count = 0u64;
         for partition in &self.offsets.partitions {
-            let mut offset = partition.log.read().expect("log lock").log_start_offset();
-            loop {
-                let data = {
-                    let log = partition.log.read().expect("log lock");
-                    let end = log.log_end_offset();
-                    log.read(offset, 1 << 20, end)?.data
-                };
-                if data.is_empty() {
-                    break;
-                }
-                let before = offset;
-                let now = now_ms();
-                for item in gregor_log::batch::iter_batches(&data) {
-                    let (header, range) = item.map_err(|e| anyhow::anyhow!("{e}"))?;
-                    offset = header.next_offset();
-                    let mut batch = data.slice(range);
+            partition
+                .replay(|_, mut batch| {
+                    let now = now_ms();
                     let set = RecordBatchDecoder::decode(&mut batch)?;
                     let mut co = self.coordinator.lock().expect("coordinator lock");
                     for r in &set.records {
@@ -147,14 +134,11 @@ impl GroupService {
                         }
                         count += 1;
                     }
-                }
-                if offset <= before {
-                    anyhow::bail!(
-                        "replay of {OFFSETS_TOPIC}-{} stuck at offset {offset}",
-                        partition.index
-                    );
-                }
-            }
+                    Ok(())
+                })
+                .map_err(|e| {
+                    anyhow::anyhow!("replay of {OFFSETS_TOPIC}-{}: {e}", partition.index)
+                })?;
             self.coordinator
                 .lock()
                 .expect("coordinator lock")

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
-use gregor_log::RecoveryHint;
+use bytes::Bytes;
 use gregor_log::{batch::iter_batches, LogConfig, PartitionLog};
+use gregor_log::{BatchHeader, RecoveryHint};
 use gregor_txn::{ProducerBatch, ProducerStateTable};
 use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,52 @@ impl Partition {
             .expect("producer state lock")
             .first_unstable_offset()
             .map_or(high_watermark, |o| o.min(high_watermark))
+    }
+}
+
+impl Partition {
+    /// Calls `f` with every batch of this partition's log, from its start to its end at the
+    /// time each chunk is read, in offset order. The read lock is taken per 1 MiB chunk, so
+    /// appends proceed in between. Used by the coordinators to load their internal topics.
+    pub fn replay(
+        &self,
+        f: impl FnMut(&BatchHeader, Bytes) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let start = self.log.read().expect("log lock").log_start_offset();
+        replay_batches(
+            start,
+            |offset| {
+                let log = self.log.read().expect("log lock");
+                let end = log.log_end_offset();
+                Ok(log.read(offset, 1 << 20, end)?.data)
+            },
+            f,
+        )
+    }
+}
+
+/// Calls `f` for every batch from offset `start` on, in offset order. `read` returns the
+/// whole batches at an offset (nothing at the end of the log); the caller decides locking.
+pub fn replay_batches(
+    start: i64,
+    mut read: impl FnMut(i64) -> anyhow::Result<Bytes>,
+    mut f: impl FnMut(&BatchHeader, Bytes) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut offset = start;
+    loop {
+        let data = read(offset)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let before = offset;
+        for item in iter_batches(&data) {
+            let (header, range) = item.map_err(|e| anyhow::anyhow!("{e}"))?;
+            offset = header.next_offset();
+            f(&header, data.slice(range))?;
+        }
+        if offset <= before {
+            anyhow::bail!("log replay made no progress at offset {before}");
+        }
     }
 }
 
@@ -757,43 +804,35 @@ fn load_producer_state(
 fn rebuild_producer_state(log: &PartitionLog) -> anyhow::Result<ProducerStateTable> {
     let mut table = ProducerStateTable::new();
     let end = log.log_end_offset();
-    let mut offset = log.log_start_offset();
-    while offset < end {
-        let read = log.read(offset, 1 << 20, end)?;
-        let mut next = offset;
-        for (header, range) in iter_batches(&read.data).flatten() {
-            if header.is_control() {
-                match crate::transactions::marker_type(&read.data[range]) {
-                    Some(commit) => table.record_marker(
-                        header.producer_id,
-                        header.producer_epoch,
-                        header.base_offset,
-                        commit,
-                    ),
-                    None => tracing::warn!(
-                        offset = header.base_offset,
-                        "unreadable control batch skipped"
-                    ),
-                }
-            } else if header.producer_id >= 0 {
-                if header.is_transactional() {
-                    table.record_transactional(header.producer_id, header.base_offset);
-                }
-                let batch = ProducerBatch::new(
+    let read = |offset: i64| Ok(log.read(offset, 1 << 20, end)?.data);
+    replay_batches(log.log_start_offset(), read, |header, batch| {
+        if header.is_control() {
+            match crate::transactions::marker_type(&batch) {
+                Some(commit) => table.record_marker(
                     header.producer_id,
                     header.producer_epoch,
-                    header.base_sequence,
-                    header.last_offset_delta,
-                );
-                table.record(&batch, header.base_offset, header.last_offset());
+                    header.base_offset,
+                    commit,
+                ),
+                None => tracing::warn!(
+                    offset = header.base_offset,
+                    "unreadable control batch skipped"
+                ),
             }
-            next = header.last_offset() + 1;
+        } else if header.producer_id >= 0 {
+            if header.is_transactional() {
+                table.record_transactional(header.producer_id, header.base_offset);
+            }
+            let batch = ProducerBatch::new(
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+                header.last_offset_delta,
+            );
+            table.record(&batch, header.base_offset, header.last_offset());
         }
-        if next <= offset {
-            anyhow::bail!("log read made no progress at offset {offset}");
-        }
-        offset = next;
-    }
+        Ok(())
+    })?;
     Ok(table)
 }
 

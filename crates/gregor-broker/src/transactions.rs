@@ -99,21 +99,8 @@ impl TransactionService {
     fn load(&self) -> anyhow::Result<(u64, Vec<MarkerJob>)> {
         let mut count = 0u64;
         for partition in &self.state_topic.partitions {
-            let mut offset = partition.log.read().expect("log lock").log_start_offset();
-            loop {
-                let data = {
-                    let log = partition.log.read().expect("log lock");
-                    let end = log.log_end_offset();
-                    log.read(offset, 1 << 20, end)?.data
-                };
-                if data.is_empty() {
-                    break;
-                }
-                let before = offset;
-                for item in gregor_log::batch::iter_batches(&data) {
-                    let (header, range) = item.map_err(|e| anyhow::anyhow!("{e}"))?;
-                    offset = header.next_offset();
-                    let mut batch = data.slice(range);
+            partition
+                .replay(|_, mut batch| {
                     let set = RecordBatchDecoder::decode(&mut batch)?;
                     let mut co = self.coordinator.lock().expect("coordinator lock");
                     for r in &set.records {
@@ -124,14 +111,9 @@ impl TransactionService {
                             count += 1;
                         }
                     }
-                }
-                if offset <= before {
-                    anyhow::bail!(
-                        "replay of {TXN_TOPIC}-{} stuck at {offset}",
-                        partition.index
-                    );
-                }
-            }
+                    Ok(())
+                })
+                .map_err(|e| anyhow::anyhow!("replay of {TXN_TOPIC}-{}: {e}", partition.index))?;
         }
         let jobs = self
             .coordinator
