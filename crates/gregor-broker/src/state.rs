@@ -112,6 +112,50 @@ pub fn replay_batches(
     }
 }
 
+/// Encodes one uncompressed v2 batch of `(key, value)` records for an internal topic,
+/// written by the broker itself. With `producer`, the batch is transactional for that
+/// producer (and a control batch if `control`: a transaction marker).
+pub fn encode_internal_batch(
+    records: impl IntoIterator<Item = (Bytes, Option<Bytes>)>,
+    now: i64,
+    producer: Option<(i64, i16)>,
+    control: bool,
+) -> anyhow::Result<Bytes> {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: producer.is_some(),
+            control,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: now,
+            key: Some(key),
+            value,
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )?;
+    Ok(buf.freeze())
+}
+
 /// A topic and its partitions.
 pub struct Topic {
     pub name: String,

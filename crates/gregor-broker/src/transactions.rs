@@ -19,12 +19,10 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use gregor_txn::records::{marker_key, marker_value};
 use gregor_txn::{MarkerJob, TxnConfig, TxnCoordinator, TxnError, TxnRecord};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::RecordBatchDecoder;
 
 use crate::groups::{now_ms, GroupService, OFFSETS_TOPIC};
 use crate::state::{Broker, Partition, Topic};
@@ -282,36 +280,7 @@ fn encode(
     now: i64,
     marker: Option<(i64, i16)>,
 ) -> anyhow::Result<Bytes> {
-    let (producer_id, producer_epoch) = marker.unwrap_or((-1, -1));
-    let records: Vec<Record> = records
-        .into_iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: marker.is_some(),
-            control: marker.is_some(),
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now,
-            key: Some(key),
-            value,
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )?;
-    Ok(buf.freeze())
+    crate::state::encode_internal_batch(records, now, marker, marker.is_some())
 }
 
 /// Reads whether a stored control batch is a COMMIT (`Some(true)`) or ABORT marker, from
