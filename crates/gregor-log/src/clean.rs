@@ -26,11 +26,12 @@
 //! # Offsets and batches
 //!
 //! Offsets never change: a rewritten batch keeps its `baseOffset`, `baseTimestamp`,
-//! `maxTimestamp`, producer fields and `lastOffsetDelta`; only `recordsCount`,
-//! `batchLength` and the CRC change. A batch whose records are all removed stays as an
-//! empty batch (61-byte header, `recordsCount` 0), as Kafka does for batches that carry
-//! producer state, so offsets stay dense and segment boundaries unchanged (clients skip
-//! empty batches).
+//! `maxTimestamp`, producer fields (id, epoch, base sequence), transactional flag and
+//! `lastOffsetDelta`; only `recordsCount`, `batchLength` and the CRC change. A batch
+//! whose records are all removed stays as an empty batch (61-byte header, `recordsCount`
+//! 0, codec bits cleared since there is nothing to decompress), as Kafka does for batches
+//! that carry producer state, so offsets stay dense, segment boundaries unchanged and the
+//! producer state can still be rebuilt from batch headers (clients skip empty batches).
 //!
 //! Records are never re-encoded: kept records are copied byte for byte (their
 //! offset/timestamp deltas stay valid because the batch base values are unchanged). So
@@ -39,9 +40,23 @@
 //! delta, key and value-nullness, walks bytes that are present (no allocation sized by a
 //! count read from disk) and rejects anything inconsistent by keeping the batch as is.
 //!
-//! Simplifications: compressed and control/transactional batches are kept verbatim
-//! (their keys are not mapped, which can only make the cleaner keep more, never drop a
-//! latest record); each pass rewrites the whole cleanable prefix of the log.
+//! # Compressed batches
+//!
+//! A compressed batch (gzip, snappy, lz4, zstd) is decompressed with
+//! [`gregor_compression::decompress_bounded`], capped at
+//! [`CleanConfig::max_decompressed_bytes`] (the broker's `message.max.decompressed.bytes`,
+//! 64 MiB by default), both to map its keys and to copy it. The kept records' bytes are
+//! concatenated unchanged and compressed again with the batch's own codec (as Kafka does;
+//! Kafka's framing: xerial snappy, lz4 frame, see `gregor-compression`). A batch that
+//! would decompress beyond the cap, does not decompress, or whose records are
+//! inconsistent is neither mapped nor filtered: it is kept verbatim (a `warn!` when it is
+//! mapped, counted in [`CleanStats::batches_kept_verbatim`]). Memory per batch is bounded
+//! by the batch read (at most 64 MiB), the cap for the decompressed records, the kept
+//! records (at most the cap) and their compressed form.
+//!
+//! Simplifications: control/transactional batches are kept verbatim (their keys are not
+//! mapped, which can only make the cleaner keep more, never drop a latest record); each
+//! pass rewrites the whole cleanable prefix of the log.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -52,7 +67,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::batch::{self, BatchHeader};
 use crate::checkpoint;
@@ -68,6 +83,8 @@ pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
 const MAP_ENTRY_BYTES: usize = 48;
 /// Largest batch the cleaner reads into memory; larger ones are kept verbatim.
 const MAX_CLEAN_BATCH: usize = 64 * 1024 * 1024;
+/// The codec bits of a batch's `attributes`.
+const COMPRESSION_BITS: i16 = 0x07;
 
 /// Settings of one compaction pass.
 #[derive(Debug, Clone)]
@@ -82,6 +99,9 @@ pub struct CleanConfig {
     pub max_map_bytes: usize,
     /// Cap on bytes read + written per second.
     pub io_bytes_per_sec: u64,
+    /// Largest size a compressed batch may decompress to (the broker passes
+    /// `message.max.decompressed.bytes`); a batch that would grow beyond it is kept verbatim.
+    pub max_decompressed_bytes: usize,
     /// Wall clock of the pass.
     pub now_ms: i64,
 }
@@ -101,6 +121,9 @@ pub struct CleanStats {
     pub tombstones_removed: u64,
     /// The cleaner checkpoint after the pass.
     pub cleaned_up_to: i64,
+    /// Batches in the cleaned range the cleaner could not read (compressed beyond
+    /// [`CleanConfig::max_decompressed_bytes`], or inconsistent) and kept as they were.
+    pub batches_kept_verbatim: u64,
 }
 
 #[derive(Debug)]
@@ -155,7 +178,7 @@ fn varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
     None
 }
 
-/// One record of an uncompressed batch, as byte ranges of the batch.
+/// One record of a batch, as byte ranges of the batch's (decompressed) records.
 pub(crate) struct RawRecord<'a> {
     /// The whole record including its length prefix.
     pub(crate) bytes: &'a [u8],
@@ -165,18 +188,17 @@ pub(crate) struct RawRecord<'a> {
     pub(crate) tombstone: bool,
 }
 
-/// Parses the records of an uncompressed batch; `None` if anything is inconsistent.
-pub(crate) fn parse_records<'a>(
-    batch_bytes: &'a [u8],
-    header: &BatchHeader,
-) -> Option<Vec<RawRecord<'a>>> {
-    let mut out = Vec::new();
-    let mut pos = BatchHeader::SIZE;
-    while pos < batch_bytes.len() {
+/// Walks the records in `data` (a batch's records section, decompressed), calling `f` on
+/// each; `None` if anything is inconsistent or there are not exactly `count` records.
+/// Allocates nothing.
+fn walk_records<'a>(data: &'a [u8], count: i32, mut f: impl FnMut(RawRecord<'a>)) -> Option<()> {
+    let mut found = 0i64;
+    let mut pos = 0;
+    while pos < data.len() {
         let start = pos;
-        let len = usize::try_from(varint(batch_bytes, &mut pos)?).ok()?;
+        let len = usize::try_from(varint(data, &mut pos)?).ok()?;
         let end = pos.checked_add(len)?;
-        let rec = batch_bytes.get(pos..end)?;
+        let rec = data.get(pos..end)?;
         let mut p = 1; // attributes
         let timestamp_delta = varint(rec, &mut p)?;
         let offset_delta = varint(rec, &mut p)?;
@@ -189,16 +211,142 @@ pub(crate) fn parse_records<'a>(
             Some(k)
         };
         let value_len = varint(rec, &mut p)?;
-        out.push(RawRecord {
-            bytes: &batch_bytes[start..end],
+        f(RawRecord {
+            bytes: &data[start..end],
             offset_delta,
             timestamp_delta,
             key,
             tombstone: value_len < 0,
         });
+        found += 1;
         pos = end;
     }
-    (out.len() == usize::try_from(header.records_count).ok()?).then_some(out)
+    (found == i64::from(count)).then_some(())
+}
+
+/// Parses the records of an uncompressed batch; `None` if anything is inconsistent.
+#[cfg(test)]
+pub(crate) fn parse_records<'a>(
+    batch_bytes: &'a [u8],
+    header: &BatchHeader,
+) -> Option<Vec<RawRecord<'a>>> {
+    let mut out = Vec::new();
+    walk_records(
+        batch_bytes.get(BatchHeader::SIZE..)?,
+        header.records_count,
+        |r| out.push(r),
+    )?;
+    Some(out)
+}
+
+/// The records section of a batch, decompressed within `cap` bytes if need be.
+fn records_section<'a>(
+    bytes: &'a [u8],
+    header: &BatchHeader,
+    cap: usize,
+) -> Result<std::borrow::Cow<'a, [u8]>, String> {
+    let payload = bytes
+        .get(BatchHeader::SIZE..)
+        .ok_or_else(|| "batch shorter than its header".to_string())?;
+    match header.compression() {
+        0 => Ok(std::borrow::Cow::Borrowed(payload)),
+        codec => gregor_compression::decompress_bounded(codec, payload, cap)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// What [`filter_batch`] made of a batch.
+enum Filtered {
+    /// Every record stays: write the batch as it was.
+    Unchanged,
+    /// Some records were removed: write this batch instead.
+    Rewritten(Vec<u8>),
+    /// The records could not be read (or recompressed): write the batch as it was.
+    Unreadable(String),
+}
+
+/// A copy of `batch` holding only the records for which `keep` is true (given the record
+/// and its offset), byte for byte, recompressed with the batch's codec. The copy keeps the
+/// base offset, timestamps, producer fields and `lastOffsetDelta`; an emptied batch is a
+/// bare header with no compression.
+fn filter_batch(
+    bytes: &[u8],
+    header: &BatchHeader,
+    cap: usize,
+    mut keep: impl FnMut(&RawRecord, i64) -> bool,
+) -> Filtered {
+    let data = match records_section(bytes, header, cap) {
+        Ok(d) => d,
+        Err(e) => return Filtered::Unreadable(e),
+    };
+    let mut body = Vec::new();
+    let (mut total, mut kept) = (0usize, 0usize);
+    let walked = walk_records(&data, header.records_count, |r| {
+        total += 1;
+        if keep(&r, header.base_offset.saturating_add(r.offset_delta)) {
+            kept += 1;
+            body.extend_from_slice(r.bytes);
+        }
+    });
+    if walked.is_none() {
+        return Filtered::Unreadable("malformed records".into());
+    }
+    if kept == total {
+        return Filtered::Unchanged;
+    }
+    drop(data);
+    let codec = header.compression();
+    if kept > 0 && codec != 0 {
+        body = match gregor_compression::compress(codec, &body) {
+            Ok(c) => c,
+            Err(e) => return Filtered::Unreadable(e.to_string()),
+        };
+    }
+    match rebuild_batch(bytes, &body, kept, kept == 0) {
+        Some(b) => Filtered::Rewritten(b),
+        None => Filtered::Unreadable("rewritten batch too large".into()),
+    }
+}
+
+/// `recordsCount` of a whole batch.
+fn records_count(batch_bytes: &[u8]) -> i32 {
+    batch_bytes
+        .get(batch::RECORDS_COUNT_POS..batch::RECORDS_COUNT_POS + 4)
+        .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Records in `map` the offset of each keyed record of the batch at or above `from`.
+/// A batch whose records cannot be read is not mapped (it will be kept verbatim, which can
+/// only make the cleaner keep more).
+fn map_keys(
+    bytes: &[u8],
+    header: &BatchHeader,
+    from: i64,
+    cap: usize,
+    map: &mut HashMap<u128, i64>,
+    path: &Path,
+) {
+    let data = match records_section(bytes, header, cap) {
+        Ok(d) => d,
+        Err(reason) => {
+            warn!(path = %path.display(), offset = header.base_offset, %reason,
+                "cannot read batch; its keys are not compacted and it is kept verbatim");
+            return;
+        }
+    };
+    // Validate the whole batch before mapping any of it.
+    if walk_records(&data, header.records_count, |_| ()).is_none() {
+        warn!(path = %path.display(), offset = header.base_offset,
+            "malformed records; batch kept verbatim");
+        return;
+    }
+    let _ = walk_records(&data, header.records_count, |r| {
+        let offset = header.base_offset.saturating_add(r.offset_delta);
+        if let (Some(k), true) = (r.key, offset >= from) {
+            map.insert(key_hash(k), offset);
+        }
+    });
 }
 
 /// Sleeps as needed to keep `bytes` since `started` under `rate` bytes/s.
@@ -259,6 +407,7 @@ pub fn clean(
     let mut io_bytes = 0u64;
 
     // ---- 2. map (no lock)
+    let cap = cfg.max_decompressed_bytes;
     let max_entries = (cfg.max_map_bytes / MAP_ENTRY_BYTES).max(1);
     let mut map: HashMap<u128, i64> = HashMap::new();
     let mut map_end = first_dirty;
@@ -272,20 +421,13 @@ pub fn clean(
             // Transactional batches are kept whole and stay out of the key map until the
             // cleaner knows which transactions aborted: an aborted write must never hide a
             // committed value of the same key.
-            if header.compression() == 0 && !header.is_control() && !header.is_transactional() {
+            if !header.is_control() && !header.is_transactional() {
                 if map.len() + header.records_count.max(0) as usize > max_entries
                     && map_end > first_dirty
                 {
                     break 'map;
                 }
-                if let Some(records) = parse_records(&bytes, &header) {
-                    for r in records {
-                        let offset = header.base_offset + r.offset_delta;
-                        if let (Some(k), true) = (r.key, offset >= first_dirty) {
-                            map.insert(key_hash(k), offset);
-                        }
-                    }
-                }
+                map_keys(&bytes, &header, first_dirty, cap, &mut map, &s.path);
             }
             map_end = header.next_offset();
         }
@@ -310,41 +452,50 @@ pub fn clean(
         for item in SegmentBatches::new(s) {
             let (header, bytes) = item?;
             io_bytes += bytes.len() as u64;
-            let kept = if header.compression() == 0
-                && !header.is_control()
+            let filtered = if !header.is_control()
                 && !header.is_transactional()
                 && header.base_offset < map_end
             {
-                parse_records(&bytes, &header).map(|records| {
-                    let total = records.len();
-                    let keep: Vec<&RawRecord> = records
-                        .iter()
-                        .filter(|r| {
-                            let offset = header.base_offset + r.offset_delta;
-                            let Some(k) = r.key else { return true };
-                            if offset >= map_end {
-                                return true;
-                            }
-                            if map.get(&key_hash(k)).is_some_and(|&latest| latest > offset) {
-                                return false;
-                            }
-                            if r.tombstone
-                                && header.base_timestamp.saturating_add(r.timestamp_delta)
-                                    < tombstone_horizon
-                            {
-                                stats.tombstones_removed += 1;
-                                return false;
-                            }
-                            true
-                        })
-                        .collect();
-                    stats.records_removed += (total - keep.len()) as u64;
-                    (keep.len() < total).then(|| rebuild_batch(&bytes, &keep))
-                })
+                let mut tombstones = 0u64;
+                let f = filter_batch(&bytes, &header, cap, |r, offset| {
+                    let Some(k) = r.key else { return true };
+                    if offset >= map_end {
+                        return true;
+                    }
+                    if map.get(&key_hash(k)).is_some_and(|&latest| latest > offset) {
+                        return false;
+                    }
+                    // With LogAppendTime every record's timestamp is the batch's.
+                    let timestamp = if header.timestamp_type_log_append() {
+                        header.max_timestamp
+                    } else {
+                        header.base_timestamp.saturating_add(r.timestamp_delta)
+                    };
+                    if r.tombstone && timestamp < tombstone_horizon {
+                        tombstones += 1;
+                        return false;
+                    }
+                    true
+                });
+                if let Filtered::Rewritten(b) = &f {
+                    let removed = i64::from(header.records_count) - i64::from(records_count(b));
+                    stats.records_removed += removed.max(0) as u64;
+                    stats.tombstones_removed += tombstones;
+                }
+                f
             } else {
-                None
+                Filtered::Unchanged
             };
-            let data = kept.flatten().flatten().unwrap_or(bytes);
+            let data = match filtered {
+                Filtered::Rewritten(b) => b,
+                Filtered::Unchanged => bytes,
+                Filtered::Unreadable(reason) => {
+                    debug!(path = %s.path.display(), offset = header.base_offset, %reason,
+                        "batch kept verbatim");
+                    stats.batches_kept_verbatim += 1;
+                    bytes
+                }
+            };
             out.write_all(&data)?;
             written += data.len() as u64;
             io_bytes += data.len() as u64;
@@ -405,6 +556,7 @@ pub fn clean(
         bytes_after = stats.bytes_after,
         records_removed = stats.records_removed,
         tombstones_removed = stats.tombstones_removed,
+        batches_kept_verbatim = stats.batches_kept_verbatim,
         cleaned_up_to = map_end,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "compacted log"
@@ -412,20 +564,25 @@ pub fn clean(
     Ok(Some(stats))
 }
 
-/// A copy of `batch` holding only `keep` (raw record bytes), with the same base offset,
-/// timestamps, producer fields and `lastOffsetDelta`.
-fn rebuild_batch(batch_bytes: &[u8], keep: &[&RawRecord]) -> Option<Vec<u8>> {
-    let body: usize = keep.iter().map(|r| r.bytes.len()).sum();
-    let mut out = Vec::with_capacity(BatchHeader::SIZE + body);
-    out.extend_from_slice(&batch_bytes[..BatchHeader::SIZE]);
-    for r in keep {
-        out.extend_from_slice(r.bytes);
-    }
+/// `batch`'s header followed by `body` (the records section, compressed as the header
+/// says unless `plain`, which clears the codec bits), with `recordsCount` = `count` and
+/// `batchLength` and CRC recomputed. Everything else in the header is kept.
+fn rebuild_batch(batch_bytes: &[u8], body: &[u8], count: usize, plain: bool) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(BatchHeader::SIZE + body.len());
+    out.extend_from_slice(batch_bytes.get(..BatchHeader::SIZE)?);
+    out.extend_from_slice(body);
     let batch_length = i32::try_from(out.len() - batch::LOG_OVERHEAD).ok()?;
     out[batch::BATCH_LENGTH_POS..batch::BATCH_LENGTH_POS + 4]
         .copy_from_slice(&batch_length.to_be_bytes());
     out[batch::RECORDS_COUNT_POS..batch::RECORDS_COUNT_POS + 4]
-        .copy_from_slice(&(keep.len() as i32).to_be_bytes());
+        .copy_from_slice(&i32::try_from(count).ok()?.to_be_bytes());
+    if plain {
+        let attributes =
+            i16::from_be_bytes([out[batch::ATTRIBUTES_POS], out[batch::ATTRIBUTES_POS + 1]])
+                & !COMPRESSION_BITS;
+        out[batch::ATTRIBUTES_POS..batch::ATTRIBUTES_POS + 2]
+            .copy_from_slice(&attributes.to_be_bytes());
+    }
     let crc = batch::compute_crc(&out);
     out[batch::CRC_POS..batch::CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
     Some(out)
@@ -474,3 +631,6 @@ impl Iterator for SegmentBatches<'_> {
         Some(r)
     }
 }
+
+#[cfg(test)]
+mod tests;
