@@ -456,3 +456,40 @@ fn zip_bomb_does_not_expand_beyond_the_cap() {
         );
     }
 }
+
+#[test]
+fn reads_continue_past_segments_holding_only_empty_batches() {
+    let dir = TempDir::new().unwrap();
+    let log = open_log(&dir);
+    let big = vec![b'v'; 3000];
+    // One superseded "k" per segment, then the latest.
+    for _ in 0..6 {
+        append(
+            &log,
+            &encode(Compression::None, PLAIN, 0, 1000, &[(b"k", Some(&big))]),
+        );
+    }
+    append(
+        &log,
+        &encode(Compression::None, PLAIN, 0, 1000, &[(b"k", Some(b"last"))]),
+    );
+    append(&log, &pad());
+    let stats = clean(&log, &cfg(2000, i64::MAX, 1 << 20)).unwrap().unwrap();
+    assert_eq!(stats.records_removed, 6, "{stats:?}");
+    let l = log.read().unwrap();
+    assert!(l.segment_count() > 3);
+    // From offset 0 the read goes on to the first segment with a record.
+    let data = l.read(0, 1 << 20, i64::MAX).unwrap().data;
+    let headers: Vec<BatchHeader> = iter_batches(&data).map(|b| b.unwrap().0).collect();
+    assert_eq!(headers.first().unwrap().base_offset, 0);
+    assert_eq!(headers.last().unwrap().records_count, 1);
+    assert!(headers[..headers.len() - 1]
+        .iter()
+        .all(|h| h.records_count == 0));
+    // ... within max_bytes (but the first batch is always whole).
+    let data = l.read(0, 100, i64::MAX).unwrap().data;
+    assert_eq!(data.len(), BatchHeader::SIZE);
+    // ... and never past the upper bound.
+    let data = l.read(0, 1 << 20, 3).unwrap().data;
+    assert!(iter_batches(&data).all(|b| b.unwrap().0.base_offset < 3));
+}
