@@ -54,9 +54,33 @@
 //! by the batch read (at most 64 MiB), the cap for the decompressed records, the kept
 //! records (at most the cap) and their compressed form.
 //!
-//! Simplifications: control/transactional batches are kept verbatim (their keys are not
-//! mapped, which can only make the cleaner keep more, never drop a latest record); each
-//! pass rewrites the whole cleanable prefix of the log.
+//! # Transactions
+//!
+//! Before mapping, the pass walks the batch headers of the whole cleanable range in
+//! offset order (reading the segments in 1 MiB chunks, parsing only headers and the
+//! records of control batches; this read counts against the I/O throttle), tracking per producer id the transaction its transactional batches belong
+//! to until the control batch that closes it; the marker's key (`version: i16, type:
+//! i16`) says 0 ABORT or 1 COMMIT. Then:
+//! - records of **committed** transactions are mapped and cleaned like any others;
+//! - records of **aborted** transactions are not mapped (they must never hide a committed
+//!   value) and are removed: the batch becomes an empty batch that keeps its producer id,
+//!   epoch, base sequence and transactional flag, so the producer state can still be
+//!   rebuilt from the headers;
+//! - a transaction closed by a control batch whose marker cannot be read keeps its records
+//!   as they are, unmapped (keeping more is always safe);
+//! - a transaction with **no marker** in the cleanable range (still open, or its marker
+//!   lies beyond: active segment, within `min.compaction.lag.ms`) bounds the pass: nothing
+//!   at or after its first offset is mapped or rewritten, so `map_end` (and the cleaner
+//!   checkpoint) stops there until the marker is in the cleanable range. If that leaves
+//!   nothing to clean, the pass does nothing.
+//!
+//! Control batches (the markers) are always kept as they are. Kafka removes a marker once
+//! `delete.retention.ms` has passed and no record of its transaction remains below it;
+//! Gregor keeps them: they are small, the broker's producer-state rebuild and
+//! read_committed consumers rely on markers closing the transactions whose (possibly
+//! emptied) batches remain, and keeping them is never wrong.
+//!
+//! Simplification: each pass rewrites the whole cleanable prefix of the log.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -119,6 +143,8 @@ pub struct CleanStats {
     pub records_removed: u64,
     /// Of which expired tombstones.
     pub tombstones_removed: u64,
+    /// Of which records of aborted transactions.
+    pub aborted_records_removed: u64,
     /// The cleaner checkpoint after the pass.
     pub cleaned_up_to: i64,
     /// Batches in the cleaned range the cleaner could not read (compressed beyond
@@ -309,6 +335,55 @@ fn filter_batch(
     }
 }
 
+/// What decides whether a record below `map_end` survives.
+struct Keep<'a> {
+    map: &'a HashMap<u128, i64>,
+    map_end: i64,
+    tombstone_horizon: i64,
+    cap: usize,
+}
+
+/// Filters a (non-aborted) batch: a keyed record below `map_end` survives if it is the
+/// latest of its key and not a tombstone older than `delete.retention.ms`.
+fn filter_keyed(
+    bytes: &[u8],
+    header: &BatchHeader,
+    keep: &Keep,
+    stats: &mut CleanStats,
+) -> Filtered {
+    let mut tombstones = 0u64;
+    let f = filter_batch(bytes, header, keep.cap, |r, offset| {
+        let Some(k) = r.key else { return true };
+        if offset >= keep.map_end {
+            return true;
+        }
+        if keep
+            .map
+            .get(&key_hash(k))
+            .is_some_and(|&latest| latest > offset)
+        {
+            return false;
+        }
+        // With LogAppendTime every record's timestamp is the batch's.
+        let timestamp = if header.timestamp_type_log_append() {
+            header.max_timestamp
+        } else {
+            header.base_timestamp.saturating_add(r.timestamp_delta)
+        };
+        if r.tombstone && timestamp < keep.tombstone_horizon {
+            tombstones += 1;
+            return false;
+        }
+        true
+    });
+    if let Filtered::Rewritten(b) = &f {
+        let removed = i64::from(header.records_count) - i64::from(records_count(b));
+        stats.records_removed += removed.max(0) as u64;
+        stats.tombstones_removed += tombstones;
+    }
+    f
+}
+
 /// `recordsCount` of a whole batch.
 fn records_count(batch_bytes: &[u8]) -> i32 {
     batch_bytes
@@ -347,6 +422,174 @@ fn map_keys(
             map.insert(key_hash(k), offset);
         }
     });
+}
+
+/// Largest control batch whose marker the cleaner reads (markers are ~80 bytes).
+const MAX_MARKER_BATCH: usize = 64 * 1024;
+/// Bytes read at a time when scanning batch headers.
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// What the cleaner knows of the transaction a transactional batch belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxnFate {
+    /// Closed by a COMMIT marker in the cleanable range: cleaned like any batch.
+    Committed,
+    /// Closed by an ABORT marker: its records are removed.
+    Aborted,
+    /// Closed by a control batch whose marker cannot be read: kept as is, not mapped.
+    Unknown,
+    /// No marker in the cleanable range yet: nothing at or after its first offset is
+    /// touched in this pass.
+    Open,
+}
+
+/// The transactions of the cleanable range, from one walk over its batch headers and
+/// transaction markers in offset order.
+#[derive(Debug)]
+struct Transactions {
+    /// Per producer id, the transactions closed by an ABORT (`true`) or by an unreadable
+    /// marker (`false`): `(first offset, marker offset, aborted)`, in offset order.
+    /// Committed transactions are not stored: below `open_from`, a transactional batch
+    /// not covered here was committed.
+    closed: HashMap<i64, Vec<(i64, i64, bool)>>,
+    /// First offset of the earliest transaction with no marker in the range.
+    open_from: i64,
+}
+
+impl Transactions {
+    fn fate(&self, producer_id: i64, offset: i64) -> TxnFate {
+        if offset >= self.open_from {
+            return TxnFate::Open;
+        }
+        if let Some(list) = self.closed.get(&producer_id) {
+            let i = list.partition_point(|&(first, _, _)| first <= offset);
+            if let Some(&(_, marker, aborted)) = i.checked_sub(1).map(|i| &list[i]) {
+                if offset < marker {
+                    return if aborted {
+                        TxnFate::Aborted
+                    } else {
+                        TxnFate::Unknown
+                    };
+                }
+            }
+        }
+        TxnFate::Committed
+    }
+}
+
+/// The control type of a transaction marker batch (0 ABORT, 1 COMMIT): the key of its
+/// first record is `version: i16, type: i16`. `None` if it cannot be read.
+fn marker_type(bytes: &[u8], header: &BatchHeader) -> Option<i16> {
+    let data = records_section(bytes, header, MAX_MARKER_BATCH).ok()?;
+    let mut key = None;
+    walk_records(&data, header.records_count, |r| {
+        if key.is_none() {
+            key = r.key.map(<[u8]>::to_vec);
+        }
+    })?;
+    let key = key?;
+    let (version, kind) = match key[..] {
+        [v0, v1, t0, t1, ..] => (i16::from_be_bytes([v0, v1]), i16::from_be_bytes([t0, t1])),
+        _ => return None,
+    };
+    // Like Kafka, accept versions newer than 0 (the type keeps its place).
+    (version >= 0).then_some(kind)
+}
+
+/// Walks the batch headers of `snaps` in offset order (reading only headers and markers)
+/// and finds, per producer, which transactions committed, aborted or are still open.
+fn scan_transactions(snaps: &[SegSnap], io_bytes: &mut u64) -> Result<Transactions, LogError> {
+    let mut open: HashMap<i64, i64> = HashMap::new();
+    let mut closed: HashMap<i64, Vec<(i64, i64, bool)>> = HashMap::new();
+    let mut buf = Vec::new();
+    for s in snaps {
+        let mut chunk = ChunkReader::new(s, &mut buf, io_bytes);
+        let mut pos = 0u64;
+        while pos < s.size {
+            let header = BatchHeader::parse(chunk.get(pos, BatchHeader::SIZE)?)?;
+            let size = header.total_size();
+            if pos + size as u64 > s.size {
+                return Err(LogError::CorruptBatch(format!(
+                    "{}: batch at {pos} runs past the end of the segment",
+                    s.path.display()
+                )));
+            }
+            if header.is_transactional() {
+                let pid = header.producer_id;
+                if !header.is_control() {
+                    open.entry(pid).or_insert(header.base_offset);
+                } else if let Some(first) = open.remove(&pid) {
+                    let kind = if size <= MAX_MARKER_BATCH {
+                        marker_type(chunk.get(pos, size)?, &header)
+                    } else {
+                        None
+                    };
+                    match kind {
+                        Some(1) => {}
+                        Some(0) => {
+                            closed
+                                .entry(pid)
+                                .or_default()
+                                .push((first, header.base_offset, true))
+                        }
+                        _ => {
+                            warn!(path = %s.path.display(), offset = header.base_offset,
+                                "unreadable transaction marker; the transaction's records are kept as they are");
+                            closed
+                                .entry(pid)
+                                .or_default()
+                                .push((first, header.base_offset, false))
+                        }
+                    }
+                }
+            }
+            pos += size as u64;
+        }
+    }
+    Ok(Transactions {
+        closed,
+        open_from: open.values().copied().min().unwrap_or(i64::MAX),
+    })
+}
+
+/// Positioned reads of a segment snapshot through a buffer of [`SCAN_CHUNK`] bytes.
+struct ChunkReader<'a> {
+    seg: &'a SegSnap,
+    buf: &'a mut Vec<u8>,
+    start: u64,
+    read: &'a mut u64,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(seg: &'a SegSnap, buf: &'a mut Vec<u8>, read: &'a mut u64) -> Self {
+        buf.clear();
+        ChunkReader {
+            seg,
+            buf,
+            start: 0,
+            read,
+        }
+    }
+
+    /// `len` bytes at `pos`, which must lie within the segment.
+    fn get(&mut self, pos: u64, len: usize) -> Result<&[u8], LogError> {
+        let end = pos.checked_add(len as u64).filter(|&e| e <= self.seg.size);
+        let Some(end) = end else {
+            return Err(LogError::CorruptBatch(format!(
+                "{}: {len} bytes at {pos} run past the end of the segment",
+                self.seg.path.display()
+            )));
+        };
+        if pos < self.start || end > self.start + self.buf.len() as u64 {
+            let want = (self.seg.size - pos).min(len.max(SCAN_CHUNK) as u64) as usize;
+            self.buf.resize(want, 0);
+            self.seg.file.read_exact_at(self.buf, pos)?;
+            *self.read += want as u64;
+            self.start = pos;
+        }
+        let at = (pos - self.start) as usize;
+        Ok(&self.buf[at..at + len])
+    }
 }
 
 /// Sleeps as needed to keep `bytes` since `started` under `rate` bytes/s.
@@ -406,6 +649,10 @@ pub fn clean(
     let started = Instant::now();
     let mut io_bytes = 0u64;
 
+    // Which transactions in the cleanable range committed, aborted or are still open.
+    let txns = scan_transactions(&snaps, &mut io_bytes)?;
+    throttle(started, io_bytes, cfg.io_bytes_per_sec);
+
     // ---- 2. map (no lock)
     let cap = cfg.max_decompressed_bytes;
     let max_entries = (cfg.max_map_bytes / MAP_ENTRY_BYTES).max(1);
@@ -418,10 +665,18 @@ pub fn clean(
             if header.next_offset() <= first_dirty {
                 continue;
             }
-            // Transactional batches are kept whole and stay out of the key map until the
-            // cleaner knows which transactions aborted: an aborted write must never hide a
-            // committed value of the same key.
-            if !header.is_control() && !header.is_transactional() {
+            // Nothing at or after the first offset of a transaction that has no marker
+            // yet is cleaned in this pass.
+            if header.base_offset >= txns.open_from {
+                break 'map;
+            }
+            // Control batches carry markers, not keys. Records of aborted transactions
+            // (and of transactions whose marker cannot be read) stay out of the map: they
+            // must never hide a committed value of the same key.
+            let mapped = !header.is_control()
+                && (!header.is_transactional()
+                    || txns.fate(header.producer_id, header.base_offset) == TxnFate::Committed);
+            if mapped {
                 if map.len() + header.records_count.max(0) as usize > max_entries
                     && map_end > first_dirty
                 {
@@ -433,11 +688,22 @@ pub fn clean(
         }
         throttle(started, io_bytes, cfg.io_bytes_per_sec);
     }
+    if map_end <= first_dirty {
+        debug!(dir = %dir.display(), open_transaction_from = txns.open_from,
+            "nothing cleanable before an open transaction");
+        return Ok(None);
+    }
 
     // ---- 3. copy (no lock)
     let tombstone_horizon = cfg.now_ms.saturating_sub(cfg.delete_retention_ms);
     let mut stats = CleanStats::default();
     let mut cleaned: Vec<(i64, u64, Segment)> = Vec::new();
+    let keep = Keep {
+        map: &map,
+        map_end,
+        tombstone_horizon,
+        cap,
+    };
     for s in snaps.iter().filter(|s| s.base < map_end) {
         let tmp = PathBuf::from(format!("{}{CLEANED_SUFFIX}", s.path.display()));
         let mut out = BufWriter::with_capacity(
@@ -452,39 +718,26 @@ pub fn clean(
         for item in SegmentBatches::new(s) {
             let (header, bytes) = item?;
             io_bytes += bytes.len() as u64;
-            let filtered = if !header.is_control()
-                && !header.is_transactional()
-                && header.base_offset < map_end
-            {
-                let mut tombstones = 0u64;
-                let f = filter_batch(&bytes, &header, cap, |r, offset| {
-                    let Some(k) = r.key else { return true };
-                    if offset >= map_end {
-                        return true;
-                    }
-                    if map.get(&key_hash(k)).is_some_and(|&latest| latest > offset) {
-                        return false;
-                    }
-                    // With LogAppendTime every record's timestamp is the batch's.
-                    let timestamp = if header.timestamp_type_log_append() {
-                        header.max_timestamp
-                    } else {
-                        header.base_timestamp.saturating_add(r.timestamp_delta)
-                    };
-                    if r.tombstone && timestamp < tombstone_horizon {
-                        tombstones += 1;
-                        return false;
-                    }
-                    true
-                });
-                if let Filtered::Rewritten(b) = &f {
-                    let removed = i64::from(header.records_count) - i64::from(records_count(b));
-                    stats.records_removed += removed.max(0) as u64;
-                    stats.tombstones_removed += tombstones;
-                }
-                f
-            } else {
+            let filtered = if header.is_control() || header.base_offset >= map_end {
                 Filtered::Unchanged
+            } else if !header.is_transactional() {
+                filter_keyed(&bytes, &header, &keep, &mut stats)
+            } else {
+                match txns.fate(header.producer_id, header.base_offset) {
+                    TxnFate::Committed => filter_keyed(&bytes, &header, &keep, &mut stats),
+                    TxnFate::Aborted if header.records_count > 0 => {
+                        match rebuild_batch(&bytes, &[], 0, true) {
+                            Some(empty) => {
+                                let n = u64::try_from(header.records_count).unwrap_or(0);
+                                stats.records_removed += n;
+                                stats.aborted_records_removed += n;
+                                Filtered::Rewritten(empty)
+                            }
+                            None => Filtered::Unreadable("cannot empty batch".into()),
+                        }
+                    }
+                    TxnFate::Aborted | TxnFate::Unknown | TxnFate::Open => Filtered::Unchanged,
+                }
             };
             let data = match filtered {
                 Filtered::Rewritten(b) => b,
@@ -556,6 +809,7 @@ pub fn clean(
         bytes_after = stats.bytes_after,
         records_removed = stats.records_removed,
         tombstones_removed = stats.tombstones_removed,
+        aborted_records_removed = stats.aborted_records_removed,
         batches_kept_verbatim = stats.batches_kept_verbatim,
         cleaned_up_to = map_end,
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -108,6 +108,23 @@ fn encode_records(
     buf.to_vec()
 }
 
+/// A transaction marker (control batch) of `producer`: type 0 ABORT, 1 COMMIT.
+fn marker(producer: Producer, commit: bool, timestamp: i64) -> Vec<u8> {
+    let key = [0, 0, 0, u8::from(commit)];
+    let value = [0u8, 0, 0, 0, 0, 0];
+    encode_records(
+        Compression::None,
+        Producer {
+            transactional: true,
+            ..producer
+        },
+        -1,
+        timestamp,
+        true,
+        &[(&key, Some(&value))],
+    )
+}
+
 /// A batch too big to fit the test logs' segments, so the ones before it are sealed.
 fn pad() -> Vec<u8> {
     encode(
@@ -455,6 +472,183 @@ fn zip_bomb_does_not_expand_beyond_the_cap() {
             "peak RSS grew by {grew} bytes while cleaning"
         );
     }
+}
+
+/// Headers and raw bytes of the batches whose base offsets are `offsets`.
+fn batches_at(log: &RwLock<PartitionLog>, offsets: &[i64]) -> Vec<(BatchHeader, Vec<u8>)> {
+    let (batches, _) = stored(&log.read().unwrap());
+    offsets
+        .iter()
+        .map(|o| {
+            batches
+                .iter()
+                .find(|(h, _)| h.base_offset == *o)
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
+fn kept(log: &RwLock<PartitionLog>) -> Vec<(i64, String)> {
+    stored(&log.read().unwrap())
+        .1
+        .into_iter()
+        .filter(|r| r.key != b"zzz")
+        .map(|r| {
+            let key = match r.key[..] {
+                [0, 0, 0, 1] => "COMMIT".to_string(),
+                [0, 0, 0, 0] => "ABORT".to_string(),
+                _ => String::from_utf8(r.key).unwrap(),
+            };
+            (r.offset, key)
+        })
+        .collect()
+}
+
+#[test]
+fn aborted_transactions_are_removed_committed_cleaned_open_untouched() {
+    let dir = TempDir::new().unwrap();
+    let log = open_log(&dir);
+    let txn = |id| Producer {
+        id,
+        epoch: 5,
+        transactional: true,
+    };
+    let (a, b, c) = (txn(1), txn(2), txn(3));
+    let gz = Compression::Gzip;
+    append(&log, &encode(gz, PLAIN, 0, 1000, &[(b"k1", Some(b"v0"))])); // 0
+    append(
+        &log,
+        &encode(
+            gz,
+            a,
+            0,
+            1000,
+            &[(b"k1", Some(b"a1")), (b"k2", Some(b"a2"))],
+        ),
+    ); // 1, 2
+    append(&log, &marker(a, true, 1000)); // 3
+                                          // An aborted transaction, compressed: removed, and its k1 must not hide a1.
+    append(
+        &log,
+        &encode(
+            Compression::Lz4,
+            b,
+            0,
+            1000,
+            &[(b"k1", Some(b"x")), (b"k3", Some(b"x"))],
+        ),
+    ); // 4, 5
+    append(&log, &marker(b, false, 1000)); // 6
+    append(&log, &encode(gz, PLAIN, 0, 1000, &[(b"k2", Some(b"new"))])); // 7
+                                                                         // Still open: nothing from here on is touched.
+    append(
+        &log,
+        &encode(
+            gz,
+            c,
+            0,
+            1000,
+            &[(b"k3", Some(b"c3")), (b"k1", Some(b"c1"))],
+        ),
+    ); // 8, 9
+    append(&log, &encode(gz, PLAIN, 0, 1000, &[(b"k3", Some(b"p3"))])); // 10
+    append(&log, &encode(gz, PLAIN, 0, 1000, &[(b"k2", Some(b"p2"))])); // 11
+    append(&log, &pad());
+    append(&log, &pad());
+    let (before, _) = stored(&log.read().unwrap());
+    let stats = clean(&log, &cfg(2000, i64::MAX, 1 << 20)).unwrap().unwrap();
+    assert_eq!(stats.cleaned_up_to, 8, "{stats:?}");
+    assert_eq!(stats.aborted_records_removed, 2, "{stats:?}");
+    assert_eq!(stats.records_removed, 4, "{stats:?}");
+    let (after, _) = stored(&log.read().unwrap());
+    check_headers(&before, &after);
+    let k = kept(&log);
+    assert_eq!(
+        k,
+        [
+            (1, "k1".into()),
+            (3, "COMMIT".into()),
+            (6, "ABORT".into()),
+            (7, "k2".into()),
+            (8, "k3".into()),
+            (9, "k1".into()),
+            (10, "k3".into()),
+            (11, "k2".into()),
+        ]
+    );
+    // The aborted batch is an empty transactional batch that keeps its producer fields;
+    // markers and everything from the open transaction on are byte for byte unchanged.
+    let emptied = &batches_at(&log, &[4])[0].0;
+    assert_eq!(
+        (
+            emptied.records_count,
+            emptied.producer_id,
+            emptied.producer_epoch
+        ),
+        (0, 2, 5)
+    );
+    assert!(emptied.is_transactional());
+    for o in [3, 6, 8, 10, 11] {
+        let now = &batches_at(&log, &[o])[0].1;
+        let was = &before.iter().find(|(h, _)| h.base_offset == o).unwrap().1;
+        assert_eq!(now, was, "batch at {o} changed");
+    }
+
+    // Once C commits, its records are cleaned like any others.
+    append(&log, &marker(c, true, 1000));
+    append(&log, &pad());
+    append(&log, &pad());
+    let stats = clean(&log, &cfg(2000, i64::MAX, 1 << 20)).unwrap().unwrap();
+    assert!(stats.cleaned_up_to > 14, "{stats:?}");
+    let k = kept(&log);
+    assert_eq!(
+        k,
+        [
+            (3, "COMMIT".into()),
+            (6, "ABORT".into()),
+            (9, "k1".into()),
+            (10, "k3".into()),
+            (11, "k2".into()),
+            (14, "COMMIT".into()),
+        ]
+    );
+}
+
+#[test]
+fn unreadable_marker_keeps_its_transaction_as_it_is() {
+    let dir = TempDir::new().unwrap();
+    let log = open_log(&dir);
+    let p = Producer {
+        id: 9,
+        epoch: 0,
+        transactional: true,
+    };
+    append(
+        &log,
+        &encode(Compression::Snappy, PLAIN, 0, 1000, &[(b"k1", Some(b"v0"))]),
+    ); // 0
+    append(
+        &log,
+        &encode(Compression::Snappy, p, 0, 1000, &[(b"k1", Some(b"t1"))]),
+    ); // 1
+       // A control batch whose key is too short to be a marker.
+    append(
+        &log,
+        &encode_records(Compression::None, p, -1, 1000, true, &[(b"\0", Some(b""))]),
+    ); // 2
+    append(
+        &log,
+        &encode(Compression::Snappy, PLAIN, 0, 1000, &[(b"k2", Some(b"v"))]),
+    ); // 3
+    append(&log, &pad());
+    append(&log, &pad());
+    let (before, _) = stored(&log.read().unwrap());
+    let stats = clean(&log, &cfg(2000, i64::MAX, 1 << 20)).unwrap().unwrap();
+    // Neither mapped nor removed: v0 stays, t1 stays.
+    assert_eq!(stats.records_removed, 0, "{stats:?}");
+    let (after, _) = stored(&log.read().unwrap());
+    assert_eq!(before, after);
 }
 
 #[test]
