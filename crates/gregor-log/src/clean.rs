@@ -51,16 +51,23 @@
 //! would decompress beyond the cap, does not decompress, or whose records are
 //! inconsistent is neither mapped nor filtered: it is kept verbatim (a `warn!` when it is
 //! mapped, counted in [`CleanStats::batches_kept_verbatim`]). Memory per batch is bounded
-//! by the batch read (at most 64 MiB), the cap for the decompressed records, the kept
-//! records (at most the cap) and their compressed form.
+//! by the batch read (at most 64 MiB; a larger stored batch fails the pass), the cap for
+//! the decompressed records, the kept records (at most the cap) and their compressed
+//! form; nothing is allocated per record.
+//!
+//! Segments can end up holding nothing but empty batches; [`PartitionLog::read`] reads on
+//! past them so that a fetch never returns only empty batches while records follow.
 //!
 //! # Transactions
 //!
 //! Before mapping, the pass walks the batch headers of the whole cleanable range in
 //! offset order (reading the segments in 1 MiB chunks, parsing only headers and the
-//! records of control batches; this read counts against the I/O throttle), tracking per producer id the transaction its transactional batches belong
-//! to until the control batch that closes it; the marker's key (`version: i16, type:
-//! i16`) says 0 ABORT or 1 COMMIT. Then:
+//! records of control batches; this read counts against the I/O throttle), tracking per
+//! producer id the transaction its transactional batches belong to until the control
+//! batch that closes it; the marker's key (`version: i16, type: i16`) says 0 ABORT or
+//! 1 COMMIT. Only aborted transactions (and those closed by an unreadable marker) are
+//! remembered, as offset ranges per producer; below the first open transaction, any
+//! other transactional batch was committed. Then:
 //! - records of **committed** transactions are mapped and cleaned like any others;
 //! - records of **aborted** transactions are not mapped (they must never hide a committed
 //!   value) and are removed: the batch becomes an empty batch that keeps its producer id,
