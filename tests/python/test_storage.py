@@ -481,3 +481,243 @@ def test_compaction_converges_keeps_offsets_and_drops_tombstones(broker_factory,
     pad()
     wait_for(lambda: check(expect_tombstones=False), 60, 1.0, "tombstones to vanish")
     b.assert_no_panic()
+
+
+def segment_batches(data_dir: Path, topic: str, partition: int = 0):
+    """(file, base offset, codec, records count) of every batch in the partition's segments."""
+    out = []
+    for seg in sorted((data_dir / f"{topic}-{partition}").glob("*.log")):
+        data = seg.read_bytes()
+        pos = 0
+        while pos + 61 <= len(data):
+            base, length = struct.unpack_from(">qi", data, pos)
+            (attributes,) = struct.unpack_from(">h", data, pos + 21)
+            (count,) = struct.unpack_from(">i", data, pos + 57)
+            out.append((seg.name, base, attributes & 0x7, count))
+            pos += 12 + length
+    return out
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd", "gzip", "snappy"])
+def test_compaction_of_compressed_batches(broker_factory, tmp_path, codec):
+    """20,000 records over 200 keys produced with compression: the compacted topic converges
+    to the latest value per key at its original offset, the cleaned batches keep the
+    producer's codec, and tombstones vanish after delete.retention.ms."""
+    codec_ids = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+    cfg = write_config(tmp_path, '"log.cleaner.backoff.ms" = 200\n')
+    b = broker_factory(extra_args=("--config", str(cfg)))
+    topic = unique_topic(f"compact-{codec}")
+    create_topic_confluent(
+        b.bootstrap,
+        topic,
+        1,
+        config={
+            "cleanup.policy": "compact",
+            "segment.bytes": "30000",
+            "segment.ms": "500",
+            "min.cleanable.dirty.ratio": "0.01",
+            "delete.retention.ms": "2000",
+        },
+    )
+    p = producer(b.bootstrap, **{"linger.ms": 5, "batch.num.messages": 500, "compression.type": codec})
+    latest = {}  # key -> (offset, value)
+    errors = []
+
+    def cb(err, msg):
+        if err is not None:
+            errors.append(err)
+        else:
+            latest[msg.key()] = (msg.offset(), msg.value())
+
+    n, keys = 20_000, 200
+    for i in range(n):
+        while True:
+            try:
+                p.produce(
+                    topic,
+                    key=f"k{i % keys:03d}".encode(),
+                    value=f"value-{i}-{'y' * (i % 50)}".encode(),
+                    partition=0,
+                    on_delivery=cb,
+                )
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0 and not errors
+    tombstoned = [f"k{k:03d}".encode() for k in range(0, keys, 10)]
+    for k in tombstoned:
+        p.produce(topic, key=k, value=None, partition=0, on_delivery=cb)
+    assert p.flush(30) == 0 and not errors
+    rng = random.Random(7)
+
+    def pad(count=8):
+        # Incompressible values so the pads fill (and roll) segments whatever the codec.
+        for _ in range(count):
+            p.produce(topic, key=b"pad", value=rng.randbytes(8000), partition=0, on_delivery=cb)
+            assert p.flush(30) == 0 and not errors
+
+    pad()  # seals the segments holding the records above
+
+    def check(expect_tombstones: bool):
+        c = consumer(b.bootstrap)
+        try:
+            c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+            seen = defaultdict(list)
+            eof = False
+            deadline = time.monotonic() + 60
+            while not eof and time.monotonic() < deadline:
+                for m in c.consume(5000, 0.5):
+                    if m.error():
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            eof = True
+                            continue
+                        raise KafkaException(m.error())
+                    if m.key() != b"pad":
+                        seen[m.key()].append((m.offset(), m.value()))
+            assert eof
+        finally:
+            c.close()
+        for k in (f"k{i:03d}".encode() for i in range(keys)):
+            want = [latest[k]] if (expect_tombstones or k not in tombstoned) else []
+            if seen.get(k, []) != want:
+                return False
+        return True
+
+    wait_for(lambda: check(expect_tombstones=True), 60, 1.0, "compaction to converge")
+    assert re.search(r"compacted log", plain_log(b))
+    # The cleaned batches that still hold records are still compressed with the codec.
+    batches = segment_batches(b.data_dir, topic)
+    assert {c for (_, _, c, n) in batches if n > 0} <= {0, codec_ids[codec]}
+    assert any(c == codec_ids[codec] and n > 0 for (_, _, c, n) in batches)
+    assert all(c == 0 for (_, _, c, n) in batches if n == 0)
+    offsets = [base for (_, base, _, _) in batches]
+    assert offsets == sorted(offsets) and offsets[0] == 0
+    # After delete.retention.ms, a later pass (the log must be dirty again) drops the
+    # tombstones themselves.
+    time.sleep(2.2)
+    pad()
+    wait_for(lambda: check(expect_tombstones=False), 60, 1.0, "tombstones to vanish")
+    assert "kept verbatim" not in plain_log(b)
+    b.assert_no_panic()
+
+
+def compacted_view(bootstrap: str, topic: str, isolation: str) -> dict:
+    """key -> [(offset, value)] of every record but the pads, read from the beginning to
+    the end (the LSO for read_committed)."""
+    c = consumer(bootstrap, **{"isolation.level": isolation})
+    try:
+        c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        seen = defaultdict(list)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            eof = False
+            for m in c.consume(5000, 0.5):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        eof = True
+                        continue
+                    raise KafkaException(m.error())
+                if m.key() != b"pad":
+                    seen[m.key()].append((m.offset(), m.value()))
+            if eof:
+                return dict(seen)
+        raise TimeoutError("no end of partition")
+    finally:
+        c.close()
+
+
+def test_compaction_of_transactional_batches(broker_factory, tmp_path):
+    """Transactions on a compacted topic (lz4): aborted records vanish, committed ones
+    are compacted like others, and an open transaction stops the cleaner at its first
+    offset until it commits."""
+    cfg = write_config(tmp_path, '"log.cleaner.backoff.ms" = 200\n')
+    b = broker_factory(extra_args=("--config", str(cfg)))
+    topic = unique_topic("compact-txn")
+    create_topic_confluent(
+        b.bootstrap,
+        topic,
+        1,
+        config={"cleanup.policy": "compact", "segment.bytes": "20000", "min.cleanable.dirty.ratio": "0.01"},
+    )
+    tp = Producer(
+        {
+            **confluent_common(b.bootstrap),
+            "transactional.id": unique_topic("txn"),
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        }
+    )
+    tp.init_transactions(30)
+    plain = producer(b.bootstrap)
+    latest = {}  # key -> (offset, value) of the latest committed record
+    errors = []
+
+    def send(p, values: dict) -> dict:
+        done = {}
+
+        def cb(err, msg):
+            if err is not None:
+                errors.append(err)
+            else:
+                done[msg.key()] = (msg.offset(), msg.value())
+
+        for k, v in values.items():
+            p.produce(topic, key=k, value=v, partition=0, on_delivery=cb)
+        assert p.flush(30) == 0 and not errors
+        return done
+
+    def txn(prefix: str, keys, commit: bool):
+        tp.begin_transaction()
+        done = send(tp, {f"k{k:03d}".encode(): f"{prefix}-{k}".encode() for k in keys})
+        if commit:
+            tp.commit_transaction(30)
+            latest.update(done)
+        else:
+            tp.abort_transaction(30)
+
+    rng = random.Random(3)
+
+    def pad(count=6):
+        for _ in range(count):
+            send(plain, {b"pad": rng.randbytes(8000)})
+
+    txn("c1", range(200), True)
+    txn("ab", range(200), False)
+    txn("c3", range(100), True)
+    txn("ab2", range(150, 200), False)
+    pad()
+    expected = {k: [v] for k, v in latest.items()}
+    wait_for(lambda: compacted_view(b.bootstrap, topic, "read_uncommitted") == expected, 60, 1.0,
+             "aborted records to vanish and committed ones to be compacted")
+    assert compacted_view(b.bootstrap, topic, "read_committed") == expected
+
+    # An open transaction: nothing from its first offset on is cleaned.
+    tp.begin_transaction()
+    opened = send(tp, {f"k{k:03d}".encode(): f"open-{k}".encode() for k in range(50)})
+    after = send(plain, {f"k{k:03d}".encode(): f"plain-{k}".encode() for k in range(100, 150)})
+    pad()
+    time.sleep(2)  # several cleaner passes
+    view = compacted_view(b.bootstrap, topic, "read_uncommitted")
+    for k in range(200):
+        key = f"k{k:03d}".encode()
+        want = [latest[key]]
+        if k < 50:
+            want.append(opened[key])
+        elif 100 <= k < 150:
+            want.append(after[key])
+        assert view[key] == want, key
+    assert compacted_view(b.bootstrap, topic, "read_committed") == {
+        k: [v] for k, v in latest.items()
+    }
+    tp.commit_transaction(30)
+    latest.update(opened)
+    latest.update(after)
+    pad()
+    expected = {k: [v] for k, v in latest.items()}
+    wait_for(lambda: compacted_view(b.bootstrap, topic, "read_uncommitted") == expected, 60, 1.0,
+             "the committed transaction to be compacted")
+    assert compacted_view(b.bootstrap, topic, "read_committed") == expected
+    assert "kept verbatim" not in plain_log(b)
+    b.assert_no_panic()

@@ -51,6 +51,7 @@ pub fn cleaner_pass(broker: &Broker) {
             delete_retention_ms: s.delete_retention_ms,
             max_map_bytes: broker.config.log_cleaner_dedupe_buffer_size,
             io_bytes_per_sec: broker.config.log_cleaner_io_max_bytes_per_second,
+            max_decompressed_bytes: broker.config.max_decompressed_batch_bytes,
             now_ms: gregor_log::now_ms(),
         };
         for p in &t.partitions {

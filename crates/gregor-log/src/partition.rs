@@ -84,6 +84,35 @@ impl SyncJob {
     }
 }
 
+/// True if any of the whole batches in `data` holds a record.
+fn holds_records(data: &[u8]) -> bool {
+    let mut pos = 0;
+    while let Ok(h) = BatchHeader::parse(&data[pos..]) {
+        if h.records_count > 0 {
+            return true;
+        }
+        pos += h.total_size();
+        if pos >= data.len() {
+            break;
+        }
+    }
+    false
+}
+
+/// The offset after the last of the whole batches in `data` (`None` if there are none).
+fn next_offset_after(data: &[u8]) -> Option<i64> {
+    let mut pos = 0;
+    let mut next = None;
+    while let Ok(h) = BatchHeader::parse(&data[pos..]) {
+        next = Some(h.next_offset());
+        pos += h.total_size();
+        if pos >= data.len() {
+            break;
+        }
+    }
+    next
+}
+
 impl PartitionLog {
     /// Opens (creating if missing) the log in `dir`, validating every
     /// segment (no recovery point known). See [`PartitionLog::open_with`].
@@ -506,6 +535,12 @@ impl PartitionLog {
     /// high watermark) are never returned. `offset == log_end_offset` yields
     /// empty data; offsets outside `[log_start_offset, log_end_offset]` are
     /// [`LogError::OffsetOutOfRange`].
+    ///
+    /// If what one segment yields holds no record (only the empty batches compaction
+    /// leaves in place of removed records), the read continues into the following
+    /// segments, within `max_bytes`: a client gets nothing from such a response, and
+    /// librdkafka takes it for a fetch size too small for the next message (it doubles
+    /// its fetch size each time, then fails the partition with MSG_SIZE_TOO_LARGE).
     pub fn read(
         &self,
         offset: i64,
@@ -521,13 +556,35 @@ impl PartitionLog {
                 end,
             });
         }
-        let result = |data: Bytes| ReadResult {
-            data,
+        let mut data = self.read_segment(offset, max_bytes, upper_bound, true)?;
+        while let (false, Some(next)) = (holds_records(&data), next_offset_after(&data)) {
+            if next >= end || next >= upper_bound || data.len() >= max_bytes {
+                break;
+            }
+            let more = self.read_segment(next, max_bytes - data.len(), upper_bound, false)?;
+            if more.is_empty() {
+                break;
+            }
+            data.extend_from_slice(&more);
+        }
+        Ok(ReadResult {
+            data: Bytes::from(data),
             log_start_offset: start,
             log_end_offset: end,
-        };
-        if offset == end || offset >= upper_bound {
-            return Ok(result(Bytes::new()));
+        })
+    }
+
+    /// [`PartitionLog::read`] within the segment holding `offset` (which must lie in the
+    /// log); the first batch is returned whole even beyond `max_bytes` if `first_whole`.
+    fn read_segment(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper_bound: i64,
+        first_whole: bool,
+    ) -> Result<Vec<u8>, LogError> {
+        if offset >= self.log_end_offset() || offset >= upper_bound {
+            return Ok(Vec::new());
         }
         let seg = self.segment_for(offset);
         let Some((position, first)) = seg.locate(offset)? else {
@@ -536,8 +593,8 @@ impl PartitionLog {
                 seg.path().display()
             )));
         };
-        if first.base_offset >= upper_bound {
-            return Ok(result(Bytes::new()));
+        if first.base_offset >= upper_bound || (!first_whole && first.total_size() > max_bytes) {
+            return Ok(Vec::new());
         }
         let available = seg.size() - position;
         let want = max_bytes.max(first.total_size()) as u64;
@@ -554,7 +611,7 @@ impl PartitionLog {
         }
         debug_assert!(keep >= first.total_size());
         data.truncate(keep);
-        Ok(result(Bytes::from(data)))
+        Ok(data)
     }
 
     /// The first offset that can be read.

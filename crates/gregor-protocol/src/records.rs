@@ -9,7 +9,7 @@
 //! varint-framed fields that checks every length against the bytes that remain. Nothing is
 //! allocated from a count read off the wire, and nothing is copied per record.
 
-use std::io::Read;
+use gregor_compression::CompressionError;
 
 /// Offsets in the v2 batch header (see `gregor_log::batch`).
 const ATTRIBUTES: usize = 21;
@@ -35,16 +35,6 @@ pub enum RecordsError {
     TrailingBytes(usize),
 }
 
-fn codec_name(codec: u8) -> &'static str {
-    match codec {
-        1 => "gzip",
-        2 => "snappy",
-        3 => "lz4",
-        4 => "zstd",
-        _ => "none",
-    }
-}
-
 /// Checks one whole v2 batch (whose header, length and CRC were already validated): the
 /// records decompress within `max_decompressed` bytes, and there are exactly
 /// `recordsCount` well-formed records with offset deltas 0, 1, 2, ...
@@ -68,87 +58,22 @@ pub fn validate_batch_records(batch: &[u8], max_decompressed: usize) -> Result<(
 }
 
 /// Decompresses `input` with Kafka's framing for `codec`, failing as soon as the output would
-/// exceed `limit` bytes. Memory used is at most `limit` plus the codec's bounded working set.
+/// exceed `limit` bytes (see [`gregor_compression::decompress_bounded`]).
 pub fn decompress_bounded(codec: u8, input: &[u8], limit: usize) -> Result<Vec<u8>, RecordsError> {
-    let name = codec_name(codec);
-    let fail = |e: &dyn std::fmt::Display| RecordsError::Decompress {
-        codec: name,
-        reason: e.to_string(),
-    };
-    match codec {
-        1 => read_bounded(flate2::read::GzDecoder::new(input), limit, name),
-        2 => snappy_bounded(input, limit),
-        3 => read_bounded(lz4::Decoder::new(input).map_err(|e| fail(&e))?, limit, name),
-        4 => {
-            let mut d = zstd::stream::read::Decoder::new(input).map_err(|e| fail(&e))?;
-            // Bound the decoder's window (and so its working memory) to 16 MiB; producers'
-            // default levels use far smaller windows.
-            d.window_log_max(24).map_err(|e| fail(&e))?;
-            read_bounded(d, limit, name)
-        }
-        other => Err(RecordsError::UnknownCodec(other)),
-    }
+    Ok(gregor_compression::decompress_bounded(codec, input, limit)?)
 }
 
-fn read_bounded(
-    reader: impl Read,
-    limit: usize,
-    codec: &'static str,
-) -> Result<Vec<u8>, RecordsError> {
-    let mut out = Vec::new();
-    reader
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| RecordsError::Decompress {
-            codec,
-            reason: e.to_string(),
-        })?;
-    if out.len() > limit {
-        return Err(RecordsError::TooLarge { limit });
-    }
-    Ok(out)
-}
-
-/// Kafka's snappy: xerial framing (magic header, then `u32` length-prefixed raw blocks), or a
-/// single raw snappy block when the magic is absent (as the Java client accepts).
-fn snappy_bounded(input: &[u8], limit: usize) -> Result<Vec<u8>, RecordsError> {
-    const MAGIC: &[u8] = b"\x82SNAPPY\x00";
-    const HEADER_LEN: usize = 16;
-    let fail = |e: &dyn std::fmt::Display| RecordsError::Decompress {
-        codec: "snappy",
-        reason: e.to_string(),
-    };
-    let raw_block = |block: &[u8], out: &mut Vec<u8>| -> Result<(), RecordsError> {
-        let len = snap::raw::decompress_len(block).map_err(|e| fail(&e))?;
-        if out.len().saturating_add(len) > limit {
-            return Err(RecordsError::TooLarge { limit });
+impl From<CompressionError> for RecordsError {
+    fn from(e: CompressionError) -> Self {
+        match e {
+            CompressionError::UnknownCodec(c) => RecordsError::UnknownCodec(c),
+            CompressionError::TooLarge { limit } => RecordsError::TooLarge { limit },
+            CompressionError::Decompress { codec, reason }
+            | CompressionError::Compress { codec, reason } => {
+                RecordsError::Decompress { codec, reason }
+            }
         }
-        let start = out.len();
-        out.resize(start + len, 0);
-        snap::raw::Decoder::new()
-            .decompress(block, &mut out[start..])
-            .map_err(|e| fail(&e))?;
-        Ok(())
-    };
-    let mut out = Vec::new();
-    if input.len() < HEADER_LEN || &input[..MAGIC.len()] != MAGIC {
-        raw_block(input, &mut out)?;
-        return Ok(out);
     }
-    let mut rest = &input[HEADER_LEN..];
-    while !rest.is_empty() {
-        if rest.len() < 4 {
-            return Err(fail(&"truncated block length"));
-        }
-        let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        rest = &rest[4..];
-        if len > rest.len() {
-            return Err(fail(&"block longer than the data"));
-        }
-        raw_block(&rest[..len], &mut out)?;
-        rest = &rest[len..];
-    }
-    Ok(out)
 }
 
 /// A cursor over varint-framed record fields; every read is checked against what remains.

@@ -1001,6 +1001,7 @@ fn clean_cfg(now_ms: i64, delete_retention_ms: i64) -> crate::clean::CleanConfig
         delete_retention_ms,
         max_map_bytes: 1 << 20,
         io_bytes_per_sec: 0,
+        max_decompressed_bytes: 1 << 20,
         now_ms,
     }
 }
