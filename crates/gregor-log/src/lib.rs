@@ -148,9 +148,11 @@ mod checkpoint;
 pub mod clean;
 mod partition;
 mod segment;
+pub mod txnindex;
 
 pub use batch::{BatchError, BatchHeader};
-pub use partition::{PartitionLog, RecoveryHint, SyncJob};
+pub use partition::{AbortedTxnsOnDisk, PartitionLog, RecoveryHint, SyncJob};
+pub use txnindex::AbortedTxnEntry;
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -251,6 +253,8 @@ pub struct AppendInfo {
     pub batches: usize,
     /// Number of records appended (sum of `recordsCount`).
     pub records: i64,
+    /// A new segment was rolled for this append (its base offset is `base_offset`).
+    pub rolled: bool,
 }
 
 /// Outcome of a [`PartitionLog::read`].
