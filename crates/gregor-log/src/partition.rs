@@ -535,12 +535,14 @@ impl PartitionLog {
                 .take_while(|e| e.last_offset < from)
                 .count();
             let keep_len = (keep * txnindex::ENTRY_SIZE) as u64;
-            let len = fs::metadata(&path)?.len();
             if keep == 0 {
-                fs::remove_file(&path)?;
+                match fs::remove_file(&path) {
+                    Ok(()) => removed_any = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
                 self.txn_index_bases.remove(&base);
-                removed_any = true;
-            } else if len != keep_len {
+            } else if fs::metadata(&path)?.len() != keep_len {
                 let f = fs::OpenOptions::new().write(true).open(&path)?;
                 f.set_len(keep_len)?;
                 f.sync_all()?;
