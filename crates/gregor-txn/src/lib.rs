@@ -2,7 +2,9 @@
 //! epoch, and the sequence numbers of their last batches.
 //!
 //! Sans-I/O: the broker feeds it batch headers (before appending, to decide; after appending,
-//! to record) and rebuilds it after a restart by replaying the batch headers of the log.
+//! to record) and rebuilds it after a restart from a snapshot (the serde form of
+//! [`ProducerStateTable`], without the aborted index) plus a replay of the batch headers
+//! after it; the aborted index is restored from the broker's per-segment files.
 //! The transaction coordinator lives in [`coordinator`]; the `__transaction_state` and
 //! control record schemas in [`records`].
 //!
