@@ -4,12 +4,13 @@ with enable.idempotence=true writes every record exactly once while the broker i
 with -9 and restarted under it."""
 from __future__ import annotations
 
+import re
 import struct
 import time
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from gregor_testlib import create_topic_confluent, unique_topic
+from gregor_testlib import create_topic_confluent, unique_topic, wait_for
 from test_hostile_batches import batch, produce_error, record
 from test_raw_protocol import header_v1, roundtrip
 
@@ -143,19 +144,71 @@ def test_idempotent_producer_exactly_once_through_kill9(broker):
     assert kills == 3
 
 
+def producer_state_loads(broker, topic: str, partition: int = 0) -> list[tuple[int, int]]:
+    """(snapshot offset, replayed batches) of every start in the broker's log that loaded
+    producer state for the partition (-1: no snapshot, replayed from the log start)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", broker.log_text())
+    pat = re.compile(
+        rf'producer state loaded.*topic="?{re.escape(topic)}"? partition={partition} '
+        r"snapshot_offset=(-?\d+) replayed_batches=(\d+)"
+    )
+    return [(int(m.group(1)), int(m.group(2))) for m in pat.finditer(text)]
+
+
 def test_producer_state_snapshot_on_clean_restart(broker):
-    """A clean stop writes each partition's producer state; the next start loads it (and
-    removes it) instead of replaying the log, and duplicates are still recognised."""
+    """A clean stop writes each partition's producer state at the log end
+    (`<offset>.snapshot`); the next start loads it and replays nothing, and duplicates are
+    still recognised. The old single `producer-state.snapshot` is removed."""
     topic = unique_topic("snap")
     create_topic_confluent(broker.bootstrap, topic, 1)
     _, pid, _ = init_producer_id(broker)
     assert produce_error(broker, topic, one(pid, 0, 0, 2)) == (0, 0)
     assert produce_error(broker, topic, one(pid, 0, 2, 1)) == (0, 2)
     assert broker.stop() == 0
-    snapshot = broker.data_dir / f"{topic}-0" / "producer-state.snapshot"
+    pdir = broker.data_dir / f"{topic}-0"
+    snapshot = pdir / f"{3:020}.snapshot"
     assert snapshot.exists()
+    legacy = pdir / "producer-state.snapshot"
+    legacy.write_text("{}")
     broker.start()
-    assert not snapshot.exists(), "a loaded snapshot must not outlive the start"
+    assert not legacy.exists()
+    assert producer_state_loads(broker, topic)[-1] == (3, 0)
     assert produce_error(broker, topic, one(pid, 0, 0, 2)) == (0, 0)
     assert produce_error(broker, topic, one(pid, 0, 3, 1)) == (0, 3)
     assert produce_error(broker, topic, one(pid, 0, 9, 1))[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+
+
+def test_kill9_replays_only_the_tail_after_the_last_snapshot(broker):
+    """Segment rolls write producer snapshots; after kill -9 the start loads the newest and
+    replays only the batches after it, and idempotent dedup still holds."""
+    topic = unique_topic("snap9")
+    create_topic_confluent(broker.bootstrap, topic, 1, config={"segment.bytes": "8192"})
+    _, pid, _ = init_producer_id(broker)
+    value = b"x" * 500
+    total = 300
+    for seq in range(total):
+        b = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=seq)
+        assert produce_error(broker, topic, b) == (0, seq)
+    pdir = broker.data_dir / f"{topic}-0"
+    segments = sorted(pdir.glob("*.log"))
+    assert len(segments) > 10
+    wait_for(lambda: len(list(pdir.glob("*.snapshot"))) >= 2, what="roll snapshots")
+    time.sleep(0.5)  # the flusher writes a roll's snapshot just after answering the produce
+    snapshots = sorted(int(p.name.split(".")[0]) for p in pdir.glob("*.snapshot"))
+    assert len(snapshots) <= 3, "old snapshots are deleted"
+    broker.kill9()
+    broker.start()
+    snap_offset, replayed = producer_state_loads(broker, topic)[-1]
+    assert snap_offset == snapshots[-1] > 0
+    assert replayed == total - snap_offset < total // 5, (snap_offset, replayed)
+    # The last batch retried after the restart gets its original offset; the next is new.
+    last = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=total - 1)
+    assert produce_error(broker, topic, last) == (0, total - 1)
+    nxt = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=total)
+    assert produce_error(broker, topic, nxt) == (0, total)
+    gap = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=total + 5)
+    assert produce_error(broker, topic, gap)[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+    # A clean restart loads the shutdown snapshot and replays nothing.
+    broker.restart()
+    assert producer_state_loads(broker, topic)[-1] == (total + 1, 0)
+    assert produce_error(broker, topic, nxt) == (0, total)

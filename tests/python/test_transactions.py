@@ -24,7 +24,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from gregor_testlib import confluent_common, create_topic_confluent, unique_topic
+from gregor_testlib import confluent_common, create_topic_confluent, unique_topic, wait_for
 from test_hostile_batches import batch, produce_error, record
 from test_raw_protocol import header_v1, header_v2, kstring, roundtrip, uvarint
 
@@ -110,6 +110,60 @@ def test_aborted_transactions_hidden_from_read_committed(broker):
     broker.kill9()
     broker.restart()
     check()
+
+
+def test_aborted_transaction_in_an_old_segment_stays_hidden_across_restarts(broker):
+    """The aborted transaction lies in an early segment; later segments (and producer
+    snapshots) follow. read_committed hides it after kill -9 (producer state from the newest
+    snapshot + the tail; the aborted entry from that segment's .txnindex) and after a clean
+    restart (nothing replayed)."""
+    from test_idempotence import producer_state_loads
+
+    topic = unique_topic("txn-old-abort")
+    create_topic_confluent(broker.bootstrap, topic, 1, config={"segment.bytes": "16384"})
+    p = txn_producer(broker.bootstrap, unique_topic("tx"))
+    p.begin_transaction()
+    for i in range(5):
+        p.produce(topic, value=b"c0-%d" % i, partition=0)
+    p.commit_transaction(30)
+    p.begin_transaction()
+    for i in range(5):
+        p.produce(topic, value=b"ab-%d" % i, partition=0)
+    p.flush()
+    p.abort_transaction(30)
+    committed = [b"c0-%d" % i for i in range(5)]
+    for t in range(40):
+        p.begin_transaction()
+        for i in range(3):
+            v = b"c%d-%d-" % (t + 1, i) + b"y" * 1000
+            p.produce(topic, value=v, partition=0)
+            committed.append(v)
+        p.commit_transaction(30)
+    pdir = broker.data_dir / f"{topic}-0"
+    assert len(list(pdir.glob("*.log"))) > 4
+    txnindex = list(pdir.glob("*.txnindex"))
+    assert len(txnindex) == 1 and txnindex[0].stat().st_size == 34
+    first_segment = sorted(pdir.glob("*.log"))[0].name.split(".")[0]
+    assert txnindex[0].name.split(".")[0] == first_segment
+
+    def check():
+        rc = values(read_all(broker.bootstrap, topic, 1, "read_committed", expect=len(committed)))
+        assert rc == committed
+        ru = values(read_all(broker.bootstrap, topic, 1, "read_uncommitted",
+                             expect=len(committed) + 5))
+        assert len(ru) == len(committed) + 5
+
+    check()
+    wait_for(lambda: list(pdir.glob("*.snapshot")), what="a roll snapshot")
+    broker.kill9()
+    broker.start()
+    snap_offset, replayed = producer_state_loads(broker, topic)[-1]
+    assert snap_offset > 0 and replayed < 40, (snap_offset, replayed)
+    check()
+    broker.restart()
+    assert producer_state_loads(broker, topic)[-1][1] == 0
+    check()
+    assert len(list(pdir.glob("*.txnindex"))) == 1
 
 
 def test_read_committed_stops_at_the_last_stable_offset(broker):

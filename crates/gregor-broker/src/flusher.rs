@@ -136,6 +136,11 @@ fn run(inner: &Inner) {
         for w in waiters {
             let _ = w.send(result.clone());
         }
+        // Producer snapshots of segments rolled since (rare: once per roll), after the
+        // waiters are answered and with no log lock held.
+        for p in &partitions {
+            p.write_due_snapshots();
+        }
     }
 }
 
@@ -186,8 +191,6 @@ fn flush_round(partitions: &[Arc<Partition>]) -> FlushResult {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
-    use std::sync::RwLock;
 
     use gregor_log::{LogConfig, PartitionLog};
 
@@ -215,14 +218,13 @@ mod tests {
                 let log =
                     PartitionLog::open(&dir.path().join(format!("t-{i}")), LogConfig::default())
                         .unwrap();
-                Arc::new(Partition {
-                    topic: "t".into(),
-                    index: i,
-                    log: RwLock::new(log),
-                    producers: Default::default(),
-                    flush_queued: AtomicBool::new(false),
-                    cleaning: AtomicBool::new(false),
-                })
+                Arc::new(Partition::new(
+                    "t",
+                    i,
+                    dir.path().join(format!("t-{i}")),
+                    log,
+                    Default::default(),
+                ))
             })
             .collect();
         let flusher = Flusher::start();

@@ -266,7 +266,12 @@ impl GroupService {
             };
             match encode_batch(&records, now, producer) {
                 Ok(batch) => {
-                    let appended = partition.log.write().expect("log lock").append(&batch);
+                    let appended = {
+                        let mut log = partition.log.write().expect("log lock");
+                        let mut producers =
+                            partition.producers.lock().expect("producer state lock");
+                        partition.append_locked(&mut log, &mut producers, &batch)
+                    };
                     match appended {
                         Ok(_) => written.push(partition.clone()),
                         Err(e) => {
@@ -296,6 +301,9 @@ impl GroupService {
                     .expect("log lock")
                     .flush()
                     .map_err(|e| e.to_string())?;
+            }
+            for p in &written {
+                p.write_due_snapshots();
             }
             Ok(())
         })

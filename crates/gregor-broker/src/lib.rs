@@ -10,6 +10,7 @@ pub mod flusher;
 pub mod groups;
 pub mod handlers;
 pub mod log_manager;
+pub mod producer_state;
 pub mod server;
 pub mod state;
 pub mod topic_config;

@@ -131,13 +131,16 @@ pub fn retention_pass(broker: &Broker) {
             let mut log = p.log.write().expect("log lock");
             match log.apply_retention(s.retention_ms, s.retention_bytes, now) {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(
+                Ok(n) => {
+                    p.segments_deleted(&log);
+                    tracing::info!(
                     topic = %t.name,
                     partition = p.index,
                     segments_deleted = n,
                     log_start_offset = log.log_start_offset(),
                     "retention deleted old segments"
-                ),
+                    )
+                }
                 Err(e) => {
                     tracing::error!(topic = %t.name, partition = p.index, error = %e, "retention failed")
                 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use gregor_log::{batch::iter_batches, LogConfig, PartitionLog};
 use gregor_log::{BatchHeader, RecoveryHint};
-use gregor_txn::{ProducerBatch, ProducerStateTable};
+use gregor_txn::ProducerStateTable;
 use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -46,9 +46,40 @@ pub struct Partition {
     pub flush_queued: AtomicBool,
     /// The compaction cleaner is working on this partition.
     pub cleaning: AtomicBool,
+    /// The partition's directory (producer snapshots live there).
+    pub dir: PathBuf,
+    /// Producer-state snapshots taken at segment rolls, waiting for the log to be durable
+    /// past their offset (see [`crate::producer_state`]). A leaf lock.
+    pub pending_snapshots: Mutex<Vec<(i64, ProducerStateTable)>>,
+    /// Serializes snapshot writers; holds the newest snapshot offset on disk.
+    pub snapshot_write: Mutex<Option<i64>>,
+    /// Batches replayed into the producer state when the partition was opened.
+    pub replayed_on_open: u64,
 }
 
 impl Partition {
+    /// A partition over an opened log and its producer state.
+    pub fn new(
+        topic: &str,
+        index: i32,
+        dir: PathBuf,
+        log: PartitionLog,
+        producers: ProducerStateTable,
+    ) -> Partition {
+        Partition {
+            topic: topic.to_string(),
+            index,
+            log: RwLock::new(log),
+            producers: Mutex::new(producers),
+            flush_queued: AtomicBool::new(false),
+            cleaning: AtomicBool::new(false),
+            dir,
+            pending_snapshots: Mutex::new(Vec::new()),
+            snapshot_write: Mutex::new(None),
+            replayed_on_open: 0,
+        }
+    }
+
     /// The high watermark. On a single node every appended batch is committed, so it equals
     /// the log end offset. Replication will make this the ISR's minimum.
     pub fn high_watermark(&self) -> i64 {
@@ -333,6 +364,7 @@ impl Broker {
             .iter()
             .map(|p| p.log.read().expect("log lock").scanned_on_open())
             .sum();
+        let replayed: u64 = opened.iter().map(|p| p.replayed_on_open).sum();
         let mut by_topic: HashMap<String, Vec<Arc<Partition>>> = HashMap::new();
         for part in opened {
             by_topic.entry(part.topic.clone()).or_default().push(part);
@@ -356,6 +388,7 @@ impl Broker {
             partitions = total,
             clean_shutdown = clean,
             scanned_bytes = scanned,
+            replayed_batches = replayed,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "opened partition logs"
         );
@@ -699,7 +732,7 @@ impl Broker {
                     ok = false;
                     tracing::error!(topic = %t.name, partition = p.index, error = %e, "flush on shutdown failed");
                 }
-                if let Err(e) = write_producer_snapshot(p, &self.config.data_dir) {
+                if let Err(e) = p.snapshot_at_shutdown() {
                     ok = false;
                     tracing::error!(topic = %t.name, partition = p.index, error = %e, "producer snapshot failed");
                 }
@@ -762,122 +795,26 @@ fn open_partition_with(
     hint: RecoveryHint,
 ) -> anyhow::Result<Arc<Partition>> {
     let dir = partition_dir(&config.data_dir, topic, index);
-    let log = PartitionLog::open_with(&dir, log_config(config, overrides), hint)?;
-    let producers = load_producer_state(&dir, &log, hint.clean)?;
-    if !producers.is_empty() {
+    let mut log = PartitionLog::open_with(&dir, log_config(config, overrides), hint)?;
+    let loaded = crate::producer_state::load(&dir, &mut log)?;
+    if loaded.replayed_batches > 0 || !loaded.table.is_empty() {
         tracing::info!(
             topic,
             partition = index,
-            producers = producers.len(),
-            "rebuilt producer state"
+            snapshot_offset = loaded.snapshot_offset.unwrap_or(-1),
+            replayed_batches = loaded.replayed_batches,
+            producers = loaded.table.len(),
+            aborted_txns = loaded.table.aborted_len(),
+            "producer state loaded"
         );
     }
-    Ok(Arc::new(Partition {
-        topic: topic.to_string(),
-        index,
-        log: RwLock::new(log),
-        producers: Mutex::new(producers),
-        flush_queued: AtomicBool::new(false),
-        cleaning: AtomicBool::new(false),
-    }))
-}
-
-/// File in a partition directory holding the producer state at a clean shutdown.
-const PRODUCER_SNAPSHOT_FILE: &str = "producer-state.snapshot";
-
-#[derive(Serialize, Deserialize)]
-struct ProducerSnapshot {
-    /// The log end offset the state was taken at.
-    end_offset: i64,
-    table: ProducerStateTable,
-}
-
-/// Writes the partition's producer state for the next start (clean shutdown only).
-fn write_producer_snapshot(partition: &Partition, data_dir: &Path) -> anyhow::Result<()> {
-    let log = partition.log.read().expect("log lock");
-    let snapshot = ProducerSnapshot {
-        end_offset: log.log_end_offset(),
-        table: partition
-            .producers
-            .lock()
-            .expect("producer state lock")
-            .clone(),
-    };
-    let dir = partition_dir(data_dir, &partition.topic, partition.index);
-    write_atomically(
-        &dir.join(PRODUCER_SNAPSHOT_FILE),
-        &serde_json::to_vec(&snapshot)?,
-    )?;
-    Ok(())
-}
-
-/// The producer state of a partition being opened: the snapshot written at a clean
-/// shutdown if the log still ends exactly where it was taken, otherwise a replay of the
-/// whole log. The snapshot is removed either way, so it can never describe a log that
-/// changed after an unclean stop.
-fn load_producer_state(
-    dir: &Path,
-    log: &PartitionLog,
-    clean: bool,
-) -> anyhow::Result<ProducerStateTable> {
-    let path = dir.join(PRODUCER_SNAPSHOT_FILE);
-    let snapshot = match std::fs::read(&path) {
-        Ok(bytes) => {
-            std::fs::remove_file(&path)?;
-            match serde_json::from_slice::<ProducerSnapshot>(&bytes) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable producer snapshot");
-                    None
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e.into()),
-    };
-    match snapshot {
-        Some(s) if clean && s.end_offset == log.log_end_offset() => Ok(s.table),
-        _ => rebuild_producer_state(log),
-    }
-}
-
-/// Replays the batch headers of the whole log into a producer state table: sequences,
-/// open transactions (transactional batches not yet followed by their marker) and the
-/// aborted-transaction index (from ABORT markers). Reads every batch once (headers, and
-/// control records' type); used when no clean-shutdown snapshot applies.
-fn rebuild_producer_state(log: &PartitionLog) -> anyhow::Result<ProducerStateTable> {
-    let mut table = ProducerStateTable::new();
-    let end = log.log_end_offset();
-    let read = |offset: i64| Ok(log.read(offset, 1 << 20, end)?.data);
-    replay_batches(log.log_start_offset(), read, |header, batch| {
-        if header.is_control() {
-            match crate::transactions::marker_type(&batch) {
-                Some(commit) => table.record_marker(
-                    header.producer_id,
-                    header.producer_epoch,
-                    header.base_offset,
-                    commit,
-                ),
-                None => tracing::warn!(
-                    offset = header.base_offset,
-                    "unreadable control batch skipped"
-                ),
-            }
-        } else if header.producer_id >= 0 {
-            if header.is_transactional() {
-                table.record_transactional(header.producer_id, header.base_offset);
-            }
-            let batch = ProducerBatch::new(
-                header.producer_id,
-                header.producer_epoch,
-                header.base_sequence,
-                header.last_offset_delta,
-            );
-            table.record(&batch, header.base_offset, header.last_offset());
-        }
-        Ok(())
-    })?;
-    Ok(table)
+    let mut partition = Partition::new(topic, index, dir, log, loaded.table);
+    partition.replayed_on_open = loaded.replayed_batches;
+    *partition
+        .snapshot_write
+        .get_mut()
+        .expect("snapshot write lock") = loaded.snapshot_offset;
+    Ok(Arc::new(partition))
 }
 
 type OpenWork = (String, i32, BTreeMap<String, String>, Option<i64>);

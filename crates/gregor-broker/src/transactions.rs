@@ -197,11 +197,10 @@ impl TransactionService {
                 None,
             )
             .map_err(|e| e.to_string())?;
+            let mut log = partition.log.write().expect("log lock");
+            let mut producers = partition.producers.lock().expect("producer state lock");
             partition
-                .log
-                .write()
-                .expect("log lock")
-                .append(&batch)
+                .append_locked(&mut log, &mut producers, &batch)
                 .map_err(|e| e.to_string())?;
             if !written.iter().any(|p| Arc::ptr_eq(p, partition)) {
                 written.push(partition.clone());
@@ -244,17 +243,10 @@ impl TransactionService {
             };
             {
                 let mut log = partition.log.write().expect("log lock");
-                let info = log.append(&batch).map_err(|e| e.to_string())?;
+                let mut producers = partition.producers.lock().expect("producer state lock");
                 partition
-                    .producers
-                    .lock()
-                    .expect("producer state lock")
-                    .record_marker(
-                        job.producer_id,
-                        job.producer_epoch,
-                        info.base_offset,
-                        job.commit,
-                    );
+                    .append_locked(&mut log, &mut producers, &batch)
+                    .map_err(|e| e.to_string())?;
             }
             offsets_partitions |= topic == OFFSETS_TOPIC;
             written.push(partition);

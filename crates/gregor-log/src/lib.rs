@@ -16,6 +16,7 @@
 //! <dir>/00000000000000000000.log     segment whose first batch has base offset 0
 //! <dir>/00000000000000000000.index   its offset/time index (sealed segments, and all at clean shutdown)
 //! <dir>/00000000000000001234.log     next segment, first base offset 1234 (the active one)
+//! <dir>/00000000000000000000.txnindex aborted transactions whose ABORT marker is in that segment
 //! <dir>/log-start-offset             checkpoint: decimal log start offset + '\n'
 //! <dir>/cleaner-offset-checkpoint    compaction: offsets below it were cleaned by the last pass
 //! <dir>/*.tmp, *.log.cleaned         transient; removed on open
@@ -47,6 +48,12 @@
 //!   recovery cutting a torn tail — first removes its index file durably
 //!   (unlink + directory fsync); compaction swaps in a new file and a new
 //!   index.
+//! * **Aborted-transaction index** (`<base>.txnindex`, see [`txnindex`]):
+//!   Kafka's 34-byte entries appended by [`PartitionLog::append_aborted_txn`]
+//!   to the segment holding the marker; synced by the next [`SyncJob`];
+//!   deleted with its segment; read and truncated on open by the caller
+//!   ([`PartitionLog::read_aborted_txns`], [`PartitionLog::truncate_aborted_txns`]).
+//!   The log attaches no meaning to the entries.
 //! * **`log-start-offset`** holds the offset set by
 //!   [`PartitionLog::advance_log_start_offset`] (DeleteRecords, retention);
 //!   it is replaced atomically (write tmp, fsync, rename, fsync dir). If it is
@@ -148,9 +155,11 @@ mod checkpoint;
 pub mod clean;
 mod partition;
 mod segment;
+pub mod txnindex;
 
 pub use batch::{BatchError, BatchHeader};
-pub use partition::{PartitionLog, RecoveryHint, SyncJob};
+pub use partition::{AbortedTxnsOnDisk, PartitionLog, RecoveryHint, SyncJob};
+pub use txnindex::AbortedTxnEntry;
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -251,6 +260,8 @@ pub struct AppendInfo {
     pub batches: usize,
     /// Number of records appended (sum of `recordsCount`).
     pub records: i64,
+    /// A new segment was rolled for this append (its base offset is `base_offset`).
+    pub rolled: bool,
 }
 
 /// Outcome of a [`PartitionLog::read`].

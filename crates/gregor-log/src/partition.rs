@@ -1,5 +1,6 @@
 //! [`PartitionLog`]: the segmented log of one partition.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tracing::{debug, warn};
 use crate::batch::{self, BatchHeader};
 use crate::checkpoint;
 use crate::segment::{self, Segment};
+use crate::txnindex::{self, AbortedTxnEntry};
 use crate::{AppendInfo, LogConfig, LogError, ReadResult};
 
 /// The log of one partition: an ordered list of segment files plus the log
@@ -37,6 +39,23 @@ pub struct PartitionLog {
     failed: Option<String>,
     /// Bytes of segment data read and validated by `open_with`.
     scanned_on_open: u64,
+    /// Segment bases that have a `.txnindex` file.
+    txn_index_bases: BTreeSet<i64>,
+    /// Open `.txnindex` handles for appending, by segment base.
+    txn_files: BTreeMap<i64, Arc<File>>,
+    /// `.txnindex` files appended to since the last sync job.
+    txn_dirty: Vec<Arc<File>>,
+}
+
+/// The aborted-transaction entries of a log's `.txnindex` files, as read on open.
+#[derive(Debug, Default)]
+pub struct AbortedTxnsOnDisk {
+    /// Well-formed entries of live segments, sorted by marker offset, all below the log
+    /// end offset.
+    pub entries: Vec<AbortedTxnEntry>,
+    /// Base offset of the first segment whose file was damaged (entries after the damage
+    /// are unknown: they must be re-derived by replaying from at most this offset).
+    pub damaged_from: Option<i64>,
 }
 
 /// What the caller knows about the state of a log directory when opening it.
@@ -142,6 +161,7 @@ impl PartitionLog {
         let checkpointed_start = checkpoint::read(dir)?;
 
         let mut files = Vec::new();
+        let mut txn_index_files = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -153,6 +173,11 @@ impl PartitionLog {
                 fs::remove_file(entry.path())?;
             } else if let Some(base) = segment::parse_file_name(name) {
                 files.push((base, entry.path()));
+            } else if let Some(base) = name
+                .strip_suffix(txnindex::TXN_INDEX_SUFFIX)
+                .and_then(|stem| segment::parse_file_name(&format!("{stem}.log")))
+            {
+                txn_index_files.push((base, entry.path()));
             }
         }
         files.sort_unstable_by_key(|(base, _)| *base);
@@ -226,6 +251,7 @@ impl PartitionLog {
                     "deleting segment after the point where the log was cut"
                 );
                 let _ = fs::remove_file(segment::index_path(path));
+                let _ = fs::remove_file(txnindex::txn_index_path(path));
                 fs::remove_file(path)?;
             }
         }
@@ -252,7 +278,20 @@ impl PartitionLog {
             first_unflushed_ms: None,
             failed: None,
             scanned_on_open: scanned_bytes,
+            txn_index_bases: BTreeSet::new(),
+            txn_files: BTreeMap::new(),
+            txn_dirty: Vec::new(),
         };
+        // Aborted-transaction indexes of live segments; any other is an orphan.
+        for (base, path) in txn_index_files {
+            if log.segments.iter().any(|s| s.base_offset() == base) {
+                log.txn_index_bases.insert(base);
+            } else {
+                warn!(file = %path.display(), "deleting aborted-transaction index without a segment");
+                fs::remove_file(&path)?;
+                log.dir_dirty = true;
+            }
+        }
 
         let end = log.log_end_offset();
         if log.log_start_offset > end {
@@ -361,7 +400,8 @@ impl PartitionLog {
         let aged = active
             .first_append_ms()
             .is_some_and(|t| now.saturating_sub(t) >= self.config.segment_ms);
-        if !active.is_empty() && (would_exceed || relative_overflow || aged) {
+        let rolled = !active.is_empty() && (would_exceed || relative_overflow || aged);
+        if rolled {
             self.roll(base_offset)?;
         }
 
@@ -394,6 +434,7 @@ impl PartitionLog {
             offset_of_max_timestamp,
             batches: headers.len(),
             records: record_count,
+            rolled,
         })
     }
 
@@ -413,11 +454,12 @@ impl PartitionLog {
     /// run the job and report the outcome to
     /// [`complete_sync`](Self::complete_sync).
     pub fn take_sync_job(&mut self) -> SyncJob {
-        let files = self
+        let mut files: Vec<Arc<File>> = self
             .segments
             .iter_mut()
             .filter_map(Segment::take_dirty_file)
             .collect();
+        files.append(&mut self.txn_dirty);
         let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
         self.unflushed_records = 0;
         self.first_unflushed_ms = None;
@@ -440,6 +482,111 @@ impl PartitionLog {
                 self.failed = Some(e);
             }
         }
+    }
+
+    /// Appends an aborted transaction to the `.txnindex` of the segment holding its
+    /// marker (`entry.last_offset`, which must be in the log). Not fsynced here: the next
+    /// sync job covers it, so entries below the durable offset are durable.
+    pub fn append_aborted_txn(&mut self, entry: &AbortedTxnEntry) -> Result<(), LogError> {
+        let end = self.log_end_offset();
+        if entry.last_offset < self.segments[0].base_offset() || entry.last_offset >= end {
+            return Err(LogError::InvalidRecord(format!(
+                "aborted transaction marker offset {} is not in the log [{}, {end})",
+                entry.last_offset,
+                self.segments[0].base_offset()
+            )));
+        }
+        let seg = self.segment_for(entry.last_offset);
+        let (base, path) = (seg.base_offset(), txnindex::txn_index_path(seg.path()));
+        let file = match self.txn_files.get(&base) {
+            Some(f) => f.clone(),
+            None => {
+                let (f, created) = txnindex::open_for_append(&path)?;
+                let f = Arc::new(f);
+                self.dir_dirty |= created;
+                self.txn_index_bases.insert(base);
+                // Only the active segment's handle is worth keeping open.
+                if base == self.active().base_offset() {
+                    self.txn_files.clear();
+                    self.txn_files.insert(base, f.clone());
+                }
+                f
+            }
+        };
+        txnindex::append(&file, entry)?;
+        if !self.txn_dirty.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            self.txn_dirty.push(file);
+        }
+        Ok(())
+    }
+
+    /// Reads the `.txnindex` files of the live segments. Entries for markers at or
+    /// beyond the log end offset (the log lost its tail) are left out.
+    pub fn read_aborted_txns(&self) -> Result<AbortedTxnsOnDisk, LogError> {
+        let mut out = AbortedTxnsOnDisk::default();
+        let last = self.active().base_offset();
+        for seg in &self.segments {
+            if !self.txn_index_bases.contains(&seg.base_offset()) {
+                continue;
+            }
+            let parsed = txnindex::read(
+                &txnindex::txn_index_path(seg.path()),
+                seg.base_offset(),
+                seg.next_offset(),
+                seg.base_offset() == last,
+            )?;
+            if parsed.damaged && out.damaged_from.is_none() {
+                warn!(segment = %seg.path().display(), valid_entries = parsed.entries.len(), "damaged aborted-transaction index; entries after the damage will be rebuilt from the log");
+                out.damaged_from = Some(seg.base_offset());
+            }
+            out.entries.extend(parsed.entries);
+        }
+        Ok(out)
+    }
+
+    /// Removes from the `.txnindex` files every entry whose marker is at or above
+    /// `from` (and anything unreadable), durably, so that a replay of the log from
+    /// `from` can append them again without duplicates.
+    pub fn truncate_aborted_txns(&mut self, from: i64) -> Result<(), LogError> {
+        self.txn_files.clear();
+        let last = self.active().base_offset();
+        let mut removed_any = false;
+        for seg in &self.segments {
+            let base = seg.base_offset();
+            if !self.txn_index_bases.contains(&base) {
+                continue;
+            }
+            let path = txnindex::txn_index_path(seg.path());
+            let parsed = txnindex::read(&path, base, seg.next_offset(), base == last)?;
+            let keep = parsed
+                .entries
+                .iter()
+                .take_while(|e| e.last_offset < from)
+                .count();
+            let keep_len = (keep * txnindex::ENTRY_SIZE) as u64;
+            if keep == 0 {
+                match fs::remove_file(&path) {
+                    Ok(()) => removed_any = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.txn_index_bases.remove(&base);
+            } else if fs::metadata(&path)?.len() != keep_len {
+                let f = fs::OpenOptions::new().write(true).open(&path)?;
+                f.set_len(keep_len)?;
+                f.sync_all()?;
+            }
+        }
+        if removed_any {
+            checkpoint::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Base offset of the oldest segment: aborted transactions whose marker lies below
+    /// it belonged to deleted segments.
+    pub fn oldest_segment_base(&self) -> i64 {
+        self.segments[0].base_offset()
     }
 
     /// Bytes of segment data [`open_with`](Self::open_with) had to read and
@@ -829,6 +976,8 @@ impl PartitionLog {
             .count();
         for seg in self.segments.drain(..n) {
             debug!(segment = %seg.path().display(), "deleting segment below log start offset");
+            self.txn_index_bases.remove(&seg.base_offset());
+            self.txn_files.remove(&seg.base_offset());
             seg.delete()?;
             self.dir_dirty = true;
         }

@@ -527,6 +527,7 @@ impl Segment {
         let Segment { path, file, .. } = self;
         drop(file);
         remove_if_exists(&index_path(&path))?;
+        remove_if_exists(&crate::txnindex::txn_index_path(&path))?;
         remove_if_exists(&path)
     }
 }

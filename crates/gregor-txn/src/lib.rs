@@ -2,7 +2,9 @@
 //! epoch, and the sequence numbers of their last batches.
 //!
 //! Sans-I/O: the broker feeds it batch headers (before appending, to decide; after appending,
-//! to record) and rebuilds it after a restart by replaying the batch headers of the log.
+//! to record) and rebuilds it after a restart from a snapshot (the serde form of
+//! [`ProducerStateTable`], without the aborted index) plus a replay of the batch headers
+//! after it; the aborted index is restored from the broker's per-segment files.
 //! The transaction coordinator lives in [`coordinator`]; the `__transaction_state` and
 //! control record schemas in [`records`].
 //!
@@ -103,14 +105,17 @@ pub struct AbortedTxn {
     pub last_offset: i64,
 }
 
-/// The producer state of one partition. Serializable, so a clean shutdown can write a
-/// snapshot that the next start loads instead of replaying the log.
+/// The producer state of one partition. Serializable, so the broker can write snapshots
+/// that a later start loads instead of replaying the log up to them. The aborted index is
+/// not part of a snapshot (`serde(skip)`): the broker persists it per segment
+/// (`.txnindex`) and restores it with [`ProducerStateTable::set_aborted`].
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
     /// Open transactions: producer id → offset of the transaction's first batch here.
     ongoing: BTreeMap<i64, i64>,
     /// Aborted transactions, in the order of their markers (so by `last_offset`).
+    #[serde(skip)]
     aborted: Vec<AbortedTxn>,
 }
 
@@ -189,15 +194,26 @@ impl ProducerStateTable {
         self.ongoing.entry(producer_id).or_insert(first_offset);
     }
 
-    /// A COMMIT/ABORT marker of `producer_id` at `epoch` was written at `offset`.
-    pub fn record_marker(&mut self, producer_id: i64, epoch: i16, offset: i64, commit: bool) {
+    /// A COMMIT/ABORT marker of `producer_id` at `epoch` was written at `offset`. Returns
+    /// the aborted transaction it closed, if it was an ABORT of an open transaction (the
+    /// caller persists it in the segment's aborted-transaction index).
+    pub fn record_marker(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        offset: i64,
+        commit: bool,
+    ) -> Option<AbortedTxn> {
+        let mut closed = None;
         if let Some(first_offset) = self.ongoing.remove(&producer_id) {
             if !commit {
-                self.aborted.push(AbortedTxn {
+                let a = AbortedTxn {
                     producer_id,
                     first_offset,
                     last_offset: offset,
-                });
+                };
+                self.aborted.push(a);
+                closed = Some(a);
             }
         }
         // A marker with a bumped epoch (fencing, timeout) fences the older epoch here too.
@@ -206,6 +222,37 @@ impl ProducerStateTable {
             entry.epoch = epoch;
             entry.batches.clear();
         }
+        closed
+    }
+
+    /// A copy without the aborted index: what a snapshot holds.
+    pub fn snapshot_copy(&self) -> ProducerStateTable {
+        ProducerStateTable {
+            producers: self.producers.clone(),
+            ongoing: self.ongoing.clone(),
+            aborted: Vec::new(),
+        }
+    }
+
+    /// Replaces the aborted index (loaded from the segments' `.txnindex` files); entries
+    /// are kept sorted by `last_offset`, duplicates dropped.
+    pub fn set_aborted(&mut self, mut aborted: Vec<AbortedTxn>) {
+        aborted.sort_by_key(|a| a.last_offset);
+        aborted.dedup_by_key(|a| a.last_offset);
+        self.aborted = aborted;
+    }
+
+    /// Forgets the aborted transactions whose marker lies below `offset` (their segments
+    /// were deleted by retention or DeleteRecords). Returns how many were dropped.
+    pub fn drop_aborted_below(&mut self, offset: i64) -> usize {
+        let n = self.aborted.partition_point(|a| a.last_offset < offset);
+        self.aborted.drain(..n);
+        n
+    }
+
+    /// Number of aborted transactions in the index.
+    pub fn aborted_len(&self) -> usize {
+        self.aborted.len()
     }
 
     /// The first offset of the earliest open transaction: the last stable offset is this
@@ -329,9 +376,9 @@ mod tests {
         t.record_transactional(1, 20);
         t.record_transactional(2, 15);
         assert_eq!(t.first_unstable_offset(), Some(10));
-        t.record_marker(1, 0, 30, false);
+        assert!(t.record_marker(1, 0, 30, false).is_some());
         assert_eq!(t.first_unstable_offset(), Some(15));
-        t.record_marker(2, 0, 31, true);
+        assert_eq!(t.record_marker(2, 0, 31, true), None);
         assert_eq!(t.first_unstable_offset(), None);
         let a = AbortedTxn {
             producer_id: 1,
@@ -345,7 +392,7 @@ mod tests {
         // Same-epoch marker keeps sequence state; a later batch continues the sequence.
         assert_eq!(t.check(&b(1, 0, 2, 1)), Ok(Verdict::Append));
         // A marker with a bumped epoch fences the old epoch.
-        t.record_marker(1, 1, 32, false);
+        assert_eq!(t.record_marker(1, 1, 32, false), None);
         assert!(matches!(
             t.check(&b(1, 0, 2, 1)),
             Err(ProducerError::InvalidEpoch { .. })
@@ -371,6 +418,33 @@ mod tests {
             back.check(&b(7, 1, 5, 1)),
             Err(ProducerError::InvalidEpoch { .. })
         ));
+    }
+
+    #[test]
+    fn snapshots_leave_out_the_aborted_index_and_it_can_be_restored_and_pruned() {
+        let mut t = ProducerStateTable::new();
+        for (pid, first, marker) in [(1, 0, 5), (2, 6, 9), (3, 10, 20)] {
+            t.record_transactional(pid, first);
+            assert!(t.record_marker(pid, 0, marker, false).is_some());
+        }
+        t.record_transactional(4, 21);
+        let copy = t.snapshot_copy();
+        assert_eq!(copy.aborted_len(), 0);
+        assert_eq!(copy.first_unstable_offset(), Some(21));
+        let json = serde_json::to_string(&t).unwrap();
+        let mut back: ProducerStateTable = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.aborted_len(), 0);
+        let mut entries = t.aborted_between(0, i64::MAX);
+        entries.push(entries[0]);
+        entries.reverse();
+        back.set_aborted(entries);
+        assert_eq!(
+            back.aborted_between(0, i64::MAX),
+            t.aborted_between(0, i64::MAX)
+        );
+        assert_eq!(back.drop_aborted_below(9), 1);
+        assert_eq!(back.aborted_len(), 2);
+        assert_eq!(back.aborted_between(0, 8).len(), 1);
     }
 
     #[test]

@@ -14,8 +14,8 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -128,14 +128,13 @@ fn open_partitions(dir: &std::path::Path, n: usize) -> anyhow::Result<Vec<Arc<Pa
     (0..n)
         .map(|i| {
             let log = PartitionLog::open(&dir.join(format!("bench-{i}")), LogConfig::default())?;
-            Ok(Arc::new(Partition {
-                topic: "bench".into(),
-                index: i as i32,
-                log: RwLock::new(log),
-                producers: Default::default(),
-                flush_queued: AtomicBool::new(false),
-                cleaning: AtomicBool::new(false),
-            }))
+            Ok(Arc::new(Partition::new(
+                "bench",
+                i as i32,
+                dir.join(format!("bench-{i}")),
+                log,
+                Default::default(),
+            )))
         })
         .collect()
 }

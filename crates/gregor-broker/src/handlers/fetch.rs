@@ -313,7 +313,10 @@ pub fn delete_records(broker: &Arc<Broker>, req: DeleteRecordsRequest) -> Delete
                                 r.error_code = ResponseError::OffsetOutOfRange.code();
                             } else {
                                 match log.advance_log_start_offset(target) {
-                                    Ok(low) => r.low_watermark = low,
+                                    Ok(low) => {
+                                        partition.segments_deleted(&log);
+                                        r.low_watermark = low
+                                    }
                                     Err(e) => r.error_code = log_error_code(&e).code(),
                                 }
                             }

@@ -333,20 +333,9 @@ fn append(
             }
         }
     }
-    let info = log
-        .append(records)
+    let info = partition
+        .append_locked(&mut log, &mut producers, records)
         .map_err(|e| (log_error_code(&e), e.to_string()))?;
-    let mut offset = info.base_offset;
-    for (header, pb) in headers.iter().zip(&producer_batches) {
-        let last = offset + i64::from(header.last_offset_delta);
-        if let Some(pb) = pb {
-            producers.record(pb, offset, last);
-            if header.is_transactional() {
-                producers.record_transactional(pb.producer_id, offset);
-            }
-        }
-        offset = last + 1;
-    }
     Ok((info.base_offset, log.log_start_offset()))
 }
 

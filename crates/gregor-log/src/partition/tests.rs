@@ -139,6 +139,7 @@ fn append_read_roundtrip_rewrites_offsets() {
             offset_of_max_timestamp: 3,
             batches: 2,
             records: 4,
+            rolled: false,
         }
     );
     let info = log.append(&b3).unwrap();
@@ -1245,4 +1246,93 @@ fn unclean_start_validates_only_the_tail_past_the_active_index_checkpoint() {
     // Without the recovery point the prefix is validated too, and the damage found.
     let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
     assert_eq!(log.log_end_offset(), 0);
+}
+
+fn aborted(pid: i64, first: i64, last: i64) -> AbortedTxnEntry {
+    AbortedTxnEntry {
+        producer_id: pid,
+        first_offset: first,
+        last_offset: last,
+        last_stable_offset: last + 1,
+    }
+}
+
+#[test]
+fn txn_index_round_trip_truncation_and_retention() {
+    let dir = TempDir::new().unwrap();
+    let config = LogConfig {
+        segment_bytes: 200,
+        ..LogConfig::default()
+    };
+    let mut log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+    let b = build_batch(1000, &[b"0123456789012345678901234567890123456789"]);
+    let mut rolls = 0;
+    for _ in 0..10 {
+        rolls += usize::from(log.append(&b).unwrap().rolled);
+    }
+    assert!(rolls >= 3, "{rolls}");
+    assert!(
+        log.append_aborted_txn(&aborted(1, 0, 10)).is_err(),
+        "beyond the end"
+    );
+    let entries = [aborted(1, 0, 1), aborted(2, 2, 3), aborted(3, 4, 8)];
+    for e in &entries {
+        log.append_aborted_txn(e).unwrap();
+    }
+    let job = log.take_sync_job();
+    assert!(!job.is_empty());
+    log.complete_sync(&job, job.run().map_err(|e| e.to_string()));
+    drop(log);
+
+    let mut log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+    let on_disk = log.read_aborted_txns().unwrap();
+    assert_eq!(on_disk.entries, entries);
+    assert_eq!(on_disk.damaged_from, None);
+    // A replay from offset 3 will re-derive the entries of markers at 3 and 8.
+    log.truncate_aborted_txns(3).unwrap();
+    assert_eq!(log.read_aborted_txns().unwrap().entries, entries[..1]);
+    log.append_aborted_txn(&entries[1]).unwrap();
+    log.append_aborted_txn(&entries[2]).unwrap();
+    assert_eq!(log.read_aborted_txns().unwrap().entries, entries);
+    let files = |d: &Path| {
+        fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .ends_with(".txnindex")
+            })
+            .count()
+    };
+    let before = files(dir.path());
+    // Retention of the segments holding the first two markers removes their files.
+    log.advance_log_start_offset(4).unwrap();
+    assert!(log.oldest_segment_base() > 3);
+    assert_eq!(log.read_aborted_txns().unwrap().entries, entries[2..]);
+    assert!(files(dir.path()) < before);
+
+    // A torn entry and garbage: the valid prefix is kept, damage is reported.
+    let seg_of_8 = log
+        .segments
+        .iter()
+        .find(|s| s.base_offset() <= 8 && 8 < s.next_offset())
+        .unwrap()
+        .path()
+        .to_path_buf();
+    let path = crate::txnindex::txn_index_path(&seg_of_8);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&[0u8; 10]).unwrap();
+    assert_eq!(log.read_aborted_txns().unwrap().damaged_from, None);
+    f.write_all(&[9u8; 30]).unwrap();
+    let on_disk = log.read_aborted_txns().unwrap();
+    assert_eq!(on_disk.entries, entries[2..]);
+    assert!(on_disk.damaged_from.is_some());
+    log.truncate_aborted_txns(i64::MAX).unwrap();
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        crate::txnindex::ENTRY_SIZE as u64
+    );
 }

@@ -1,0 +1,397 @@
+//! Persistence of a partition's producer state: periodic snapshots, the per-segment
+//! aborted-transaction index, and the replay that rebuilds the rest on open.
+//!
+//! **Snapshots.** `<dir>/<offset as 20 digits>.snapshot` holds the producer state (each
+//! producer's epoch and last batches, open transactions — not the aborted index) as of
+//! exactly `offset`: every batch below it applied, none above. Format: magic `GRPSNAP1`,
+//! offset (i64 BE), payload length (u32 BE), payload (serde JSON of
+//! [`ProducerStateTable`]), CRC-32C (u32 BE) of everything before it. A snapshot is taken
+//! whenever a segment rolls (the state at the new segment's base offset, cloned under the
+//! log lock, before the rolling append is applied) and at clean shutdown (at the log end).
+//! A roll only *queues* the copy on the partition ([`Partition::queue_snapshot`]); the
+//! file is written — tmp, fsync, rename, fsync dir — by the group-commit flusher thread
+//! after the round that made the log durable past that offset (or by the coordinators'
+//! sync path, or at shutdown), never under the log lock and never on the produce path.
+//! So a snapshot on disk never lies above the durable data, and every `.txnindex` entry
+//! below it was fsynced by the same sync job. The newest [`SNAPSHOTS_KEPT`] are kept.
+//!
+//! **Aborted index.** Each ABORT marker that closes an open transaction appends a Kafka
+//! `.txnindex` entry to the segment holding the marker ([`gregor_log::txnindex`]); the
+//! segment's deletion (retention, DeleteRecords) deletes the file, and
+//! [`Partition::segments_deleted`] drops the entries from memory.
+//!
+//! **Open** ([`load`]): delete snapshots above the recovered log end (the log lost its
+//! tail), take the newest readable snapshot within `[log start, log end]` (and not above
+//! a damaged `.txnindex`), load the aborted entries below it from the `.txnindex` files
+//! (truncating those at or above it), then replay only the batches from the snapshot to
+//! the log end through [`apply_batch`] — the same function the append path uses — which
+//! re-derives (and re-appends) the aborted entries above the snapshot. No usable
+//! snapshot: an empty table and a replay from the log start.
+
+use std::path::{Path, PathBuf};
+
+use gregor_log::{AbortedTxnEntry, BatchHeader, PartitionLog};
+use gregor_txn::{AbortedTxn, ProducerBatch, ProducerStateTable};
+
+use crate::state::{replay_batches, Partition};
+
+/// Suffix of snapshot files.
+pub const SNAPSHOT_SUFFIX: &str = ".snapshot";
+/// Snapshots kept per partition (newest first); older ones are deleted.
+pub const SNAPSHOTS_KEPT: usize = 3;
+const SNAPSHOT_MAGIC: &[u8; 8] = b"GRPSNAP1";
+/// The single clean-shutdown snapshot of earlier versions; deleted on open.
+const LEGACY_SNAPSHOT_FILE: &str = "producer-state.snapshot";
+
+/// Path of the snapshot at `offset`.
+pub fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
+    dir.join(format!("{offset:020}{SNAPSHOT_SUFFIX}"))
+}
+
+fn parse_snapshot_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(SNAPSHOT_SUFFIX)?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// The bytes of a snapshot file.
+pub fn encode_snapshot(offset: i64, table: &ProducerStateTable) -> anyhow::Result<Vec<u8>> {
+    let payload = serde_json::to_vec(table)?;
+    let len = u32::try_from(payload.len())?;
+    let mut buf = Vec::with_capacity(payload.len() + 24);
+    buf.extend_from_slice(SNAPSHOT_MAGIC);
+    buf.extend_from_slice(&offset.to_be_bytes());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&payload);
+    let crc = crc32c::crc32c(&buf);
+    buf.extend_from_slice(&crc.to_be_bytes());
+    Ok(buf)
+}
+
+/// Parses a snapshot file; `Err` says why it is unusable.
+pub fn decode_snapshot(bytes: &[u8], offset: i64) -> Result<ProducerStateTable, String> {
+    if bytes.len() < 24 {
+        return Err(format!("{} bytes is too short", bytes.len()));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let crc = u32::from_be_bytes(crc.try_into().map_err(|_| "no crc")?);
+    if crc32c::crc32c(body) != crc {
+        return Err("CRC mismatch".into());
+    }
+    if &body[..8] != SNAPSHOT_MAGIC {
+        return Err("unknown magic/version".into());
+    }
+    let stored = i64::from_be_bytes(body[8..16].try_into().map_err(|_| "no offset")?);
+    if stored != offset {
+        return Err(format!("holds offset {stored}, named {offset}"));
+    }
+    let len = u32::from_be_bytes(body[16..20].try_into().map_err(|_| "no length")?) as usize;
+    if len != body.len() - 20 {
+        return Err(format!("payload length {len} does not match the file"));
+    }
+    serde_json::from_slice(&body[20..]).map_err(|e| e.to_string())
+}
+
+/// Writes the snapshot at `offset` durably: tmp file, fsync, rename, fsync the directory.
+pub fn write_snapshot(dir: &Path, offset: i64, table: &ProducerStateTable) -> anyhow::Result<()> {
+    use std::io::Write;
+    let bytes = encode_snapshot(offset, table)?;
+    let path = snapshot_path(dir, offset);
+    let tmp = path.with_extension("snapshot.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The snapshot files in `dir`, by offset; removes leftover temporary files.
+pub fn list_snapshots(dir: &Path) -> std::io::Result<Vec<(i64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(offset) = parse_snapshot_name(name) {
+            out.push((offset, entry.path()));
+        } else if name.ends_with(".snapshot.tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    out.sort_unstable_by_key(|(o, _)| *o);
+    Ok(out)
+}
+
+/// Deletes snapshots below `log_start` (useless: the replay could not start there) and
+/// all but the newest [`SNAPSHOTS_KEPT`].
+pub fn prune_snapshots(dir: &Path, log_start: i64) -> std::io::Result<()> {
+    let snaps = list_snapshots(dir)?;
+    let excess = snaps.len().saturating_sub(SNAPSHOTS_KEPT);
+    for (i, (offset, path)) in snaps.iter().enumerate() {
+        if i < excess || *offset < log_start {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+/// How one stored batch changes the producer state: sequences of idempotent batches,
+/// open transactions, and COMMIT/ABORT markers. `header.base_offset` must be the batch's
+/// offset in the log. Returns the transaction an ABORT marker closed. Used by every append
+/// and by the replay on open, so both derive the same state.
+pub fn apply_batch(
+    table: &mut ProducerStateTable,
+    header: &BatchHeader,
+    batch: &[u8],
+) -> Option<AbortedTxn> {
+    if header.is_control() {
+        match crate::transactions::marker_type(batch) {
+            Some(commit) => {
+                return table.record_marker(
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_offset,
+                    commit,
+                )
+            }
+            None => tracing::warn!(
+                offset = header.base_offset,
+                "unreadable control batch skipped"
+            ),
+        }
+    } else if header.producer_id >= 0 {
+        if header.is_transactional() {
+            table.record_transactional(header.producer_id, header.base_offset);
+        }
+        let batch = ProducerBatch::new(
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence,
+            header.last_offset_delta,
+        );
+        table.record(&batch, header.base_offset, header.last_offset());
+    }
+    None
+}
+
+/// The `.txnindex` entry for an aborted transaction just applied to `table`.
+pub fn txn_index_entry(table: &ProducerStateTable, a: &AbortedTxn) -> AbortedTxnEntry {
+    AbortedTxnEntry {
+        producer_id: a.producer_id,
+        first_offset: a.first_offset,
+        last_offset: a.last_offset,
+        last_stable_offset: table.first_unstable_offset().unwrap_or(a.last_offset + 1),
+    }
+}
+
+/// A partition's producer state as loaded on open.
+pub struct Loaded {
+    pub table: ProducerStateTable,
+    /// The snapshot the state started from (`None`: empty, from the log start).
+    pub snapshot_offset: Option<i64>,
+    /// Batches replayed after the snapshot.
+    pub replayed_batches: u64,
+}
+
+/// Loads the producer state of a freshly opened log (see the module docs).
+pub fn load(dir: &Path, log: &mut PartitionLog) -> anyhow::Result<Loaded> {
+    match std::fs::remove_file(dir.join(LEGACY_SNAPSHOT_FILE)) {
+        Ok(()) => tracing::info!(dir = %dir.display(), "removed the old producer-state.snapshot"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let start = log.log_start_offset();
+    let end = log.log_end_offset();
+    let mut snaps = list_snapshots(dir)?;
+    let mut removed = false;
+    snaps.retain(|(offset, path)| {
+        if *offset > end {
+            tracing::warn!(snapshot = %path.display(), log_end_offset = end, "deleting producer snapshot above the log end");
+            removed |= std::fs::remove_file(path).is_ok();
+            false
+        } else {
+            true
+        }
+    });
+    if removed {
+        // Before anything is appended above it again.
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    let on_disk = log.read_aborted_txns()?;
+    let limit = on_disk.damaged_from.map_or(end, |d| d.min(end));
+    let mut chosen = None;
+    for (offset, path) in snaps.iter().rev() {
+        if *offset > limit || *offset < start {
+            continue;
+        }
+        let decoded = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| decode_snapshot(&b, *offset));
+        match decoded {
+            Ok(table) => {
+                chosen = Some((*offset, table));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %path.display(), error = %e, "ignoring unreadable producer snapshot");
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    let snapshot_offset = chosen.as_ref().map(|(o, _)| *o);
+    let (from, mut table) = chosen.unwrap_or_else(|| (start, ProducerStateTable::new()));
+    log.truncate_aborted_txns(from)?;
+    table.set_aborted(
+        on_disk
+            .entries
+            .iter()
+            .filter(|e| e.last_offset < from)
+            .map(|e| AbortedTxn {
+                producer_id: e.producer_id,
+                first_offset: e.first_offset,
+                last_offset: e.last_offset,
+            })
+            .collect(),
+    );
+    let mut replayed_batches = 0u64;
+    let mut new_entries = Vec::new();
+    {
+        let log_ref: &PartitionLog = log;
+        let read = |offset: i64| Ok(log_ref.read(offset, 1 << 20, end)?.data);
+        replay_batches(from, read, |header, batch| {
+            replayed_batches += 1;
+            if let Some(a) = apply_batch(&mut table, header, &batch) {
+                new_entries.push(txn_index_entry(&table, &a));
+            }
+            Ok(())
+        })?;
+    }
+    for e in &new_entries {
+        log.append_aborted_txn(e)?;
+    }
+    prune_snapshots(dir, start)?;
+    Ok(Loaded {
+        table,
+        snapshot_offset,
+        replayed_batches,
+    })
+}
+
+impl Partition {
+    /// Queues a snapshot of `table` (the state at `offset`) for writing once the log is
+    /// durable past it. Cheap; called under the log lock when a segment rolls.
+    pub fn queue_snapshot(&self, offset: i64, table: ProducerStateTable) {
+        let mut pending = self.pending_snapshots.lock().expect("snapshot lock");
+        pending.push((offset, table));
+        if pending.len() > SNAPSHOTS_KEPT {
+            pending.remove(0);
+        }
+    }
+
+    /// Writes the queued snapshots whose offset the log is durable up to. Blocking file
+    /// I/O; called by the flusher thread after a round, never under the log lock.
+    pub fn write_due_snapshots(&self) {
+        if self
+            .pending_snapshots
+            .lock()
+            .expect("snapshot lock")
+            .is_empty()
+        {
+            return;
+        }
+        let mut newest = self.snapshot_write.lock().expect("snapshot write lock");
+        let (durable, start) = {
+            let log = self.log.read().expect("log lock");
+            (log.durable_offset(), log.log_start_offset())
+        };
+        let due: Vec<(i64, ProducerStateTable)> = {
+            let mut pending = self.pending_snapshots.lock().expect("snapshot lock");
+            let n = pending.partition_point(|(o, _)| *o <= durable);
+            pending.drain(..n).collect()
+        };
+        for (offset, table) in due {
+            match write_snapshot(&self.dir, offset, &table) {
+                Ok(()) => *newest = Some(offset),
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, partition = self.index, offset, error = %e, "writing producer snapshot failed")
+                }
+            }
+        }
+        if let Err(e) = prune_snapshots(&self.dir, start) {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "pruning producer snapshots failed");
+        }
+    }
+
+    /// Clean shutdown (after the log was flushed): writes the queued snapshots and one at
+    /// the log end, unless the newest snapshot on disk is already there.
+    pub fn snapshot_at_shutdown(&self) -> anyhow::Result<()> {
+        self.write_due_snapshots();
+        let mut newest = self.snapshot_write.lock().expect("snapshot write lock");
+        let (end, start, table) = {
+            let log = self.log.read().expect("log lock");
+            let table = self
+                .producers
+                .lock()
+                .expect("producer state lock")
+                .snapshot_copy();
+            (log.log_end_offset(), log.log_start_offset(), table)
+        };
+        if *newest == Some(end) || (end == start && table.is_empty()) {
+            return Ok(());
+        }
+        write_snapshot(&self.dir, end, &table)?;
+        *newest = Some(end);
+        prune_snapshots(&self.dir, start)?;
+        Ok(())
+    }
+
+    /// Appends `records` to this partition's `log` and applies them to its producer state
+    /// (both locked by the caller, log first): a roll queues a snapshot of the state
+    /// before the append; each batch goes through [`apply_batch`]; an ABORT marker's
+    /// aborted transaction is persisted in its segment's `.txnindex`.
+    pub fn append_locked(
+        &self,
+        log: &mut PartitionLog,
+        producers: &mut ProducerStateTable,
+        records: &[u8],
+    ) -> Result<gregor_log::AppendInfo, gregor_log::LogError> {
+        let info = log.append(records)?;
+        if info.rolled {
+            self.queue_snapshot(info.base_offset, producers.snapshot_copy());
+        }
+        // The log validated every batch (CRC included): walk the headers only.
+        let (mut offset, mut pos) = (info.base_offset, 0usize);
+        while let Some(Ok(mut header)) = records.get(pos..).map(BatchHeader::parse) {
+            let Some(batch) = records.get(pos..pos + header.total_size()) else {
+                break;
+            };
+            pos += header.total_size();
+            header.base_offset = offset;
+            offset = header.next_offset();
+            if let Some(a) = apply_batch(producers, &header, batch) {
+                let entry = txn_index_entry(producers, &a);
+                if let Err(e) = log.append_aborted_txn(&entry) {
+                    // The in-memory index has it; a restart replaying from a snapshot
+                    // below the marker re-derives it.
+                    tracing::error!(topic = %self.topic, partition = self.index, error = %e, "writing the aborted-transaction index failed");
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    /// After retention or DeleteRecords deleted segments: forgets their aborted
+    /// transactions (their `.txnindex` files went with them).
+    pub fn segments_deleted(&self, log: &PartitionLog) {
+        self.producers
+            .lock()
+            .expect("producer state lock")
+            .drop_aborted_below(log.oldest_segment_base());
+    }
+}
+
+#[cfg(test)]
+mod tests;
