@@ -277,7 +277,15 @@ struct Group {
     /// Hard end of an initial delay (the largest rebalance timeout).
     initial_delay_limit: i64,
     new_member_added: bool,
-    offsets: BTreeMap<(String, i32), OffsetValue>,
+    offsets: BTreeMap<(String, i32), Stored>,
+}
+
+/// A committed offset and the position of its record in the log order of
+/// `__consumer_offsets` (see [`Coordinator::next_write`]).
+#[derive(Debug, Clone)]
+struct Stored {
+    value: OffsetValue,
+    written: u64,
 }
 
 impl Group {
@@ -422,7 +430,14 @@ pub struct Coordinator {
     /// Transactional offset commits not yet committed or aborted, per producer id:
     /// (group, topic, partition) → offset. They become committed offsets when the
     /// transaction's COMMIT marker is written and are dropped on ABORT.
-    pending_txn: HashMap<i64, BTreeMap<(String, String, i32), OffsetValue>>,
+    pending_txn: HashMap<i64, BTreeMap<(String, String, i32), Stored>>,
+    /// Counts offset records in the order they are written (live) or replayed: within one
+    /// `__consumer_offsets` partition this is the log order, because records are appended
+    /// under the coordinator lock in decision order and a partition is replayed before it
+    /// serves. A transaction's offset becomes committed at its COMMIT marker only if no
+    /// offset written after it is already committed for that partition (Kafka's rule), so
+    /// the live state equals what a replay of the compacted log gives.
+    writes: u64,
 }
 
 /// TxnOffsetCommit, version-free.
@@ -455,6 +470,7 @@ impl Coordinator {
             loaded: vec![false; n],
             next_retention_check: 0,
             pending_txn: HashMap::new(),
+            writes: 0,
         }
     }
 
@@ -463,6 +479,15 @@ impl Coordinator {
     }
 
     /// The `__consumer_offsets` partition that stores `group_id`.
+    /// Stamps an offset record with its place in the log order.
+    fn next_write(&mut self, value: OffsetValue) -> Stored {
+        self.writes += 1;
+        Stored {
+            value,
+            written: self.writes,
+        }
+    }
+
     pub fn partition_for(&self, group_id: &str) -> i32 {
         group_partition(group_id, self.loaded.len() as i32)
     }
@@ -497,11 +522,12 @@ impl Coordinator {
                 Some(v),
             ) => match records::decode_offset_value(v) {
                 Ok(v) => {
+                    let stored = self.next_write(v);
                     self.groups
                         .entry(group.clone())
                         .or_insert_with(|| Group::new(&group, group_partition(&group, n), now))
                         .offsets
-                        .insert((topic, partition), v);
+                        .insert((topic, partition), stored);
                 }
                 Err(e) => tracing::warn!(error = %e, "skipping undecodable offset value"),
             },
@@ -599,10 +625,11 @@ impl Coordinator {
         {
             match records::decode_offset_value(v) {
                 Ok(v) => {
+                    let stored = self.next_write(v);
                     self.pending_txn
                         .entry(producer_id)
                         .or_default()
-                        .insert((group, topic, partition), v);
+                        .insert((group, topic, partition), stored);
                 }
                 Err(e) => tracing::warn!(error = %e, "skipping undecodable offset value"),
             }
@@ -610,7 +637,9 @@ impl Coordinator {
     }
 
     /// The transaction of `producer_id` ended (its marker reached `__consumer_offsets`):
-    /// its pending offsets become committed (`commit`) or are dropped.
+    /// its pending offsets become committed (`commit`) or are dropped. A pending offset
+    /// does not replace one whose record was written after it (a plain OffsetCommit that
+    /// came in while the transaction was open wins, as in Kafka).
     pub fn complete_txn(&mut self, producer_id: i64, commit: bool, now: i64) {
         let Some(pending) = self.pending_txn.remove(&producer_id) else {
             return;
@@ -620,11 +649,15 @@ impl Coordinator {
         }
         let n = self.loaded.len() as i32;
         for ((group, topic, partition), v) in pending {
-            self.groups
+            let offsets = &mut self
+                .groups
                 .entry(group.clone())
                 .or_insert_with(|| Group::new(&group, group_partition(&group, n), now))
-                .offsets
-                .insert((topic, partition), v);
+                .offsets;
+            let key = (topic, partition);
+            if offsets.get(&key).is_none_or(|c| c.written < v.written) {
+                offsets.insert(key, v);
+            }
         }
     }
 
@@ -678,10 +711,11 @@ impl Coordinator {
                 key: records::offset_key(&req.group_id, &p.topic, p.partition),
                 value: Some(records::offset_value(&value)),
             });
+            let stored = self.next_write(value);
             self.pending_txn
                 .entry(req.producer_id)
                 .or_default()
-                .insert((req.group_id.clone(), p.topic.clone(), p.partition), value);
+                .insert((req.group_id.clone(), p.topic.clone(), p.partition), stored);
             codes.push(0);
         }
         Ok(codes)
@@ -1056,7 +1090,12 @@ impl Coordinator {
                 key: records::offset_key(&req.group_id, &p.topic, p.partition),
                 value: Some(records::offset_value(&value)),
             });
-            group.offsets.insert((p.topic.clone(), p.partition), value);
+            self.writes += 1;
+            let stored = Stored {
+                value,
+                written: self.writes,
+            };
+            group.offsets.insert((p.topic.clone(), p.partition), stored);
             codes.push(0);
         }
         Ok(codes)
@@ -1080,6 +1119,7 @@ impl Coordinator {
         let lookup = |t: &str, p: i32| {
             group
                 .and_then(|g| g.offsets.get(&(t.to_string(), p)))
+                .map(|c| &c.value)
                 .map(|v| Committed {
                     offset: v.offset,
                     leader_epoch: v.leader_epoch,
@@ -1360,7 +1400,13 @@ impl Coordinator {
             let expired: Vec<(String, i32)> = group
                 .offsets
                 .iter()
-                .filter(|(_, v)| v.commit_timestamp.max(since).saturating_add(retention) <= now)
+                .filter(|(_, c)| {
+                    c.value
+                        .commit_timestamp
+                        .max(since)
+                        .saturating_add(retention)
+                        <= now
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             for (t, p) in expired {

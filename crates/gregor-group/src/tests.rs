@@ -575,6 +575,61 @@ fn a_group_is_rebuilt_from_its_records() {
     assert_eq!(co.group_state("g"), Some((GroupState::Stable, g)));
 }
 
+/// A plain OffsetCommit that lands while a transactional one is pending wins when the
+/// transaction commits (the later record in the log), live and after a replay of the
+/// compacted log, where only the later record of the key is left.
+#[test]
+fn a_plain_commit_written_after_a_pending_transactional_one_wins() {
+    let mut s = Sim::new();
+    let mut fx = Effects::default();
+    let txn = TxnCommitRequest {
+        group_id: "g".into(),
+        producer_id: 7,
+        generation_id: -1,
+        member_id: String::new(),
+        group_instance_id: None,
+        partitions: vec![CommitPartition {
+            topic: "t".into(),
+            partition: 0,
+            offset: 50,
+            leader_epoch: 0,
+            metadata: None,
+        }],
+    };
+    assert_eq!(s.co.txn_commit_offsets(s.now, &txn, &mut fx), Ok(vec![0]));
+    s.apply(fx);
+    assert!(s.co.has_pending_txn_offset("g", "t", 0));
+    s.commit("", -1, 80).unwrap();
+    s.co.complete_txn(7, true, s.now);
+    let live = s.co.fetch_offsets("g", None).unwrap();
+    assert_eq!(live[0].1[0].1.as_ref().unwrap().offset, 80);
+
+    // The compacted log holds only the plain commit for the key, then the marker.
+    let plain = s.records.last().unwrap();
+    let mut co = Coordinator::new(GroupConfig::default());
+    co.replay(&plain.key, plain.value.as_deref(), s.now);
+    co.complete_txn(7, true, s.now);
+    for p in 0..10 {
+        co.finish_loading(p);
+    }
+    let replayed = co.fetch_offsets("g", None).unwrap();
+    assert_eq!(replayed[0].1[0].1.as_ref().unwrap().offset, 80);
+
+    // A transactional commit with nothing later does become the committed offset.
+    let mut fx = Effects::default();
+    let later = TxnCommitRequest {
+        partitions: vec![CommitPartition {
+            offset: 90,
+            ..txn.partitions[0].clone()
+        }],
+        ..txn
+    };
+    assert_eq!(s.co.txn_commit_offsets(s.now, &later, &mut fx), Ok(vec![0]));
+    s.co.complete_txn(7, true, s.now);
+    let live = s.co.fetch_offsets("g", None).unwrap();
+    assert_eq!(live[0].1[0].1.as_ref().unwrap().offset, 90);
+}
+
 #[test]
 fn a_stable_group_is_restored_with_its_members_and_generation() {
     let mut s = Sim::new();
