@@ -17,8 +17,11 @@
 //!   verification). The coordinator lock is never held while a data partition's log lock is
 //!   taken.
 //! * A timer task aborts transactions older than their `transaction.timeout.ms`, with a
-//!   bumped epoch (the hung producer is fenced), and rewrites the markers of transactions
-//!   stuck in Prepare* (a failed marker or Complete write) after [`STUCK_RETRY_MS`].
+//!   bumped epoch (the hung producer is fenced), rewrites the markers of transactions
+//!   stuck in Prepare* (a failed marker or Complete write) after [`STUCK_RETRY_MS`], and
+//!   every `transaction.remove.expired.transaction.cleanup.interval.ms` removes up to
+//!   [`EXPIRED_IDS_PER_TICK`] transactional ids idle for `transactional.id.expiration.ms`
+//!   (tombstones), continuing at the next tick while there are more.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -41,6 +44,9 @@ const STUCK_RETRY_MS: i64 = 10_000;
 
 /// Coordinator epoch written into markers (single node: always 0).
 const COORDINATOR_EPOCH: i32 = 0;
+
+/// Most transactional ids one timer tick removes (tombstones in one round of appends).
+pub const EXPIRED_IDS_PER_TICK: usize = 1_000;
 
 /// Why a transition's record did not become durable; the transition was rolled back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,6 +109,8 @@ impl TransactionService {
         let svc = service.clone();
         let timer = Timer {
             interval_ms: config.transaction_abort_check_interval_ms.max(10),
+            id_expiration_ms: config.transactional_id_expiration_ms,
+            id_expiry_interval_ms: config.transaction_remove_expired_interval_ms,
         };
         tokio::spawn(async move {
             let l = svc.clone();
@@ -169,9 +177,26 @@ impl TransactionService {
     }
 
     async fn run_timer(self: Arc<Self>, timer: Timer) {
+        let mut next_id_expiry = now_ms().saturating_add(timer.id_expiry_interval_ms);
         loop {
             tokio::time::sleep(Duration::from_millis(timer.interval_ms)).await;
-            self.abort_timed_out(now_ms()).await;
+            let now = now_ms();
+            self.abort_timed_out(now).await;
+            if now >= next_id_expiry {
+                let (removed, more) = self
+                    .expire_transactional_ids(now, timer.id_expiration_ms)
+                    .await;
+                if removed > 0 {
+                    tracing::info!(
+                        removed,
+                        "removed transactional ids idle for transactional.id.expiration.ms"
+                    );
+                }
+                // A full batch: there may be more, continue at the next tick.
+                if !more {
+                    next_id_expiry = now.saturating_add(timer.id_expiry_interval_ms);
+                }
+            }
         }
     }
 
@@ -205,6 +230,24 @@ impl TransactionService {
                 tracing::error!(transactional_id = %job.transactional_id, error = %e, "aborting a timed-out transaction failed");
             }
         }
+    }
+
+    /// Removes up to [`EXPIRED_IDS_PER_TICK`] transactional ids idle for `expiration_ms`:
+    /// writes a tombstone for each and forgets those whose tombstone is durable (the others
+    /// stay, for the next pass). Returns how many were removed and whether to continue at
+    /// the next tick (a full batch that was written without error: there may be more).
+    pub async fn expire_transactional_ids(&self, now: i64, expiration_ms: i64) -> (usize, bool) {
+        let (full, written) = self.change(|co| {
+            let ts = co.expire_transactional_ids(now, expiration_ms, EXPIRED_IDS_PER_TICK);
+            (ts.len() == EXPIRED_IDS_PER_TICK, ts)
+        });
+        let results = self.settle(written).await;
+        let removed = results.iter().filter(|r| r.is_ok()).count();
+        let failed = results.len() - removed;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            tracing::error!(failed, error = %e, "writing transactional id tombstones failed; those ids stay until the next pass");
+        }
+        (removed, full && failed == 0)
     }
 
     /// Decides state changes and appends their records to `__transaction_state`, in the
@@ -403,6 +446,8 @@ impl TransactionService {
 /// The timer task's settings.
 struct Timer {
     interval_ms: u64,
+    id_expiration_ms: i64,
+    id_expiry_interval_ms: i64,
 }
 
 /// Test hook: takes one from a failure counter.
@@ -647,6 +692,19 @@ mod tests {
             (TxnStatus::CompleteAbort, epoch + 1)
         );
 
+        // Transactional-id expiry: a failed tombstone keeps the id; then it goes.
+        let before = f.state();
+        fail_append();
+        assert_eq!(f.svc.expire_transactional_ids(later, 1).await, (0, false));
+        assert_eq!(f.state(), before);
+        assert_eq!(f.replayed(), vec![before.unwrap()]);
+        assert_eq!(f.svc.expire_transactional_ids(later, 1).await, (1, false));
+        assert_eq!(f.state(), None);
+        assert_eq!(f.replayed(), vec![]);
+        // The id is new again: a new producer id at epoch 0.
+        let (err, new_pid, epoch) = f.init().await;
+        assert_eq!((err, epoch), (0, 0));
+        assert_ne!(new_pid, pid);
         assert_eq!(f.replayed(), vec![f.state().unwrap()]);
         assert_eq!(f.svc.read(|co| co.pending_count()), 0);
     }

@@ -16,12 +16,18 @@
 //! state stays, as if the request had never come). A producer id allocated by a transition
 //! that is aborted is simply never used (ids are never reused anyway).
 //!
+//! Transactional-id expiry (`transactional.id.expiration.ms`): an id in Empty /
+//! CompleteCommit / CompleteAbort that has not changed for that long is removed
+//! ([`TxnCoordinator::expire_transactional_ids`]) by a pending transition whose record is a
+//! tombstone; ids with a transaction in progress never expire.
+//!
 //! States and transitions follow Kafka's `TransactionMetadata`:
 //!
 //! ```text
 //! Empty/CompleteCommit/CompleteAbort --AddPartitions--> Ongoing
 //! Ongoing --EndTxn(commit)--> PrepareCommit --markers written--> CompleteCommit
 //! Ongoing --EndTxn(abort) / timeout / fencing InitProducerId--> PrepareAbort --> CompleteAbort
+//! Empty/CompleteCommit/CompleteAbort --transactional.id.expiration.ms--> (removed)
 //! ```
 //!
 //! Fencing (KIP-360/588): every InitProducerId bumps the epoch; an ongoing transaction is
@@ -572,6 +578,40 @@ impl TxnCoordinator {
         out
     }
 
+    /// `transactional.id.expiration.ms`: removes up to `limit` ids that are in Empty,
+    /// CompleteCommit or CompleteAbort and unchanged for `expiration_ms` (Kafka's test:
+    /// `last_update_ms <= now - expiration_ms`). Each removal is a pending transition whose
+    /// record is a tombstone for the id's key. Ids with a transaction in progress or a
+    /// pending transition are kept.
+    pub fn expire_transactional_ids(
+        &mut self,
+        now: i64,
+        expiration_ms: i64,
+        limit: usize,
+    ) -> Vec<Transition> {
+        if !self.loaded || limit == 0 {
+            return vec![];
+        }
+        let cutoff = now.saturating_sub(expiration_ms);
+        let expired: Vec<String> = self
+            .txns
+            .values()
+            .filter(|m| {
+                matches!(
+                    m.status,
+                    TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
+                ) && m.last_update_ms <= cutoff
+                    && !self.pending.contains_key(&m.transactional_id)
+            })
+            .map(|m| m.transactional_id.clone())
+            .take(limit)
+            .collect();
+        expired
+            .into_iter()
+            .map(|id| self.prepare(&id, None))
+            .collect()
+    }
+
     /// Transactions stuck between Prepare and Complete for `older_than_ms` (their marker
     /// write, or the write of their Complete record, failed): their markers must be written
     /// again. Markers are idempotent.
@@ -904,6 +944,19 @@ mod tests {
         commit(&mut c, t);
         assert_eq!(c.end_txn(19, "tx", 2, 0, false), Ok(None));
 
+        // Expiry.
+        let before = snapshot(&c);
+        let mut removed = c.expire_transactional_ids(1_000, 100, 10);
+        let t = removed.pop().unwrap();
+        assert_eq!(t.record.value, None);
+        assert!(c.get("tx").is_some());
+        assert_eq!(
+            init(&mut c, "tx", &mut next),
+            Err(TxnError::ConcurrentTransactions)
+        );
+        assert!(c.abort_pending(t.ticket));
+        assert_eq!(snapshot(&c), before);
+        assert_eq!(c.transactional_id_of(2), Some("tx"));
         assert_eq!(c.pending_count(), 0);
     }
 
@@ -933,6 +986,108 @@ mod tests {
         assert_eq!(c.get("tx").unwrap().producer_epoch, 1);
     }
 
+    #[test]
+    fn idle_transactional_ids_expire_and_replay_drops_them() {
+        let mut c = coordinator();
+        let mut next = 0;
+        let mut log = Vec::new();
+        // "idle": Empty since t=0; "done": committed at t=50; "open": Ongoing since t=60;
+        // "preparing": PrepareCommit since t=70.
+        for (id, at) in [("idle", 0), ("done", 10), ("open", 20), ("preparing", 30)] {
+            let InitOutcome::Ready { transition, .. } = init_at(&mut c, at, id, &mut next).unwrap()
+            else {
+                panic!()
+            };
+            log.push(commit(&mut c, transition));
+        }
+        let t = c
+            .add_partitions(40, "done", 2, 0, &[p("a", 0)])
+            .unwrap()
+            .unwrap();
+        log.push(commit(&mut c, t));
+        let (job, t) = c.end_txn(45, "done", 2, 0, true).unwrap().unwrap();
+        log.push(commit(&mut c, t));
+        let t = c.complete(50, &job).unwrap().unwrap();
+        log.push(commit(&mut c, t));
+        let t = c
+            .add_partitions(60, "open", 3, 0, &[p("a", 0)])
+            .unwrap()
+            .unwrap();
+        log.push(commit(&mut c, t));
+        let t = c
+            .add_partitions(65, "preparing", 4, 0, &[p("a", 1)])
+            .unwrap()
+            .unwrap();
+        log.push(commit(&mut c, t));
+        let (_, t) = c.end_txn(70, "preparing", 4, 0, true).unwrap().unwrap();
+        log.push(commit(&mut c, t));
+
+        // Expiration 1000 ms: nothing before t=1000; "idle" at 1000 (last update 0).
+        assert!(c.expire_transactional_ids(999, 1_000, 10).is_empty());
+        let ts = c.expire_transactional_ids(1_000, 1_000, 10);
+        assert_eq!(ts.len(), 1);
+        assert_eq!(ts[0].ticket.transactional_id(), "idle");
+        assert_eq!(ts[0].record.key, records::txn_key("idle"));
+        for t in ts {
+            log.push(commit(&mut c, t));
+        }
+        assert!(c.get("idle").is_none());
+        assert!(c.transactional_id_of(1).is_none());
+        assert_eq!(
+            c.verify_write(1, 0, "a", 0),
+            Err(TxnError::InvalidProducerIdMapping)
+        );
+        // Much later only "done" goes; Ongoing and Prepare* ids never expire. The limit
+        // bounds one call.
+        assert!(c.expire_transactional_ids(1_000_000, 1_000, 0).is_empty());
+        let ts = c.expire_transactional_ids(1_000_000, 1_000, 10);
+        let ids: Vec<_> = ts
+            .iter()
+            .map(|t| t.ticket.transactional_id().to_string())
+            .collect();
+        assert_eq!(ids, vec!["done".to_string()]);
+        for t in ts {
+            log.push(commit(&mut c, t));
+        }
+        let mut ids: Vec<_> = c.all().map(|m| m.transactional_id.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, vec!["open".to_string(), "preparing".to_string()]);
+
+        // Replay treats the tombstones as deletions.
+        let mut d = TxnCoordinator::new(c.config.clone());
+        for r in &log {
+            d.replay(&r.key, r.value.as_deref()).unwrap();
+        }
+        assert_eq!(d.finish_loading().len(), 1);
+        assert_eq!(snapshot(&d), snapshot(&c));
+
+        // The id can be used again: a new producer id at epoch 0.
+        assert_eq!(init_ok(&mut c, "idle", &mut next), Ok((5, 0)));
+    }
+
+    #[test]
+    fn expiry_takes_at_most_limit_ids_per_call() {
+        let mut c = coordinator();
+        let mut next = 0;
+        for i in 0..25 {
+            init_ok(&mut c, &format!("tx{i}"), &mut next).unwrap();
+        }
+        let mut total = 0;
+        loop {
+            let ts = c.expire_transactional_ids(10_000, 1_000, 10);
+            assert!(ts.len() <= 10);
+            if ts.is_empty() {
+                break;
+            }
+            total += ts.len();
+            for t in ts {
+                commit(&mut c, t);
+            }
+        }
+        assert_eq!(total, 25);
+        assert_eq!(c.all().count(), 0);
+    }
+
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
@@ -942,6 +1097,7 @@ mod tests {
         End(u8, bool, bool),
         Complete,
         Expire(u16),
+        ExpireIds(u16),
         /// Settle the oldest pending transition: its write succeeded (true) or failed.
         Settle(bool),
     }
@@ -953,6 +1109,7 @@ mod tests {
             (0u8..3, any::<bool>(), any::<bool>()).prop_map(|(i, c, stale)| Op::End(i, c, stale)),
             Just(Op::Complete),
             (0u16..3000).prop_map(Op::Expire),
+            (0u16..3000).prop_map(Op::ExpireIds),
             any::<bool>().prop_map(Op::Settle),
             any::<bool>().prop_map(Op::Settle),
         ]
@@ -977,7 +1134,7 @@ mod tests {
     }
 
     proptest! {
-        /// Random producers, requests, completions, timeouts and write outcomes:
+        /// Random producers, requests, completions, timeouts, expiry and write outcomes:
         /// epochs never go back; only the current epoch of an Ongoing transaction may write
         /// to its partitions, and not while it is being closed; a decided transition changes
         /// nothing observable until it is committed, and a failed one (aborted) never does;
@@ -1045,6 +1202,10 @@ mod tests {
                     Op::Expire(dt) => {
                         now += dt as i64;
                         for (job, t) in c.expire(now) { let o = observed(&t); pending.push((t, Some(job), o)) }
+                    }
+                    Op::ExpireIds(dt) => {
+                        now += dt as i64;
+                        for t in c.expire_transactional_ids(now, 500, 2) { let o = observed(&t); pending.push((t, None, o)) }
                     }
                     Op::Settle(ok) => if !pending.is_empty() {
                         let (t, job, was) = pending.remove(0);
