@@ -206,6 +206,8 @@ impl TransactionService {
         let (jobs, written) = self.change(|co| -> (Vec<MarkerJob>, Vec<Transition>) {
             co.expire(now).into_iter().unzip()
         });
+        // Settled first: until then requests for these ids answer CONCURRENT_TRANSACTIONS.
+        let results = self.settle(written).await;
         // Markers whose write failed earlier (EndTxn answered an error, or a timeout
         // abort failed) are retried.
         let stuck = self.read(|co| co.stuck(now, STUCK_RETRY_MS));
@@ -215,10 +217,6 @@ impl TransactionService {
                 tracing::error!(transactional_id = %job.transactional_id, error = %e, "retrying transaction markers failed");
             }
         }
-        if jobs.is_empty() {
-            return;
-        }
-        let results = self.settle(written).await;
         for (job, result) in jobs.into_iter().zip(results) {
             if let Err(e) = result {
                 // Rolled back: still Ongoing and past its timeout, so retried next tick.
