@@ -62,15 +62,33 @@ pub enum WriteError {
 }
 
 /// A decided transition whose record was appended (or not): hand it to
-/// [`TransactionService::settle`].
+/// [`TransactionService::settle`]. Dropped unsettled (a handler that panicked or was
+/// cancelled), it rolls the transition back, so the id is not left pending for ever.
 #[must_use = "a pending transition blocks its transactional id until it is settled"]
 pub struct Written {
-    ticket: Ticket,
+    /// `None` once settled.
+    ticket: Option<Ticket>,
     appended: Result<Arc<Partition>, WriteError>,
+    coordinator: Arc<Mutex<TxnCoordinator>>,
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            tracing::warn!(transactional_id = %ticket.transactional_id(), "a {TXN_TOPIC} write was abandoned; transition rolled back");
+            // Never dropped with a ticket while this thread holds the lock (`settle` takes
+            // the tickets out first).
+            let mut co = self
+                .coordinator
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            co.abort_pending(ticket);
+        }
+    }
 }
 
 pub struct TransactionService {
-    coordinator: Mutex<TxnCoordinator>,
+    coordinator: Arc<Mutex<TxnCoordinator>>,
     write_order: Mutex<()>,
     state_topic: Arc<Topic>,
     broker: Weak<Broker>,
@@ -94,7 +112,7 @@ impl TransactionService {
             max_timeout_ms: config.transaction_max_timeout_ms,
         };
         let service = Arc::new(TransactionService {
-            coordinator: Mutex::new(TxnCoordinator::new(txn_config)),
+            coordinator: Arc::new(Mutex::new(TxnCoordinator::new(txn_config))),
             write_order: Mutex::new(()),
             state_topic: topic,
             broker: Arc::downgrade(broker),
@@ -260,7 +278,8 @@ impl TransactionService {
             .into_iter()
             .map(|t| Written {
                 appended: self.append(t.record),
-                ticket: t.ticket,
+                ticket: Some(t.ticket),
+                coordinator: self.coordinator.clone(),
             })
             .collect();
         (result, written)
@@ -282,28 +301,35 @@ impl TransactionService {
             }
         }
         let synced = self.sync(partitions.clone()).await;
-        let mut co = self.coordinator.lock().expect("coordinator lock");
-        written
+        // Tickets and outcomes out of `written` before locking: a `Written` dropped with its
+        // ticket locks the coordinator.
+        let settled: Vec<(Ticket, Result<(), WriteError>)> = written
             .into_iter()
-            .map(|w| {
-                let outcome = w.appended.and_then(|p| {
+            .filter_map(|mut w| {
+                let outcome = w.appended.clone().and_then(|p| {
                     let i = partitions
                         .iter()
                         .position(|q| Arc::ptr_eq(&p, q))
                         .expect("partition was synced");
                     synced[i].clone()
                 });
-                match outcome {
+                w.ticket.take().map(|t| (t, outcome))
+            })
+            .collect();
+        let mut co = self.coordinator.lock().expect("coordinator lock");
+        settled
+            .into_iter()
+            .map(|(ticket, outcome)| {
+                match &outcome {
                     Ok(()) => {
-                        co.commit_pending(w.ticket);
-                        Ok(())
+                        co.commit_pending(ticket);
                     }
                     Err(e) => {
-                        tracing::warn!(transactional_id = %w.ticket.transactional_id(), error = %e, "{TXN_TOPIC} write failed; transition rolled back");
-                        co.abort_pending(w.ticket);
-                        Err(e)
+                        tracing::warn!(transactional_id = %ticket.transactional_id(), error = %e, "{TXN_TOPIC} write failed; transition rolled back");
+                        co.abort_pending(ticket);
                     }
                 }
+                outcome
             })
             .collect()
     }
@@ -705,6 +731,19 @@ mod tests {
         assert_ne!(new_pid, pid);
         assert_eq!(f.replayed(), vec![f.state().unwrap()]);
         assert_eq!(f.svc.read(|co| co.pending_count()), 0);
+
+        // A transition abandoned before it is settled (its handler panicked) is rolled
+        // back: the id is not blocked.
+        let before = f.state();
+        let (_, written) = f.svc.change(|co| {
+            let t = co.add_partitions(now_ms(), "tx", new_pid, 0, &[("t".into(), 0)]);
+            ((), t.unwrap().into_iter().collect())
+        });
+        assert!(f.svc.read(|co| co.is_pending("tx")));
+        drop(written);
+        assert!(!f.svc.read(|co| co.is_pending("tx")));
+        assert_eq!(f.state(), before);
+        assert_eq!(f.add(new_pid, 0).await, 0);
     }
 
     #[test]
