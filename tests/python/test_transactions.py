@@ -514,6 +514,123 @@ def test_list_transactions_and_describe_producers(broker):
     p.commit_transaction(30)
 
 
+# ------------------------------------------------- transactional.id.expiration.ms
+
+COORDINATOR_LOAD_IN_PROGRESS = 14
+TRANSACTIONAL_ID_NOT_FOUND = 105
+
+
+def list_transactions(broker, corr: int = 11) -> tuple[int, dict]:
+    """ListTransactions v0, no filters: (error code, {transactional id: (producer id,
+    state)})."""
+    body = uvarint(1) + uvarint(1) + uvarint(0)
+    r = _Reader(roundtrip(broker, header_v2(66, 0, corr) + body))
+    assert r.fixed(">i") == corr
+    r.tags()
+    r.fixed(">i")  # throttle
+    error = r.fixed(">h")
+    r.array(r.cstring)
+
+    def listed():
+        t = (r.cstring(), r.fixed(">q"), r.cstring())
+        r.tags()
+        return t
+    return error, {tid: (pid, state) for tid, pid, state in r.array(listed)}
+
+
+def describe_transaction(broker, txn_id: str, corr: int = 12) -> dict:
+    """DescribeTransactions v0 of one id: error code, state, producer id and epoch."""
+    body = uvarint(2) + _cstr(txn_id) + uvarint(0)
+    r = _Reader(roundtrip(broker, header_v2(65, 0, corr) + body))
+    assert r.fixed(">i") == corr
+    r.tags()
+    r.fixed(">i")  # throttle
+
+    def state():
+        v = dict(error=r.fixed(">h"), id=r.cstring(), state=r.cstring(),
+                 timeout=r.fixed(">i"), start=r.fixed(">q"), pid=r.fixed(">q"),
+                 epoch=r.fixed(">h"))
+
+        def topic():
+            t = (r.cstring(), r.array(lambda: r.fixed(">i")))
+            r.tags()
+            return t
+        v["topics"] = r.array(topic)
+        r.tags()
+        return v
+    (v,) = r.array(state)
+    assert v["id"] == txn_id
+    return v
+
+
+def describe_when_loaded(broker, txn_id: str) -> dict:
+    """DescribeTransactions once the coordinator has replayed __transaction_state."""
+    return wait_for(
+        lambda: (lambda v: v if v["error"] != COORDINATOR_LOAD_IN_PROGRESS else None)(
+            describe_transaction(broker, txn_id)),
+        timeout=30, what="the transaction coordinator to load")
+
+
+def test_idle_transactional_id_expires_and_stays_gone_across_restarts(broker_factory, tmp_path):
+    cfg = tmp_path / "gregor.toml"
+    cfg.write_text('"transactional.id.expiration.ms" = 2000\n'
+                   '"transaction.remove.expired.transaction.cleanup.interval.ms" = 200\n'
+                   '"transaction.abort.timed.out.transaction.cleanup.interval.ms" = 100\n')
+    b = broker_factory(extra_args=("--config", str(cfg)))
+    topic = unique_topic("txn-expire")
+    create_topic_confluent(b.bootstrap, topic, 1)
+    txn_id, open_id = unique_topic("tx-expire"), unique_topic("tx-open")
+
+    p = txn_producer(b.bootstrap, txn_id)
+    p.begin_transaction()
+    p.produce(topic, value=b"first")
+    p.commit_transaction(30)
+    committed_at = time.monotonic()
+    del p
+    # A transaction left open (long timeout) is never expired, however idle its id.
+    hung = txn_producer(b.bootstrap, open_id, **{"transaction.timeout.ms": 120_000})
+    hung.begin_transaction()
+    hung.produce(topic, value=b"open")
+    hung.flush(30)
+
+    error, listed = list_transactions(b)
+    assert error == 0 and listed[txn_id][1] == "CompleteCommit", listed
+    old_pid = listed[txn_id][0]
+    wait_for(lambda: txn_id not in list_transactions(b)[1], timeout=30,
+             what=f"{txn_id} to expire")
+    # Not before its expiration (2 s after the commit).
+    assert time.monotonic() - committed_at >= 1.5
+    assert describe_transaction(b, txn_id)["error"] == TRANSACTIONAL_ID_NOT_FOUND
+    # Well past the expiration, the open transaction's id is still there.
+    time.sleep(0.5)
+    error, listed = list_transactions(b)
+    assert listed[open_id][1] == "Ongoing", listed
+    assert "removed transactional ids idle for transactional.id.expiration.ms" in b.log_text()
+
+    hung.abort_transaction(30)
+    del hung
+
+    # From now on ids do not expire: what the restarts show comes from the tombstone.
+    cfg.write_text('"transactional.id.expiration.ms" = 3600000\n')
+    b.restart()
+    assert describe_when_loaded(b, txn_id)["error"] == TRANSACTIONAL_ID_NOT_FOUND
+    b.kill9()
+    b.restart()
+    assert describe_when_loaded(b, txn_id)["error"] == TRANSACTIONAL_ID_NOT_FOUND
+    assert txn_id not in list_transactions(b)[1]
+
+    # The id works again, as a new one: a new producer id at epoch 0.
+    p = txn_producer(b.bootstrap, txn_id)
+    p.begin_transaction()
+    p.produce(topic, value=b"second")
+    p.commit_transaction(30)
+    v = describe_transaction(b, txn_id)
+    assert (v["error"], v["state"], v["epoch"]) == (0, "CompleteCommit", 0), v
+    assert v["pid"] != old_pid
+    rc = values(read_all(b.bootstrap, topic, 1, "read_committed", idle=1.0, timeout=30))
+    assert rc == [b"first", b"second"], rc
+
+
 # ------------------------------------------------------------- broker kill -9
 
 def test_transaction_state_and_offsets_survive_broker_kill9(broker):

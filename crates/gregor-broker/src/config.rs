@@ -138,6 +138,14 @@ pub struct BrokerConfig {
     /// How often transactions past their timeout are looked for and aborted.
     #[serde(alias = "transaction.abort.timed.out.transaction.cleanup.interval.ms")]
     pub transaction_abort_check_interval_ms: u64,
+    /// A transactional id with no transaction in progress (Empty, CompleteCommit,
+    /// CompleteAbort) that has not changed for this long is removed (Kafka's default,
+    /// 7 days). Its next InitProducerId gets a new producer id.
+    #[serde(alias = "transactional.id.expiration.ms")]
+    pub transactional_id_expiration_ms: i64,
+    /// How often expired transactional ids are looked for (Kafka's default, 1 hour).
+    #[serde(alias = "transaction.remove.expired.transaction.cleanup.interval.ms")]
+    pub transaction_remove_expired_interval_ms: i64,
 }
 
 /// Durability policy for appended data.
@@ -212,6 +220,8 @@ impl Default for BrokerConfig {
             transaction_state_log_num_partitions: 10,
             transaction_max_timeout_ms: 900_000,
             transaction_abort_check_interval_ms: 200,
+            transactional_id_expiration_ms: 7 * 24 * 60 * 60 * 1000,
+            transaction_remove_expired_interval_ms: 60 * 60 * 1000,
         }
     }
 }
@@ -313,5 +323,18 @@ mod tests {
         )));
         assert_eq!(BrokerConfig::default().fsync, FsyncPolicy::Always);
         assert!(BrokerConfig::from_toml("fsync = \"sometimes\"").is_err());
+    }
+
+    #[test]
+    fn transactional_id_expiry_settings_parse() {
+        let d = BrokerConfig::default();
+        assert_eq!(d.transactional_id_expiration_ms, 604_800_000);
+        assert_eq!(d.transaction_remove_expired_interval_ms, 3_600_000);
+        let c = BrokerConfig::from_toml(
+            "\"transactional.id.expiration.ms\" = 2000\n\"transaction.remove.expired.transaction.cleanup.interval.ms\" = 100\n",
+        )
+        .unwrap();
+        assert_eq!(c.transactional_id_expiration_ms, 2_000);
+        assert_eq!(c.transaction_remove_expired_interval_ms, 100);
     }
 }

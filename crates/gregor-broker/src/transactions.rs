@@ -1,8 +1,12 @@
 //! The transaction coordinator service: `gregor_txn::TxnCoordinator` wired to the broker.
 //!
-//! * The state machine sits behind one mutex. A state change and the append of its record to
-//!   `__transaction_state` happen under `write_order`, so records reach the log in the order
-//!   the coordinator decided them; the caller then fsyncs before answering.
+//! * The state machine sits behind one mutex. A state change is decided as a *pending
+//!   transition* (see `gregor_txn::coordinator`): the coordinator keeps the old state and
+//!   answers CONCURRENT_TRANSACTIONS for the id meanwhile. Deciding and appending the record
+//!   to `__transaction_state` happen under `write_order`, so records reach the log in the
+//!   order the coordinator decided them ([`TransactionService::change`]). The caller then
+//!   fsyncs and settles ([`TransactionService::settle`]): the transition is committed if its
+//!   record is durable, aborted (the old state stays) if the append or the fsync failed.
 //! * EndTxn (and fencing InitProducerId, and the timeout) produce a [`MarkerJob`]: the
 //!   PrepareCommit/PrepareAbort record is made durable, a control batch (COMMIT or ABORT
 //!   marker) is appended to every partition of the transaction and fsynced, pending
@@ -13,15 +17,19 @@
 //!   verification). The coordinator lock is never held while a data partition's log lock is
 //!   taken.
 //! * A timer task aborts transactions older than their `transaction.timeout.ms`, with a
-//!   bumped epoch (the hung producer is fenced), and rewrites the markers of transactions
-//!   stuck in Prepare* (a failed marker write) after [`STUCK_RETRY_MS`].
+//!   bumped epoch (the hung producer is fenced), rewrites the markers of transactions
+//!   stuck in Prepare* (a failed marker or Complete write) after [`STUCK_RETRY_MS`], and
+//!   every `transaction.remove.expired.transaction.cleanup.interval.ms` removes up to
+//!   [`EXPIRED_IDS_PER_TICK`] transactional ids idle for `transactional.id.expiration.ms`
+//!   (tombstones), continuing at the next tick while there are more.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gregor_txn::coordinator::{Ticket, Transition};
 use gregor_txn::records::{marker_key, marker_value};
-use gregor_txn::{MarkerJob, TxnConfig, TxnCoordinator, TxnError, TxnRecord};
+use gregor_txn::{MarkerJob, TxnConfig, TxnCoordinator, TxnError};
 use kafka_protocol::records::RecordBatchDecoder;
 
 use crate::groups::{now_ms, GroupService, OFFSETS_TOPIC};
@@ -37,11 +45,59 @@ const STUCK_RETRY_MS: i64 = 10_000;
 /// Coordinator epoch written into markers (single node: always 0).
 const COORDINATOR_EPOCH: i32 = 0;
 
+/// Most transactional ids one timer tick removes (tombstones in one round of appends).
+pub const EXPIRED_IDS_PER_TICK: usize = 1_000;
+
+/// Why a transition's record did not become durable; the transition was rolled back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The `__transaction_state` partition is missing (Kafka: UNKNOWN_TOPIC_OR_PARTITION,
+    /// answered as COORDINATOR_NOT_AVAILABLE).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The append or the fsync failed (Kafka: KAFKA_STORAGE_ERROR, answered as
+    /// NOT_COORDINATOR).
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// A decided transition whose record was appended (or not): hand it to
+/// [`TransactionService::settle`]. Dropped unsettled (a handler that panicked or was
+/// cancelled), it rolls the transition back, so the id is not left pending for ever.
+#[must_use = "a pending transition blocks its transactional id until it is settled"]
+pub struct Written {
+    /// `None` once settled.
+    ticket: Option<Ticket>,
+    appended: Result<Arc<Partition>, WriteError>,
+    coordinator: Arc<Mutex<TxnCoordinator>>,
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            tracing::warn!(transactional_id = %ticket.transactional_id(), "a {TXN_TOPIC} write was abandoned; transition rolled back");
+            // Never dropped with a ticket while this thread holds the lock (`settle` takes
+            // the tickets out first).
+            let mut co = self
+                .coordinator
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            co.abort_pending(ticket);
+        }
+    }
+}
+
 pub struct TransactionService {
-    coordinator: Mutex<TxnCoordinator>,
+    coordinator: Arc<Mutex<TxnCoordinator>>,
     write_order: Mutex<()>,
     state_topic: Arc<Topic>,
     broker: Weak<Broker>,
+    /// Test hook: this many upcoming appends fail.
+    #[cfg(test)]
+    fail_appends: std::sync::atomic::AtomicUsize,
+    /// Test hook: this many upcoming partition fsyncs fail (the log stays online).
+    #[cfg(test)]
+    fail_syncs: std::sync::atomic::AtomicUsize,
 }
 
 impl TransactionService {
@@ -56,16 +112,24 @@ impl TransactionService {
             max_timeout_ms: config.transaction_max_timeout_ms,
         };
         let service = Arc::new(TransactionService {
-            coordinator: Mutex::new(TxnCoordinator::new(txn_config)),
+            coordinator: Arc::new(Mutex::new(TxnCoordinator::new(txn_config))),
             write_order: Mutex::new(()),
             state_topic: topic,
             broker: Arc::downgrade(broker),
+            #[cfg(test)]
+            fail_appends: Default::default(),
+            #[cfg(test)]
+            fail_syncs: Default::default(),
         });
         if broker.txns.set(service.clone()).is_err() {
             anyhow::bail!("transaction coordinator already started");
         }
         let svc = service.clone();
-        let check_interval = config.transaction_abort_check_interval_ms.max(10);
+        let timer = Timer {
+            interval_ms: config.transaction_abort_check_interval_ms.max(10),
+            id_expiration_ms: config.transactional_id_expiration_ms,
+            id_expiry_interval_ms: config.transaction_remove_expired_interval_ms,
+        };
         tokio::spawn(async move {
             let l = svc.clone();
             let jobs = match tokio::task::spawn_blocking(move || l.load()).await {
@@ -87,7 +151,7 @@ impl TransactionService {
                     tracing::error!(transactional_id = %job.transactional_id, error = %e, "completing a transaction after load failed");
                 }
             }
-            svc.run_timer(check_interval).await;
+            svc.run_timer(timer).await;
         });
         Ok(service)
     }
@@ -95,24 +159,12 @@ impl TransactionService {
     /// Replays `__transaction_state`; returns the record count and the transactions whose
     /// markers must be (re)written.
     fn load(&self) -> anyhow::Result<(u64, Vec<MarkerJob>)> {
-        let mut count = 0u64;
-        for partition in &self.state_topic.partitions {
-            partition
-                .replay(|_, mut batch| {
-                    let set = RecordBatchDecoder::decode(&mut batch)?;
-                    let mut co = self.coordinator.lock().expect("coordinator lock");
-                    for r in &set.records {
-                        if let Some(key) = &r.key {
-                            if let Err(e) = co.replay(key, r.value.as_deref()) {
-                                tracing::warn!(error = %e, "skipping a {TXN_TOPIC} record");
-                            }
-                            count += 1;
-                        }
-                    }
-                    Ok(())
-                })
-                .map_err(|e| anyhow::anyhow!("replay of {TXN_TOPIC}-{}: {e}", partition.index))?;
-        }
+        let count = self.replay_records(|key, value| {
+            let mut co = self.coordinator.lock().expect("coordinator lock");
+            if let Err(e) = co.replay(key, value) {
+                tracing::warn!(error = %e, "skipping a {TXN_TOPIC} record");
+            }
+        })?;
         let jobs = self
             .coordinator
             .lock()
@@ -121,49 +173,197 @@ impl TransactionService {
         Ok((count, jobs))
     }
 
-    async fn run_timer(self: Arc<Self>, interval_ms: u64) {
+    /// Calls `apply` with every keyed record of `__transaction_state` (value `None`: a
+    /// tombstone), partition by partition in log order; returns how many.
+    fn replay_records(&self, mut apply: impl FnMut(&[u8], Option<&[u8]>)) -> anyhow::Result<u64> {
+        let mut count = 0u64;
+        for partition in &self.state_topic.partitions {
+            partition
+                .replay(|_, mut batch| {
+                    let set = RecordBatchDecoder::decode(&mut batch)?;
+                    for r in &set.records {
+                        if let Some(key) = &r.key {
+                            apply(key, r.value.as_deref());
+                            count += 1;
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e| anyhow::anyhow!("replay of {TXN_TOPIC}-{}: {e}", partition.index))?;
+        }
+        Ok(count)
+    }
+
+    async fn run_timer(self: Arc<Self>, timer: Timer) {
+        let mut next_id_expiry = now_ms().saturating_add(timer.id_expiry_interval_ms);
         loop {
-            tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+            tokio::time::sleep(Duration::from_millis(timer.interval_ms)).await;
             let now = now_ms();
-            let (expired, written) = self.change(|co| {
-                let expired = co.expire(now);
-                let records = expired.iter().map(|(_, r)| r.clone()).collect();
-                (expired, records)
-            });
-            // Markers whose write failed earlier (EndTxn answered an error, or a timeout
-            // abort failed) are retried.
-            let stuck = self.read(|co| co.stuck(now, STUCK_RETRY_MS));
-            for job in stuck {
-                tracing::warn!(transactional_id = %job.transactional_id, "retrying transaction markers");
-                if let Err(e) = self.complete_job(&job).await {
-                    tracing::error!(transactional_id = %job.transactional_id, error = %e, "retrying transaction markers failed");
+            self.abort_timed_out(now).await;
+            if now >= next_id_expiry {
+                let (removed, more) = self
+                    .expire_transactional_ids(now, timer.id_expiration_ms)
+                    .await;
+                if removed > 0 {
+                    tracing::info!(
+                        removed,
+                        "removed transactional ids idle for transactional.id.expiration.ms"
+                    );
                 }
-            }
-            if expired.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.durable(written).await {
-                tracing::error!(error = %e, "persisting timed-out transactions failed");
-                continue;
-            }
-            for (job, _) in expired {
-                tracing::info!(transactional_id = %job.transactional_id, producer_id = job.producer_id, "aborting a transaction that exceeded its timeout");
-                if let Err(e) = self.complete_job(&job).await {
-                    tracing::error!(transactional_id = %job.transactional_id, error = %e, "aborting a timed-out transaction failed");
+                // A full batch: there may be more, continue at the next tick.
+                if !more {
+                    next_id_expiry = now.saturating_add(timer.id_expiry_interval_ms);
                 }
             }
         }
     }
 
-    /// Runs a state change and appends its records to `__transaction_state`, in order.
+    /// One timer tick's transaction work: abort the transactions past their timeout, and
+    /// retry the markers of transactions stuck in Prepare*.
+    async fn abort_timed_out(&self, now: i64) {
+        let (jobs, written) = self.change(|co| -> (Vec<MarkerJob>, Vec<Transition>) {
+            co.expire(now).into_iter().unzip()
+        });
+        // Settled first: until then requests for these ids answer CONCURRENT_TRANSACTIONS.
+        let results = self.settle(written).await;
+        // Markers whose write failed earlier (EndTxn answered an error, or a timeout
+        // abort failed) are retried.
+        let stuck = self.read(|co| co.stuck(now, STUCK_RETRY_MS));
+        for job in stuck {
+            tracing::warn!(transactional_id = %job.transactional_id, "retrying transaction markers");
+            if let Err(e) = self.complete_job(&job).await {
+                tracing::error!(transactional_id = %job.transactional_id, error = %e, "retrying transaction markers failed");
+            }
+        }
+        for (job, result) in jobs.into_iter().zip(results) {
+            if let Err(e) = result {
+                // Rolled back: still Ongoing and past its timeout, so retried next tick.
+                tracing::error!(transactional_id = %job.transactional_id, error = %e, "persisting a timed-out transaction's abort failed");
+                continue;
+            }
+            tracing::info!(transactional_id = %job.transactional_id, producer_id = job.producer_id, "aborting a transaction that exceeded its timeout");
+            if let Err(e) = self.complete_job(&job).await {
+                tracing::error!(transactional_id = %job.transactional_id, error = %e, "aborting a timed-out transaction failed");
+            }
+        }
+    }
+
+    /// Removes up to [`EXPIRED_IDS_PER_TICK`] transactional ids idle for `expiration_ms`:
+    /// writes a tombstone for each and forgets those whose tombstone is durable (the others
+    /// stay, for the next pass). Returns how many were removed and whether to continue at
+    /// the next tick (a full batch that was written without error: there may be more).
+    pub async fn expire_transactional_ids(&self, now: i64, expiration_ms: i64) -> (usize, bool) {
+        let (full, written) = self.change(|co| {
+            let ts = co.expire_transactional_ids(now, expiration_ms, EXPIRED_IDS_PER_TICK);
+            (ts.len() == EXPIRED_IDS_PER_TICK, ts)
+        });
+        let results = self.settle(written).await;
+        let removed = results.iter().filter(|r| r.is_ok()).count();
+        let failed = results.len() - removed;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            tracing::error!(failed, error = %e, "writing transactional id tombstones failed; those ids stay until the next pass");
+        }
+        (removed, full && failed == 0)
+    }
+
+    /// Decides state changes and appends their records to `__transaction_state`, in the
+    /// order decided. The transitions stay pending until [`settle`](Self::settle)d.
     pub fn change<R>(
         &self,
-        f: impl FnOnce(&mut TxnCoordinator) -> (R, Vec<TxnRecord>),
-    ) -> (R, Result<Vec<Arc<Partition>>, String>) {
+        f: impl FnOnce(&mut TxnCoordinator) -> (R, Vec<Transition>),
+    ) -> (R, Vec<Written>) {
         let _order = self.write_order.lock().expect("write order lock");
-        let (result, records) = f(&mut self.coordinator.lock().expect("coordinator lock"));
-        let written = self.append(records);
+        let (result, transitions) = f(&mut self.coordinator.lock().expect("coordinator lock"));
+        let written = transitions
+            .into_iter()
+            .map(|t| Written {
+                appended: self.append(t.record),
+                ticket: Some(t.ticket),
+                coordinator: self.coordinator.clone(),
+            })
+            .collect();
         (result, written)
+    }
+
+    /// Makes appended records durable (one fsync per partition), then commits each
+    /// transition whose record is durable and rolls back the others. One result per
+    /// transition, in order.
+    pub async fn settle(&self, written: Vec<Written>) -> Vec<Result<(), WriteError>> {
+        if written.is_empty() {
+            return vec![];
+        }
+        let mut partitions: Vec<Arc<Partition>> = Vec::new();
+        for w in &written {
+            if let Ok(p) = &w.appended {
+                if !partitions.iter().any(|q| Arc::ptr_eq(p, q)) {
+                    partitions.push(p.clone());
+                }
+            }
+        }
+        let synced = self.sync(partitions.clone()).await;
+        // Tickets and outcomes out of `written` before locking: a `Written` dropped with its
+        // ticket locks the coordinator.
+        let settled: Vec<(Ticket, Result<(), WriteError>)> = written
+            .into_iter()
+            .filter_map(|mut w| {
+                let outcome = w.appended.clone().and_then(|p| {
+                    let i = partitions
+                        .iter()
+                        .position(|q| Arc::ptr_eq(&p, q))
+                        .expect("partition was synced");
+                    synced[i].clone()
+                });
+                w.ticket.take().map(|t| (t, outcome))
+            })
+            .collect();
+        let mut co = self.coordinator.lock().expect("coordinator lock");
+        settled
+            .into_iter()
+            .map(|(ticket, outcome)| {
+                match &outcome {
+                    Ok(()) => {
+                        co.commit_pending(ticket);
+                    }
+                    Err(e) => {
+                        tracing::warn!(transactional_id = %ticket.transactional_id(), error = %e, "{TXN_TOPIC} write failed; transition rolled back");
+                        co.abort_pending(ticket);
+                    }
+                }
+                outcome
+            })
+            .collect()
+    }
+
+    /// [`settle`](Self::settle), answering the first failure.
+    pub async fn persist(&self, written: Vec<Written>) -> Result<(), WriteError> {
+        self.settle(written).await.into_iter().collect()
+    }
+
+    /// fsyncs each partition; one result per partition.
+    async fn sync(&self, partitions: Vec<Arc<Partition>>) -> Vec<Result<(), WriteError>> {
+        let n = partitions.len();
+        #[cfg(test)]
+        let injected: Vec<bool> = (0..n).map(|_| take_one(&self.fail_syncs)).collect();
+        #[cfg(not(test))]
+        let injected = vec![false; n];
+        let joined = tokio::task::spawn_blocking(move || {
+            partitions
+                .iter()
+                .zip(injected)
+                .map(|(p, fail)| {
+                    if fail {
+                        return Err(WriteError::Storage("injected fsync failure".into()));
+                    }
+                    p.log
+                        .write()
+                        .expect("log lock")
+                        .flush()
+                        .map_err(|e| WriteError::Storage(e.to_string()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        joined.unwrap_or_else(|e| vec![Err(WriteError::Storage(e.to_string())); n])
     }
 
     /// Read access to the coordinator.
@@ -183,38 +383,29 @@ impl TransactionService {
         self.read(|co| co.verify_write(producer_id, epoch, topic, partition))
     }
 
-    fn append(&self, records: Vec<TxnRecord>) -> Result<Vec<Arc<Partition>>, String> {
-        let now = now_ms();
-        let mut written: Vec<Arc<Partition>> = Vec::new();
-        for r in records {
-            let partition = self
-                .state_topic
-                .partition(r.partition)
-                .ok_or_else(|| format!("{TXN_TOPIC}-{} does not exist", r.partition))?;
-            let batch = encode(
-                vec![(Bytes::from(r.key), Some(Bytes::from(r.value)))],
-                now,
-                None,
-            )
-            .map_err(|e| e.to_string())?;
-            let mut log = partition.log.write().expect("log lock");
-            let mut producers = partition.producers.lock().expect("producer state lock");
-            partition
-                .append_locked(&mut log, &mut producers, &batch)
-                .map_err(|e| e.to_string())?;
-            if !written.iter().any(|p| Arc::ptr_eq(p, partition)) {
-                written.push(partition.clone());
-            }
+    fn append(&self, record: gregor_txn::TxnRecord) -> Result<Arc<Partition>, WriteError> {
+        #[cfg(test)]
+        if take_one(&self.fail_appends) {
+            return Err(WriteError::Storage("injected append failure".into()));
         }
-        Ok(written)
-    }
-
-    /// Makes appended records durable.
-    pub async fn durable(
-        &self,
-        written: Result<Vec<Arc<Partition>>, String>,
-    ) -> Result<(), String> {
-        GroupService::sync(written?).await
+        let partition = self
+            .state_topic
+            .partition(record.partition)
+            .ok_or_else(|| {
+                WriteError::Unavailable(format!("{TXN_TOPIC}-{} does not exist", record.partition))
+            })?;
+        let batch = encode(
+            vec![(Bytes::from(record.key), record.value.map(Bytes::from))],
+            now_ms(),
+            None,
+        )
+        .map_err(|e| WriteError::Storage(e.to_string()))?;
+        let mut log = partition.log.write().expect("log lock");
+        let mut producers = partition.producers.lock().expect("producer state lock");
+        partition
+            .append_locked(&mut log, &mut producers, &batch)
+            .map_err(|e| WriteError::Storage(e.to_string()))?;
+        Ok(partition.clone())
     }
 
     /// Writes the job's markers durably, completes pending group offsets, then records the
@@ -258,12 +449,30 @@ impl TransactionService {
                 groups.complete_txn(job.producer_id, job.commit);
             }
         }
-        let (_, written) = self.change(|co| {
-            let record = co.complete(now_ms(), job);
-            ((), record.into_iter().collect())
+        let (result, written) = self.change(|co| match co.complete(now_ms(), job) {
+            Ok(t) => (Ok(()), t.into_iter().collect()),
+            Err(e) => (Err(e), vec![]),
         });
-        self.durable(written).await
+        result.map_err(|e| format!("completing the transaction: {e}"))?;
+        // On failure the transaction stays in Prepare* and the timer retries it.
+        self.persist(written).await.map_err(|e| e.to_string())
     }
+}
+
+/// The timer task's settings.
+struct Timer {
+    interval_ms: u64,
+    id_expiration_ms: i64,
+    id_expiry_interval_ms: i64,
+}
+
+/// Test hook: takes one from a failure counter.
+#[cfg(test)]
+fn take_one(counter: &std::sync::atomic::AtomicUsize) -> bool {
+    use std::sync::atomic::Ordering;
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 /// One v2 batch of `records`; transactional control batch of `marker` producer if given.
@@ -306,6 +515,228 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BrokerConfig;
+    use crate::handlers::txn;
+    use gregor_txn::{TxnMetadata, TxnStatus};
+    use kafka_protocol::error::ResponseError;
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::{
+        AddPartitionsToTxnRequest, EndTxnRequest, InitProducerIdRequest, ProducerId, TopicName,
+        TransactionalId,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use std::sync::atomic::Ordering;
+
+    const NOT_COORDINATOR: i16 = ResponseError::NotCoordinator.code();
+    const CONCURRENT_TRANSACTIONS: i16 = ResponseError::ConcurrentTransactions.code();
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        broker: Arc<Broker>,
+        svc: Arc<TransactionService>,
+        topic: Arc<Topic>,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            // The timer stays out of the way: the test drives it.
+            transaction_abort_check_interval_ms: 3_600_000,
+            transaction_state_log_num_partitions: 2,
+            ..BrokerConfig::default()
+        };
+        let broker = Arc::new(Broker::open(config, ("127.0.0.1".into(), 9092)).unwrap());
+        let topic = broker
+            .create_topic("t", 1, 1, Default::default(), false)
+            .unwrap();
+        let svc = TransactionService::start(&broker).unwrap();
+        while !svc.read(|co| co.is_loaded()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Fixture {
+            _dir: dir,
+            broker,
+            svc,
+            topic,
+        }
+    }
+
+    impl Fixture {
+        async fn init(&self) -> (i16, i64, i16) {
+            let req = InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx"))))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+            let r = txn::init_producer_id(&self.broker, req, 4).await;
+            (r.error_code, r.producer_id.0, r.producer_epoch)
+        }
+
+        async fn add(&self, pid: i64, epoch: i16) -> i16 {
+            let req = AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str(
+                    "tx",
+                )))
+                .with_v3_and_below_producer_id(ProducerId(pid))
+                .with_v3_and_below_producer_epoch(epoch)
+                .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![0])]);
+            let r = txn::add_partitions_to_txn(&self.broker, req, 3).await;
+            r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+        }
+
+        async fn end(&self, pid: i64, epoch: i16, commit: bool) -> i16 {
+            let req = EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_static_str("tx")))
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_committed(commit);
+            txn::end_txn(&self.broker, req, 3).await.error_code
+        }
+
+        fn state(&self) -> Option<TxnMetadata> {
+            self.svc.read(|co| co.get("tx").cloned())
+        }
+
+        fn state_log_end(&self) -> i64 {
+            self.svc
+                .state_topic
+                .partitions
+                .iter()
+                .map(|p| p.log.read().unwrap().log_end_offset())
+                .sum()
+        }
+
+        fn markers(&self) -> i64 {
+            self.topic.partitions[0]
+                .log
+                .read()
+                .unwrap()
+                .log_end_offset()
+        }
+
+        /// What a restart would load from `__transaction_state`.
+        fn replayed(&self) -> Vec<TxnMetadata> {
+            let mut co = TxnCoordinator::new(TxnConfig {
+                state_partitions: self.svc.state_topic.partitions.len() as i32,
+                max_timeout_ms: 900_000,
+            });
+            self.svc
+                .replay_records(|k, v| co.replay(k, v).unwrap())
+                .unwrap();
+            co.finish_loading();
+            co.all().cloned().collect()
+        }
+    }
+
+    /// Each write path with a failing append or fsync: the request answers NOT_COORDINATOR,
+    /// the coordinator keeps its previous state, and the client's retry succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_state_writes_roll_back() {
+        let f = fixture().await;
+        let fail_append = || f.svc.fail_appends.store(1, Ordering::SeqCst);
+        let fail_sync = || f.svc.fail_syncs.store(1, Ordering::SeqCst);
+
+        // InitProducerId of a new id: nothing is remembered, nothing written.
+        fail_append();
+        assert_eq!(f.init().await, (NOT_COORDINATOR, -1, -1));
+        assert_eq!(f.state(), None);
+        assert_eq!(f.state_log_end(), 0);
+        let (err, pid, epoch) = f.init().await;
+        assert_eq!((err, epoch), (0, 0));
+
+        // An epoch bump whose fsync fails.
+        let before = f.state();
+        fail_sync();
+        assert_eq!(f.init().await.0, NOT_COORDINATOR);
+        assert_eq!(f.state(), before);
+        assert_eq!(f.init().await, (0, pid, 1));
+        let epoch = 1;
+
+        // AddPartitionsToTxn: still Empty, and the partition is not writable.
+        fail_append();
+        assert_eq!(f.add(pid, epoch).await, NOT_COORDINATOR);
+        assert_eq!(f.state().unwrap().status, TxnStatus::Empty);
+        assert!(f.svc.verify_write(pid, epoch, "t", 0).is_err());
+        assert_eq!(f.add(pid, epoch).await, 0);
+        assert_eq!(f.svc.verify_write(pid, epoch, "t", 0), Ok(()));
+
+        // EndTxn: the PrepareCommit record fails, the transaction is still Ongoing and no
+        // marker was written; the retry commits.
+        let before = f.state();
+        let markers = f.markers();
+        fail_sync();
+        assert_eq!(f.end(pid, epoch, true).await, NOT_COORDINATOR);
+        assert_eq!(f.state(), before);
+        assert_eq!(f.markers(), markers);
+        assert_eq!(f.end(pid, epoch, true).await, 0);
+        assert_eq!(f.state().unwrap().status, TxnStatus::CompleteCommit);
+        assert_eq!(f.markers(), markers + 1);
+
+        // The Complete record after the markers fails: the transaction stays PrepareAbort
+        // (EndTxn answers CONCURRENT_TRANSACTIONS meanwhile) until the markers are retried.
+        assert_eq!(f.add(pid, epoch).await, 0);
+        let (job, written) = f.svc.change(|co| {
+            let (job, t) = co
+                .end_txn(now_ms(), "tx", pid, epoch, false)
+                .unwrap()
+                .unwrap();
+            (job, vec![t])
+        });
+        f.svc.persist(written).await.unwrap();
+        fail_append();
+        assert!(f.svc.complete_job(&job).await.is_err());
+        assert_eq!(f.state().unwrap().status, TxnStatus::PrepareAbort);
+        assert_eq!(f.end(pid, epoch, false).await, CONCURRENT_TRANSACTIONS);
+        f.svc.complete_job(&job).await.unwrap();
+        assert_eq!(f.state().unwrap().status, TxnStatus::CompleteAbort);
+        assert_eq!(f.end(pid, epoch, false).await, 0);
+
+        // A timeout abort: the transaction stays Ongoing at its epoch, the next tick aborts.
+        assert_eq!(f.add(pid, epoch).await, 0);
+        let before = f.state();
+        let later = now_ms() + 120_000;
+        fail_append();
+        f.svc.abort_timed_out(later).await;
+        assert_eq!(f.state(), before);
+        f.svc.abort_timed_out(later).await;
+        let m = f.state().unwrap();
+        assert_eq!(
+            (m.status, m.producer_epoch),
+            (TxnStatus::CompleteAbort, epoch + 1)
+        );
+
+        // Transactional-id expiry: a failed tombstone keeps the id; then it goes.
+        let before = f.state();
+        fail_append();
+        assert_eq!(f.svc.expire_transactional_ids(later, 1).await, (0, false));
+        assert_eq!(f.state(), before);
+        assert_eq!(f.replayed(), vec![before.unwrap()]);
+        assert_eq!(f.svc.expire_transactional_ids(later, 1).await, (1, false));
+        assert_eq!(f.state(), None);
+        assert_eq!(f.replayed(), vec![]);
+        // The id is new again: a new producer id at epoch 0.
+        let (err, new_pid, epoch) = f.init().await;
+        assert_eq!((err, epoch), (0, 0));
+        assert_ne!(new_pid, pid);
+        assert_eq!(f.replayed(), vec![f.state().unwrap()]);
+        assert_eq!(f.svc.read(|co| co.pending_count()), 0);
+
+        // A transition abandoned before it is settled (its handler panicked) is rolled
+        // back: the id is not blocked.
+        let before = f.state();
+        let (_, written) = f.svc.change(|co| {
+            let t = co.add_partitions(now_ms(), "tx", new_pid, 0, &[("t".into(), 0)]);
+            ((), t.unwrap().into_iter().collect())
+        });
+        assert!(f.svc.read(|co| co.is_pending("tx")));
+        drop(written);
+        assert!(!f.svc.read(|co| co.is_pending("tx")));
+        assert_eq!(f.state(), before);
+        assert_eq!(f.add(new_pid, 0).await, 0);
+    }
 
     #[test]
     fn marker_type_reads_what_encode_writes() {

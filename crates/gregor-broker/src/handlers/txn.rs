@@ -22,7 +22,7 @@ use kafka_protocol::messages::{
 
 use crate::groups::{now_ms, GroupService, OFFSETS_TOPIC};
 use crate::state::Broker;
-use crate::transactions::TransactionService;
+use crate::transactions::{TransactionService, WriteError, Written};
 
 /// Kafka's error code for a coordinator error; PRODUCER_FENCED only from the version that
 /// introduced it (KIP-588), INVALID_PRODUCER_EPOCH before.
@@ -46,16 +46,17 @@ fn service(broker: &Broker) -> Result<&Arc<TransactionService>, ResponseError> {
         .ok_or(ResponseError::CoordinatorNotAvailable)
 }
 
-/// Makes a change's records durable. A failed append or fsync answers
-/// COORDINATOR_NOT_AVAILABLE, which clients retry (Kafka maps failed transaction log
-/// appends the same way). The in-memory state has already moved on: a simplification.
-async fn durable(
-    svc: &TransactionService,
-    written: Result<Vec<Arc<crate::state::Partition>>, String>,
-) -> Result<(), ResponseError> {
-    svc.durable(written).await.map_err(|e| {
+/// Makes a change's records durable and commits its transitions. A failed append or fsync
+/// rolls the transition back (the transactional id keeps its previous state) and answers as
+/// Kafka's `TransactionStateManager` maps failed transaction log appends: a storage error
+/// NOT_COORDINATOR, a missing partition COORDINATOR_NOT_AVAILABLE. Clients retry both.
+async fn persist(svc: &TransactionService, written: Vec<Written>) -> Result<(), ResponseError> {
+    svc.persist(written).await.map_err(|e| {
         tracing::error!(error = %e, "writing {} failed", crate::transactions::TXN_TOPIC);
-        ResponseError::CoordinatorNotAvailable
+        match e {
+            WriteError::Unavailable(_) => ResponseError::CoordinatorNotAvailable,
+            WriteError::Storage(_) => ResponseError::NotCoordinator,
+        }
     })
 }
 
@@ -98,34 +99,30 @@ async fn init(
     // At most one fencing abort, then a fresh answer.
     for _ in 0..3 {
         let (outcome, written) = svc.change(|co| {
-            let outcome = co.init_producer_id(
+            match co.init_producer_id(
                 now_ms(),
                 &id,
                 req.transaction_timeout_ms,
                 expected,
                 &mut || broker.allocate_producer_id().ok(),
-            );
-            let records = match &outcome {
-                Ok(InitOutcome::Ready { record, .. })
-                | Ok(InitOutcome::AbortFirst { record, .. }) => {
-                    vec![record.clone()]
-                }
-                Err(_) => vec![],
-            };
-            (outcome, records)
+            ) {
+                Ok(InitOutcome::Ready {
+                    producer_id,
+                    producer_epoch,
+                    transition,
+                }) => (Ok(Ok((producer_id, producer_epoch))), vec![transition]),
+                Ok(InitOutcome::AbortFirst { job, transition }) => (Ok(Err(job)), vec![transition]),
+                Err(e) => (Err(e), vec![]),
+            }
         });
         let outcome = outcome.map_err(|e| txn_error(e, version, 4))?;
-        durable(svc, written).await?;
+        persist(svc, written).await?;
         match outcome {
-            InitOutcome::Ready {
-                producer_id,
-                producer_epoch,
-                ..
-            } => {
+            Ok((producer_id, producer_epoch)) => {
                 tracing::debug!(transactional_id = %id, producer_id, producer_epoch, "InitProducerId");
                 return Ok((producer_id, producer_epoch));
             }
-            InitOutcome::AbortFirst { job, .. } => {
+            Err(job) => {
                 tracing::info!(transactional_id = %id, producer_id = job.producer_id, "fencing the previous producer: aborting its transaction");
                 svc.complete_job(&job).await.map_err(|e| {
                     tracing::error!(error = %e, "aborting a fenced transaction failed");
@@ -208,12 +205,13 @@ async fn add(
 ) -> Result<(), ResponseError> {
     let svc = service(broker)?;
     let (result, written) = svc.change(|co| {
-        let r = co.add_partitions(now_ms(), transactional_id, producer_id, epoch, partitions);
-        let records = r.as_ref().ok().cloned().flatten().into_iter().collect();
-        (r, records)
+        match co.add_partitions(now_ms(), transactional_id, producer_id, epoch, partitions) {
+            Ok(t) => (Ok(()), t.into_iter().collect()),
+            Err(e) => (Err(e), vec![]),
+        }
     });
     result.map_err(|e| txn_error(e, version, fenced_since))?;
-    durable(svc, written).await
+    persist(svc, written).await
 }
 
 // ----------------------------------------------------------------- AddOffsetsToTxn
@@ -257,23 +255,22 @@ pub async fn end_txn(broker: &Arc<Broker>, req: EndTxnRequest, version: i16) -> 
 async fn end(broker: &Arc<Broker>, req: &EndTxnRequest, version: i16) -> Result<(), ResponseError> {
     let svc = service(broker)?;
     let (result, written) = svc.change(|co| {
-        let r = co.end_txn(
+        match co.end_txn(
             now_ms(),
             &req.transactional_id,
             req.producer_id.0,
             req.producer_epoch,
             req.committed,
-        );
-        let records = match &r {
-            Ok(Some((_, record))) => vec![record.clone()],
-            _ => vec![],
-        };
-        (r, records)
+        ) {
+            Ok(Some((job, t))) => (Ok(Some(job)), vec![t]),
+            Ok(None) => (Ok(None), vec![]),
+            Err(e) => (Err(e), vec![]),
+        }
     });
-    let Some((job, _)) = result.map_err(|e| txn_error(e, version, 2))? else {
+    let Some(job) = result.map_err(|e| txn_error(e, version, 2))? else {
         return Ok(());
     };
-    durable(svc, written).await?;
+    persist(svc, written).await?;
     svc.complete_job(&job).await.map_err(|e| {
         tracing::error!(transactional_id = %job.transactional_id, error = %e, "writing transaction markers failed");
         ResponseError::ConcurrentTransactions
