@@ -88,13 +88,17 @@ class HostileConnections:
             s.close()
 
 
+ROUNDS = 5
+
+
 def test_idle_and_slow_loris_connections(broker):
     # Interleave the two conditions and keep the best of each, so that a burst of load from
-    # elsewhere on the machine does not decide the comparison.
+    # elsewhere on the machine does not decide the comparison (5 rounds: with 3, a parallel
+    # build on the 2 cores once pushed the best loaded round to 0.79).
     baseline, loaded = [], []
     rss_before = rss_mb(broker.pid)
     rss_loaded = 0.0
-    for _ in range(3):
+    for _ in range(ROUNDS):
         baseline.append(round_trip_seconds(broker.bootstrap))
         hostile = HostileConnections(broker.port)
         try:
@@ -106,7 +110,7 @@ def test_idle_and_slow_loris_connections(broker):
     best_base, best_loaded = min(baseline), min(loaded)
     mb = RECORDS * SIZE / 1e6
     print(
-        f"\nround trip of {RECORDS} x {SIZE} B, best of 3 interleaved: baseline "
+        f"\nround trip of {RECORDS} x {SIZE} B, best of {ROUNDS} interleaved: baseline "
         f"{mb / best_base:.1f} MB/s, with 2000 idle + 10 slow-loris connections "
         f"{mb / best_loaded:.1f} MB/s (ratio {best_base / best_loaded:.2f}); broker RSS "
         f"{rss_before:.0f} MB before, at most {rss_loaded:.0f} MB with the connections open"
