@@ -129,9 +129,10 @@ def startup(args):
             dt = time.monotonic() - t0
             log = ANSI.sub("", b.log_text())
             m = re.findall(r"opened partition logs partitions=(\d+) clean_shutdown=(\w+) "
-                           r"scanned_bytes=(\d+) elapsed_ms=(\d+)", log)[-1]
-            print(f"start after {how:5}: {dt * 1000:.0f} ms to listening; open phase {m[3]} ms "
-                  f"({m[0]} partitions, clean_shutdown={m[1]}, {int(m[2]) / 1e6:.1f} MB validated)")
+                           r"scanned_bytes=(\d+) replayed_batches=(\d+) elapsed_ms=(\d+)", log)[-1]
+            print(f"start after {how:5}: {dt * 1000:.0f} ms to listening; open phase {m[4]} ms "
+                  f"({m[0]} partitions, clean_shutdown={m[1]}, {int(m[2]) / 1e6:.1f} MB validated, "
+                  f"{m[3]} batches replayed into producer state)")
             if how == "clean":
                 p = Producer({**confluent_common(b.bootstrap), "acks": "all", "linger.ms": 50})
                 for part in range(args.partitions):
