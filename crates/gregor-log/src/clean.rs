@@ -112,7 +112,8 @@ pub(crate) const CLEANER_CHECKPOINT: &str = "cleaner-offset-checkpoint";
 pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
 /// Estimated bytes per key-map entry (hash, offset, table overhead).
 const MAP_ENTRY_BYTES: usize = 48;
-/// Largest batch the cleaner reads into memory; larger ones are kept verbatim.
+/// Largest batch the cleaner reads into memory; a pass that meets a larger one fails and
+/// leaves the log as it is (only reachable with `max.message.bytes` above 64 MiB).
 const MAX_CLEAN_BATCH: usize = 64 * 1024 * 1024;
 /// The codec bits of a batch's `attributes`.
 const COMPRESSION_BITS: i16 = 0x07;
