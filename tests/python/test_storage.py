@@ -395,6 +395,51 @@ def test_storage_configs_sources_and_persistence(broker_factory, tmp_path):
 
 
 # --------------------------------------------------------------- compaction
+class KeyedWrites:
+    """Records written to partition 0 of a compacted topic and what the broker acknowledged:
+    `latest` maps each key to the (offset, value) of its last acknowledged record."""
+
+    def __init__(self, p: Producer, topic: str):
+        self.p, self.topic = p, topic
+        self.latest: dict = {}
+        self.errors: list = []
+        self.tombstoned: list = []
+
+    def cb(self, err, msg):
+        if err is not None:
+            self.errors.append(err)
+        else:
+            self.latest[msg.key()] = (msg.offset(), msg.value())
+
+    def write(self, n: int, keys: list, value_of) -> None:
+        """`n` records cycling over `keys`, then a tombstone for every tenth key."""
+        for i in range(n):
+            while True:
+                try:
+                    self.p.produce(self.topic, key=keys[i % len(keys)], value=value_of(i),
+                                   partition=0, on_delivery=self.cb)
+                    break
+                except BufferError:
+                    self.p.poll(0.05)
+            if i % 1000 == 0:
+                self.p.poll(0)
+        assert self.p.flush(60) == 0 and not self.errors
+        self.tombstoned = keys[::10]
+        for k in self.tombstoned:
+            self.p.produce(self.topic, key=k, value=None, partition=0, on_delivery=self.cb)
+        assert self.p.flush(30) == 0 and not self.errors
+
+    def converged(self, bootstrap: str, keys: list, expect_tombstones: bool) -> bool:
+        """Every key holds exactly its latest record at its offset (tombstoned keys: the
+        tombstone, or nothing once tombstones are gone)."""
+        seen = compacted_view(bootstrap, self.topic, "read_uncommitted")
+        for k in keys:
+            keep = expect_tombstones or k not in self.tombstoned
+            if seen.get(k, []) != ([self.latest[k]] if keep else []):
+                return False
+        return True
+
+
 def test_compaction_converges_keeps_offsets_and_drops_tombstones(broker_factory, tmp_path):
     """100,000 records over 1,000 keys: the compacted topic converges to the latest value
     per key at its original offset; tombstoned keys vanish after delete.retention.ms."""
@@ -413,65 +458,19 @@ def test_compaction_converges_keeps_offsets_and_drops_tombstones(broker_factory,
         },
     )
     p = producer(b.bootstrap, **{"linger.ms": 5, "batch.num.messages": 1000})
-    latest = {}  # key -> (offset, value)
-    errors = []
-
-    def cb(err, msg):
-        if err is not None:
-            errors.append(err)
-        else:
-            latest[msg.key()] = (msg.offset(), msg.value())
-
-    n, keys = 100_000, 1_000
-    for i in range(n):
-        while True:
-            try:
-                p.produce(topic, key=f"k{i % keys:04d}".encode(), value=f"v{i}".encode(), partition=0, on_delivery=cb)
-                break
-            except BufferError:
-                p.poll(0.05)
-        if i % 1000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0 and not errors
-    tombstoned = [f"k{k:04d}".encode() for k in range(0, keys, 10)]
-    for k in tombstoned:
-        p.produce(topic, key=k, value=None, partition=0, on_delivery=cb)
-    assert p.flush(30) == 0 and not errors
+    keys = [f"k{k:04d}".encode() for k in range(1_000)]
+    w = KeyedWrites(p, topic)
+    w.write(100_000, keys, lambda i: f"v{i}".encode())
 
     def pad(count=30):
         for _ in range(count):
-            p.produce(topic, key=b"pad", value=b"x" * 8000, partition=0, on_delivery=cb)
-        assert p.flush(30) == 0 and not errors
+            p.produce(topic, key=b"pad", value=b"x" * 8000, partition=0, on_delivery=w.cb)
+        assert p.flush(30) == 0 and not w.errors
 
     pad()  # seals the segments holding the records above
 
     def check(expect_tombstones: bool):
-        c = consumer(b.bootstrap)
-        try:
-            c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-            seen = defaultdict(list)
-            eof = False
-            deadline = time.monotonic() + 60
-            while not eof and time.monotonic() < deadline:
-                for m in c.consume(5000, 0.5):
-                    if m.error():
-                        if m.error().code() == KafkaError._PARTITION_EOF:
-                            eof = True
-                            continue
-                        raise KafkaException(m.error())
-                    if m.key() != b"pad":
-                        seen[m.key()].append((m.offset(), m.value()))
-            assert eof
-        finally:
-            c.close()
-        for k in (f"k{i:04d}".encode() for i in range(keys)):
-            if k in tombstoned:
-                want = [latest[k]] if expect_tombstones else []
-            else:
-                want = [latest[k]]
-            if seen.get(k, []) != want:
-                return False
-        return True
+        return w.converged(b.bootstrap, keys, expect_tombstones)
 
     wait_for(lambda: check(expect_tombstones=True), 60, 1.0, "compaction to converge")
     assert re.search(r"compacted log", plain_log(b))
@@ -520,70 +519,21 @@ def test_compaction_of_compressed_batches(broker_factory, tmp_path, codec):
         },
     )
     p = producer(b.bootstrap, **{"linger.ms": 5, "batch.num.messages": 500, "compression.type": codec})
-    latest = {}  # key -> (offset, value)
-    errors = []
-
-    def cb(err, msg):
-        if err is not None:
-            errors.append(err)
-        else:
-            latest[msg.key()] = (msg.offset(), msg.value())
-
-    n, keys = 20_000, 200
-    for i in range(n):
-        while True:
-            try:
-                p.produce(
-                    topic,
-                    key=f"k{i % keys:03d}".encode(),
-                    value=f"value-{i}-{'y' * (i % 50)}".encode(),
-                    partition=0,
-                    on_delivery=cb,
-                )
-                break
-            except BufferError:
-                p.poll(0.05)
-        if i % 1000 == 0:
-            p.poll(0)
-    assert p.flush(60) == 0 and not errors
-    tombstoned = [f"k{k:03d}".encode() for k in range(0, keys, 10)]
-    for k in tombstoned:
-        p.produce(topic, key=k, value=None, partition=0, on_delivery=cb)
-    assert p.flush(30) == 0 and not errors
+    keys = [f"k{k:03d}".encode() for k in range(200)]
+    w = KeyedWrites(p, topic)
+    w.write(20_000, keys, lambda i: f"value-{i}-{'y' * (i % 50)}".encode())
     rng = random.Random(7)
 
     def pad(count=8):
         # Incompressible values so the pads fill (and roll) segments whatever the codec.
         for _ in range(count):
-            p.produce(topic, key=b"pad", value=rng.randbytes(8000), partition=0, on_delivery=cb)
-            assert p.flush(30) == 0 and not errors
+            p.produce(topic, key=b"pad", value=rng.randbytes(8000), partition=0, on_delivery=w.cb)
+            assert p.flush(30) == 0 and not w.errors
 
     pad()  # seals the segments holding the records above
 
     def check(expect_tombstones: bool):
-        c = consumer(b.bootstrap)
-        try:
-            c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-            seen = defaultdict(list)
-            eof = False
-            deadline = time.monotonic() + 60
-            while not eof and time.monotonic() < deadline:
-                for m in c.consume(5000, 0.5):
-                    if m.error():
-                        if m.error().code() == KafkaError._PARTITION_EOF:
-                            eof = True
-                            continue
-                        raise KafkaException(m.error())
-                    if m.key() != b"pad":
-                        seen[m.key()].append((m.offset(), m.value()))
-            assert eof
-        finally:
-            c.close()
-        for k in (f"k{i:03d}".encode() for i in range(keys)):
-            want = [latest[k]] if (expect_tombstones or k not in tombstoned) else []
-            if seen.get(k, []) != want:
-                return False
-        return True
+        return w.converged(b.bootstrap, keys, expect_tombstones)
 
     wait_for(lambda: check(expect_tombstones=True), 60, 1.0, "compaction to converge")
     assert re.search(r"compacted log", plain_log(b))
