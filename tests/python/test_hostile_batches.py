@@ -66,11 +66,13 @@ def record(offset_delta: int, value: bytes) -> bytes:
 
 def batch(payload: bytes, records_count: int, codec: int = 0, last_offset_delta: int | None = None,
           corrupt_crc: bool = False, producer_id: int = -1, producer_epoch: int = -1,
-          base_sequence: int = -1) -> bytes:
+          base_sequence: int = -1, timestamp: int = 1000) -> bytes:
+    """One v2 batch; every record (timestamp delta 0) and so the batch's first and max
+    timestamps are ``timestamp`` (ms)."""
     if last_offset_delta is None:
         last_offset_delta = records_count - 1
     after_crc = struct.pack(
-        ">hiqqqhii", codec, last_offset_delta, 1000, 1000, producer_id, producer_epoch,
+        ">hiqqqhii", codec, last_offset_delta, timestamp, timestamp, producer_id, producer_epoch,
         base_sequence, records_count
     ) + payload
     crc = crc32c(after_crc) ^ (1 if corrupt_crc else 0)

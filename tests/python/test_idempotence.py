@@ -25,9 +25,15 @@ def init_producer_id(broker) -> tuple[int, int, int]:
     return error, pid, epoch
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def one(pid: int, epoch: int, seq: int, n: int = 1) -> bytes:
+    # Stamped now: a producer's state expires producer.id.expiration.ms after its last
+    # batch's timestamp (also on load), so a 1970 timestamp would expire at a restart.
     return batch(b"".join(record(i, b"v%d" % (seq + i)) for i in range(n)), n,
-                 producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+                 producer_id=pid, producer_epoch=epoch, base_sequence=seq, timestamp=now_ms())
 
 
 def test_init_producer_id_hands_out_distinct_ids(broker):
@@ -187,7 +193,8 @@ def test_kill9_replays_only_the_tail_after_the_last_snapshot(broker):
     value = b"x" * 500
     total = 300
     for seq in range(total):
-        b = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=seq)
+        b = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=seq,
+                  timestamp=now_ms())
         assert produce_error(broker, topic, b) == (0, seq)
     pdir = broker.data_dir / f"{topic}-0"
     segments = sorted(pdir.glob("*.log"))
@@ -202,11 +209,14 @@ def test_kill9_replays_only_the_tail_after_the_last_snapshot(broker):
     assert snap_offset == snapshots[-1] > 0
     assert replayed == total - snap_offset < total // 5, (snap_offset, replayed)
     # The last batch retried after the restart gets its original offset; the next is new.
-    last = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=total - 1)
+    last = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=total - 1,
+                 timestamp=now_ms())
     assert produce_error(broker, topic, last) == (0, total - 1)
-    nxt = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=total)
+    nxt = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=total,
+                timestamp=now_ms())
     assert produce_error(broker, topic, nxt) == (0, total)
-    gap = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=total + 5)
+    gap = batch(record(0, value), 1, producer_id=pid, producer_epoch=0, base_sequence=total + 5,
+                timestamp=now_ms())
     assert produce_error(broker, topic, gap)[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
     # A clean restart loads the shutdown snapshot and replays nothing.
     broker.restart()

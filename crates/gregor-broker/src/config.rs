@@ -146,6 +146,15 @@ pub struct BrokerConfig {
     /// How often expired transactional ids are looked for (Kafka's default, 1 hour).
     #[serde(alias = "transaction.remove.expired.transaction.cleanup.interval.ms")]
     pub transaction_remove_expired_interval_ms: i64,
+    /// A producer's state in a partition (epoch, last sequences) is removed once the
+    /// timestamp of its last batch there is this old, unless it has a transaction open
+    /// there (Kafka's default, 1 day). Its next write is accepted at any sequence.
+    #[serde(alias = "producer.id.expiration.ms")]
+    pub producer_id_expiration_ms: i64,
+    /// How often every partition's producer state is scanned for expired producers
+    /// (Kafka's default, 10 minutes).
+    #[serde(alias = "producer.id.expiration.check.interval.ms")]
+    pub producer_id_expiration_check_interval_ms: u64,
 }
 
 /// Durability policy for appended data.
@@ -222,6 +231,8 @@ impl Default for BrokerConfig {
             transaction_abort_check_interval_ms: 200,
             transactional_id_expiration_ms: 7 * 24 * 60 * 60 * 1000,
             transaction_remove_expired_interval_ms: 60 * 60 * 1000,
+            producer_id_expiration_ms: 24 * 60 * 60 * 1000,
+            producer_id_expiration_check_interval_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -336,5 +347,29 @@ mod tests {
         .unwrap();
         assert_eq!(c.transactional_id_expiration_ms, 2_000);
         assert_eq!(c.transaction_remove_expired_interval_ms, 100);
+    }
+
+    #[test]
+    fn producer_id_expiry_settings_parse() {
+        let d = BrokerConfig::default();
+        assert_eq!(d.producer_id_expiration_ms, 86_400_000);
+        assert_eq!(d.producer_id_expiration_check_interval_ms, 600_000);
+        let c = BrokerConfig::from_toml(
+            "\"producer.id.expiration.ms\" = 1500\n\"producer.id.expiration.check.interval.ms\" = 200\n",
+        )
+        .unwrap();
+        assert_eq!(c.producer_id_expiration_ms, 1_500);
+        assert_eq!(c.producer_id_expiration_check_interval_ms, 200);
+        let c = BrokerConfig::from_toml(
+            "producer_id_expiration_ms = 7\nproducer_id_expiration_check_interval_ms = 8\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.producer_id_expiration_ms,
+                c.producer_id_expiration_check_interval_ms
+            ),
+            (7, 8)
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Background storage work: `interval` flushes (`flush.ms` / `flush.messages`), retention,
-//! the recovery-point checkpoint and the compaction cleaner's schedule.
+//! the recovery-point checkpoint, producer-id expiry and the compaction cleaner's
+//! schedule.
 //!
 //! One tokio task ticks every 100 ms; anything that touches files runs on a blocking
 //! thread and takes each partition's write lock only for the metadata change (a retention
@@ -73,8 +74,11 @@ pub fn spawn(broker: Arc<Broker>) -> tokio::task::JoinHandle<()> {
         let retention_every = Duration::from_millis(broker.config.log_retention_check_interval_ms);
         let checkpoint_every =
             Duration::from_millis(broker.config.log_flush_offset_checkpoint_interval_ms);
+        let expiry_every =
+            Duration::from_millis(broker.config.producer_id_expiration_check_interval_ms);
         let mut last_retention = Instant::now();
         let mut last_checkpoint = Instant::now();
+        let mut last_expiry = Instant::now();
         loop {
             tokio::time::sleep(TICK).await;
             if broker.config.fsync == FsyncPolicy::Interval {
@@ -84,6 +88,11 @@ pub fn spawn(broker: Arc<Broker>) -> tokio::task::JoinHandle<()> {
                 last_retention = Instant::now();
                 let b = broker.clone();
                 let _ = tokio::task::spawn_blocking(move || retention_pass(&b)).await;
+            }
+            if last_expiry.elapsed() >= expiry_every {
+                last_expiry = Instant::now();
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || producer_expiry_pass(&b)).await;
             }
             if last_checkpoint.elapsed() >= checkpoint_every {
                 last_checkpoint = Instant::now();
@@ -117,6 +126,29 @@ pub fn interval_flush(broker: &Broker) {
     if !due.is_empty() {
         broker.flusher.request(&due, false);
     }
+}
+
+/// `producer.id.expiration.ms`: removes from every partition's producer state the
+/// producers idle that long without an open transaction there. Each partition's table is
+/// scanned once under its own lock (no log lock, no I/O); snapshots taken afterwards
+/// leave the removed producers out. Returns how many were removed.
+pub fn producer_expiry_pass(broker: &Broker) -> usize {
+    let now = gregor_log::now_ms();
+    let expiration = broker.config.producer_id_expiration_ms;
+    let mut removed = 0;
+    for t in broker.all_topics() {
+        for p in &t.partitions {
+            let n = p.expire_producers(now, expiration);
+            if n > 0 {
+                tracing::debug!(topic = %t.name, partition = p.index, expired_producers = n, "producer state expired");
+            }
+            removed += n;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(expired_producers = removed, "expired idle producer ids");
+    }
+    removed
 }
 
 /// Time and size retention for every topic whose `cleanup.policy` includes `delete`.

@@ -58,13 +58,17 @@ fn parse_snapshot_name(name: &str) -> Option<i64> {
 
 /// The bytes of a snapshot file.
 pub fn encode_snapshot(offset: i64, table: &ProducerStateTable) -> anyhow::Result<Vec<u8>> {
-    let payload = serde_json::to_vec(table)?;
+    frame_snapshot(offset, &serde_json::to_vec(table)?)
+}
+
+/// Frames a snapshot payload (magic, offset, length, payload, CRC).
+fn frame_snapshot(offset: i64, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
     let len = u32::try_from(payload.len())?;
     let mut buf = Vec::with_capacity(payload.len() + 24);
     buf.extend_from_slice(SNAPSHOT_MAGIC);
     buf.extend_from_slice(&offset.to_be_bytes());
     buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(&payload);
+    buf.extend_from_slice(payload);
     let crc = crc32c::crc32c(&buf);
     buf.extend_from_slice(&crc.to_be_bytes());
     Ok(buf)
@@ -139,9 +143,12 @@ pub fn prune_snapshots(dir: &Path, log_start: i64) -> std::io::Result<()> {
 }
 
 /// How one stored batch changes the producer state: sequences of idempotent batches,
-/// open transactions, and COMMIT/ABORT markers. `header.base_offset` must be the batch's
-/// offset in the log. Returns the transaction an ABORT marker closed. Used by every append
-/// and by the replay on open, so both derive the same state.
+/// open transactions, COMMIT/ABORT markers, and each producer's last timestamp (the
+/// header's `maxTimestamp`, for data batches and markers alike; Kafka takes a marker's
+/// record timestamp, which equals it for the one-record markers written here).
+/// `header` must be the batch as stored: `base_offset` its offset in the log, and
+/// `max_timestamp` the stored one. Returns the transaction an ABORT marker closed. Used
+/// by every append and by the replay on open, so both derive the same state.
 pub fn apply_batch(
     table: &mut ProducerStateTable,
     header: &BatchHeader,
@@ -155,6 +162,7 @@ pub fn apply_batch(
                     header.producer_epoch,
                     header.base_offset,
                     commit,
+                    header.max_timestamp,
                 )
             }
             None => tracing::warn!(
@@ -172,7 +180,12 @@ pub fn apply_batch(
             header.base_sequence,
             header.last_offset_delta,
         );
-        table.record(&batch, header.base_offset, header.last_offset());
+        table.record(
+            &batch,
+            header.base_offset,
+            header.last_offset(),
+            header.max_timestamp,
+        );
     }
     None
 }
@@ -194,10 +207,28 @@ pub struct Loaded {
     pub snapshot_offset: Option<i64>,
     /// Batches replayed after the snapshot.
     pub replayed_batches: u64,
+    /// Producers removed after the replay because they were idle for
+    /// `producer.id.expiration.ms`.
+    pub expired_producers: usize,
+    /// Producers of a snapshot of an earlier version (no timestamps) that got the load
+    /// time as their last timestamp. If any, that snapshot should be rewritten: the
+    /// caller must not count it as the newest snapshot written.
+    pub filled_timestamps: usize,
+}
+
+/// How [`load`] treats producer expiry: the load time, and `producer.id.expiration.ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadExpiry {
+    /// Wall-clock milliseconds of the load. Producers of snapshots written before
+    /// timestamps were kept get this as their last timestamp.
+    pub now_ms: i64,
+    /// Producers idle this long (and without an open transaction) are dropped after the
+    /// replay, as Kafka does on load, so a replay does not resurrect them.
+    pub expiration_ms: i64,
 }
 
 /// Loads the producer state of a freshly opened log (see the module docs).
-pub fn load(dir: &Path, log: &mut PartitionLog) -> anyhow::Result<Loaded> {
+pub fn load(dir: &Path, log: &mut PartitionLog, expiry: LoadExpiry) -> anyhow::Result<Loaded> {
     match std::fs::remove_file(dir.join(LEGACY_SNAPSHOT_FILE)) {
         Ok(()) => tracing::info!(dir = %dir.display(), "removed the old producer-state.snapshot"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -243,6 +274,8 @@ pub fn load(dir: &Path, log: &mut PartitionLog) -> anyhow::Result<Loaded> {
     }
     let snapshot_offset = chosen.as_ref().map(|(o, _)| *o);
     let (from, mut table) = chosen.unwrap_or_else(|| (start, ProducerStateTable::new()));
+    // Snapshots of earlier versions have no timestamps: count idle time from now.
+    let filled_timestamps = table.fill_missing_timestamps(expiry.now_ms);
     log.truncate_aborted_txns(from)?;
     table.set_aborted(
         on_disk
@@ -273,10 +306,13 @@ pub fn load(dir: &Path, log: &mut PartitionLog) -> anyhow::Result<Loaded> {
         log.append_aborted_txn(e)?;
     }
     prune_snapshots(dir, start)?;
+    let expired_producers = table.expire(expiry.now_ms, expiry.expiration_ms);
     Ok(Loaded {
         table,
         snapshot_offset,
         replayed_batches,
+        expired_producers,
+        filled_timestamps,
     })
 }
 
@@ -351,7 +387,14 @@ impl Partition {
     /// Appends `records` to this partition's `log` and applies them to its producer state
     /// (both locked by the caller, log first): a roll queues a snapshot of the state
     /// before the append; each batch goes through [`apply_batch`]; an ABORT marker's
-    /// aborted transaction is persisted in its segment's `.txnindex`.
+    /// aborted transaction is persisted in its segment's `.txnindex`. The headers are
+    /// read from `records` with the assigned offsets: the log stores the batches
+    /// unchanged otherwise (`LogAppendTime` stamping is not used — topics accept only
+    /// `message.timestamp.type=CreateTime` — so `maxTimestamp` is the stored one; if it
+    /// ever is, the stamped time must be applied here, or replay would differ).
+    ///
+    /// Producer expiry ([`Partition::expire_producers`]) takes only the producer-state
+    /// lock; it cannot fall between a produce's check and this, which hold both.
     pub fn append_locked(
         &self,
         log: &mut PartitionLog,
@@ -381,6 +424,16 @@ impl Partition {
             }
         }
         Ok(info)
+    }
+
+    /// Removes this partition's producers idle for `expiration_ms` at `now_ms` (see
+    /// [`ProducerStateTable::expire`]); one pass over the table under its lock. Returns
+    /// how many were removed.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.producers
+            .lock()
+            .expect("producer state lock")
+            .expire(now_ms, expiration_ms)
     }
 
     /// After retention or DeleteRecords deleted segments: forgets their aborted

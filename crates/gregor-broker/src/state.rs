@@ -796,24 +796,33 @@ fn open_partition_with(
 ) -> anyhow::Result<Arc<Partition>> {
     let dir = partition_dir(&config.data_dir, topic, index);
     let mut log = PartitionLog::open_with(&dir, log_config(config, overrides), hint)?;
-    let loaded = crate::producer_state::load(&dir, &mut log)?;
-    if loaded.replayed_batches > 0 || !loaded.table.is_empty() {
+    let expiry = crate::producer_state::LoadExpiry {
+        now_ms: gregor_log::now_ms(),
+        expiration_ms: config.producer_id_expiration_ms,
+    };
+    let loaded = crate::producer_state::load(&dir, &mut log, expiry)?;
+    if loaded.replayed_batches > 0 || !loaded.table.is_empty() || loaded.expired_producers > 0 {
         tracing::info!(
             topic,
             partition = index,
             snapshot_offset = loaded.snapshot_offset.unwrap_or(-1),
             replayed_batches = loaded.replayed_batches,
             producers = loaded.table.len(),
+            expired_producers = loaded.expired_producers,
             aborted_txns = loaded.table.aborted_len(),
             "producer state loaded"
         );
     }
     let mut partition = Partition::new(topic, index, dir, log, loaded.table);
     partition.replayed_on_open = loaded.replayed_batches;
+    // A snapshot without timestamps (earlier version) is not "already written": the
+    // clean shutdown rewrites it even with nothing appended.
     *partition
         .snapshot_write
         .get_mut()
-        .expect("snapshot write lock") = loaded.snapshot_offset;
+        .expect("snapshot write lock") = loaded
+        .snapshot_offset
+        .filter(|_| loaded.filled_timestamps == 0);
     Ok(Arc::new(partition))
 }
 

@@ -304,7 +304,7 @@ fn append(
             let table = scratch.get_or_insert_with(|| producers.clone());
             let verdict = table.check(pb);
             if verdict == Ok(Verdict::Append) {
-                table.record(pb, -1, -1);
+                table.record(pb, -1, -1, headers[i].max_timestamp);
             }
             verdict
         };

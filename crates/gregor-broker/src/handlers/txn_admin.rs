@@ -167,15 +167,15 @@ pub fn describe_producers(
                     producers.sort_unstable();
                     r.active_producers = producers
                         .into_iter()
-                        .map(|(id, epoch, last_sequence, _)| {
+                        .map(|p| {
                             ProducerState::default()
-                                .with_producer_id(ProducerId(id))
-                                .with_producer_epoch(i32::from(epoch))
-                                .with_last_sequence(last_sequence)
-                                .with_last_timestamp(-1)
+                                .with_producer_id(ProducerId(p.producer_id))
+                                .with_producer_epoch(i32::from(p.epoch))
+                                .with_last_sequence(p.last_sequence)
+                                .with_last_timestamp(p.last_timestamp)
                                 .with_coordinator_epoch(0)
                                 .with_current_txn_start_offset(
-                                    ongoing.get(&id).copied().unwrap_or(-1),
+                                    ongoing.get(&p.producer_id).copied().unwrap_or(-1),
                                 )
                         })
                         .collect();

@@ -13,6 +13,11 @@ use super::*;
 
 /// One v2 batch of `n` records from `pid` at `epoch` starting at sequence `seq`.
 fn batch(pid: i64, epoch: i16, seq: i32, n: i32, transactional: bool) -> Bytes {
+    batch_at(pid, epoch, seq, n, transactional, 1000)
+}
+
+/// [`batch`] with the records (so the batch's `maxTimestamp`) at `ts`.
+fn batch_at(pid: i64, epoch: i16, seq: i32, n: i32, transactional: bool, ts: i64) -> Bytes {
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
             transactional,
@@ -24,7 +29,7 @@ fn batch(pid: i64, epoch: i16, seq: i32, n: i32, transactional: bool) -> Bytes {
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: seq + i,
-            timestamp: 1000,
+            timestamp: ts,
             key: None,
             value: Some(Bytes::from(vec![b'x'; 40])),
             headers: Default::default(),
@@ -44,12 +49,16 @@ fn batch(pid: i64, epoch: i16, seq: i32, n: i32, transactional: bool) -> Bytes {
 }
 
 fn marker(pid: i64, epoch: i16, commit: bool) -> Bytes {
+    marker_at(pid, epoch, commit, 1000)
+}
+
+fn marker_at(pid: i64, epoch: i16, commit: bool, ts: i64) -> Bytes {
     crate::state::encode_internal_batch(
         [(
             Bytes::copy_from_slice(&marker_key(commit)),
             Some(Bytes::copy_from_slice(&marker_value(0))),
         )],
-        1000,
+        ts,
         Some((pid, epoch)),
         true,
     )
@@ -63,7 +72,20 @@ fn config() -> LogConfig {
     }
 }
 
+/// No expiry: the test batches are stamped long ago (1970).
+const NO_EXPIRY: LoadExpiry = LoadExpiry {
+    now_ms: 0,
+    expiration_ms: i64::MAX,
+};
+
+const DAY: i64 = 86_400_000;
+
 fn open(dir: &Path, clean: bool) -> (Partition, Loaded) {
+    open_with(dir, clean, NO_EXPIRY)
+}
+
+/// Opens as the broker does (`state::open_partition_with`).
+fn open_with(dir: &Path, clean: bool, expiry: LoadExpiry) -> (Partition, Loaded) {
     let mut log = PartitionLog::open_with(
         dir,
         config(),
@@ -73,13 +95,15 @@ fn open(dir: &Path, clean: bool) -> (Partition, Loaded) {
         },
     )
     .unwrap();
-    let loaded = load(dir, &mut log).unwrap();
+    let loaded = load(dir, &mut log, expiry).unwrap();
     let p = Partition::new("t", 0, dir.to_path_buf(), log, loaded.table.snapshot_copy());
     p.producers
         .lock()
         .unwrap()
         .set_aborted(loaded.table.aborted_between(0, i64::MAX));
-    *p.snapshot_write.lock().unwrap() = loaded.snapshot_offset;
+    *p.snapshot_write.lock().unwrap() = loaded
+        .snapshot_offset
+        .filter(|_| loaded.filled_timestamps == 0);
     (p, loaded)
 }
 
@@ -139,7 +163,7 @@ fn flush(p: &Partition) {
 #[test]
 fn snapshot_encoding_round_trips_and_rejects_damage() {
     let mut t = ProducerStateTable::new();
-    t.record(&ProducerBatch::new(7, 1, 0, 3), 10, 13);
+    t.record(&ProducerBatch::new(7, 1, 0, 3), 10, 13, 1_700_000_000_000);
     t.record_transactional(8, 14);
     let bytes = encode_snapshot(14, &t).unwrap();
     assert_eq!(summary(&decode_snapshot(&bytes, 14).unwrap()), summary(&t));
@@ -356,6 +380,113 @@ fn deleting_segments_drops_their_aborted_transactions() {
     let _ = Arc::new(p);
 }
 
+fn producer_ids(p: &Partition) -> Vec<i64> {
+    let mut ids: Vec<i64> = p
+        .producers
+        .lock()
+        .unwrap()
+        .producers()
+        .iter()
+        .map(|s| s.producer_id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn expired_producers_stay_expired_after_reopen() {
+    let dir = TempDir::new().unwrap();
+    let (p, _) = open(dir.path(), false);
+    let t0 = 1_000;
+    // pid 1 idle since t0 (over many segments, so roll snapshots hold it), pid 3 with a
+    // transaction open since t0, pid 2 writing half a day later.
+    for s in 0..30 {
+        append(&p, &batch_at(1, 0, s * 2, 2, false, t0));
+    }
+    append(&p, &batch_at(3, 0, 0, 1, true, t0));
+    append(&p, &batch_at(2, 0, 0, 1, false, t0 + DAY / 2));
+    flush(&p);
+    assert!(!list_snapshots(dir.path()).unwrap().is_empty());
+    let now = t0 + DAY;
+    assert_eq!(p.expire_producers(now - 1, DAY), 0);
+    assert_eq!(p.expire_producers(now, DAY), 1);
+    assert_eq!(producer_ids(&p), vec![2, 3]);
+    let live = summary(&p.producers.lock().unwrap());
+    drop(p);
+
+    // kill -9: the replay from a roll snapshot brings pid 1 back; the load expires it.
+    let expiry = LoadExpiry {
+        now_ms: now,
+        expiration_ms: DAY,
+    };
+    let (p, loaded) = open_with(dir.path(), false, expiry);
+    assert!(loaded.snapshot_offset.is_some() && loaded.replayed_batches > 0);
+    assert_eq!(loaded.expired_producers, 1);
+    assert_eq!(summary(&p.producers.lock().unwrap()), live);
+    // Clean shutdown: the snapshot at the log end leaves pid 1 out.
+    p.log.write().unwrap().flush_for_shutdown().unwrap();
+    p.snapshot_at_shutdown().unwrap();
+    drop(p);
+    let (p, loaded) = open_with(dir.path(), true, expiry);
+    assert_eq!((loaded.replayed_batches, loaded.expired_producers), (0, 0));
+    assert_eq!(summary(&p.producers.lock().unwrap()), live);
+    drop(p);
+    // Much later: pid 2 is gone too; pid 3 stays while its transaction is open.
+    let later = LoadExpiry {
+        now_ms: t0 + 3 * DAY,
+        expiration_ms: DAY,
+    };
+    let (p, loaded) = open_with(dir.path(), true, later);
+    assert_eq!(loaded.expired_producers, 1);
+    assert_eq!(producer_ids(&p), vec![3]);
+    assert!(p.producers.lock().unwrap().in_transaction(3));
+}
+
+#[test]
+fn snapshot_of_an_earlier_version_loads_and_is_rewritten_at_shutdown() {
+    let dir = TempDir::new().unwrap();
+    let (p, _) = open(dir.path(), false);
+    append(&p, &batch_at(7, 0, 0, 4, false, 1000));
+    p.log.write().unwrap().flush_for_shutdown().unwrap();
+    drop(p);
+    // What the previous version wrote at its clean shutdown: no timestamps.
+    let old = br#"{"producers":{"7":{"epoch":0,"batches":[{"first_sequence":0,"last_sequence":3,"first_offset":0,"last_offset":3}]}},"ongoing":{}}"#;
+    std::fs::write(
+        snapshot_path(dir.path(), 4),
+        frame_snapshot(4, old).unwrap(),
+    )
+    .unwrap();
+    let expiry = LoadExpiry {
+        now_ms: 5 * DAY,
+        expiration_ms: DAY,
+    };
+    let (p, loaded) = open_with(dir.path(), true, expiry);
+    assert_eq!(loaded.snapshot_offset, Some(4));
+    assert_eq!(loaded.replayed_batches, 0);
+    assert_eq!((loaded.filled_timestamps, loaded.expired_producers), (1, 0));
+    let summary_of = |t: &ProducerStateTable| t.producers()[0];
+    assert_eq!(
+        summary_of(&p.producers.lock().unwrap()).last_timestamp,
+        5 * DAY
+    );
+    assert_eq!(
+        p.producers
+            .lock()
+            .unwrap()
+            .check(&ProducerBatch::new(7, 0, 0, 3)),
+        Ok(Verdict::Duplicate {
+            first_offset: 0,
+            last_offset: 3
+        })
+    );
+    // Nothing appended, yet the clean shutdown rewrites it with the timestamps.
+    p.log.write().unwrap().flush_for_shutdown().unwrap();
+    p.snapshot_at_shutdown().unwrap();
+    let bytes = std::fs::read(snapshot_path(dir.path(), 4)).unwrap();
+    let table = decode_snapshot(&bytes, 4).unwrap();
+    assert_eq!(summary_of(&table).last_timestamp, 5 * DAY);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Idempotent { pid: i64, n: i32 },
@@ -380,25 +511,27 @@ proptest::proptest! {
     /// unclean stop and after a clean one rebuilds exactly the live producer state, and a
     /// second reopen does too (no duplicated `.txnindex` entries).
     #[test]
-    fn reopen_rebuilds_the_live_state(ops in proptest::collection::vec(op(), 1..120),
+    fn reopen_rebuilds_the_live_state(ops in proptest::collection::vec((op(), 0i64..1_000_000), 1..120),
                                       clean in proptest::prelude::any::<bool>()) {
         let dir = TempDir::new().unwrap();
         let (p, _) = open(dir.path(), false);
         let mut seqs = std::collections::HashMap::new();
-        for op in &ops {
+        // Every batch and marker has its own timestamp (not monotonic, as client clocks):
+        // the reopened table must hold each producer's last one, as the live one does.
+        for (op, ts) in &ops {
             match *op {
                 Op::Idempotent { pid, n } => {
                     let seq = seqs.entry(pid).or_insert(0);
-                    append(&p, &batch(pid, 0, *seq, n, false));
+                    append(&p, &batch_at(pid, 0, *seq, n, false, *ts));
                     *seq += n;
                 }
                 Op::Transactional { pid } => {
                     let seq = seqs.entry(pid).or_insert(0);
-                    append(&p, &batch(pid, 0, *seq, 1, true));
+                    append(&p, &batch_at(pid, 0, *seq, 1, true, *ts));
                     *seq += 1;
                 }
                 Op::Marker { pid, commit } => {
-                    append(&p, &marker(pid, 0, commit));
+                    append(&p, &marker_at(pid, 0, commit, *ts));
                 }
                 Op::Flush => flush(&p),
             }
