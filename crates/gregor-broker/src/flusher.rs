@@ -10,7 +10,9 @@
 //!    [`gregor_log::SyncJob`] — cloned `Arc<File>` handles of the dirty segments and
 //!    the log end offset it covers;
 //! 3. run the jobs with **no log lock held** (appends and fetches go on), in parallel
-//!    over a few threads when several partitions are dirty;
+//!    when several partitions are dirty: the flusher runs one itself and hands the others
+//!    to up to [`MAX_SYNC_THREADS`]` - 1` long-lived sync threads (spawning threads per
+//!    round cost more CPU than the fsyncs on a fast disk);
 //! 4. record each outcome in its log (durable offset, or offline on failure) and answer
 //!    the waiters.
 //!
@@ -25,6 +27,7 @@
 //! error (failures take the failing log offline; they are not expected to be routine).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -36,8 +39,74 @@ use crate::state::Partition;
 /// Outcome delivered to a waiting produce request.
 pub type FlushResult = Result<(), String>;
 
-/// Most threads a round uses to run fsyncs in parallel.
+/// Most threads a round uses to run fsyncs in parallel (the flusher and its helpers).
 const MAX_SYNC_THREADS: usize = 4;
+
+/// A sync job handed to a helper thread, with the channel its outcome goes back on.
+type Work = (usize, SyncJob, mpsc::Sender<(usize, SyncJob, FlushResult)>);
+
+/// The long-lived helper threads of the flusher; they exit when their sender is dropped.
+struct SyncPool {
+    workers: Vec<mpsc::Sender<Work>>,
+}
+
+impl SyncPool {
+    fn start(n: usize) -> SyncPool {
+        let workers = (0..n)
+            .map(|i| {
+                let (tx, rx) = mpsc::channel::<Work>();
+                std::thread::Builder::new()
+                    .name(format!("gregor-sync-{i}"))
+                    .spawn(move || {
+                        for (index, job, reply) in rx {
+                            let r = job.run().map_err(|e| e.to_string());
+                            let _ = reply.send((index, job, r));
+                        }
+                    })
+                    .expect("spawn sync thread");
+                tx
+            })
+            .collect();
+        SyncPool { workers }
+    }
+
+    /// Runs every job, in parallel over the helpers and the calling thread; returns the
+    /// jobs with their outcomes, in the order given.
+    fn run_all(&self, jobs: Vec<SyncJob>) -> Vec<(SyncJob, FlushResult)> {
+        let n = jobs.len();
+        let mut out: Vec<Option<(SyncJob, FlushResult)>> = (0..n).map(|_| None).collect();
+        let (reply, results) = mpsc::channel();
+        let mut inline = Vec::new();
+        let mut handed = 0;
+        for (i, job) in jobs.into_iter().enumerate() {
+            // Job 0 and any beyond the helpers' count (round-robin) run here.
+            let worker = (i % MAX_SYNC_THREADS)
+                .checked_sub(1)
+                .and_then(|w| self.workers.get(w));
+            match worker {
+                Some(w) => match w.send((i, job, reply.clone())) {
+                    Ok(()) => handed += 1,
+                    Err(mpsc::SendError((i, job, _))) => inline.push((i, job)),
+                },
+                None => inline.push((i, job)),
+            }
+        }
+        drop(reply);
+        for (i, job) in inline {
+            let r = job.run().map_err(|e| e.to_string());
+            out[i] = Some((job, r));
+        }
+        for _ in 0..handed {
+            match results.recv() {
+                Ok((i, job, r)) => out[i] = Some((job, r)),
+                Err(_) => break, // a helper died; its job is reported as failed below
+            }
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| (SyncJob::default(), Err("sync thread died".into()))))
+            .collect()
+    }
+}
 
 #[derive(Default)]
 struct Pending {
@@ -69,7 +138,7 @@ impl Flusher {
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
             .name("gregor-flusher".into())
-            .spawn(move || run(&worker))
+            .spawn(move || run(&worker, &SyncPool::start(MAX_SYNC_THREADS - 1)))
             .expect("spawn flusher thread");
         Flusher {
             inner,
@@ -115,7 +184,7 @@ impl Flusher {
     }
 }
 
-fn run(inner: &Inner) {
+fn run(inner: &Inner, pool: &SyncPool) {
     loop {
         let (partitions, waiters) = {
             let mut p = inner.pending.lock().expect("flusher lock");
@@ -131,7 +200,7 @@ fn run(inner: &Inner) {
             }
             (parts, std::mem::take(&mut p.waiters))
         };
-        let result = flush_round(&partitions);
+        let result = flush_round(&partitions, pool);
         inner.rounds.fetch_add(1, Ordering::Relaxed);
         for w in waiters {
             let _ = w.send(result.clone());
@@ -145,46 +214,20 @@ fn run(inner: &Inner) {
 }
 
 /// Takes a sync job from each partition, runs them without log locks, records outcomes.
-fn flush_round(partitions: &[Arc<Partition>]) -> FlushResult {
-    let jobs: Vec<(Arc<Partition>, SyncJob)> = partitions
+fn flush_round(partitions: &[Arc<Partition>], pool: &SyncPool) -> FlushResult {
+    let (parts, jobs): (Vec<&Arc<Partition>>, Vec<SyncJob>) = partitions
         .iter()
-        .map(|p| (p.clone(), p.log.write().expect("log lock").take_sync_job()))
+        .map(|p| (p, p.log.write().expect("log lock").take_sync_job()))
         .filter(|(_, j)| !j.is_empty())
-        .collect();
-    let results: Vec<FlushResult> = if jobs.len() <= 1 {
-        jobs.iter()
-            .map(|(_, j)| j.run().map_err(|e| e.to_string()))
-            .collect()
-    } else {
-        let threads = jobs.len().min(MAX_SYNC_THREADS);
-        let chunk = jobs.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = jobs
-                .chunks(chunk)
-                .map(|c| {
-                    s.spawn(move || {
-                        c.iter()
-                            .map(|(_, j)| j.run().map_err(|e| e.to_string()))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| vec![Err("fsync thread panicked".to_string())])
-                })
-                .collect()
-        })
-    };
+        .unzip();
+    let done = pool.run_all(jobs);
     let mut overall = Ok(());
-    for ((p, job), r) in jobs.iter().zip(results) {
+    for (p, (job, r)) in parts.into_iter().zip(done) {
         if let Err(e) = &r {
             tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync failed");
             overall = Err(e.clone());
         }
-        p.log.write().expect("log lock").complete_sync(job, r);
+        p.log.write().expect("log lock").complete_sync(&job, r);
     }
     overall
 }

@@ -72,7 +72,7 @@ pub struct RecoveryHint {
 /// The fsyncs that make a log durable up to [`SyncJob::up_to`], taken under
 /// the log's lock by [`PartitionLog::take_sync_job`] and run without it, so
 /// appends and reads continue during the fsync (group commit).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SyncJob {
     files: Vec<Arc<File>>,
     dir: Option<PathBuf>,

@@ -3,7 +3,7 @@
 //! 1. **Raw disk**: write `--mib` MiB sequentially to one file in `--dir`, fdatasync after
 //!    every 1 MiB. This is the ceiling for "data on disk before you answer".
 //! 2. **Gregor**: `--partitions` partition logs in the same directory, `--producers`
-//!    threads per partition, each appending ~64 KB batches of 1 KB records and then waiting
+//!    tasks per partition (on a tokio runtime with a worker per core, as in the broker), each appending ~64 KB batches of 1 KB records and then waiting
 //!    for the broker's group-commit flusher — the exact path of an acks=all produce with
 //!    `fsync = always` (append under the partition lock, queue, one fsync round covers
 //!    every batch appended meanwhile, wake). Same total bytes.
@@ -153,16 +153,25 @@ fn gregor_durable(
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
+    // The broker's model: produce requests are tasks on a multi-threaded runtime with a
+    // worker per core; each appends under the partition lock, queues for the flusher and
+    // awaits its round.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
+        .build()?;
     let start = Instant::now();
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    std::thread::scope(|s| -> anyhow::Result<()> {
-        let mut handles = Vec::new();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
         for p in partitions {
             for _ in 0..producers {
                 let (flusher, written, hist, p) =
                     (flusher.clone(), written.clone(), hist.clone(), p.clone());
-                let rt = &rt;
-                handles.push(s.spawn(move || -> anyhow::Result<()> {
+                let batch = batch.to_vec();
+                tasks.spawn(async move {
                     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
                     let parts = [p];
                     loop {
@@ -171,21 +180,20 @@ fn gregor_durable(
                             break;
                         }
                         let t0 = Instant::now();
-                        parts[0].log.write().expect("log lock").append(batch)?;
+                        parts[0].log.write().expect("log lock").append(&batch)?;
                         let rx = flusher.request(&parts, true).expect("waiter");
-                        rt.block_on(rx)?.map_err(anyhow::Error::msg)?;
+                        rx.await?.map_err(anyhow::Error::msg)?;
                         local.record(t0.elapsed().as_micros().max(1) as u64)?;
                     }
                     hist.lock().expect("hist").add(local)?;
-                    Ok(())
-                }));
+                    anyhow::Ok(())
+                });
             }
         }
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|_| anyhow::anyhow!("producer panicked"))??;
         }
-        Ok(())
+        anyhow::Ok(())
     })?;
     let elapsed = start.elapsed();
     flusher.stop();
