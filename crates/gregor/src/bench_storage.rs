@@ -35,8 +35,10 @@ pub struct BenchArgs {
     /// Partitions written concurrently.
     #[arg(long, default_value_t = 4)]
     partitions: usize,
-    /// Concurrent producers (in-flight requests) per partition.
-    #[arg(long, default_value_t = 4)]
+    /// Concurrent producers (in-flight requests) per partition. The default, 16 x 4
+    /// partitions x 64 KB = 4 MiB in flight, is a loaded broker; with less in flight the
+    /// throughput is bounded by in-flight bytes / fsync round latency (see README).
+    #[arg(long, default_value_t = 16)]
     producers: usize,
     /// Record size in bytes.
     #[arg(long, default_value_t = 1000)]
