@@ -326,6 +326,22 @@ pub(crate) fn peek_offset_and_size(buf: &[u8]) -> Option<(i64, usize)> {
     Some((be_i64(buf, BASE_OFFSET_POS), length as usize + LOG_OVERHEAD))
 }
 
+/// The offset after the last batch in `data`, walking headers only (no CRC): for data
+/// this log validated on append or open, e.g. what [`crate::PartitionLog::read`] returned.
+/// `None` if `data` holds no batch header.
+pub fn next_offset_after(data: &[u8]) -> Option<i64> {
+    let mut pos = 0;
+    let mut next = None;
+    while let Ok(h) = BatchHeader::parse(&data[pos..]) {
+        next = Some(h.next_offset());
+        pos += h.total_size();
+        if pos >= data.len() {
+            break;
+        }
+    }
+    next
+}
+
 /// Iterator over concatenated batches, see [`iter_batches`].
 #[derive(Debug, Clone)]
 pub struct BatchIter<'a> {

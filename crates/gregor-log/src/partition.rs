@@ -118,20 +118,6 @@ fn holds_records(data: &[u8]) -> bool {
     false
 }
 
-/// The offset after the last of the whole batches in `data` (`None` if there are none).
-fn next_offset_after(data: &[u8]) -> Option<i64> {
-    let mut pos = 0;
-    let mut next = None;
-    while let Ok(h) = BatchHeader::parse(&data[pos..]) {
-        next = Some(h.next_offset());
-        pos += h.total_size();
-        if pos >= data.len() {
-            break;
-        }
-    }
-    next
-}
-
 impl PartitionLog {
     /// Opens (creating if missing) the log in `dir`, validating every
     /// segment (no recovery point known). See [`PartitionLog::open_with`].
@@ -704,7 +690,7 @@ impl PartitionLog {
             });
         }
         let mut data = self.read_segment(offset, max_bytes, upper_bound, true)?;
-        while let (false, Some(next)) = (holds_records(&data), next_offset_after(&data)) {
+        while let (false, Some(next)) = (holds_records(&data), batch::next_offset_after(&data)) {
             if next >= end || next >= upper_bound || data.len() >= max_bytes {
                 break;
             }
