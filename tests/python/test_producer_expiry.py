@@ -8,7 +8,6 @@ each producer's last timestamp."""
 from __future__ import annotations
 
 import re
-import struct
 import time
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -16,8 +15,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from gregor_testlib import confluent_common, create_topic_confluent, unique_topic, wait_for
 from test_hostile_batches import produce_error
 from test_idempotence import OUT_OF_ORDER_SEQUENCE_NUMBER, init_producer_id, now_ms, one
-from test_raw_protocol import header_v2, roundtrip, uvarint
-from test_transactions import _cstr, _Reader
+from test_transactions import describe_producers
 
 EXPIRATION_MS = 2000
 
@@ -29,41 +27,6 @@ def expiring_broker(broker_factory, tmp_path, check_interval_ms: int = 200, data
         f'"producer.id.expiration.check.interval.ms" = {check_interval_ms}\n'
     )
     return broker_factory(data_dir=data_dir, extra_args=("--config", str(cfg)))
-
-
-def describe_producers(broker, topic: str, partitions: int, corr: int = 21) -> dict[int, list[dict]]:
-    """DescribeProducers v0: {partition: [producer state]} for `topic`."""
-    body = (uvarint(2) + _cstr(topic) + uvarint(partitions + 1)
-            + b"".join(struct.pack(">i", i) for i in range(partitions)) + uvarint(0) + uvarint(0))
-    r = _Reader(roundtrip(broker, header_v2(61, 0, corr) + body))
-    assert r.fixed(">i") == corr
-    r.tags()
-    r.fixed(">i")  # throttle
-
-    def producer():
-        v = dict(pid=r.fixed(">q"), epoch=r.fixed(">i"), last_seq=r.fixed(">i"),
-                 ts=r.fixed(">q"), coord_epoch=r.fixed(">i"), txn_start=r.fixed(">q"))
-        r.tags()
-        return v
-
-    def partition():
-        v = dict(index=r.fixed(">i"), error=r.fixed(">h"), msg=r.cstring(),
-                 producers=r.array(producer))
-        r.tags()
-        return v
-
-    def topic_resp():
-        v = (r.cstring(), r.array(partition))
-        r.tags()
-        return v
-
-    (name, parts), = r.array(topic_resp)
-    assert name == topic
-    out = {}
-    for p in parts:
-        assert p["error"] == 0, p
-        out[p["index"]] = p["producers"]
-    return out
 
 
 def wait_all_expired(broker, topic: str, partitions: int):

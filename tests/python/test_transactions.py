@@ -484,11 +484,19 @@ def test_list_transactions_and_describe_producers(broker):
     pid = ours[0][1]
 
     # DescribeProducers v0: the producer, with its open transaction's first offset.
-    body = uvarint(2) + _cstr(topic) + uvarint(2) + struct.pack(">i", 0) + uvarint(0) + uvarint(0)
-    r = _Reader(roundtrip(broker, header_v2(61, 0, 8) + body))
-    assert r.fixed(">i") == 8
+    (prod,) = [x for x in describe_producers(broker, topic, 1, corr=8)[0] if x["pid"] == pid]
+    assert prod["txn_start"] == 0 and prod["last_seq"] >= 0, prod
+    p.commit_transaction(30)
+
+
+def describe_producers(broker, topic: str, partitions: int, corr: int = 21) -> dict[int, list[dict]]:
+    """DescribeProducers v0: {partition: [producer state]} for `topic`."""
+    body = (uvarint(2) + _cstr(topic) + uvarint(partitions + 1)
+            + b"".join(struct.pack(">i", i) for i in range(partitions)) + uvarint(0) + uvarint(0))
+    r = _Reader(roundtrip(broker, header_v2(61, 0, corr) + body))
+    assert r.fixed(">i") == corr
     r.tags()
-    r.fixed(">i")
+    r.fixed(">i")  # throttle
 
     def producer():
         v = dict(pid=r.fixed(">q"), epoch=r.fixed(">i"), last_seq=r.fixed(">i"),
@@ -506,12 +514,15 @@ def test_list_transactions_and_describe_producers(broker):
         v = (r.cstring(), r.array(partition))
         r.tags()
         return v
-    topics = r.array(topic_resp)
-    (name, parts), = topics
-    assert name == topic and parts[0]["error"] == 0
-    (prod,) = [x for x in parts[0]["producers"] if x["pid"] == pid]
-    assert prod["txn_start"] == 0 and prod["last_seq"] >= 0, prod
-    p.commit_transaction(30)
+
+    (name, parts), = r.array(topic_resp)
+    assert name == topic
+    out = {}
+    for p in parts:
+        assert p["error"] == 0, p
+        out[p["index"]] = p["producers"]
+    return out
+
 
 
 # ------------------------------------------------- transactional.id.expiration.ms

@@ -452,6 +452,34 @@ pub struct TxnCommitRequest {
     pub partitions: Vec<CommitPartition>,
 }
 
+/// The committed value of one partition of an OffsetCommit / TxnOffsetCommit and its
+/// `__consumer_offsets` record (in the group's partition `partition`), or the partition's
+/// error.
+fn commit_record(
+    group_id: &str,
+    partition: i32,
+    p: &CommitPartition,
+    now: i64,
+    max_meta: usize,
+) -> Result<(OffsetValue, OffsetsRecord), ResponseError> {
+    let metadata = p.metadata.clone().unwrap_or_default();
+    if metadata.len() > max_meta {
+        return Err(ResponseError::OffsetMetadataTooLarge);
+    }
+    let value = OffsetValue {
+        offset: p.offset,
+        leader_epoch: p.leader_epoch,
+        metadata,
+        commit_timestamp: now,
+    };
+    let record = OffsetsRecord {
+        partition,
+        key: records::offset_key(group_id, &p.topic, p.partition),
+        value: Some(records::offset_value(&value)),
+    };
+    Ok((value, record))
+}
+
 /// Kafka's group id rule: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, DescribeGroups and
 /// DeleteGroups need a non-empty id; offset APIs accept the empty id. In addition an id must
 /// fit the `__consumer_offsets` key schema (an int16-length string), or it could not be
@@ -695,22 +723,16 @@ impl Coordinator {
         let max_meta = self.config.offset_metadata_max_bytes;
         let mut codes = Vec::with_capacity(req.partitions.len());
         for p in &req.partitions {
-            let metadata = p.metadata.clone().unwrap_or_default();
-            if metadata.len() > max_meta {
-                codes.push(code(ResponseError::OffsetMetadataTooLarge));
-                continue;
-            }
-            let value = OffsetValue {
-                offset: p.offset,
-                leader_epoch: p.leader_epoch,
-                metadata,
-                commit_timestamp: now,
+            let value = match commit_record(&req.group_id, partition, p, now, max_meta) {
+                Ok((value, record)) => {
+                    fx.records.push(record);
+                    value
+                }
+                Err(e) => {
+                    codes.push(code(e));
+                    continue;
+                }
             };
-            fx.records.push(OffsetsRecord {
-                partition,
-                key: records::offset_key(&req.group_id, &p.topic, p.partition),
-                value: Some(records::offset_value(&value)),
-            });
             let stored = self.next_write(value);
             self.pending_txn
                 .entry(req.producer_id)
@@ -1074,22 +1096,16 @@ impl Coordinator {
         }
         let mut codes = Vec::with_capacity(req.partitions.len());
         for p in &req.partitions {
-            let metadata = p.metadata.clone().unwrap_or_default();
-            if metadata.len() > max_meta {
-                codes.push(code(ResponseError::OffsetMetadataTooLarge));
-                continue;
-            }
-            let value = OffsetValue {
-                offset: p.offset,
-                leader_epoch: p.leader_epoch,
-                metadata,
-                commit_timestamp: now,
+            let value = match commit_record(&req.group_id, partition, p, now, max_meta) {
+                Ok((value, record)) => {
+                    fx.records.push(record);
+                    value
+                }
+                Err(e) => {
+                    codes.push(code(e));
+                    continue;
+                }
             };
-            fx.records.push(OffsetsRecord {
-                partition,
-                key: records::offset_key(&req.group_id, &p.topic, p.partition),
-                value: Some(records::offset_value(&value)),
-            });
             self.writes += 1;
             let stored = Stored {
                 value,
