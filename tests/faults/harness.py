@@ -189,6 +189,9 @@ class Harness:
             kinds.append("skew")
         if shutil.which("cc"):
             kinds.append("fsync_fail")
+        if self.args.only:
+            kinds = [k for k in kinds if k in self.args.only.split(",")]
+        kinds = [k for k in kinds if k not in self.args.skip.split(",")]
         end = self.args.minutes * 60
         t = self.rng.uniform(3, 6)
         plan = []
@@ -339,7 +342,10 @@ class Harness:
                 shutil.copy(n.log_path, out / f"broker-n{n.i}.log")
         for f in self.work.glob("*.out"):
             shutil.copy(f, out / f.name)
-        log(f"history and broker logs in {out} (replay: ./scripts/faults.sh --seed "
+        extra = "".join(f" --{k} {getattr(self.args, k)}" for k in ("only", "skip")
+                        if getattr(self.args, k))
+        extra = f'FAULTS_ARGS="{extra.strip()}" ' if extra else ""
+        log(f"history and broker logs in {out} (replay: {extra}./scripts/faults.sh --seed "
             f"{self.seed} --minutes {self.args.minutes:g} --nodes {self.args.nodes})")
 
 
@@ -357,6 +363,10 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="parent of the run's temp dir")
     ap.add_argument("--drop-one-acked", action="store_true",
                     help="broken mode: the final read drops one acked record (checker test)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated fault kinds to draw from (default: all), e.g. "
+                         "kill,pause,partition,delay,skew,disk_full,fsync_fail,processor_kill")
+    ap.add_argument("--skip", default="", help="comma-separated fault kinds never to draw")
     ap.add_argument("--keep", action="store_true", help="keep the history even when it passes")
     args = ap.parse_args()
     if os.geteuid() != 0:
