@@ -44,11 +44,12 @@ KINDS = ["lost", "duplicated", "reordered", "offset_reused", "aborted_read", "eo
          "commit_backwards", "double_owner", "topics", "incomplete", "crash"]
 ORDERED_TOPICS = ("queue", "txn-in")
 TXN_OUT = "txn-out"
-FAULT_ORDER = ["kill", "partition", "pause", "delay", "skew", "disk_full", "fsync_fail",
-               "processor_kill", "processor_hang"]
+FAULT_ORDER = ["kill", "partition", "isolate", "split", "one_way", "pause", "delay", "skew",
+               "disk_full", "fsync_fail", "processor_kill", "processor_hang"]
 FAULT_NAMES = {"kill": "kills", "partition": "partitions", "pause": "pauses", "delay": "delays",
                "skew": "clock skews", "disk_full": "full disks", "fsync_fail": "failed fsyncs",
-               "processor_kill": "processor kills", "processor_hang": "processor hangs"}
+               "processor_kill": "processor kills", "processor_hang": "processor hangs",
+               "isolate": "isolations", "split": "splits", "one_way": "one-way drops"}
 
 
 @dataclass

@@ -189,6 +189,10 @@ class Harness:
             kinds.append("skew")
         if shutil.which("cc"):
             kinds.append("fsync_fail")
+        if self.args.nodes > 1:
+            # Faults between nodes: one node cut off from everyone, a minority/majority
+            # split (clients still reach every node), a one-way drop between two nodes.
+            kinds += ["isolate", "split", "one_way"]
         if self.args.only:
             kinds = [k for k in kinds if k in self.args.only.split(",")]
         kinds = [k for k in kinds if k not in self.args.skip.split(",")]
@@ -252,6 +256,23 @@ class Harness:
             # After a failed fsync the log is offline by design; restart to recover.
             n.kill9()
             n.start(skew=n.skew)
+        elif kind in ("isolate", "split", "one_way"):
+            n_all = self.args.nodes
+            others = [j for j in range(n_all) if j != n.i]
+            if kind == "isolate":
+                cut = {n.i: [node_ip(j) for j in others] + [CLIENT_IP]}
+            elif kind == "split":
+                size = max(1, (n_all - 1) // 2)
+                minority = [n.i] + random.Random(x).sample(others, size - 1)
+                majority = [j for j in range(n_all) if j not in minority]
+                cut = {m: [node_ip(j) for j in majority] for m in minority}
+            else:
+                cut = {n.i: [node_ip(others[int(x * len(others)) % len(others)])]}
+            for m, ips in cut.items():
+                self.net.block(m, ips, "in" if kind == "one_way" else "both")
+            time.sleep(dur)
+            for m in cut:
+                self.net.heal(m)
         elif kind == "processor_kill":
             self.kill_processor()
             return

@@ -22,7 +22,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from netns import Network, sweep_leftovers  # noqa: E402
+from netns import Network, node_ip, sweep_leftovers  # noqa: E402
 from node import REPO_ROOT, Node  # noqa: E402
 
 BINARY = REPO_ROOT / "target" / "release" / "gregor"
@@ -98,3 +98,55 @@ def test_broken_mode_is_caught_by_the_checker():
     assert ", 1 lost, " in lines[-1]
     assert (REPO_ROOT / "target" / "faults" / "4242" / "history" / "final.jsonl").exists()
     shutil.rmtree(REPO_ROOT / "target" / "faults" / "4242", ignore_errors=True)
+
+
+def _can_connect(net: Network, ns: str, ip: str) -> bool:
+    code = ("import socket,sys\n"
+            "s=socket.socket(); s.settimeout(1.0)\n"
+            f"sys.exit(0 if s.connect_ex(({ip!r}, 8000)) == 0 else 1)\n")
+    return subprocess.run(net.exec_prefix(ns) + [sys.executable, "-c", code]).returncode == 0
+
+
+def test_link_faults_between_three_namespaces():
+    """The primitives the cluster schedule uses (isolate, minority/majority split): only
+    the links named are cut, clients keep every node they should, heal restores all."""
+    sweep_leftovers()
+    net = Network(3)
+    servers = []
+    try:
+        net.create()
+        for i in range(3):
+            servers.append(subprocess.Popen(
+                net.exec_prefix(net.node_ns(i)) + [sys.executable, "-m", "http.server", "--bind",
+                                                   node_ip(i), "8000"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for i in range(3):
+            assert _wait_true(lambda i=i: _can_connect(net, net.client_ns, node_ip(i)))
+        # Split: node 0 alone vs nodes 1 and 2; clients still reach everyone.
+        net.block(0, [node_ip(1), node_ip(2)])
+        assert not _can_connect(net, net.node_ns(1), node_ip(0))
+        assert not _can_connect(net, net.node_ns(0), node_ip(2))
+        assert _can_connect(net, net.node_ns(1), node_ip(2))
+        assert _can_connect(net, net.client_ns, node_ip(0))
+        net.heal(0)
+        assert _can_connect(net, net.node_ns(1), node_ip(0))
+        # Isolation from the clients only.
+        net.isolate_from_clients(2)
+        assert not _can_connect(net, net.client_ns, node_ip(2))
+        assert _can_connect(net, net.node_ns(0), node_ip(2))
+        net.heal_all()
+        assert _can_connect(net, net.client_ns, node_ip(2))
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()
+        net.destroy()
+
+
+def _wait_true(pred, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
