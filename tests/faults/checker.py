@@ -20,7 +20,8 @@ docstring).  ``check(events)`` returns a Report whose ``counts`` hold every anom
     topics          a created topic missing at the end, or a deleted one still there
     incomplete      the final read could not reach a partition's end, or the processor
                     never caught up
-    crash           a broker process that exited without the harness killing it
+    crash           a broker process that exited without the harness killing it, or a
+                    broker log with "panicked"
 
 Not an anomaly but reported with the faults: "processor hangs", the transactional
 processor making no progress for a minute while every node was up (the harness then dumps
@@ -139,6 +140,8 @@ def check(events: list[dict]) -> Report:
     for e in by_kind["fault"]:
         if e["kind"] == "unexpected_exit":
             r.flag("crash", f"node {e.get('node')} exited by itself at {e.get('t')}")
+        elif e["kind"] == "panic":
+            r.flag("crash", f"node {e.get('node')} log has {e.get('count')} panics")
         elif e["kind"] in FAULT_NAMES:
             r.faults[e["kind"]] = r.faults.get(e["kind"], 0) + 1
 

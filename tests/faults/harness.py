@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import os
 import random
 import shutil
@@ -66,7 +67,6 @@ class Harness:
     # ---- bookkeeping ---------------------------------------------------------------------
 
     def record(self, kind: str, **kw) -> None:
-        import json
         kw.update(k="fault", kind=kind, t=round(time.time(), 4))
         self.fault_log.write(json.dumps(kw) + "\n")
 
@@ -207,15 +207,25 @@ class Harness:
             t += dur + self.rng.uniform(3, 10)
         return plan
 
-    def ensure_up(self, n: Node) -> None:
+    def note_exit(self, n: Node) -> None:
+        """Records a node that died without the harness killing it (a crash)."""
         if n.check_exit():
-            log(f"node {n.i} had exited by itself; restarting")
+            log(f"node {n.i} had exited by itself")
             self.record("unexpected_exit", node=n.i)
+
+    def ensure_up(self, n: Node) -> None:
+        self.note_exit(n)
         if n.proc is None:
             n.start()
 
+    def restart(self, n: Node, skew: str | None) -> None:
+        self.note_exit(n)
+        n.kill9()
+        n.start(skew=skew)
+
     def apply(self, kind: str, n: Node, dur: float, x: float) -> None:
         if kind == "kill":
+            self.note_exit(n)
             n.kill9()
             time.sleep(x * 2)
             n.start(skew=n.skew)
@@ -235,11 +245,9 @@ class Harness:
         elif kind == "skew":
             hours = (x - 0.5) * 4  # -2h .. +2h of wall clock
             skew = f"{'+' if hours >= 0 else '-'}{abs(int(hours * 3600))}s"
-            n.kill9()
-            n.start(skew=skew)
+            self.restart(n, skew)
             time.sleep(dur * 2)
-            n.kill9()
-            n.start(skew=None)
+            self.restart(n, None)
         elif kind == "disk_full":
             size = n.fill_disk()
             self.record("ballast", node=n.i, bytes=size)
@@ -247,15 +255,13 @@ class Harness:
             n.free_disk()
             # A log that hit ENOSPC may be offline until restart: the restart is part of
             # the heal (as an operator would do), and is counted with the fault.
-            n.kill9()
-            n.start(skew=n.skew)
+            self.restart(n, n.skew)
         elif kind == "fsync_fail":
             n.fail_fsync(True)
             time.sleep(dur)
             n.fail_fsync(False)
             # After a failed fsync the log is offline by design; restart to recover.
-            n.kill9()
-            n.start(skew=n.skew)
+            self.restart(n, n.skew)
         elif kind in ("isolate", "split", "one_way"):
             n_all = self.args.nodes
             others = [j for j in range(n_all) if j != n.i]
@@ -306,8 +312,7 @@ class Harness:
             n.free_disk()
             self.ensure_up(n)
             if n.skew:
-                n.kill9()
-                n.start(skew=None)
+                self.restart(n, None)
 
     # ---- the end -------------------------------------------------------------------------
 
@@ -336,9 +341,11 @@ class Harness:
         fin = self.client(*fin_args, out="final.out")
         fin.wait()
         for n in self.nodes:
-            if n.check_exit():
-                self.record("unexpected_exit", node=n.i)
+            self.note_exit(n)
             n.stop_gracefully()
+            panics = n.log_path.read_bytes().count(b"panicked")
+            if panics:
+                self.record("panic", node=n.i, count=panics)
         report = checker.check(checker.load([self.hist]))
         exits = sum(n.unexpected_exits for n in self.nodes)
         line = report.summary(self.seed, len(self.nodes))

@@ -177,8 +177,9 @@ def test_hung_processor_is_reported_not_flagged():
 
 
 def test_broker_exit_is_reported():
-    ev = clean_history() + [{"k": "fault", "kind": "unexpected_exit", "node": 0}]
-    assert flagged(ev) == {"crash": 1}
+    ev = clean_history() + [{"k": "fault", "kind": "unexpected_exit", "node": 0},
+                            {"k": "fault", "kind": "panic", "node": 0, "count": 2}]
+    assert flagged(ev) == {"crash": 2}
 
 
 def test_load_skips_a_torn_last_line(tmp_path):
