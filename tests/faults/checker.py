@@ -26,8 +26,10 @@ docstring).  ``check(events)`` returns a Report whose ``counts`` hold every anom
 Not an anomaly but reported with the faults: "processor hangs", the transactional
 processor making no progress for a minute while every node was up (the harness then dumps
 its stack into txn.out and kills it).  Seen with librdkafka 2.16: a
-send_offsets_to_transaction whose AddOffsetsToTxn was retried across a broker restart
-never sends its TxnOffsetCommit and ignores its own timeout.
+send_offsets_to_transaction caught by a broker restart gets AddOffsetsToTxn through but
+never sends its TxnOffsetCommit and ignores its own timeout (librdkafka issues 5456 and
+5511: coordinator requests never time out; a cached group coordinator that is down is
+not looked up again).
 
 Usage: python checker.py HISTORY_DIR_OR_FILE...   (prints the summary, exit 1 on anomalies)
 """
