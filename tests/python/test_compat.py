@@ -92,3 +92,41 @@ def test_serve_help_lists_only_broker_flags(gregor_bin):
         assert client_only not in serve.stdout.replace("--log-format", "")
     topic = subprocess.run([str(gregor_bin), "topic", "list", "--help"], capture_output=True, text=True, check=True)
     assert "--brokers" in topic.stdout and "--format" in topic.stdout
+
+
+# Where Gregor's advertised maximum differs from Kafka 4.0's, on purpose (ARCHITECTURE.md,
+# "Advertised API versions"): the KIP-890 part 2 transaction versions, and ListTransactions v2.
+KIP_890_PART_2 = {24: 3, 25: 3, 26: 4, 28: 4}
+ABOVE_4_0 = {66: 2}
+
+
+def test_api_versions_match_kafka_4_0(broker):
+    """A client inferring the broker version from ApiVersions takes Gregor for Kafka 4.0.
+
+    kafka-python ships the ranges Kafka 4.0 advertises; kafka-python 3 infers 4.0 from
+    ListOffsets v10 (then 3.9 from Fetch v17, 3.8 from Produce v11: what Gregor showed before).
+    """
+    from kafka import KafkaAdminClient
+    from kafka.protocol.broker_api_versions import BROKER_API_VERSIONS
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+    try:
+        ours = admin._client.get_api_versions()
+    finally:
+        admin.close()
+    kafka_4_0 = BROKER_API_VERSIONS[(4, 0)]
+    assert ours[2][1] >= 10, "ListOffsets v10 marks Kafka 4.0"
+    assert ours[1][1] >= 17, "Fetch v17 marks Kafka 3.9"
+    for api, (_lo, hi) in ours.items():
+        assert api in kafka_4_0, f"API {api} is not one Kafka 4.0 has"
+        want = KIP_890_PART_2.get(api, ABOVE_4_0.get(api, kafka_4_0[api][1]))
+        assert hi == want, f"API {api}: Gregor advertises up to v{hi}, expected v{want} (Kafka 4.0: v{kafka_4_0[api][1]})"
+
+
+def test_describe_cluster_at_the_newest_version(broker):
+    """librdkafka's DescribeCluster at the version Kafka 4.0 advertises lists the broker."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(confluent_common(broker.bootstrap))
+    desc = admin.describe_cluster(request_timeout=10).result(15)
+    assert len(desc.nodes) == 1
