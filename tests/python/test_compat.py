@@ -130,3 +130,36 @@ def test_describe_cluster_at_the_newest_version(broker):
     admin = AdminClient(confluent_common(broker.bootstrap))
     desc = admin.describe_cluster(request_timeout=10).result(15)
     assert len(desc.nodes) == 1
+
+
+def test_describe_configs_broker_has_kafkas_broker_settings(broker):
+    """kafka-python's describe_configs(BROKER) shows advertised.listeners and the rest."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+    try:
+        resp = admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, "0")], include_synonyms=True)
+    finally:
+        admin.close()
+    resources = resp[0].resources if hasattr(resp[0], "resources") else resp[0].to_object()["resources"]
+    res = resources[0]
+    entries = res[4] if isinstance(res, tuple) else res["configs"]
+    by_name = {}
+    for e in entries:
+        if isinstance(e, tuple):
+            by_name[e[0]] = {"value": e[1], "read_only": e[2], "source": e[3], "synonyms": e[5]}
+        else:
+            by_name[e["config_names"] if "config_names" in e else e["name"]] = e
+    for name in (
+        "listeners", "advertised.listeners", "log.dirs", "num.partitions",
+        "default.replication.factor", "message.max.bytes", "group.min.session.timeout.ms",
+        "transaction.max.timeout.ms", "offsets.topic.num.partitions", "log.retention.ms",
+    ):
+        assert name in by_name, f"{name} missing from {sorted(by_name)}"
+    assert by_name["advertised.listeners"]["value"] == f"PLAINTEXT://{broker.bootstrap}"
+    assert by_name["log.dirs"]["value"] == str(broker.data_dir)
+    # The test broker runs with Kafka's num.partitions default; its data dir is set by flag.
+    assert by_name["num.partitions"]["source"] == 5  # DEFAULT_CONFIG
+    assert by_name["log.dirs"]["source"] == 4  # STATIC_BROKER_CONFIG
+    assert by_name["log.dirs"]["synonyms"], "synonyms were asked for"
