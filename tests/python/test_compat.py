@@ -163,3 +163,30 @@ def test_describe_configs_broker_has_kafkas_broker_settings(broker):
     assert by_name["num.partitions"]["source"] == 5  # DEFAULT_CONFIG
     assert by_name["log.dirs"]["source"] == 4  # STATIC_BROKER_CONFIG
     assert by_name["log.dirs"]["synonyms"], "synonyms were asked for"
+
+
+def test_incremental_alter_configs_append_and_subtract_cleanup_policy(broker):
+    """APPEND / SUBTRACT on a list config: delete -> delete,compact -> compact."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    topic = unique_topic("ap")
+    admin = create_topic_confluent(broker.bootstrap, topic, 1)
+
+    def alter(op, value):
+        res = ConfigResource(
+            ConfigResource.Type.TOPIC, topic,
+            incremental_configs=[ConfigEntry("cleanup.policy", value, incremental_operation=op)],
+        )
+        admin.incremental_alter_configs([res])[res].result(15)
+
+    def policy():
+        res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        return admin.describe_configs([res])[res].result(15)["cleanup.policy"].value
+
+    assert policy() == "delete"
+    alter(AlterConfigOpType.APPEND, "compact")
+    assert set(policy().split(",")) == {"delete", "compact"}
+    alter(AlterConfigOpType.APPEND, "compact")  # already there: unchanged
+    assert sorted(policy().split(",")) == ["compact", "delete"]
+    alter(AlterConfigOpType.SUBTRACT, "delete")
+    assert policy() == "compact"
