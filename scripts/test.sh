@@ -77,6 +77,18 @@ install_kcat() {
     command -v kcat >/dev/null
 }
 
+# The Go client tests (tests/python/test_go_sarama.py) build sarama offline from Debian's
+# packages: no module proxy, no network.
+install_go_sarama() {
+    if command -v go >/dev/null 2>&1 && [[ -d /usr/share/gocode/src/github.com/Shopify/sarama ]]; then
+        echo "go and sarama present: $(go version)"
+        return 0
+    fi
+    echo "installing golang-go and golang-github-shopify-sarama-dev via apt-get"
+    apt_install golang-go golang-github-shopify-sarama-dev
+    command -v go >/dev/null
+}
+
 req_hash() {
     sha256sum "$REQS" | cut -d' ' -f1
 }
@@ -119,6 +131,7 @@ rustc --version
 
 if [[ "${GREGOR_SKIP_INSTALL:-0}" != "1" ]]; then
     step "install kcat" install_kcat || true
+    step "install go + sarama" install_go_sarama || true
     step "install python venv" install_venv || true
 fi
 
