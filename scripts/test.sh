@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every Gregor test:
-#   Rust: cargo fmt --check, clippy -D warnings, release build, cargo test
+#   Rust: cargo fmt --check, clippy -D warnings, release build, cargo test (profile ci-test:
+#         optimised, with debug assertions and overflow checks on)
 #   Python: third-party Kafka clients (confluent-kafka, kafka-python, kcat)
 #           and raw-protocol tests against the real release binary.
 #
@@ -127,7 +128,9 @@ step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || tru
 
 BUILD_OK=1
 step "cargo build --release" cargo build --release || BUILD_OK=0
-step "cargo test" cargo test --workspace --release || true
+# Profile ci-test (Cargo.toml): release optimisation plus debug_assert! and overflow checks,
+# so the assertions run somewhere without a second, unoptimised test pass.
+step "cargo test (profile ci-test)" cargo test --workspace --profile ci-test || true
 
 if [[ $BUILD_OK -eq 1 && -x "$VENV/bin/pytest" ]]; then
     # shellcheck disable=SC2086
