@@ -13,6 +13,10 @@
 # Environment knobs:
 #   GREGOR_SKIP_INSTALL=1   do not touch apt or the venv (use what is there)
 #   PYTEST_ARGS="..."       extra arguments for pytest (e.g. "-k restart")
+#   CARGO_TEST_TIMEOUT=1800 seconds `cargo test` (build included) may take before it is
+#                           killed and reported as hung
+#   PYTEST_TIMEOUT=2400     the same for the whole pytest run (each test also has 300 s)
+#   FUZZ_TIMEOUT=1500       the same for fuzz/run.sh (nightly/cargo-fuzz install and build)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,6 +50,19 @@ step() {
         return 1
     fi
     echo "--- step '$name' ok"
+}
+
+# Run a command with a wall-clock limit; a hang becomes a failure with a message instead of
+# eating CI's budget. `timeout` kills the whole process group (test binaries, brokers).
+deadline() {
+    local secs="$1" what="$2"
+    shift 2
+    local rc=0
+    timeout --kill-after=30 "$secs" "$@" || rc=$?
+    if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+        echo "!!! $what did not finish within ${secs}s: killed (a hang is a failure)"
+    fi
+    return $rc
 }
 
 as_root() {
@@ -130,11 +147,14 @@ BUILD_OK=1
 step "cargo build --release" cargo build --release || BUILD_OK=0
 # Profile ci-test (Cargo.toml): release optimisation plus debug_assert! and overflow checks,
 # so the assertions run somewhere without a second, unoptimised test pass.
-step "cargo test (profile ci-test)" cargo test --workspace --profile ci-test || true
+step "cargo test (profile ci-test)" \
+    deadline "${CARGO_TEST_TIMEOUT:-1800}" "cargo test" \
+    cargo test --workspace --profile ci-test || true
 
 if [[ $BUILD_OK -eq 1 && -x "$VENV/bin/pytest" ]]; then
     # shellcheck disable=SC2086
     step "pytest (third-party clients, raw protocol)" \
+        deadline "${PYTEST_TIMEOUT:-2400}" "pytest" \
         "$VENV/bin/pytest" tests/python -v --timeout=300 -p no:cacheprovider \
         --junitxml="$ROOT/target/pytest-results.xml" ${PYTEST_ARGS:-} || true
 else
@@ -145,7 +165,8 @@ fi
 
 # Bounded fuzzing of the decoders and the recovery path (fuzz/run.sh; FUZZ_SECONDS per target).
 if [[ "${FUZZ_SECONDS:-30}" != "0" ]]; then
-    step "fuzz (bounded, ${FUZZ_SECONDS:-30}s per target)" ./fuzz/run.sh "${FUZZ_SECONDS:-30}" || true
+    step "fuzz (bounded, ${FUZZ_SECONDS:-30}s per target)" \
+        deadline "${FUZZ_TIMEOUT:-1500}" "fuzzing" ./fuzz/run.sh "${FUZZ_SECONDS:-30}" || true
 fi
 
 section "summary"

@@ -14,6 +14,9 @@ use gregor_client::{
 };
 use kafka_protocol::messages::ApiKey;
 
+/// How long a poll loop may wait for records before the test fails instead of hanging.
+const POLL_DEADLINE: Duration = Duration::from_secs(60);
+
 struct Broker {
     child: Child,
     addr: String,
@@ -187,7 +190,9 @@ async fn seek_and_manual_assign() {
     c.assign(&[("seek".into(), 0)]).await.unwrap();
     c.seek("seek", 0, 15);
     let mut got = Vec::new();
+    let deadline = Instant::now() + POLL_DEADLINE;
     while got.len() < 5 {
+        assert!(Instant::now() < deadline, "only {} of 5 records", got.len());
         got.extend(c.poll(Duration::from_secs(2)).await.unwrap());
     }
     let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
@@ -318,7 +323,9 @@ async fn group_commit_and_resume() {
     let mut c = Consumer::new(client.clone(), cfg.clone());
     c.subscribe(&["resume".into()]).await.unwrap();
     let mut got = Vec::new();
+    let deadline = Instant::now() + POLL_DEADLINE;
     while got.len() < 10 {
+        assert!(Instant::now() < deadline, "only {} of 10 records", got.len());
         got.extend(c.poll(Duration::from_secs(1)).await.unwrap());
     }
     let mut offs = BTreeMap::new();
@@ -328,7 +335,13 @@ async fn group_commit_and_resume() {
     let mut c2 = Consumer::new(client.clone(), cfg);
     c2.subscribe(&["resume".into()]).await.unwrap();
     let mut again = Vec::new();
+    let deadline = Instant::now() + POLL_DEADLINE;
     while again.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "resumed consumer got only {} of 4 records",
+            again.len()
+        );
         again.extend(c2.poll(Duration::from_secs(1)).await.unwrap());
     }
     assert_eq!(again[0].offset, 6);
