@@ -325,7 +325,11 @@ async fn group_commit_and_resume() {
     let mut got = Vec::new();
     let deadline = Instant::now() + POLL_DEADLINE;
     while got.len() < 10 {
-        assert!(Instant::now() < deadline, "only {} of 10 records", got.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 10 records",
+            got.len()
+        );
         got.extend(c.poll(Duration::from_secs(1)).await.unwrap());
     }
     let mut offs = BTreeMap::new();
