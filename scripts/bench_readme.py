@@ -60,13 +60,10 @@ def cell(s: dict) -> str:
             f"runs {runs}")
 
 
-def rdkafka_version() -> str:
-    try:
-        import confluent_kafka
+def confluent_versions() -> str:
+    import confluent_kafka
 
-        return confluent_kafka.version()[0]
-    except Exception:  # noqa: BLE001
-        return "?"
+    return f"confluent-kafka {confluent_kafka.version()} (librdkafka {confluent_kafka.libversion()[0]})"
 
 
 def main():
@@ -94,7 +91,7 @@ makes single runs vary); release build, one fresh `gregor serve` per script run,
 `scripts/bench_vs_confluent.py --repeat {args.repeat}` alternates the two clients on the same
 broker and reports the medians:
 
-| idempotence | `gregor bench produce` | confluent-kafka (librdkafka {rdkafka_version()}) |
+| idempotence | `gregor bench produce` | {confluent_versions()} |
 |---|---|---|
 | off | {cell(off["gregor_bench"])} | {cell(off["confluent_kafka"])} |
 | on (both) | {cell(on["gregor_bench"])} | {cell(on["confluent_kafka"])} |
