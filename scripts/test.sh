@@ -199,6 +199,18 @@ else
     FAILED+=("pytest (not run)")
 fi
 
+# Fault injection (tests/faults, needs root): a short seeded schedule against one node
+# (FAULTS_MINUTES=0 skips it), then the checker's own tests and the netns partition test.
+# Failed fsyncs are left out until a failed offset commit stops being visible (README).
+if [[ $BUILD_OK -eq 1 && -x "$VENV/bin/pytest" ]]; then
+    FAULTS_SEED="${FAULTS_SEED:-$(date +%Y%m%d)}"
+    if [[ "${FAULTS_MINUTES:-2}" != "0" ]]; then
+        step "faults (seed $FAULTS_SEED)" env FAULTS_ARGS="${FAULTS_ARGS:---skip fsync_fail}" \
+            ./scripts/faults.sh --seed "$FAULTS_SEED" --minutes "${FAULTS_MINUTES:-2}" || true
+    fi
+    step "fault harness tests" "$VENV/bin/pytest" tests/faults -q -p no:cacheprovider --timeout=900 || true
+fi
+
 # Bounded fuzzing of the decoders and the recovery path (fuzz/run.sh; FUZZ_SECONDS per target).
 if [[ "${FUZZ_SECONDS:-30}" != "0" ]]; then
     step "fuzz (bounded, ${FUZZ_SECONDS:-30}s per target)" \
