@@ -29,8 +29,8 @@ pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<Res
             ResponseKind::ApiVersions(gregor_protocol::codec::api_versions_body(0))
         }
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, version)),
-        RequestKind::DescribeCluster(_) => {
-            ResponseKind::DescribeCluster(metadata::describe_cluster(broker))
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(metadata::describe_cluster(broker, &r))
         }
         RequestKind::Produce(r) => {
             return produce::produce(broker, r, version)
