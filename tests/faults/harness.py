@@ -185,9 +185,9 @@ class Harness:
     def schedule(self):
         """The fault schedule, drawn from the seed before anything runs."""
         kinds = ["kill", "pause", "partition", "delay", "disk_full", "processor_kill"]
-        if faketime_lib():
+        if self.faketime:
             kinds.append("skew")
-        if shutil.which("cc"):
+        if self.failfsync:
             kinds.append("fsync_fail")
         if self.args.nodes > 1:
             # Faults between nodes: one node cut off from everyone, a minority/majority
