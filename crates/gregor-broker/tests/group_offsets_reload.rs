@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use gregor_broker::groups::GroupService;
 use gregor_broker::{handlers, Broker, BrokerConfig};
 use gregor_protocol::DecodedRequest;
 use kafka_protocol::messages::*;
@@ -88,7 +87,7 @@ fn committed_offsets_survive_a_restart() {
         broker
             .create_topic("t", 1, 1, Default::default(), false)
             .unwrap();
-        let groups = GroupService::start(&broker).unwrap();
+        let groups = broker.start_groups().unwrap();
         while !groups.is_loaded() {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
@@ -106,7 +105,7 @@ fn committed_offsets_survive_a_restart() {
 
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let broker = open();
-        let groups = GroupService::start(&broker).unwrap();
+        let groups = broker.start_groups().unwrap();
         loop {
             let (err, parts) = fetched(&broker, "app").await;
             if err == kafka_protocol::error::ResponseError::CoordinatorLoadInProgress.code() {
