@@ -457,6 +457,19 @@ impl Controller {
         Ok((reply, s.records))
     }
 
+    /// The node running this controller knows that `broker`'s node has been unreachable for
+    /// a while (a voter that has not acknowledged anything from a new Raft leader, which only
+    /// a dead or cut-off node fails to do): its session ends one heartbeat interval from now
+    /// unless it heartbeats. This keeps a controller failover from granting a dead broker a
+    /// full fresh session.
+    pub fn expire_unreachable(&mut self, broker: BrokerId, now_ms: u64) {
+        let d = self
+            .deadlines
+            .entry(broker)
+            .or_insert(now_ms + self.config.session_timeout_ms);
+        *d = (*d).min(now_ms + self.config.heartbeat_interval_ms);
+    }
+
     /// Fences brokers whose session expired at `now_ms` and moves their leaderships; elects
     /// leaders for offline partitions that have a live ISR member. Call it periodically (every
     /// `heartbeat_interval_ms / 2`) on the active controller; commit what it returns.

@@ -75,17 +75,20 @@ pub struct MetaConfig {
 }
 
 impl MetaConfig {
-    /// Defaults: Raft heartbeats every 100 ms, elections after 400–800 ms of silence, broker
-    /// sessions of 1.5 s with heartbeats every 250 ms ([`ControllerConfig::default`]), so a
-    /// killed broker loses its leaderships in under 2 s; proposals give up after 5 s.
+    /// Defaults: Raft heartbeats every 50 ms and an election timeout of 250–500 ms (openraft
+    /// adds a leader lease of the maximum, so a follower runs for leader 0.75–1 s after the
+    /// last word from a dead leader); broker sessions of 1.5 s with heartbeats every 250 ms
+    /// ([`ControllerConfig::default`]), so a killed broker loses its leaderships in under 2 s
+    /// (when it was the controller too, its silence towards the new leader ends its session
+    /// early: [`Controller::expire_unreachable`]); proposals give up after 5 s.
     pub fn new(node_id: BrokerId, voters: BTreeMap<BrokerId, String>, dir: PathBuf) -> Self {
         MetaConfig {
             node_id,
             voters,
             dir,
             controller: ControllerConfig::default(),
-            raft_heartbeat_ms: 100,
-            election_timeout_ms: (400, 800),
+            raft_heartbeat_ms: 50,
+            election_timeout_ms: (250, 500),
             propose_timeout: Duration::from_secs(5),
             clock: Arc::new(MonotonicClock::default()),
         }
@@ -122,6 +125,9 @@ struct Inner {
     image: watch::Receiver<Arc<MetadataImage>>,
     /// The active controller, with the Raft term it was started in.
     controller: tokio::sync::Mutex<Option<(u64, Controller)>>,
+    /// For the active controller's term: when it started and the log end then, to find voters
+    /// that never acknowledge the new leader (see [`Controller::expire_unreachable`]).
+    term_start: Mutex<Option<(u64, tokio::time::Instant, u64)>>,
     /// Idle connections to other voters, for forwarding.
     clients: Mutex<BTreeMap<u64, Vec<LinkClient>>>,
     runtime: Handle,
@@ -190,6 +196,7 @@ impl MetaNode {
                 raft: raft.clone(),
                 image,
                 controller: tokio::sync::Mutex::new(None),
+                term_start: Mutex::new(None),
                 clients: Mutex::new(BTreeMap::new()),
                 runtime: Handle::current(),
                 tasks: Mutex::new(vec![]),
@@ -441,6 +448,15 @@ impl MetaNode {
                 .await
                 .map_err(|_| MetaError::NotController)?;
             *guard = Some((term, Controller::new(self.inner.config.controller.clone())));
+            let end = self
+                .inner
+                .raft
+                .metrics()
+                .borrow()
+                .last_log_index
+                .unwrap_or(0);
+            *self.inner.term_start.lock().expect("term lock") =
+                Some((term, tokio::time::Instant::now(), end));
         }
         let ctl = &mut guard.as_mut().expect("set above").1;
         let image = self.inner.image.borrow().clone();
@@ -483,15 +499,49 @@ impl MetaNode {
                 continue;
             }
             let now = self.inner.config.clock.now_ms();
+            let silent = self.silent_voters();
             let r = tokio::time::timeout(
                 self.inner.config.propose_timeout,
-                self.with_controller(|ctl, image| Ok(((), ctl.tick(image, now)))),
+                self.with_controller(|ctl, image| {
+                    for v in &silent {
+                        ctl.expire_unreachable(*v, now);
+                    }
+                    Ok(((), ctl.tick(image, now)))
+                }),
             )
             .await;
             if let Ok(Err(e)) = r {
                 tracing::debug!("controller tick: {e}");
             }
         }
+    }
+
+    /// Voters that have not acknowledged any entry of this leader's term although the term is
+    /// three Raft heartbeats old (a live voter acknowledges within one). Reported once per
+    /// term.
+    fn silent_voters(&self) -> Vec<BrokerId> {
+        let mut ts = self.inner.term_start.lock().expect("term lock");
+        let Some((term, started, end)) = *ts else {
+            return vec![];
+        };
+        let m = self.inner.raft.metrics().borrow().clone();
+        let grace = Duration::from_millis(3 * self.inner.config.raft_heartbeat_ms);
+        if m.current_term != term || started.elapsed() < grace {
+            return vec![];
+        }
+        *ts = None;
+        let replication = m.replication.unwrap_or_default();
+        self.inner
+            .config
+            .voters
+            .keys()
+            .copied()
+            .filter(|v| *v as u64 != self.inner.id)
+            .filter(|v| {
+                let matched = replication.get(&(*v as u64)).cloned().flatten();
+                matched.map(|l| l.index).unwrap_or(0) < end
+            })
+            .collect()
     }
 
     fn local_quorum(&self) -> Result<QuorumInfo, MetaError> {
