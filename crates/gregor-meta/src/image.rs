@@ -18,13 +18,20 @@ use uuid::Uuid;
 
 use crate::records::*;
 
-/// Why a record cannot be applied to an image. A batch containing one is not applied at all.
+/// Why a batch cannot be applied to an image. It is then not applied at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot apply metadata record: {0}")]
-pub struct ApplyError(pub String);
+pub enum ApplyError {
+    /// A record breaks an invariant.
+    #[error("cannot apply metadata record: {0}")]
+    Invalid(String),
+    /// The batch was decided on an image older than the last applied batch
+    /// ([`RecordBatch::decided_at`]).
+    #[error("metadata batch decided at {decided_at} is stale: a batch was applied at {last}")]
+    Stale { decided_at: u64, last: u64 },
+}
 
 fn fail<T>(msg: impl Into<String>) -> Result<T, ApplyError> {
-    Err(ApplyError(msg.into()))
+    Err(ApplyError::Invalid(msg.into()))
 }
 
 /// A registered broker.
@@ -59,6 +66,9 @@ pub struct MetadataImage {
     pub next_producer_id: i64,
     /// Raft log index of the last applied entry (0: none).
     pub applied_index: u64,
+    /// Raft log index of the last batch applied (refused ones do not count).
+    #[serde(default)]
+    pub last_batch_index: u64,
 }
 
 impl MetadataImage {
@@ -115,11 +125,20 @@ impl MetadataImage {
         if batch.version > RECORD_VERSION {
             return fail(format!("record batch version {} unknown", batch.version));
         }
+        if let Some(decided_at) = batch.decided_at {
+            if self.last_batch_index > decided_at {
+                return Err(ApplyError::Stale {
+                    decided_at,
+                    last: self.last_batch_index,
+                });
+            }
+        }
         let mut next = self.clone();
         for r in &batch.records {
             next.apply(r)?;
         }
         next.applied_index = index;
+        next.last_batch_index = index;
         *self = next;
         Ok(())
     }
@@ -237,13 +256,13 @@ impl MetadataImage {
                         next.leader_epoch = p
                             .leader_epoch
                             .checked_add(1)
-                            .ok_or_else(|| ApplyError("leader epoch overflow".into()))?;
+                            .ok_or_else(|| ApplyError::Invalid("leader epoch overflow".into()))?;
                     }
                 }
                 next.partition_epoch = p
                     .partition_epoch
                     .checked_add(1)
-                    .ok_or_else(|| ApplyError("partition epoch overflow".into()))?;
+                    .ok_or_else(|| ApplyError::Invalid("partition epoch overflow".into()))?;
                 check_partition(&next)?;
                 debug_assert!(next.leader_epoch >= p.leader_epoch);
                 debug_assert!(next.partition_epoch > p.partition_epoch);
@@ -296,7 +315,7 @@ impl MetadataImage {
                 }
                 self.next_producer_id = first_producer_id
                     .checked_add(*size as i64)
-                    .ok_or_else(|| ApplyError("producer ids exhausted".into()))?;
+                    .ok_or_else(|| ApplyError::Invalid("producer ids exhausted".into()))?;
             }
         }
         Ok(())
@@ -420,6 +439,22 @@ mod tests {
         let p = img.partition(&tid, 0).unwrap();
         assert_eq!((p.leader, p.leader_epoch, p.partition_epoch), (2, 1, 2));
         assert_eq!(img.applied_index, 4);
+    }
+
+    #[test]
+    fn a_batch_decided_before_the_last_applied_one_is_refused() {
+        let mut img = MetadataImage::default();
+        img.apply_batch(&RecordBatch::decided_at(vec![reg(1, 1)], 0), 3)
+            .unwrap();
+        // Decided at 0 as well, but a batch was applied at 3 since.
+        let stale = RecordBatch::decided_at(vec![reg(2, 2)], 0);
+        assert!(matches!(
+            img.apply_batch(&stale, 4),
+            Err(ApplyError::Stale { .. })
+        ));
+        img.apply_batch(&RecordBatch::decided_at(vec![reg(2, 2)], 4), 5)
+            .unwrap();
+        assert_eq!(img.brokers.len(), 2);
     }
 
     #[test]

@@ -462,12 +462,14 @@ impl MetaNode {
         let image = self.inner.image.borrow().clone();
         let (out, records) = f(ctl, &image)?;
         if !records.is_empty() {
-            match self
-                .inner
-                .raft
-                .client_write(RecordBatch::new(records))
-                .await
-            {
+            // If this commit times out (the caller drops this future) it may still go through
+            // later; `decided_at` makes the quorum refuse it if anything was applied since.
+            let batch = RecordBatch::decided_at(records, image.applied_index);
+            match self.inner.raft.client_write(batch).await {
+                Ok(resp) if resp.data.stale => {
+                    *guard = None;
+                    return Err(MetaError::NotController);
+                }
                 Ok(resp) => {
                     if let Some(e) = resp.data.error {
                         return Err(MetaError::InvalidRequest(e));

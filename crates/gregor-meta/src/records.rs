@@ -176,13 +176,29 @@ pub struct RecordBatch {
     pub version: u16,
     #[serde(rename = "r")]
     pub records: Vec<MetaRecord>,
+    /// The image's `applied_index` the records were decided on, if they must be refused
+    /// once another batch was applied after it (a controller's decision on a stale image, e.g.
+    /// after a commit that timed out but went through later).
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<u64>,
 }
 
 impl RecordBatch {
+    /// A batch applied whatever came before it.
     pub fn new(records: Vec<MetaRecord>) -> Self {
         RecordBatch {
             version: RECORD_VERSION,
             records,
+            decided_at: None,
+        }
+    }
+
+    /// A batch decided on the image at `applied_index`: refused if any batch was applied
+    /// after that.
+    pub fn decided_at(records: Vec<MetaRecord>, applied_index: u64) -> Self {
+        RecordBatch {
+            decided_at: Some(applied_index),
+            ..RecordBatch::new(records)
         }
     }
 }

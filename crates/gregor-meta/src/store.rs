@@ -43,6 +43,9 @@ type SErr = StorageError<NodeId>;
 pub struct Applied {
     /// Why the batch was refused (the image is unchanged), if it was.
     pub error: Option<String>,
+    /// Refused because it was decided on a stale image (retry with a fresh decision).
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// Largest frame accepted when reading the log back (a larger length is a corrupt tail).
@@ -467,12 +470,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut applied = Applied::default();
             match e.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(batch) => {
-                    if let Err(err) = g.image.apply_batch(&batch, e.log_id.index) {
+                EntryPayload::Normal(batch) => match g.image.apply_batch(&batch, e.log_id.index) {
+                    Ok(()) => {}
+                    Err(err @ crate::image::ApplyError::Stale { .. }) => {
+                        tracing::info!("metadata batch at {} refused: {err}", e.log_id);
+                        applied.error = Some(err.to_string());
+                        applied.stale = true;
+                    }
+                    Err(err) => {
                         tracing::error!("metadata batch at {} refused: {err}", e.log_id);
                         applied.error = Some(err.to_string());
                     }
-                }
+                },
                 EntryPayload::Membership(m) => {
                     g.membership = StoredMembership::new(Some(e.log_id), m);
                 }
