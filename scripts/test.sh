@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every Gregor test:
-#   Rust: cargo fmt --check, clippy -D warnings, release build, cargo test (profile ci-test:
-#         optimised, with debug assertions and overflow checks on)
+#   Rust: cargo fmt --check, module-cycle check, clippy -D warnings, release build,
+#         cargo test (profile ci-test: optimised, with debug assertions and overflow checks on)
 #   Python: third-party Kafka clients (confluent-kafka, kafka-python, kcat)
 #           and raw-protocol tests against the real release binary.
 #
@@ -176,6 +176,7 @@ if [[ "${GREGOR_SKIP_INSTALL:-0}" != "1" ]]; then
 fi
 
 step "cargo fmt --check" cargo fmt --all -- --check || true
+step "module cycles" python3 scripts/check_module_cycles.py crates/gregor-broker/src || true
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || true
 
 BUILD_OK=1

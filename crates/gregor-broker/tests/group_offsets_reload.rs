@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use gregor_broker::groups::GroupService;
 use gregor_broker::{handlers, Broker, BrokerConfig};
 use gregor_protocol::DecodedRequest;
 use kafka_protocol::messages::*;
@@ -91,7 +90,7 @@ fn committed_offsets_survive_a_restart() {
         broker
             .create_topic("t", 1, 1, Default::default(), false)
             .unwrap();
-        let groups = GroupService::start(&broker).unwrap();
+        let groups = broker.start_groups().unwrap();
         let deadline = std::time::Instant::now() + LOAD_DEADLINE;
         while !groups.is_loaded() {
             assert!(
@@ -114,7 +113,7 @@ fn committed_offsets_survive_a_restart() {
 
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let broker = open();
-        let groups = GroupService::start(&broker).unwrap();
+        let groups = broker.start_groups().unwrap();
         let deadline = std::time::Instant::now() + LOAD_DEADLINE;
         loop {
             let (err, parts) = fetched(&broker, "app").await;

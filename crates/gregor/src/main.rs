@@ -206,11 +206,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("opening data dir {}", data_dir.display()))?,
         );
-        gregor_broker::groups::GroupService::start(&broker)
+        broker
+            .start_groups()
             .context("starting the group coordinator")?;
         let background = gregor_broker::log_manager::spawn(broker.clone());
         gregor_broker::log_manager::spawn_cleaner(broker.clone());
-        gregor_broker::transactions::TransactionService::start(&broker)
+        broker
+            .start_transactions()
             .context("starting the transaction coordinator")?;
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");

@@ -22,7 +22,8 @@ use kafka_protocol::messages::{
 use uuid::Uuid;
 
 use super::sb;
-use crate::state::{Broker, MetaError};
+use crate::broker::Broker;
+use crate::registry::MetaError;
 use crate::topic_config::{self, TOPIC_CONFIGS};
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -380,7 +381,7 @@ fn alter_topic(
 ) -> Result<(), MetaError> {
     let topic = broker
         .topic(name)
-        .ok_or_else(|| crate::state::unknown_topic(name))?;
+        .ok_or_else(|| crate::registry::unknown_topic(name))?;
     let mut configs = topic.configs.clone();
     let invalid = |m: String| MetaError::new(ResponseError::InvalidConfig, m);
     for op in ops {

@@ -13,7 +13,8 @@ use kafka_protocol::messages::{
 };
 
 use super::sb;
-use crate::state::{Broker, Topic};
+use crate::broker::Broker;
+use crate::registry::Topic;
 
 /// Kafka's AclOperation codes, as bits of an authorized-operations field.
 const fn ops(codes: &[u8]) -> i32 {
@@ -38,7 +39,7 @@ pub fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> Met
         .with_node_id(node)
         .with_host(sb(&broker.advertised_host))
         .with_port(broker.advertised_port)];
-    resp.cluster_id = Some(sb(&broker.cluster_id));
+    resp.cluster_id = Some(sb(broker.cluster_id()));
     resp.controller_id = node;
     // Without an authorizer every operation is allowed; Kafka then reports the full set
     // when asked (v8+; the cluster field exists only in v8-v10).
@@ -93,7 +94,7 @@ fn topic_metadata(broker: &Broker, topic: &Topic, authorized_ops: i32) -> Metada
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(sb(&topic.name))))
         .with_topic_id(topic.id)
-        .with_is_internal(crate::state::is_internal_topic(&topic.name))
+        .with_is_internal(crate::internal_topics::is_internal_topic(&topic.name))
         .with_topic_authorized_operations(authorized_ops)
         .with_partitions(
             topic
@@ -127,7 +128,7 @@ pub fn describe_cluster(
         resp.endpoint_type = req.endpoint_type;
         return resp;
     }
-    resp.cluster_id = sb(&broker.cluster_id);
+    resp.cluster_id = sb(broker.cluster_id());
     resp.controller_id = node;
     resp.endpoint_type = 1;
     resp.cluster_authorized_operations = i32::MIN;

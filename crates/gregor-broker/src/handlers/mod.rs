@@ -19,7 +19,7 @@ use gregor_protocol::DecodedRequest;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::state::Broker;
+use crate::broker::Broker;
 
 /// Routes a request to its handler.
 pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<ResponseKind> {

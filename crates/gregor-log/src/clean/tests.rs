@@ -397,14 +397,7 @@ fn peak_rss() -> Option<u64> {
 /// A zstd zip bomb: one record whose value is `n` zero bytes, compressed by streaming so the
 /// test itself never holds the expanded data.
 fn zstd_bomb(n: usize) -> Vec<u8> {
-    fn varint(buf: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            buf.push((z as u8) | 0x80);
-            z >>= 7;
-        }
-        buf.push(z as u8);
-    }
+    use gregor_wire::varint::put_varlong as varint;
     let mut inner = vec![0u8]; // attributes
     varint(&mut inner, 0); // timestamp delta
     varint(&mut inner, 0); // offset delta
