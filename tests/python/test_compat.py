@@ -74,7 +74,11 @@ def test_broker_log_has_no_ansi_codes_when_not_a_terminal(broker):
 def test_log_format_json(broker_factory):
     import json
 
+    from gregor_testlib import wait_for
+
     b = broker_factory(extra_args=("--log-format", "json"))
+    # "gregor listening on" (stdout) comes just before the "broker ready" log line.
+    wait_for(lambda: "broker ready" in b.log_text(), 10, 0.05, "the broker ready log line")
     lines = [ln for ln in b.log_text().splitlines() if ln.startswith("{")]
     assert lines, b.log_tail(20)
     events = [json.loads(ln) for ln in lines]
