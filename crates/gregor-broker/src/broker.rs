@@ -202,7 +202,20 @@ impl Broker {
         self.registry.allocate_producer_id()
     }
 
-    // ---- shutdown
+    // ---- shutdown, in this order (see `gregor serve`): the server stops accepting and
+    // drains its connections; then `stop_background`; then `shutdown`.
+
+    /// Stops the coordinators' timers and tells the background threads (the cleaner) to
+    /// stop at their next check.
+    pub fn stop_background(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(g) = self.groups() {
+            g.stop_timers();
+        }
+        if let Some(t) = self.txns() {
+            t.stop_timers();
+        }
+    }
 
     /// Flushes every partition log and writes its index files, the recovery-point
     /// checkpoint and, if all of that succeeded, the clean-shutdown marker.

@@ -28,16 +28,6 @@ use crate::internal_topics::{self, encode_internal_batch, OFFSETS_TOPIC};
 use crate::partition::Partition;
 use crate::registry::{Topic, TopicRegistry};
 
-tokio::task_local! {
-    /// The client address of the request being handled, as Kafka reports it (`/1.2.3.4`).
-    pub static CLIENT_HOST: String;
-}
-
-/// The client host of the current request, or an empty string outside a connection.
-pub fn client_host() -> String {
-    CLIENT_HOST.try_with(|h| h.clone()).unwrap_or_default()
-}
-
 /// Wall-clock milliseconds (commit timestamps are stored; session deadlines use the same
 /// clock for simplicity — a clock step changes when sessions expire, never correctness of
 /// offsets).
@@ -52,6 +42,8 @@ pub struct GroupService {
     offsets: Arc<Topic>,
     /// Wakes the timer task after a call that may have moved the next deadline.
     deadlines_changed: Notify,
+    /// The loader and timer tasks, aborted by [`stop_timers`](Self::stop_timers).
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Partitions written by a call, to fsync before acknowledging; or the write error.
@@ -84,9 +76,10 @@ impl GroupService {
             next_waiter: AtomicU64::new(1),
             offsets: topic,
             deadlines_changed: Notify::new(),
+            tasks: Mutex::new(Vec::new()),
         });
         let loader = service.clone();
-        tokio::spawn(async move {
+        let load = tokio::spawn(async move {
             let started = std::time::Instant::now();
             let l = loader.clone();
             match tokio::task::spawn_blocking(move || l.load()).await {
@@ -101,8 +94,17 @@ impl GroupService {
             loader.deadlines_changed.notify_one();
         });
         let timer = service.clone();
-        tokio::spawn(async move { timer.run_timer().await });
+        let tick = tokio::spawn(async move { timer.run_timer().await });
+        *service.tasks.lock().expect("tasks lock") = vec![load, tick];
         Ok(service)
+    }
+
+    /// Shutdown: stops the loader and the timer (no more session expiry or retention
+    /// passes; what they wrote so far stays).
+    pub fn stop_timers(&self) {
+        for task in self.tasks.lock().expect("tasks lock").drain(..) {
+            task.abort();
+        }
     }
 
     /// Replays every partition of `__consumer_offsets` into the coordinator.

@@ -97,6 +97,8 @@ pub struct TransactionService {
     appends: Arc<AppendSignal>,
     /// Completes pending transactional offsets (absent in some tests).
     groups: Option<Arc<GroupService>>,
+    /// The loader-then-timer task, aborted by [`stop_timers`](Self::stop_timers).
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Test hook: this many upcoming appends fail.
     #[cfg(test)]
     fail_appends: std::sync::atomic::AtomicUsize,
@@ -132,6 +134,7 @@ impl TransactionService {
             registry,
             appends,
             groups,
+            task: Mutex::new(None),
             #[cfg(test)]
             fail_appends: Default::default(),
             #[cfg(test)]
@@ -143,7 +146,7 @@ impl TransactionService {
             id_expiration_ms: config.transactional_id_expiration_ms,
             id_expiry_interval_ms: config.transaction_remove_expired_interval_ms,
         };
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let l = svc.clone();
             let jobs = match tokio::task::spawn_blocking(move || l.load()).await {
                 Ok(Ok((records, jobs))) => {
@@ -166,7 +169,16 @@ impl TransactionService {
             }
             svc.run_timer(timer).await;
         });
+        *service.task.lock().expect("task lock") = Some(task);
         Ok(service)
+    }
+
+    /// Shutdown: stops the timer (no more timeouts, marker retries or id expiry). A
+    /// transaction it was completing stays in Prepare*, and the next start completes it.
+    pub fn stop_timers(&self) {
+        if let Some(task) = self.task.lock().expect("task lock").take() {
+            task.abort();
+        }
     }
 
     /// Replays `__transaction_state`; returns the record count and the transactions whose

@@ -35,13 +35,14 @@ use kafka_protocol::messages::{
     FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
     ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
-    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, SyncGroupRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
     SyncGroupResponse, TopicName,
 };
 
 use super::sb;
+use super::RequestContext;
 use crate::broker::Broker;
-use crate::groups::{client_host, now_ms, GroupService};
+use crate::groups::{now_ms, GroupService};
 
 const NOT_AVAILABLE: ResponseError = ResponseError::CoordinatorNotAvailable;
 
@@ -113,7 +114,7 @@ pub fn find_coordinator(
 
 pub async fn join_group(
     broker: &Arc<Broker>,
-    header: &RequestHeader,
+    ctx: &RequestContext,
     req: JoinGroupRequest,
     version: i16,
 ) -> JoinGroupResponse {
@@ -137,12 +138,8 @@ pub async fn join_group(
         } else {
             None
         },
-        client_id: header
-            .client_id
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
-        client_host: client_host(),
+        client_id: ctx.client_id.clone(),
+        client_host: ctx.client_host.clone(),
         session_timeout_ms: req.session_timeout_ms,
         rebalance_timeout_ms,
         protocol_type: req.protocol_type.to_string(),
