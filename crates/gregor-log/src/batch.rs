@@ -1,23 +1,6 @@
 //! Kafka `RecordBatch` (magic v2) header parsing and validation.
 //!
-//! A v2 batch starts with a fixed 61-byte header (all integers big-endian):
-//!
-//! | offset | field                  | type |
-//! |-------:|------------------------|------|
-//! |      0 | `baseOffset`           | i64  |
-//! |      8 | `batchLength`          | i32  |
-//! |     12 | `partitionLeaderEpoch` | i32  |
-//! |     16 | `magic` (= 2)          | i8   |
-//! |     17 | `crc` (CRC-32C)        | u32  |
-//! |     21 | `attributes`           | i16  |
-//! |     23 | `lastOffsetDelta`      | i32  |
-//! |     27 | `baseTimestamp`        | i64  |
-//! |     35 | `maxTimestamp`         | i64  |
-//! |     43 | `producerId`           | i64  |
-//! |     51 | `producerEpoch`        | i16  |
-//! |     53 | `baseSequence`         | i32  |
-//! |     57 | `recordsCount`         | i32  |
-//! |     61 | records…               |      |
+//! The header layout (61 bytes, positions re-exported here) is `gregor_wire::batch`.
 //!
 //! `batchLength` counts the bytes *after* the length field, so a batch occupies
 //! `batchLength + 12` bytes in total. The CRC covers bytes `[21..end)`, i.e.
@@ -29,43 +12,13 @@
 
 use std::ops::Range;
 
-/// The only supported batch format version.
-pub const MAGIC_V2: i8 = 2;
-/// Bytes preceding the part of the batch counted by `batchLength`
-/// (`baseOffset` + `batchLength`).
-pub const LOG_OVERHEAD: usize = 12;
-
-/// Byte position of `baseOffset`.
-pub const BASE_OFFSET_POS: usize = 0;
-/// Byte position of `batchLength`.
-pub const BATCH_LENGTH_POS: usize = 8;
-/// Byte position of `partitionLeaderEpoch`.
-pub const PARTITION_LEADER_EPOCH_POS: usize = 12;
-/// Byte position of `magic`.
-pub const MAGIC_POS: usize = 16;
-/// Byte position of `crc`.
-pub const CRC_POS: usize = 17;
-/// Byte position of `attributes`; the CRC covers everything from here on.
-pub const ATTRIBUTES_POS: usize = 21;
-/// Byte position of `lastOffsetDelta`.
-pub const LAST_OFFSET_DELTA_POS: usize = 23;
-/// Byte position of `baseTimestamp`.
-pub const BASE_TIMESTAMP_POS: usize = 27;
-/// Byte position of `maxTimestamp`.
-pub const MAX_TIMESTAMP_POS: usize = 35;
-/// Byte position of `producerId`.
-pub const PRODUCER_ID_POS: usize = 43;
-/// Byte position of `producerEpoch`.
-pub const PRODUCER_EPOCH_POS: usize = 51;
-/// Byte position of `baseSequence`.
-pub const BASE_SEQUENCE_POS: usize = 53;
-/// Byte position of `recordsCount`.
-pub const RECORDS_COUNT_POS: usize = 57;
-
-const COMPRESSION_MASK: i16 = 0x07;
-const TIMESTAMP_TYPE_BIT: i16 = 0x08;
-const TRANSACTIONAL_BIT: i16 = 0x10;
-const CONTROL_BIT: i16 = 0x20;
+pub use gregor_wire::batch::{
+    ATTRIBUTES_POS, BASE_OFFSET_POS, BASE_SEQUENCE_POS, BASE_TIMESTAMP_POS, BATCH_LENGTH_POS,
+    CRC_POS, LAST_OFFSET_DELTA_POS, LOG_OVERHEAD, MAGIC_POS, MAGIC_V2, MAX_TIMESTAMP_POS,
+    PARTITION_LEADER_EPOCH_POS, PRODUCER_EPOCH_POS, PRODUCER_ID_POS, RECORDS_COUNT_POS,
+};
+use gregor_wire::batch::{COMPRESSION_MASK, CONTROL_BIT, TIMESTAMP_TYPE_BIT, TRANSACTIONAL_BIT};
+use gregor_wire::{be_i16, be_i32, be_i64};
 
 /// Why a batch could not be parsed or validated.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -142,28 +95,9 @@ pub struct BatchHeader {
     pub records_count: i32,
 }
 
-#[inline]
-fn be_i16(buf: &[u8], pos: usize) -> i16 {
-    i16::from_be_bytes([buf[pos], buf[pos + 1]])
-}
-
-#[inline]
-fn be_i32(buf: &[u8], pos: usize) -> i32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&buf[pos..pos + 4]);
-    i32::from_be_bytes(b)
-}
-
-#[inline]
-fn be_i64(buf: &[u8], pos: usize) -> i64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&buf[pos..pos + 8]);
-    i64::from_be_bytes(b)
-}
-
 impl BatchHeader {
     /// Size of the fixed v2 batch header in bytes.
-    pub const SIZE: usize = 61;
+    pub const SIZE: usize = gregor_wire::batch::HEADER_SIZE;
 
     /// Smallest legal `batchLength` (a batch with an empty records section).
     pub const MIN_BATCH_LENGTH: i32 = (Self::SIZE - LOG_OVERHEAD) as i32;

@@ -55,18 +55,7 @@ pub struct BenchArgs {
     rounds: u64,
 }
 
-fn put_varint(buf: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    loop {
-        let byte = (z & 0x7f) as u8;
-        z >>= 7;
-        if z == 0 {
-            buf.push(byte);
-            return;
-        }
-        buf.push(byte | 0x80);
-    }
-}
+use gregor_wire::varint::put_varlong as put_varint;
 
 /// An uncompressed v2 batch of `n` records with `size`-byte values and a 8-byte key.
 fn make_batch(n: usize, size: usize) -> Vec<u8> {

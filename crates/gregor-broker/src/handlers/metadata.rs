@@ -8,7 +8,8 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeClusterResponse, MetadataRequest, MetadataResponse, TopicName,
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
 };
 
 use super::sb;
@@ -111,9 +112,22 @@ fn topic_metadata(broker: &Broker, topic: &Topic, authorized_ops: i32) -> Metada
         )
 }
 
-pub fn describe_cluster(broker: &Arc<Broker>) -> DescribeClusterResponse {
+/// DescribeCluster endpoint types (v1+): a broker lists brokers; controllers are asked of a
+/// controller listener, which answers UNSUPPORTED_ENDPOINT_TYPE on a broker as Kafka does.
+const ENDPOINT_TYPE_BROKERS: i8 = 1;
+
+pub fn describe_cluster(
+    broker: &Arc<Broker>,
+    req: &DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let node = BrokerId(broker.config.node_id);
     let mut resp = DescribeClusterResponse::default();
+    if req.endpoint_type != ENDPOINT_TYPE_BROKERS {
+        resp.error_code = ResponseError::UnsupportedEndpointType.code();
+        resp.error_message = Some(sb("this broker lists brokers only (endpoint type 1)"));
+        resp.endpoint_type = req.endpoint_type;
+        return resp;
+    }
     resp.cluster_id = sb(broker.cluster_id());
     resp.controller_id = node;
     resp.endpoint_type = 1;

@@ -95,8 +95,8 @@ pub async fn dispatch(
             ResponseKind::ApiVersions(gregor_protocol::codec::api_versions_body(0))
         }
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, version)),
-        RequestKind::DescribeCluster(_) => {
-            ResponseKind::DescribeCluster(metadata::describe_cluster(broker))
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(metadata::describe_cluster(broker, &r))
         }
         RequestKind::Produce(r) => {
             // Appended now, in request order; answered once durable.
