@@ -21,19 +21,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gregor_group::{Completion, Coordinator, Effects, GroupConfig, OffsetsRecord, Waiter};
+use gregor_os::SharedClock;
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::BrokerConfig;
 use crate::internal_topics::{self, encode_internal_batch, OFFSETS_TOPIC};
 use crate::partition::Partition;
 use crate::registry::{Topic, TopicRegistry};
-
-/// Wall-clock milliseconds (commit timestamps are stored; session deadlines use the same
-/// clock for simplicity — a clock step changes when sessions expire, never correctness of
-/// offsets).
-pub fn now_ms() -> i64 {
-    gregor_log::now_ms()
-}
 
 pub struct GroupService {
     coordinator: Mutex<Coordinator>,
@@ -42,6 +36,10 @@ pub struct GroupService {
     offsets: Arc<Topic>,
     /// Wakes the timer task after a call that may have moved the next deadline.
     deadlines_changed: Notify,
+    /// Wall-clock time (commit timestamps are stored; session deadlines use the same clock
+    /// for simplicity — a clock step changes when sessions expire, never correctness of
+    /// offsets).
+    clock: SharedClock,
     /// The loader and timer tasks, aborted by [`stop_timers`](Self::stop_timers).
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -56,6 +54,7 @@ impl GroupService {
     pub fn start(
         config: &BrokerConfig,
         registry: &TopicRegistry,
+        clock: SharedClock,
     ) -> anyhow::Result<Arc<GroupService>> {
         let topic =
             internal_topics::ensure(registry, OFFSETS_TOPIC, config.offsets_topic_num_partitions)?;
@@ -76,6 +75,7 @@ impl GroupService {
             next_waiter: AtomicU64::new(1),
             offsets: topic,
             deadlines_changed: Notify::new(),
+            clock,
             tasks: Mutex::new(Vec::new()),
         });
         let loader = service.clone();
@@ -112,7 +112,7 @@ impl GroupService {
         let mut count = 0u64;
         for partition in &self.offsets.partitions {
             internal_topics::replay(partition, |records| {
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 let mut co = self.coordinator.lock().expect("coordinator lock");
                 for r in &records {
                     let Some(key) = &r.key else { continue };
@@ -146,7 +146,7 @@ impl GroupService {
                 .expect("coordinator lock")
                 .next_deadline();
             let wait = match next {
-                Some(d) => (d - now_ms()).clamp(0, 60_000),
+                Some(d) => (d - self.clock.now_ms()).clamp(0, 60_000),
                 None => 60_000,
             };
             if wait > 0 {
@@ -155,7 +155,7 @@ impl GroupService {
                     _ = self.deadlines_changed.notified() => continue,
                 }
             }
-            let now = now_ms();
+            let now = self.clock.now_ms();
             // Tick without notifying ourselves (that would spin).
             let _ = self.run_quiet(|co, fx| co.tick(now, fx));
         }
@@ -228,7 +228,7 @@ impl GroupService {
         self.coordinator
             .lock()
             .expect("coordinator lock")
-            .complete_txn(producer_id, commit, now_ms());
+            .complete_txn(producer_id, commit, self.clock.now_ms());
     }
 
     /// The `__consumer_offsets` partition of a group.
@@ -245,7 +245,7 @@ impl GroupService {
         if records.is_empty() {
             return Ok(vec![]);
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut by_partition: BTreeMap<i32, Vec<OffsetsRecord>> = BTreeMap::new();
         for r in records {
             by_partition.entry(r.partition).or_default().push(r);

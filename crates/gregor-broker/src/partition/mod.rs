@@ -151,8 +151,9 @@ impl Partition {
         config: LogConfig,
         hint: RecoveryHint,
         expiry: LoadExpiry,
+        clock: gregor_os::SharedClock,
     ) -> anyhow::Result<Partition> {
-        let mut log = PartitionLog::open_with(&dir, config, hint)?;
+        let mut log = PartitionLog::open_with_clock(&dir, config, hint, clock)?;
         let loaded = producer_state::load(&dir, &mut log, expiry)?;
         if loaded.replayed_batches > 0 || !loaded.table.is_empty() || loaded.expired_producers > 0 {
             tracing::info!(
