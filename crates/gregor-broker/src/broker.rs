@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use gregor_os::{SharedClock, SystemClock};
 use kafka_protocol::error::ResponseError;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -45,13 +46,25 @@ pub struct Broker {
     groups: OnceLock<Arc<GroupService>>,
     /// The transaction coordinator, set once by [`Broker::start_transactions`].
     txns: OnceLock<Arc<TransactionService>>,
+    /// Every "now" of the broker and what it drives (logs, coordinators, handlers).
+    clock: SharedClock,
 }
 
 impl Broker {
     /// Opens the data directory: loads persisted topics and reopens every partition log.
     pub fn open(config: BrokerConfig, advertised: (String, i32)) -> anyhow::Result<Broker> {
+        Broker::open_with_clock(config, advertised, SystemClock::shared())
+    }
+
+    /// [`open`](Self::open) on `clock` (a `gregor_os::ManualClock` in tests): the broker
+    /// and everything it starts take the time from it.
+    pub fn open_with_clock(
+        config: BrokerConfig,
+        advertised: (String, i32),
+        clock: SharedClock,
+    ) -> anyhow::Result<Broker> {
         let recovery = read_recovery_state(&config.data_dir)?;
-        let registry = TopicRegistry::open(config.clone(), &recovery)?;
+        let registry = TopicRegistry::open(config.clone(), &recovery, clock.clone())?;
         let checkpoints = Checkpoints::new(&config.data_dir);
         // From here on the logs change: the marker must not survive a crash.
         if recovery.clean {
@@ -67,11 +80,22 @@ impl Broker {
             stopping: AtomicBool::new(false),
             groups: OnceLock::new(),
             txns: OnceLock::new(),
+            clock,
             config,
         };
         // Every log is durable up to its end after open: record that right away.
         broker.write_recovery_checkpoint()?;
         Ok(broker)
+    }
+
+    /// Wall-clock milliseconds from the broker's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The broker's clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -83,7 +107,7 @@ impl Broker {
     /// Starts the group coordinator (creates and replays `__consumer_offsets`). Must be
     /// called inside a tokio runtime, once.
     pub fn start_groups(&self) -> anyhow::Result<Arc<GroupService>> {
-        let service = GroupService::start(&self.config, &self.registry)?;
+        let service = GroupService::start(&self.config, &self.registry, self.clock.clone())?;
         if self.groups.set(service.clone()).is_err() {
             anyhow::bail!("group coordinator already started");
         }
@@ -99,6 +123,7 @@ impl Broker {
             self.registry.clone(),
             self.appends.clone(),
             self.groups.get().cloned(),
+            self.clock.clone(),
         )?;
         if self.txns.set(service.clone()).is_err() {
             anyhow::bail!("transaction coordinator already started");
@@ -202,7 +227,20 @@ impl Broker {
         self.registry.allocate_producer_id()
     }
 
-    // ---- shutdown
+    // ---- shutdown, in this order (see `gregor serve`): the server stops accepting and
+    // drains its connections; then `stop_background`; then `shutdown`.
+
+    /// Stops the coordinators' timers and tells the background threads (the cleaner) to
+    /// stop at their next check.
+    pub fn stop_background(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(g) = self.groups() {
+            g.stop_timers();
+        }
+        if let Some(t) = self.txns() {
+            t.stop_timers();
+        }
+    }
 
     /// Flushes every partition log and writes its index files, the recovery-point
     /// checkpoint and, if all of that succeeded, the clean-shutdown marker.

@@ -47,6 +47,10 @@ pub struct BrokerConfig {
     /// A connection that sends nothing for this long is closed.
     #[serde(alias = "connections.max.idle.ms")]
     pub connections_max_idle_ms: u64,
+    /// At shutdown, how long to wait for connections to answer the requests they already
+    /// accepted before they are closed anyway.
+    #[serde(alias = "connections.shutdown.timeout.ms")]
+    pub connections_shutdown_timeout_ms: u64,
     /// Bytes of requests read but not yet answered, across all connections. When reached,
     /// the broker stops reading from sockets until requests complete (backpressure).
     #[serde(alias = "queued.max.request.bytes")]
@@ -202,6 +206,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             max_connections_per_ip: 10_000,
             connections_max_idle_ms: 600_000,
+            connections_shutdown_timeout_ms: 10_000,
             queued_max_request_bytes: 512 * 1024 * 1024,
             offsets_topic_num_partitions: 10,
             group_initial_rebalance_delay_ms: 100,

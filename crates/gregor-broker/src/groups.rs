@@ -21,29 +21,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gregor_group::{Completion, Coordinator, Effects, GroupConfig, OffsetsRecord, Waiter};
+use gregor_os::SharedClock;
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::BrokerConfig;
 use crate::internal_topics::{self, encode_internal_batch, OFFSETS_TOPIC};
 use crate::partition::Partition;
 use crate::registry::{Topic, TopicRegistry};
-
-tokio::task_local! {
-    /// The client address of the request being handled, as Kafka reports it (`/1.2.3.4`).
-    pub static CLIENT_HOST: String;
-}
-
-/// The client host of the current request, or an empty string outside a connection.
-pub fn client_host() -> String {
-    CLIENT_HOST.try_with(|h| h.clone()).unwrap_or_default()
-}
-
-/// Wall-clock milliseconds (commit timestamps are stored; session deadlines use the same
-/// clock for simplicity — a clock step changes when sessions expire, never correctness of
-/// offsets).
-pub fn now_ms() -> i64 {
-    gregor_log::now_ms()
-}
 
 pub struct GroupService {
     coordinator: Mutex<Coordinator>,
@@ -52,6 +36,12 @@ pub struct GroupService {
     offsets: Arc<Topic>,
     /// Wakes the timer task after a call that may have moved the next deadline.
     deadlines_changed: Notify,
+    /// Wall-clock time (commit timestamps are stored; session deadlines use the same clock
+    /// for simplicity — a clock step changes when sessions expire, never correctness of
+    /// offsets).
+    clock: SharedClock,
+    /// The loader and timer tasks, aborted by [`stop_timers`](Self::stop_timers).
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Partitions written by a call, to fsync before acknowledging; or the write error.
@@ -64,6 +54,7 @@ impl GroupService {
     pub fn start(
         config: &BrokerConfig,
         registry: &TopicRegistry,
+        clock: SharedClock,
     ) -> anyhow::Result<Arc<GroupService>> {
         let topic =
             internal_topics::ensure(registry, OFFSETS_TOPIC, config.offsets_topic_num_partitions)?;
@@ -84,9 +75,11 @@ impl GroupService {
             next_waiter: AtomicU64::new(1),
             offsets: topic,
             deadlines_changed: Notify::new(),
+            clock,
+            tasks: Mutex::new(Vec::new()),
         });
         let loader = service.clone();
-        tokio::spawn(async move {
+        let load = tokio::spawn(async move {
             let started = std::time::Instant::now();
             let l = loader.clone();
             match tokio::task::spawn_blocking(move || l.load()).await {
@@ -101,8 +94,17 @@ impl GroupService {
             loader.deadlines_changed.notify_one();
         });
         let timer = service.clone();
-        tokio::spawn(async move { timer.run_timer().await });
+        let tick = tokio::spawn(async move { timer.run_timer().await });
+        *service.tasks.lock().expect("tasks lock") = vec![load, tick];
         Ok(service)
+    }
+
+    /// Shutdown: stops the loader and the timer (no more session expiry or retention
+    /// passes; what they wrote so far stays).
+    pub fn stop_timers(&self) {
+        for task in self.tasks.lock().expect("tasks lock").drain(..) {
+            task.abort();
+        }
     }
 
     /// Replays every partition of `__consumer_offsets` into the coordinator.
@@ -110,7 +112,7 @@ impl GroupService {
         let mut count = 0u64;
         for partition in &self.offsets.partitions {
             internal_topics::replay(partition, |records| {
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 let mut co = self.coordinator.lock().expect("coordinator lock");
                 for r in &records {
                     let Some(key) = &r.key else { continue };
@@ -144,7 +146,7 @@ impl GroupService {
                 .expect("coordinator lock")
                 .next_deadline();
             let wait = match next {
-                Some(d) => (d - now_ms()).clamp(0, 60_000),
+                Some(d) => (d - self.clock.now_ms()).clamp(0, 60_000),
                 None => 60_000,
             };
             if wait > 0 {
@@ -153,7 +155,7 @@ impl GroupService {
                     _ = self.deadlines_changed.notified() => continue,
                 }
             }
-            let now = now_ms();
+            let now = self.clock.now_ms();
             // Tick without notifying ourselves (that would spin).
             let _ = self.run_quiet(|co, fx| co.tick(now, fx));
         }
@@ -226,7 +228,7 @@ impl GroupService {
         self.coordinator
             .lock()
             .expect("coordinator lock")
-            .complete_txn(producer_id, commit, now_ms());
+            .complete_txn(producer_id, commit, self.clock.now_ms());
     }
 
     /// The `__consumer_offsets` partition of a group.
@@ -243,7 +245,7 @@ impl GroupService {
         if records.is_empty() {
             return Ok(vec![]);
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut by_partition: BTreeMap<i32, Vec<OffsetsRecord>> = BTreeMap::new();
         for r in records {
             by_partition.entry(r.partition).or_default().push(r);

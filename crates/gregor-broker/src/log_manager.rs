@@ -53,7 +53,7 @@ pub fn cleaner_pass(broker: &Broker) {
             max_map_bytes: broker.config.log_cleaner_dedupe_buffer_size,
             io_bytes_per_sec: broker.config.log_cleaner_io_max_bytes_per_second,
             max_decompressed_bytes: broker.config.max_decompressed_batch_bytes,
-            now_ms: gregor_log::now_ms(),
+            now_ms: broker.now_ms(),
         };
         for p in &t.partitions {
             if broker.is_stopping() {
@@ -107,7 +107,7 @@ pub fn spawn(broker: Arc<Broker>) -> tokio::task::JoinHandle<()> {
 /// `fsync = interval`: queues partitions whose unflushed data is older than `flush.ms`
 /// or more than `flush.messages` records.
 pub fn interval_flush(broker: &Broker) {
-    let now = gregor_log::now_ms();
+    let now = broker.now_ms();
     let mut due: Vec<Arc<Partition>> = Vec::new();
     for t in broker.all_topics() {
         let s = t.log_settings(&broker.config);
@@ -131,7 +131,7 @@ pub fn interval_flush(broker: &Broker) {
 /// scanned once under its own lock (no log lock, no I/O); snapshots taken afterwards
 /// leave the removed producers out. Returns how many were removed.
 pub fn producer_expiry_pass(broker: &Broker) -> usize {
-    let now = gregor_log::now_ms();
+    let now = broker.now_ms();
     let expiration = broker.config.producer_id_expiration_ms;
     let mut removed = 0;
     for t in broker.all_topics() {
@@ -151,7 +151,7 @@ pub fn producer_expiry_pass(broker: &Broker) -> usize {
 
 /// Time and size retention for every topic whose `cleanup.policy` includes `delete`.
 pub fn retention_pass(broker: &Broker) {
-    let now = gregor_log::now_ms();
+    let now = broker.now_ms();
     for t in broker.all_topics() {
         let s = t.log_settings(&broker.config);
         if !s.delete || (s.retention_ms < 0 && s.retention_bytes < 0) {

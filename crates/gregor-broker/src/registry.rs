@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use gregor_log::{LogConfig, RecoveryHint};
+use gregor_os::SharedClock;
 use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -130,6 +131,8 @@ pub fn validate_topic_name(name: &str) -> MetaResult<()> {
 /// The topics this broker hosts and the producer IDs it handed out.
 pub struct TopicRegistry {
     config: BrokerConfig,
+    /// Handed to every partition opened (its log and producer expiry take time from it).
+    clock: SharedClock,
     cluster_id: String,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serializes metadata changes and their persistence.
@@ -148,7 +151,11 @@ pub struct RecoveryState {
 impl TopicRegistry {
     /// Loads `state.json` (creating it for a new data directory) and opens every
     /// partition's log.
-    pub fn open(config: BrokerConfig, recovery: &RecoveryState) -> anyhow::Result<TopicRegistry> {
+    pub fn open(
+        config: BrokerConfig,
+        recovery: &RecoveryState,
+        clock: SharedClock,
+    ) -> anyhow::Result<TopicRegistry> {
         std::fs::create_dir_all(config.data_dir.join("meta"))?;
         let state_path = config.data_dir.join("meta").join("state.json");
         let persisted: PersistedState = if state_path.exists() {
@@ -172,7 +179,7 @@ impl TopicRegistry {
             }
         }
         let total = work.len();
-        let opened = open_partitions_parallel(&config, work, clean)?;
+        let opened = open_partitions_parallel(&config, &clock, work, clean)?;
         let scanned: u64 = opened.iter().map(|p| p.scanned_on_open()).sum();
         let replayed: u64 = opened.iter().map(|p| p.replayed_on_open()).sum();
         let mut by_topic: HashMap<String, Vec<Arc<Partition>>> = HashMap::new();
@@ -208,6 +215,7 @@ impl TopicRegistry {
         };
         Ok(TopicRegistry {
             config,
+            clock,
             cluster_id: persisted.cluster_id,
             topics: RwLock::new(topics),
             meta_write: Mutex::new(()),
@@ -296,7 +304,9 @@ impl TopicRegistry {
         }
         let mut parts = Vec::new();
         for p in 0..partitions {
-            parts.push(open_partition(&self.config, name, p, &configs).map_err(internal)?);
+            parts.push(
+                open_partition(&self.config, &self.clock, name, p, &configs).map_err(internal)?,
+            );
         }
         let topic = Arc::new(Topic {
             name: name.to_string(),
@@ -381,8 +391,10 @@ impl TopicRegistry {
         }
         let mut partitions = topic.partitions.clone();
         for p in current..count {
-            partitions
-                .push(open_partition(&self.config, name, p, &topic.configs).map_err(internal)?);
+            partitions.push(
+                open_partition(&self.config, &self.clock, name, p, &topic.configs)
+                    .map_err(internal)?,
+            );
         }
         let updated = Arc::new(Topic {
             name: topic.name.clone(),
@@ -511,22 +523,31 @@ fn log_config(config: &BrokerConfig, overrides: &BTreeMap<String, String>) -> Lo
 
 fn open_partition(
     config: &BrokerConfig,
+    clock: &SharedClock,
     topic: &str,
     index: i32,
     overrides: &BTreeMap<String, String>,
 ) -> anyhow::Result<Arc<Partition>> {
-    open_partition_with(config, topic, index, overrides, RecoveryHint::default())
+    open_partition_with(
+        config,
+        clock,
+        topic,
+        index,
+        overrides,
+        RecoveryHint::default(),
+    )
 }
 
 fn open_partition_with(
     config: &BrokerConfig,
+    clock: &SharedClock,
     topic: &str,
     index: i32,
     overrides: &BTreeMap<String, String>,
     hint: RecoveryHint,
 ) -> anyhow::Result<Arc<Partition>> {
     let expiry = LoadExpiry {
-        now_ms: gregor_log::now_ms(),
+        now_ms: clock.now_ms(),
         expiration_ms: config.producer_id_expiration_ms,
     };
     let dir = partition_dir(&config.data_dir, topic, index);
@@ -537,6 +558,7 @@ fn open_partition_with(
         log_config(config, overrides),
         hint,
         expiry,
+        clock.clone(),
     )?;
     Ok(Arc::new(partition))
 }
@@ -546,6 +568,7 @@ type OpenWork = (String, i32, BTreeMap<String, String>, Option<i64>);
 /// Opens many partitions on a few threads (startup with 1,000s of partitions).
 fn open_partitions_parallel(
     config: &BrokerConfig,
+    clock: &SharedClock,
     work: Vec<OpenWork>,
     clean: bool,
 ) -> anyhow::Result<Vec<Arc<Partition>>> {
@@ -565,7 +588,7 @@ fn open_partitions_parallel(
                                 recovery_point: *rp,
                                 clean,
                             };
-                            open_partition_with(config, topic, *p, overrides, hint)
+                            open_partition_with(config, clock, topic, *p, overrides, hint)
                         })
                         .collect::<anyhow::Result<Vec<_>>>()
                 })

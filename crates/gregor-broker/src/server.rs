@@ -27,13 +27,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use gregor_protocol::codec::unsupported_api_versions_response;
 use gregor_protocol::{decode_request, encode_response, DecodeError, FrameDecoder};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestKind};
+use kafka_protocol::messages::{ApiKey, ResponseKind};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::broker::Broker;
-use crate::handlers;
+use crate::handlers::{self, RequestContext, Response};
 
 /// Counts open connections, in total and per IP.
 struct ConnectionLimits {
@@ -80,7 +81,11 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Accepts connections until `shutdown` resolves.
+/// Accepts connections until `shutdown` resolves, then shuts the network down in order:
+/// stops accepting (the listener is dropped), tells every connection to stop taking
+/// requests, and waits up to `connections.shutdown.timeout.ms` for each to answer what it
+/// already accepted (a produce waiting for its fsync is answered); connections still
+/// running then are aborted. Returns when no connection task is left.
 pub async fn serve(
     broker: Arc<Broker>,
     listener: TcpListener,
@@ -97,18 +102,23 @@ pub async fn serve(
             .queued_max_request_bytes
             .clamp(1, Semaphore::MAX_PERMITS),
     ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            // Reap finished connection tasks.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match limits.try_open(peer.ip()) {
                     Ok(slot) => {
                         let _ = stream.set_nodelay(true);
                         let broker = broker.clone();
                         let queued_bytes = queued_bytes.clone();
-                        tokio::spawn(async move {
-                            run_connection(broker, stream, peer, queued_bytes).await;
+                        let stop = stop_rx.clone();
+                        connections.spawn(async move {
+                            run_connection(broker, stream, peer, queued_bytes, stop).await;
                             drop(slot);
                         });
                     }
@@ -125,13 +135,31 @@ pub async fn serve(
             }
         }
     }
+    drop(listener);
+    let open = connections.len();
+    tracing::info!(connections = open, "stopped accepting; closing connections");
+    let _ = stop_tx.send(true);
+    let timeout = Duration::from_millis(broker.config.connections_shutdown_timeout_ms);
+    let drained = tokio::time::timeout(timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = connections.len(),
+            "connections still busy after connections.shutdown.timeout.ms; aborting them"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
 }
 
 /// A frame and the share of `queued.max.request.bytes` it holds until answered.
 type QueuedFrame = (Bytes, Option<OwnedSemaphorePermit>);
 
-/// A response on its way to the socket, in request order. `Later` is a produce whose
-/// records are appended and whose answer waits for durability; the processor has moved on.
+/// A response on its way to the socket, in request order. `Later` is a request whose
+/// effects are done and whose answer is still pending (a produce waiting for its fsync);
+/// the processor has moved on.
 enum Outgoing {
     Ready(Option<Bytes>, Option<OwnedSemaphorePermit>),
     Later(
@@ -140,11 +168,15 @@ enum Outgoing {
     ),
 }
 
+/// Why the processor stops reading requests from a connection (already logged).
+struct Close;
+
 async fn run_connection(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
     queued_bytes: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
 ) {
     tracing::debug!(%peer, "connection opened");
     let (reader, writer) = stream.into_split();
@@ -161,103 +193,16 @@ async fn run_connection(
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(depth);
     let write_task = tokio::spawn(write_responses(writer, peer, out_rx));
 
-    while let Some((frame, permit)) = frames_rx.recv().await {
-        if let Some(capture) = capture_dir() {
-            capture_frame(capture, &frame);
-        }
-        let outgoing = match decode_request(frame) {
-            Ok(request) => {
-                if let (Some(capture), RequestKind::Produce(produce)) =
-                    (capture_dir(), &request.body)
-                {
-                    capture_batches(capture, produce);
-                }
-                let (api_key, version, correlation_id) = (
-                    request.api_key,
-                    request.api_version,
-                    request.header.correlation_id,
-                );
-                let named = handlers::partitions_named(&request.body);
-                if named > broker.config.max_partitions_per_request {
-                    tracing::warn!(%peer, ?api_key, named, limit = broker.config.max_partitions_per_request,
-                        "closing connection: request names too many partitions (max.partitions.per.request)");
-                    break;
-                }
-                // Handlers run as their own tasks so that a bug that panics in one fails
-                // this request and connection, logged with context, and never the broker.
-                let handler_broker = broker.clone();
-                if let RequestKind::Produce(produce) = request.body {
-                    // Append now, in request order; answer when durable, without holding up
-                    // the next request (pipelined produces share one group-commit fsync).
-                    let appended = tokio::spawn(async move {
-                        handlers::produce::append_phase(&handler_broker, produce, version)
-                    })
-                    .await;
-                    let pending = match appended {
-                        Ok(pending) => pending,
-                        Err(e) => {
-                            tracing::error!(%peer, ?api_key, version, correlation_id, error = %e,
-                                "produce failed; closing connection");
-                            break;
-                        }
-                    };
-                    let answer = tokio::spawn(async move {
-                        let body = pending.finish().await?;
-                        let body = kafka_protocol::messages::ResponseKind::Produce(body);
-                        match encode_response(api_key, version, correlation_id, &body) {
-                            Ok(bytes) => Some(bytes),
-                            Err(e) => {
-                                tracing::error!(%peer, version, error = %e, "produce response failed to encode");
-                                None
-                            }
-                        }
-                    });
-                    Outgoing::Later(answer, permit)
-                } else {
-                    // The group coordinator reads the client's host from a task-local.
-                    let client_host = format!("/{}", peer.ip());
-                    let handled =
-                        tokio::spawn(crate::groups::CLIENT_HOST.scope(client_host, async move {
-                            handlers::handle(&handler_broker, request).await
-                        }))
-                        .await;
-                    let handled = match handled {
-                        Ok(handled) => handled,
-                        Err(e) => {
-                            tracing::error!(%peer, ?api_key, version, correlation_id, error = %e,
-                                "request handler failed; closing connection");
-                            break;
-                        }
-                    };
-                    match handled {
-                        Some(body) => {
-                            match encode_response(api_key, version, correlation_id, &body) {
-                                Ok(bytes) => Outgoing::Ready(Some(bytes), permit),
-                                Err(e) => {
-                                    tracing::error!(%peer, ?api_key, version, error = %e, "response failed to encode; closing");
-                                    break;
-                                }
-                            }
-                        }
-                        None => Outgoing::Ready(None, permit),
-                    }
-                }
-            }
-            Err(DecodeError::UnsupportedVersion {
-                api_key: ApiKey::ApiVersions,
-                correlation_id,
-                api_version,
-            }) => {
-                tracing::debug!(%peer, api_version, "ApiVersions at unsupported version; answering v0");
-                Outgoing::Ready(
-                    Some(unsupported_api_versions_response(correlation_id)),
-                    permit,
-                )
-            }
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "closing connection");
-                break;
-            }
+    loop {
+        // Shutdown: take no new request; what was accepted is still answered below.
+        let next = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopping| *stopping) => None,
+            frame = frames_rx.recv() => frame,
+        };
+        let Some((frame, permit)) = next else { break };
+        let Ok(outgoing) = process(&broker, peer, frame, permit).await else {
+            break;
         };
         if out_tx.send(outgoing).await.is_err() {
             break; // the writer stopped: the peer is gone
@@ -268,6 +213,84 @@ async fn run_connection(
     drop(out_tx);
     let _ = write_task.await;
     tracing::debug!(%peer, "connection closed");
+}
+
+/// Decodes and handles one request, in the connection's request order; its answer (now,
+/// or a task that completes it later) goes to the writer.
+async fn process(
+    broker: &Arc<Broker>,
+    peer: SocketAddr,
+    frame: Bytes,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<Outgoing, Close> {
+    if let Some(capture) = capture_dir() {
+        capture_frame(capture, &frame);
+    }
+    let request = match decode_request(frame) {
+        Ok(request) => request,
+        Err(DecodeError::UnsupportedVersion {
+            api_key: ApiKey::ApiVersions,
+            correlation_id,
+            api_version,
+        }) => {
+            tracing::debug!(%peer, api_version, "ApiVersions at unsupported version; answering v0");
+            return Ok(Outgoing::Ready(
+                Some(unsupported_api_versions_response(correlation_id)),
+                permit,
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "closing connection");
+            return Err(Close);
+        }
+    };
+    if let Some(capture) = capture_dir() {
+        for records in handlers::record_batches(&request.body) {
+            save_capture(&capture.join("batches"), records);
+        }
+    }
+    let (api_key, version, correlation_id) = (
+        request.api_key,
+        request.api_version,
+        request.header.correlation_id,
+    );
+    let named = handlers::partitions_named(&request.body);
+    if named > broker.config.max_partitions_per_request {
+        tracing::warn!(%peer, ?api_key, named, limit = broker.config.max_partitions_per_request,
+            "closing connection: request names too many partitions (max.partitions.per.request)");
+        return Err(Close);
+    }
+    let ctx = RequestContext::new(format!("/{}", peer.ip()), &request);
+    // Handlers run as their own tasks so that a bug that panics in one fails this request
+    // and connection, logged with context, and never the broker.
+    let handler_broker = broker.clone();
+    let handled =
+        tokio::spawn(async move { handlers::dispatch(&handler_broker, &ctx, request).await }).await;
+    let response = match handled {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(%peer, ?api_key, version, correlation_id, error = %e,
+                "request handler failed; closing connection");
+            return Err(Close);
+        }
+    };
+    let encode = move |body: Option<ResponseKind>| -> Result<Option<Bytes>, Close> {
+        let Some(body) = body else { return Ok(None) };
+        match encode_response(api_key, version, correlation_id, &body) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) => {
+                tracing::error!(%peer, ?api_key, version, error = %e, "response failed to encode; closing");
+                Err(Close)
+            }
+        }
+    };
+    match response {
+        Response::Now(body) => Ok(Outgoing::Ready(encode(body)?, permit)),
+        Response::Later(future) => {
+            let answer = tokio::spawn(async move { encode(future.await).ok().flatten() });
+            Ok(Outgoing::Later(answer, permit))
+        }
+    }
 }
 
 /// Writes responses in request order; a `Later` response is awaited in its turn.
@@ -282,7 +305,7 @@ async fn write_responses(
             Outgoing::Later(task, permit) => match task.await {
                 Ok(bytes) => (bytes, permit),
                 Err(e) => {
-                    tracing::error!(%peer, error = %e, "produce completion failed; closing connection");
+                    tracing::error!(%peer, error = %e, "request completion failed; closing connection");
                     break;
                 }
             },
@@ -417,18 +440,6 @@ fn capture_frame(dir: &std::path::Path, frame: &Bytes) {
     bytes.extend_from_slice(&(frame.len() as u32).to_be_bytes());
     bytes.extend_from_slice(frame);
     save_capture(&dir.join("frames"), &bytes);
-}
-
-/// Saves the record batches of a produce request (input for the record-batch and
-/// log-recovery fuzzers).
-fn capture_batches(dir: &std::path::Path, produce: &ProduceRequest) {
-    for topic in &produce.topic_data {
-        for partition in &topic.partition_data {
-            if let Some(records) = &partition.records {
-                save_capture(&dir.join("batches"), records);
-            }
-        }
-    }
 }
 
 fn save_capture(dir: &std::path::Path, bytes: &[u8]) {

@@ -33,10 +33,11 @@ use gregor_txn::{MarkerJob, TxnConfig, TxnCoordinator, TxnError};
 
 use crate::appends::AppendSignal;
 use crate::config::BrokerConfig;
-use crate::groups::{now_ms, GroupService};
+use crate::groups::GroupService;
 use crate::internal_topics::{self, encode_internal_batch, OFFSETS_TOPIC, TXN_TOPIC};
 use crate::partition::Partition;
 use crate::registry::{Topic, TopicRegistry};
+use gregor_os::SharedClock;
 
 /// A transaction still preparing this long after its last change gets its markers
 /// rewritten by the timer task.
@@ -97,6 +98,10 @@ pub struct TransactionService {
     appends: Arc<AppendSignal>,
     /// Completes pending transactional offsets (absent in some tests).
     groups: Option<Arc<GroupService>>,
+    /// Wall-clock time.
+    clock: SharedClock,
+    /// The loader-then-timer task, aborted by [`stop_timers`](Self::stop_timers).
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Test hook: this many upcoming appends fail.
     #[cfg(test)]
     fail_appends: std::sync::atomic::AtomicUsize,
@@ -115,6 +120,7 @@ impl TransactionService {
         registry: Arc<TopicRegistry>,
         appends: Arc<AppendSignal>,
         groups: Option<Arc<GroupService>>,
+        clock: SharedClock,
     ) -> anyhow::Result<Arc<TransactionService>> {
         let topic = internal_topics::ensure(
             &registry,
@@ -132,6 +138,8 @@ impl TransactionService {
             registry,
             appends,
             groups,
+            clock,
+            task: Mutex::new(None),
             #[cfg(test)]
             fail_appends: Default::default(),
             #[cfg(test)]
@@ -143,7 +151,7 @@ impl TransactionService {
             id_expiration_ms: config.transactional_id_expiration_ms,
             id_expiry_interval_ms: config.transaction_remove_expired_interval_ms,
         };
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let l = svc.clone();
             let jobs = match tokio::task::spawn_blocking(move || l.load()).await {
                 Ok(Ok((records, jobs))) => {
@@ -166,7 +174,16 @@ impl TransactionService {
             }
             svc.run_timer(timer).await;
         });
+        *service.task.lock().expect("task lock") = Some(task);
         Ok(service)
+    }
+
+    /// Shutdown: stops the timer (no more timeouts, marker retries or id expiry). A
+    /// transaction it was completing stays in Prepare*, and the next start completes it.
+    pub fn stop_timers(&self) {
+        if let Some(task) = self.task.lock().expect("task lock").take() {
+            task.abort();
+        }
     }
 
     /// Replays `__transaction_state`; returns the record count and the transactions whose
@@ -205,10 +222,13 @@ impl TransactionService {
     }
 
     async fn run_timer(self: Arc<Self>, timer: Timer) {
-        let mut next_id_expiry = now_ms().saturating_add(timer.id_expiry_interval_ms);
+        let mut next_id_expiry = self
+            .clock
+            .now_ms()
+            .saturating_add(timer.id_expiry_interval_ms);
         loop {
             tokio::time::sleep(Duration::from_millis(timer.interval_ms)).await;
-            let now = now_ms();
+            let now = self.clock.now_ms();
             self.abort_timed_out(now).await;
             if now >= next_id_expiry {
                 let (removed, more) = self
@@ -402,7 +422,7 @@ impl TransactionService {
             })?;
         let batch = encode(
             vec![(Bytes::from(record.key), record.value.map(Bytes::from))],
-            now_ms(),
+            self.clock.now_ms(),
             None,
         )
         .map_err(|e| WriteError::Storage(e.to_string()))?;
@@ -415,7 +435,7 @@ impl TransactionService {
     /// Writes the job's markers durably, completes pending group offsets, then records the
     /// transaction as complete.
     pub async fn complete_job(&self, job: &MarkerJob) -> Result<(), String> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let batch = encode(
             vec![(
                 Bytes::copy_from_slice(&marker_key(job.commit)),
@@ -449,7 +469,7 @@ impl TransactionService {
                 groups.complete_txn(job.producer_id, job.commit);
             }
         }
-        let (result, written) = self.change(|co| match co.complete(now_ms(), job) {
+        let (result, written) = self.change(|co| match co.complete(self.clock.now_ms(), job) {
             Ok(t) => (Ok(()), t.into_iter().collect()),
             Err(e) => (Err(e), vec![]),
         });
@@ -649,7 +669,7 @@ mod tests {
         assert_eq!(f.add(pid, epoch).await, 0);
         let (job, written) = f.svc.change(|co| {
             let (job, t) = co
-                .end_txn(now_ms(), "tx", pid, epoch, false)
+                .end_txn(gregor_log::now_ms(), "tx", pid, epoch, false)
                 .unwrap()
                 .unwrap();
             (job, vec![t])
@@ -666,7 +686,7 @@ mod tests {
         // A timeout abort: the transaction stays Ongoing at its epoch, the next tick aborts.
         assert_eq!(f.add(pid, epoch).await, 0);
         let before = f.state();
-        let later = now_ms() + 120_000;
+        let later = gregor_log::now_ms() + 120_000;
         fail_append();
         f.svc.abort_timed_out(later).await;
         assert_eq!(f.state(), before);
@@ -697,7 +717,7 @@ mod tests {
         // back: the id is not blocked.
         let before = f.state();
         let (_, written) = f.svc.change(|co| {
-            let t = co.add_partitions(now_ms(), "tx", new_pid, 0, &[("t".into(), 0)]);
+            let t = co.add_partitions(gregor_log::now_ms(), "tx", new_pid, 0, &[("t".into(), 0)]);
             ((), t.unwrap().into_iter().collect())
         });
         assert!(f.svc.read(|co| co.is_pending("tx")));

@@ -210,16 +210,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .start_groups()
             .context("starting the group coordinator")?;
         let background = gregor_broker::log_manager::spawn(broker.clone());
-        gregor_broker::log_manager::spawn_cleaner(broker.clone());
+        let cleaner = gregor_broker::log_manager::spawn_cleaner(broker.clone());
         broker
             .start_transactions()
             .context("starting the transaction coordinator")?;
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
+        // Ordered shutdown: stop accepting and drain the connections (bounded by
+        // connections.shutdown.timeout.ms), stop the coordinators' timers, the background
+        // task and the cleaner, then flush, checkpoint and write the clean-shutdown marker.
         gregor_broker::server::serve(broker.clone(), listener, shutdown_signal()).await;
-        tracing::info!("shutting down");
+        tracing::info!("connections closed; stopping background work");
+        broker.stop_background();
         background.abort();
-        tokio::task::spawn_blocking(move || broker.shutdown()).await?;
+        let _ = background.await;
+        tokio::task::spawn_blocking(move || {
+            let _ = cleaner.join();
+            broker.shutdown();
+        })
+        .await?;
         tracing::info!("clean shutdown complete");
         anyhow::Ok(())
     })

@@ -35,13 +35,14 @@ use kafka_protocol::messages::{
     FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
     ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
-    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, SyncGroupRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
     SyncGroupResponse, TopicName,
 };
 
 use super::sb;
+use super::RequestContext;
 use crate::broker::Broker;
-use crate::groups::{client_host, now_ms, GroupService};
+use crate::groups::GroupService;
 
 const NOT_AVAILABLE: ResponseError = ResponseError::CoordinatorNotAvailable;
 
@@ -113,7 +114,7 @@ pub fn find_coordinator(
 
 pub async fn join_group(
     broker: &Arc<Broker>,
-    header: &RequestHeader,
+    ctx: &RequestContext,
     req: JoinGroupRequest,
     version: i16,
 ) -> JoinGroupResponse {
@@ -137,12 +138,8 @@ pub async fn join_group(
         } else {
             None
         },
-        client_id: header
-            .client_id
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
-        client_host: client_host(),
+        client_id: ctx.client_id.clone(),
+        client_host: ctx.client_host.clone(),
         session_timeout_ms: req.session_timeout_ms,
         rebalance_timeout_ms,
         protocol_type: req.protocol_type.to_string(),
@@ -154,7 +151,7 @@ pub async fn join_group(
         require_known_member_id: version >= 4,
     };
     let (waiter, rx) = svc.register();
-    let now = now_ms();
+    let now = broker.now_ms();
     let (_, written) = svc.run(|co, fx| co.join_group(now, waiter, join, fx));
     if let Err(e) = written {
         tracing::warn!(error = %e, "group metadata write failed");
@@ -236,7 +233,7 @@ pub async fn sync_group(
             .collect(),
     };
     let (waiter, rx) = svc.register();
-    let now = now_ms();
+    let now = broker.now_ms();
     let (_, written) = svc.run(|co, fx| co.sync_group(now, waiter, sync, fx));
     if let Err(e) = written {
         tracing::warn!(error = %e, "group metadata write failed");
@@ -270,7 +267,7 @@ pub fn heartbeat(broker: &Arc<Broker>, req: HeartbeatRequest, version: i16) -> H
     } else {
         None
     };
-    let now = now_ms();
+    let now = broker.now_ms();
     let (code, _) = svc.run_quiet(|co, _| {
         co.heartbeat(
             now,
@@ -311,7 +308,7 @@ pub fn leave_group(
     } else {
         vec![(req.member_id.to_string(), None)]
     };
-    let now = now_ms();
+    let now = broker.now_ms();
     let (result, _) = svc.run(|co, fx| co.leave_group(now, &req.group_id.0, &members, fx));
     let mut resp = LeaveGroupResponse::default();
     match result {
@@ -376,7 +373,7 @@ pub async fn offset_commit(
     let outcome: Result<Vec<i16>, ResponseError> = match service(broker) {
         None => Err(NOT_AVAILABLE),
         Some(svc) => {
-            let now = now_ms();
+            let now = broker.now_ms();
             let (result, written) = svc.run_quiet(|co, fx| co.commit_offsets(now, &commit, fx));
             match (result, written) {
                 (Err(e), _) => Err(e),

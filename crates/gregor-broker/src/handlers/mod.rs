@@ -1,5 +1,9 @@
-//! One handler per API. Each takes the decoded request and returns the response body (or
-//! `None` where Kafka sends no response: Produce with acks=0).
+//! One handler per API, reached through [`dispatch`], the only entry point the network
+//! layer uses: it takes the decoded request and the connection's [`RequestContext`] and
+//! answers [`Response::Now`] (the body, or `None` where Kafka sends no response) or
+//! [`Response::Later`] (the request's effects are done in order, e.g. a produce's records
+//! are appended, and the answer is a future, e.g. waiting for the fsync). The server knows
+//! no API: it runs `dispatch` for each request in order and writes the answers in order.
 //!
 //! Handlers never panic on client input and report every problem with the error code the
 //! protocol defines, per topic or partition where the response has room for it.
@@ -13,6 +17,8 @@ mod producer;
 pub mod txn;
 mod txn_admin;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use gregor_protocol::DecodedRequest;
@@ -21,10 +27,70 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::Broker;
 
-/// Routes a request to its handler.
+/// What a handler knows of where a request came from, passed as a value.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    /// The client's address as Kafka reports it (`/1.2.3.4`); empty outside a connection.
+    pub client_host: String,
+    /// The `client_id` of the request header (empty if none).
+    pub client_id: String,
+    /// The API version of the request.
+    pub api_version: i16,
+}
+
+impl RequestContext {
+    /// The context of `request` received from `client_host`.
+    pub fn new(client_host: String, request: &DecodedRequest) -> RequestContext {
+        RequestContext {
+            client_host,
+            client_id: request
+                .header
+                .client_id
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            api_version: request.api_version,
+        }
+    }
+}
+
+/// The answer to a request, now or later. `None` bodies send no response (acks=0).
+// Returned once per request and consumed at once: boxing `Now` would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Response {
+    /// Handled: the response body.
+    Now(Option<ResponseKind>),
+    /// The request's effects are done, in request order; the body comes when this future
+    /// completes, while the connection goes on with the next requests.
+    Later(Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>),
+}
+
+impl Response {
+    /// Waits for the body.
+    pub async fn resolve(self) -> Option<ResponseKind> {
+        match self {
+            Response::Now(body) => body,
+            Response::Later(future) => future.await,
+        }
+    }
+}
+
+/// Handles a request and waits for its answer (tests and tools; the server uses
+/// [`dispatch`] and lets later answers wait in its writer).
 pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<ResponseKind> {
-    let version = request.api_version;
-    Some(match request.body {
+    let ctx = RequestContext::new(String::new(), &request);
+    dispatch(broker, &ctx, request).await.resolve().await
+}
+
+/// Routes a request to its handler.
+pub async fn dispatch(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    request: DecodedRequest,
+) -> Response {
+    let version = ctx.api_version;
+    debug_assert_eq!(version, request.api_version);
+    Response::Now(Some(match request.body {
         RequestKind::ApiVersions(_) => {
             ResponseKind::ApiVersions(gregor_protocol::codec::api_versions_body(0))
         }
@@ -33,9 +99,11 @@ pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<Res
             ResponseKind::DescribeCluster(metadata::describe_cluster(broker, &r))
         }
         RequestKind::Produce(r) => {
-            return produce::produce(broker, r, version)
-                .await
-                .map(ResponseKind::Produce)
+            // Appended now, in request order; answered once durable.
+            let pending = produce::append_phase(broker, r, version);
+            return Response::Later(Box::pin(async move {
+                pending.finish().await.map(ResponseKind::Produce)
+            }));
         }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, version).await),
         RequestKind::ListOffsets(r) => {
@@ -88,7 +156,7 @@ pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<Res
             ResponseKind::FindCoordinator(group::find_coordinator(broker, r, version))
         }
         RequestKind::JoinGroup(r) => {
-            ResponseKind::JoinGroup(group::join_group(broker, &request.header, r, version).await)
+            ResponseKind::JoinGroup(group::join_group(broker, ctx, r, version).await)
         }
         RequestKind::SyncGroup(r) => {
             ResponseKind::SyncGroup(group::sync_group(broker, r, version).await)
@@ -119,9 +187,22 @@ pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<Res
             // decode_request only lets advertised APIs through, so this is unreachable from
             // the network; fail the request rather than the broker if it ever happens.
             tracing::error!(api = ?std::mem::discriminant(&other), "no handler for advertised API");
-            return None;
+            return Response::Now(None);
         }
-    })
+    }))
+}
+
+/// The record batches a request carries (the fuzzers' corpus capture in the server).
+pub fn record_batches(body: &RequestKind) -> Vec<&bytes::Bytes> {
+    match body {
+        RequestKind::Produce(r) => r
+            .topic_data
+            .iter()
+            .flat_map(|t| t.partition_data.iter())
+            .filter_map(|p| p.records.as_ref())
+            .collect(),
+        _ => vec![],
+    }
 }
 
 /// How many partitions (or, for topic-level APIs, topics) a request names; checked against

@@ -24,14 +24,6 @@ use crate::config::FsyncPolicy;
 use crate::partition::{Partition, ProduceError};
 use crate::transactions::TransactionService;
 
-pub async fn produce(
-    broker: &Arc<Broker>,
-    req: ProduceRequest,
-    version: i16,
-) -> Option<ProduceResponse> {
-    append_phase(broker, req, version).finish().await
-}
-
 /// A produce whose records are appended (in request order) and whose answer now waits only
 /// for durability. The connection can start the next request meanwhile: several pipelined
 /// produces then share one group-commit fsync, and their answers still go out in order.

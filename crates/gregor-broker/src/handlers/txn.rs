@@ -21,7 +21,6 @@ use kafka_protocol::messages::{
 };
 
 use crate::broker::Broker;
-use crate::groups::now_ms;
 use crate::internal_topics::OFFSETS_TOPIC;
 use crate::transactions::{TransactionService, WriteError, Written};
 
@@ -98,7 +97,7 @@ async fn init(
     for _ in 0..3 {
         let (outcome, written) = svc.change(|co| {
             match co.init_producer_id(
-                now_ms(),
+                broker.now_ms(),
                 &id,
                 req.transaction_timeout_ms,
                 expected,
@@ -203,7 +202,13 @@ async fn add(
 ) -> Result<(), ResponseError> {
     let svc = service(broker)?;
     let (result, written) = svc.change(|co| {
-        match co.add_partitions(now_ms(), transactional_id, producer_id, epoch, partitions) {
+        match co.add_partitions(
+            broker.now_ms(),
+            transactional_id,
+            producer_id,
+            epoch,
+            partitions,
+        ) {
             Ok(t) => (Ok(()), t.into_iter().collect()),
             Err(e) => (Err(e), vec![]),
         }
@@ -254,7 +259,7 @@ async fn end(broker: &Arc<Broker>, req: &EndTxnRequest, version: i16) -> Result<
     let svc = service(broker)?;
     let (result, written) = svc.change(|co| {
         match co.end_txn(
-            now_ms(),
+            broker.now_ms(),
             &req.transactional_id,
             req.producer_id.0,
             req.producer_epoch,
@@ -379,7 +384,7 @@ async fn txn_commit(
         }
         e => txn_error(e, version, 3),
     })?;
-    let now = now_ms();
+    let now = broker.now_ms();
     let (result, written) = groups.run_txn((req.producer_id.0, req.producer_epoch), |co, fx| {
         co.txn_commit_offsets(now, commit, fx)
     });

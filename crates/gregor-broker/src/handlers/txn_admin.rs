@@ -21,7 +21,6 @@ use kafka_protocol::messages::{
 
 use super::sb;
 use crate::broker::Broker;
-use crate::groups::now_ms;
 
 const STATES: &[&str] = &[
     "Empty",
@@ -113,7 +112,7 @@ pub fn list_transactions(
     } else {
         None
     };
-    let now = now_ms();
+    let now = broker.now_ms();
     svc.read(|co| {
         if !co.is_loaded() {
             resp.error_code = ResponseError::CoordinatorLoadInProgress.code();

@@ -69,6 +69,35 @@ pub struct Offsets {
     pub last_stable: i64,
 }
 
+impl Offsets {
+    /// The offsets of `partition`, whose `log` the caller holds locked. Asserts
+    /// `log start <= last stable <= high watermark <= log end`.
+    fn of(log: &PartitionLog, partition: &Partition) -> Offsets {
+        let log_end = log.log_end_offset();
+        // Single node: every appended batch is committed. Replication lowers this to the
+        // ISR's minimum, never above the log end.
+        let high_watermark = log_end;
+        let offsets = Offsets {
+            log_start: log.log_start_offset(),
+            high_watermark,
+            last_stable: partition.last_stable_offset(high_watermark),
+        };
+        assert!(
+            offsets.last_stable <= offsets.high_watermark && offsets.high_watermark <= log_end,
+            "{}-{}: {offsets:?} with log end {log_end}",
+            partition.topic,
+            partition.index
+        );
+        assert!(
+            offsets.log_start <= offsets.high_watermark,
+            "{}-{}: {offsets:?}",
+            partition.topic,
+            partition.index
+        );
+        offsets
+    }
+}
+
 /// Where a client's batches went: the first offset assigned and the log start offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -122,8 +151,9 @@ impl Partition {
         config: LogConfig,
         hint: RecoveryHint,
         expiry: LoadExpiry,
+        clock: gregor_os::SharedClock,
     ) -> anyhow::Result<Partition> {
-        let mut log = PartitionLog::open_with(&dir, config, hint)?;
+        let mut log = PartitionLog::open_with_clock(&dir, config, hint, clock)?;
         let loaded = producer_state::load(&dir, &mut log, expiry)?;
         if loaded.replayed_batches > 0 || !loaded.table.is_empty() || loaded.expired_producers > 0 {
             tracing::info!(
@@ -190,13 +220,7 @@ impl Partition {
 
     /// Log start, high watermark and last stable offset, under one lock.
     pub fn offsets(&self) -> Offsets {
-        let log = self.log.read().expect("log lock");
-        let high_watermark = log.log_end_offset();
-        Offsets {
-            log_start: log.log_start_offset(),
-            high_watermark,
-            last_stable: self.last_stable_offset(high_watermark),
-        }
+        Offsets::of(&self.log.read().expect("log lock"), self)
     }
 
     /// The last stable offset given the high watermark: the first offset of the earliest
@@ -220,12 +244,7 @@ impl Partition {
         read_committed: bool,
     ) -> (Offsets, Option<Result<ReadResult, LogError>>) {
         let log = self.log.read().expect("log lock");
-        let high_watermark = log.log_end_offset();
-        let offsets = Offsets {
-            log_start: log.log_start_offset(),
-            high_watermark,
-            last_stable: self.last_stable_offset(high_watermark),
-        };
+        let offsets = Offsets::of(&log, self);
         let upper_bound = if read_committed {
             offsets.last_stable
         } else {
@@ -499,7 +518,18 @@ impl Partition {
         producers: &mut ProducerStateTable,
         batches: &ValidatedBatches<'_>,
     ) -> Result<AppendInfo, LogError> {
+        let end = log.log_end_offset();
         let info = log.append_validated(batches)?;
+        // Offsets only grow: the batches start at the old end and the end moved past them.
+        assert!(
+            info.base_offset == end && info.last_offset >= end && log.log_end_offset() > end,
+            "{}-{}: append at {end} got offsets {}..={} and end {}",
+            self.topic,
+            self.index,
+            info.base_offset,
+            info.last_offset,
+            log.log_end_offset()
+        );
         if info.rolled {
             self.queue_snapshot(info.base_offset, producers.snapshot_copy());
         }
