@@ -8,10 +8,14 @@
 //! least [`MIN_RECORD_BYTES`]), decompression stops at [`MAX_DECOMPRESSED_BYTES`] per batch,
 //! headers are kept as a list, and keys/values are zero-copy `Bytes` slices.
 //!
-//! Compression on the encode side uses `kafka-protocol`'s compressors (gzip, snappy in the
+//! Decompression goes through `gregor-compression` (bounded). Compression on the encode side
+//! uses `kafka-protocol`'s compressors (gzip, snappy in the
 //! xerial framing the Java client uses, lz4 frame, zstd).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use gregor_wire::batch::{BASE_OFFSET_POS, BATCH_LENGTH_POS, LAST_OFFSET_DELTA_POS};
+use gregor_wire::varint::{put_varint, put_varlong, varlong_len};
+use gregor_wire::{be_i32, be_i64};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 
 use crate::error::{Error, Result};
@@ -128,29 +132,6 @@ impl Default for ProducerIdentity {
     }
 }
 
-fn put_varint(buf: &mut BytesMut, v: i32) {
-    put_varlong(buf, v as i64)
-}
-
-fn put_varlong(buf: &mut BytesMut, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        buf.put_u8((z as u8) | 0x80);
-        z >>= 7;
-    }
-    buf.put_u8(z as u8);
-}
-
-fn varint_len(v: i64) -> usize {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    let mut n = 1;
-    while z >= 0x80 {
-        z >>= 7;
-        n += 1;
-    }
-    n
-}
-
 fn put_bytes_field(buf: &mut BytesMut, b: Option<&[u8]>) {
     match b {
         None => put_varint(buf, -1),
@@ -164,7 +145,7 @@ fn put_bytes_field(buf: &mut BytesMut, b: Option<&[u8]>) {
 fn bytes_field_len(b: Option<&[u8]>) -> usize {
     match b {
         None => 1,
-        Some(b) => varint_len(b.len() as i64) + b.len(),
+        Some(b) => varlong_len(b.len() as i64) + b.len(),
     }
 }
 
@@ -172,11 +153,11 @@ fn encode_records(out: &mut BytesMut, records: &[OutRecord], base_ts: i64) {
     for (i, r) in records.iter().enumerate() {
         let ts_delta = r.timestamp - base_ts;
         let mut len = 1
-            + varint_len(ts_delta)
-            + varint_len(i as i64)
+            + varlong_len(ts_delta)
+            + varlong_len(i as i64)
             + bytes_field_len(r.key.as_deref())
             + bytes_field_len(r.value.as_deref())
-            + varint_len(r.headers.len() as i64);
+            + varlong_len(r.headers.len() as i64);
         for h in &r.headers {
             len += bytes_field_len(Some(h.key.as_bytes())) + bytes_field_len(h.value.as_deref());
         }
@@ -289,105 +270,14 @@ fn err(msg: impl Into<String>) -> Error {
     Error::Protocol(msg.into())
 }
 
-fn get_varlong(buf: &mut Bytes) -> Result<i64> {
-    let mut z: u64 = 0;
-    for shift in (0..70).step_by(7) {
-        if !buf.has_remaining() {
-            return Err(err("truncated varint in record"));
-        }
-        let b = buf.get_u8();
-        if shift == 63 && b > 1 {
-            return Err(err("varint too long"));
-        }
-        z |= ((b & 0x7f) as u64) << shift;
-        if b & 0x80 == 0 {
-            return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
-        }
-    }
-    Err(err("varint too long"))
-}
-
-fn get_varint(buf: &mut Bytes) -> Result<i32> {
-    let v = get_varlong(buf)?;
-    i32::try_from(v).map_err(|_| err("varint out of range"))
-}
-
-fn get_bytes_field(buf: &mut Bytes) -> Result<Option<Bytes>> {
-    let len = get_varint(buf)?;
-    if len < 0 {
-        return Ok(None);
-    }
-    let len = len as usize;
-    if len > buf.remaining() {
-        return Err(err("record field longer than its record"));
-    }
-    Ok(Some(buf.split_to(len)))
-}
-
+/// The records section of a batch, decompressed within [`MAX_DECOMPRESSED_BYTES`].
 fn decompress(codec: i16, data: Bytes) -> Result<Bytes> {
-    use std::io::Read;
-    let limit = MAX_DECOMPRESSED_BYTES as u64;
-    let read_bounded = |mut r: Box<dyn Read + '_>| -> Result<Bytes> {
-        let mut out = Vec::new();
-        (&mut r)
-            .take(limit + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| err(format!("decompressing batch: {e}")))?;
-        if out.len() as u64 > limit {
-            return Err(err(format!(
-                "batch decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes"
-            )));
-        }
-        Ok(Bytes::from(out))
-    };
-    match codec {
-        0 => Ok(data),
-        1 => read_bounded(Box::new(flate2::read::GzDecoder::new(&data[..]))),
-        2 => snappy_decompress(&data),
-        3 => read_bounded(Box::new(
-            lz4::Decoder::new(&data[..]).map_err(|e| err(format!("lz4: {e}")))?,
-        )),
-        4 => read_bounded(Box::new(
-            zstd::stream::read::Decoder::new(&data[..]).map_err(|e| err(format!("zstd: {e}")))?,
-        )),
-        c => Err(err(format!("unknown compression codec {c}"))),
+    if codec == 0 {
+        return Ok(data);
     }
-}
-
-const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
-
-fn snappy_decompress(data: &[u8]) -> Result<Bytes> {
-    let raw = |block: &[u8], out: &mut Vec<u8>| -> Result<()> {
-        let n = snap::raw::decompress_len(block).map_err(|e| err(format!("snappy: {e}")))?;
-        if out.len() + n > MAX_DECOMPRESSED_BYTES {
-            return Err(err("snappy batch too large"));
-        }
-        let start = out.len();
-        out.resize(start + n, 0);
-        snap::raw::Decoder::new()
-            .decompress(block, &mut out[start..])
-            .map_err(|e| err(format!("snappy: {e}")))?;
-        Ok(())
-    };
-    let mut out = Vec::new();
-    if data.len() >= 16 && data.starts_with(XERIAL_MAGIC) {
-        let mut rest = &data[16..];
-        while !rest.is_empty() {
-            if rest.len() < 4 {
-                return Err(err("truncated snappy block length"));
-            }
-            let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            rest = &rest[4..];
-            if n > rest.len() {
-                return Err(err("truncated snappy block"));
-            }
-            raw(&rest[..n], &mut out)?;
-            rest = &rest[n..];
-        }
-    } else {
-        raw(data, &mut out)?;
-    }
-    Ok(Bytes::from(out))
+    gregor_compression::decompress_bounded(codec as u8, &data, MAX_DECOMPRESSED_BYTES)
+        .map(Bytes::from)
+        .map_err(|e| err(format!("decompressing batch: {e}")))
 }
 
 /// Decode every complete batch in `data` (a Fetch response's `records`). A partial batch at
@@ -402,7 +292,7 @@ pub fn decode_batches_with_next(mut data: Bytes) -> Result<(Vec<ConsumerRecord>,
     let mut out = Vec::new();
     let mut next = None;
     while data.remaining() >= BATCH_HEADER_BYTES {
-        let batch_len = i32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+        let batch_len = be_i32(&data, BATCH_LENGTH_POS);
         if batch_len < (BATCH_HEADER_BYTES - 12) as i32 {
             return Err(err(format!("batch length {batch_len} too small")));
         }
@@ -411,8 +301,8 @@ pub fn decode_batches_with_next(mut data: Bytes) -> Result<(Vec<ConsumerRecord>,
             break; // partial trailing batch
         }
         let batch = data.split_to(total);
-        let base = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
-        let last_delta = i32::from_be_bytes(batch[23..27].try_into().expect("4 bytes"));
+        let base = be_i64(&batch, BASE_OFFSET_POS);
+        let last_delta = be_i32(&batch, LAST_OFFSET_DELTA_POS);
         next = Some(base + i64::from(last_delta) + 1);
         decode_one(batch, &mut out)?;
     }
@@ -446,7 +336,7 @@ fn decode_one(mut b: Bytes, out: &mut Vec<ConsumerRecord>) -> Result<()> {
         return Err(err("negative record count"));
     }
     let log_append = attributes & 0x08 != 0;
-    let mut body = decompress(attributes & 0x07, b)?;
+    let body = decompress(attributes & 0x07, b)?;
     let count = count as usize;
     if count.saturating_mul(MIN_RECORD_BYTES) > body.remaining() {
         return Err(err(format!(
@@ -455,33 +345,20 @@ fn decode_one(mut b: Bytes, out: &mut Vec<ConsumerRecord>) -> Result<()> {
         )));
     }
     out.reserve(count);
+    let mut pos = 0;
     for _ in 0..count {
-        let len = get_varint(&mut body)?;
-        if len < 0 || len as usize > body.remaining() {
-            return Err(err("record length out of range"));
-        }
-        let mut r = body.split_to(len as usize);
-        if !r.has_remaining() {
-            return Err(err("empty record"));
-        }
-        let _attr = r.get_i8();
-        let ts_delta = get_varlong(&mut r)?;
-        let off_delta = get_varint(&mut r)?;
-        let key = get_bytes_field(&mut r)?;
-        let value = get_bytes_field(&mut r)?;
-        let nh = get_varint(&mut r)?;
-        if nh < 0 || (nh as usize).saturating_mul(2) > r.remaining() {
-            return Err(err("bad header count"));
-        }
-        let mut headers = Vec::with_capacity(nh as usize);
-        for _ in 0..nh {
-            let k = get_bytes_field(&mut r)?.ok_or_else(|| err("null header key"))?;
-            let v = get_bytes_field(&mut r)?;
-            headers.push(Header {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                value: v,
-            });
-        }
+        let r =
+            gregor_wire::read_record(&body, &mut pos).map_err(|e| err(format!("record: {e}")))?;
+        let field = |f: Option<&[u8]>| f.map(|f| body.slice_ref(f));
+        let (off_delta, ts_delta) = (r.offset_delta, r.timestamp_delta);
+        let (key, value) = (field(r.key), field(r.value));
+        let headers = r
+            .headers()
+            .map(|(k, v)| Header {
+                key: String::from_utf8_lossy(k).into_owned(),
+                value: field(v),
+            })
+            .collect();
         out.push(ConsumerRecord {
             topic: String::new(),
             partition: 0,

@@ -53,16 +53,12 @@ impl GroupState {
     }
 }
 
-/// Java's `String.hashCode` (UTF-16 code units, wrapping 32-bit arithmetic).
-pub fn java_string_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
-}
+pub use gregor_wire::java_string_hash;
 
 /// The `__consumer_offsets` partition of a group, as Kafka computes it:
 /// `Utils.abs(groupId.hashCode()) % partitions` (`Utils.abs` maps `i32::MIN` to 0).
 pub fn group_partition(group_id: &str, partitions: i32) -> i32 {
-    (java_string_hash(group_id) & 0x7fff_ffff) % partitions.max(1)
+    gregor_wire::coordinator_partition(group_id, partitions)
 }
 
 /// The topics of a `consumer` protocol subscription, or `None` if it does not decode.

@@ -14,6 +14,7 @@
 //! is checked against the bytes that remain.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use gregor_wire::{Reader, WireError};
 
 /// A decoded `__consumer_offsets` key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,79 +144,36 @@ pub fn group_value(v: &GroupValue) -> Bytes {
     buf.freeze()
 }
 
-/// A bounds-checked big-endian reader.
-struct Reader<'a> {
-    buf: &'a [u8],
+impl From<WireError> for RecordError {
+    fn from(e: WireError) -> Self {
+        RecordError(e.to_string())
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        if self.buf.len() < n {
-            return Err(RecordError(format!(
-                "needed {n} bytes, {} remain",
-                self.buf.len()
-            )));
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-    fn i16(&mut self) -> Result<i16, RecordError> {
-        let b = self.take(2)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
-    }
-    fn i32(&mut self) -> Result<i32, RecordError> {
-        let b = self.take(4)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn i64(&mut self) -> Result<i64, RecordError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(i64::from_be_bytes(a))
-    }
-    fn nullable_str(&mut self) -> Result<Option<String>, RecordError> {
-        let len = self.i16()?;
-        if len < 0 {
-            return Ok(None);
-        }
-        let b = self.take(len as usize)?;
-        String::from_utf8(b.to_vec())
-            .map(Some)
-            .map_err(|_| RecordError("string is not UTF-8".into()))
-    }
-    fn str(&mut self) -> Result<String, RecordError> {
-        self.nullable_str()?
-            .ok_or_else(|| RecordError("null where a string is required".into()))
-    }
-    fn bytes(&mut self) -> Result<Bytes, RecordError> {
-        let len = self.i32()?;
-        if len < 0 {
-            return Ok(Bytes::new());
-        }
-        Ok(Bytes::copy_from_slice(self.take(len as usize)?))
-    }
+/// A `BYTES` field (`i32` length; null read as empty).
+fn bytes_field(r: &mut Reader) -> Result<Bytes, RecordError> {
+    Ok(Bytes::copy_from_slice(r.i32_bytes()?.unwrap_or_default()))
 }
 
 pub fn decode_key(key: &[u8]) -> Result<RecordKey, RecordError> {
-    let mut r = Reader { buf: key };
+    let mut r = Reader::new(key);
     match r.i16()? {
         0 | 1 => Ok(RecordKey::Offset {
-            group: r.str()?,
-            topic: r.str()?,
+            group: r.string()?,
+            topic: r.string()?,
             partition: r.i32()?,
         }),
-        2 => Ok(RecordKey::Group { group: r.str()? }),
+        2 => Ok(RecordKey::Group { group: r.string()? }),
         v => Err(RecordError(format!("unknown key version {v}"))),
     }
 }
 
 pub fn decode_offset_value(value: &[u8]) -> Result<OffsetValue, RecordError> {
-    let mut r = Reader { buf: value };
+    let mut r = Reader::new(value);
     let version = r.i16()?;
     let offset = r.i64()?;
     let leader_epoch = if version >= 3 { r.i32()? } else { -1 };
-    let metadata = r.str()?;
+    let metadata = r.string()?;
     let commit_timestamp = r.i64()?;
     if !(0..=4).contains(&version) {
         return Err(RecordError(format!(
@@ -231,34 +189,34 @@ pub fn decode_offset_value(value: &[u8]) -> Result<OffsetValue, RecordError> {
 }
 
 pub fn decode_group_value(value: &[u8]) -> Result<GroupValue, RecordError> {
-    let mut r = Reader { buf: value };
+    let mut r = Reader::new(value);
     let version = r.i16()?;
     if !(0..=4).contains(&version) {
         return Err(RecordError(format!(
             "unknown group value version {version}"
         )));
     }
-    let protocol_type = r.str()?;
+    let protocol_type = r.string()?;
     let generation = r.i32()?;
-    let protocol = r.nullable_str()?;
-    let leader = r.nullable_str()?;
+    let protocol = r.nullable_string()?;
+    let leader = r.nullable_string()?;
     let current_state_timestamp = if version >= 2 { r.i64()? } else { -1 };
-    let count = r.i32()?;
-    let mut members = Vec::new();
-    for _ in 0..count.max(0) {
-        // Each member takes at least 20 bytes, so a hostile count runs out of input quickly.
-        let member_id = r.str()?;
+    // Each member takes at least 20 bytes, so a hostile count is refused before allocating.
+    let count = r.array_len(20)?;
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        let member_id = r.string()?;
         let group_instance_id = if version >= 3 {
-            r.nullable_str()?
+            r.nullable_string()?
         } else {
             None
         };
-        let client_id = r.str()?;
-        let client_host = r.str()?;
+        let client_id = r.string()?;
+        let client_host = r.string()?;
         let rebalance_timeout_ms = if version >= 1 { r.i32()? } else { -1 };
         let session_timeout_ms = r.i32()?;
-        let subscription = r.bytes()?;
-        let assignment = r.bytes()?;
+        let subscription = bytes_field(&mut r)?;
+        let assignment = bytes_field(&mut r)?;
         members.push(MemberValue {
             member_id,
             group_instance_id,

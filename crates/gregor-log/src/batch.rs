@@ -1,23 +1,6 @@
 //! Kafka `RecordBatch` (magic v2) header parsing and validation.
 //!
-//! A v2 batch starts with a fixed 61-byte header (all integers big-endian):
-//!
-//! | offset | field                  | type |
-//! |-------:|------------------------|------|
-//! |      0 | `baseOffset`           | i64  |
-//! |      8 | `batchLength`          | i32  |
-//! |     12 | `partitionLeaderEpoch` | i32  |
-//! |     16 | `magic` (= 2)          | i8   |
-//! |     17 | `crc` (CRC-32C)        | u32  |
-//! |     21 | `attributes`           | i16  |
-//! |     23 | `lastOffsetDelta`      | i32  |
-//! |     27 | `baseTimestamp`        | i64  |
-//! |     35 | `maxTimestamp`         | i64  |
-//! |     43 | `producerId`           | i64  |
-//! |     51 | `producerEpoch`        | i16  |
-//! |     53 | `baseSequence`         | i32  |
-//! |     57 | `recordsCount`         | i32  |
-//! |     61 | records…               |      |
+//! The header layout (61 bytes, positions re-exported here) is `gregor_wire::batch`.
 //!
 //! `batchLength` counts the bytes *after* the length field, so a batch occupies
 //! `batchLength + 12` bytes in total. The CRC covers bytes `[21..end)`, i.e.
@@ -29,43 +12,13 @@
 
 use std::ops::Range;
 
-/// The only supported batch format version.
-pub const MAGIC_V2: i8 = 2;
-/// Bytes preceding the part of the batch counted by `batchLength`
-/// (`baseOffset` + `batchLength`).
-pub const LOG_OVERHEAD: usize = 12;
-
-/// Byte position of `baseOffset`.
-pub const BASE_OFFSET_POS: usize = 0;
-/// Byte position of `batchLength`.
-pub const BATCH_LENGTH_POS: usize = 8;
-/// Byte position of `partitionLeaderEpoch`.
-pub const PARTITION_LEADER_EPOCH_POS: usize = 12;
-/// Byte position of `magic`.
-pub const MAGIC_POS: usize = 16;
-/// Byte position of `crc`.
-pub const CRC_POS: usize = 17;
-/// Byte position of `attributes`; the CRC covers everything from here on.
-pub const ATTRIBUTES_POS: usize = 21;
-/// Byte position of `lastOffsetDelta`.
-pub const LAST_OFFSET_DELTA_POS: usize = 23;
-/// Byte position of `baseTimestamp`.
-pub const BASE_TIMESTAMP_POS: usize = 27;
-/// Byte position of `maxTimestamp`.
-pub const MAX_TIMESTAMP_POS: usize = 35;
-/// Byte position of `producerId`.
-pub const PRODUCER_ID_POS: usize = 43;
-/// Byte position of `producerEpoch`.
-pub const PRODUCER_EPOCH_POS: usize = 51;
-/// Byte position of `baseSequence`.
-pub const BASE_SEQUENCE_POS: usize = 53;
-/// Byte position of `recordsCount`.
-pub const RECORDS_COUNT_POS: usize = 57;
-
-const COMPRESSION_MASK: i16 = 0x07;
-const TIMESTAMP_TYPE_BIT: i16 = 0x08;
-const TRANSACTIONAL_BIT: i16 = 0x10;
-const CONTROL_BIT: i16 = 0x20;
+pub use gregor_wire::batch::{
+    ATTRIBUTES_POS, BASE_OFFSET_POS, BASE_SEQUENCE_POS, BASE_TIMESTAMP_POS, BATCH_LENGTH_POS,
+    CRC_POS, LAST_OFFSET_DELTA_POS, LOG_OVERHEAD, MAGIC_POS, MAGIC_V2, MAX_TIMESTAMP_POS,
+    PARTITION_LEADER_EPOCH_POS, PRODUCER_EPOCH_POS, PRODUCER_ID_POS, RECORDS_COUNT_POS,
+};
+use gregor_wire::batch::{COMPRESSION_MASK, CONTROL_BIT, TIMESTAMP_TYPE_BIT, TRANSACTIONAL_BIT};
+use gregor_wire::{be_i16, be_i32, be_i64};
 
 /// Why a batch could not be parsed or validated.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -142,28 +95,9 @@ pub struct BatchHeader {
     pub records_count: i32,
 }
 
-#[inline]
-fn be_i16(buf: &[u8], pos: usize) -> i16 {
-    i16::from_be_bytes([buf[pos], buf[pos + 1]])
-}
-
-#[inline]
-fn be_i32(buf: &[u8], pos: usize) -> i32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&buf[pos..pos + 4]);
-    i32::from_be_bytes(b)
-}
-
-#[inline]
-fn be_i64(buf: &[u8], pos: usize) -> i64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&buf[pos..pos + 8]);
-    i64::from_be_bytes(b)
-}
-
 impl BatchHeader {
     /// Size of the fixed v2 batch header in bytes.
-    pub const SIZE: usize = 61;
+    pub const SIZE: usize = gregor_wire::batch::HEADER_SIZE;
 
     /// Smallest legal `batchLength` (a batch with an empty records section).
     pub const MIN_BATCH_LENGTH: i32 = (Self::SIZE - LOG_OVERHEAD) as i32;
@@ -257,7 +191,101 @@ impl BatchHeader {
 /// Computes the CRC-32C that belongs in the header of `batch` (which must be
 /// a complete batch): the checksum of bytes `[21..end)`.
 pub fn compute_crc(batch: &[u8]) -> u32 {
+    #[cfg(any(test, feature = "crc-count"))]
+    crc_count::bump();
     crc32c::crc32c(&batch[ATTRIBUTES_POS..])
+}
+
+/// Counts [`compute_crc`] calls on the current thread (feature `crc-count`, for tests that
+/// prove a path checksums each batch once).
+#[cfg(any(test, feature = "crc-count"))]
+pub mod crc_count {
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn bump() {
+        COUNT.with(|c| c.set(c.get() + 1));
+    }
+
+    /// CRCs computed by this thread so far.
+    pub fn get() -> u64 {
+        COUNT.with(Cell::get)
+    }
+}
+
+/// Concatenated v2 batches (the `records` of one partition in a Produce request) whose
+/// framing and CRCs were checked once, with each batch's header parsed once.
+/// [`crate::PartitionLog::append_validated`] appends them without checking again, and the
+/// caller reuses [`headers`](Self::headers) instead of walking the bytes again. The only
+/// way to build one is [`ValidatedBatches::validate`], so holding one proves the check.
+#[derive(Debug, Clone)]
+pub struct ValidatedBatches<'a> {
+    data: &'a [u8],
+    /// Each batch's header and its start in `data`, in order.
+    batches: Vec<(BatchHeader, usize)>,
+}
+
+/// Why [`ValidatedBatches::validate`] refused: a batch's framing or CRC, or the caller's
+/// own check of a (well-formed) batch.
+#[derive(Debug)]
+pub enum ValidateError<E> {
+    /// A batch is malformed (framing, magic, CRC, counts).
+    Batch(BatchError),
+    /// The caller's check refused a well-formed batch.
+    Check(E),
+}
+
+impl<'a> ValidatedBatches<'a> {
+    /// Walks `data` once: validates each batch (see [`validate_batch`]: framing, magic, CRC,
+    /// counts), then calls `check` with its header and bytes before going on to the next,
+    /// so errors come in batch order. Stops at the first error.
+    pub fn validate<E>(
+        data: &'a [u8],
+        mut check: impl FnMut(&BatchHeader, &'a [u8]) -> Result<(), E>,
+    ) -> Result<ValidatedBatches<'a>, ValidateError<E>> {
+        let mut batches = Vec::new();
+        for item in iter_batches(data) {
+            let (header, range) = item.map_err(ValidateError::Batch)?;
+            check(&header, &data[range.clone()]).map_err(ValidateError::Check)?;
+            batches.push((header, range.start));
+        }
+        Ok(ValidatedBatches { data, batches })
+    }
+
+    /// All the batches' bytes, as given.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The headers, in order (`base_offset` as sent, before the log assigns offsets).
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = &BatchHeader> + '_ {
+        self.batches.iter().map(|(h, _)| h)
+    }
+
+    /// Each header with the batch's bytes, in order.
+    pub fn batches(&self) -> impl ExactSizeIterator<Item = (&BatchHeader, &'a [u8])> + '_ {
+        let data = self.data;
+        self.batches
+            .iter()
+            .map(move |(h, start)| (h, &data[*start..*start + h.total_size()]))
+    }
+
+    /// Number of batches.
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// No batches (empty `data`).
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    pub(crate) fn starts(&self) -> &[(BatchHeader, usize)] {
+        &self.batches
+    }
 }
 
 /// Validates the batch at the start of `buf` completely: the whole batch fits

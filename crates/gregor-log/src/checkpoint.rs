@@ -4,8 +4,8 @@
 //! atomically: write `log-start-offset.tmp`, fsync it, rename it over the old
 //! file, fsync the directory.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
 
 /// Name of the checkpoint file inside the partition directory.
@@ -33,20 +33,9 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<i64>> {
     }
 }
 
-/// Durably replaces the checkpoint with `offset`.
+/// Durably replaces the checkpoint with `offset` (see [`gregor_os::fs::replace_file`]).
 pub(crate) fn write(dir: &Path, offset: i64) -> io::Result<()> {
-    let tmp = dir.join(TMP_FILE_NAME);
-    {
-        let mut file = File::create(&tmp)?;
-        writeln!(file, "{offset}")?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(FILE_NAME))?;
-    sync_dir(dir)
+    gregor_os::fs::replace_file(&dir.join(FILE_NAME), format!("{offset}\n").as_bytes())
 }
 
-/// fsyncs a directory so that entries created, renamed or removed in it are
-/// durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub(crate) use gregor_os::fs::sync_dir;

@@ -178,14 +178,10 @@ pub(crate) fn read_checkpoint(dir: &Path) -> i64 {
 }
 
 fn write_checkpoint(dir: &Path, offset: i64) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{CLEANER_CHECKPOINT}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        writeln!(f, "{offset}")?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(CLEANER_CHECKPOINT))?;
-    checkpoint::sync_dir(dir)
+    gregor_os::fs::replace_file(
+        &dir.join(CLEANER_CHECKPOINT),
+        format!("{offset}\n").as_bytes(),
+    )
 }
 
 fn key_hash(key: &[u8]) -> u128 {
@@ -196,20 +192,6 @@ fn key_hash(key: &[u8]) -> u128 {
     1u8.hash(&mut b);
     key.hash(&mut b);
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
-}
-
-/// Zig-zag varint (Kafka's varint / varlong) at `*pos`; `None` if malformed.
-fn varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
-    let mut value: u64 = 0;
-    for shift in (0..70).step_by(7) {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        value |= u64::from(b & 0x7f).checked_shl(shift)?;
-        if b & 0x80 == 0 {
-            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
-        }
-    }
-    None
 }
 
 /// One record of a batch, as byte ranges of the batch's (decompressed) records.
@@ -229,31 +211,15 @@ fn walk_records<'a>(data: &'a [u8], count: i32, mut f: impl FnMut(RawRecord<'a>)
     let mut found = 0i64;
     let mut pos = 0;
     while pos < data.len() {
-        let start = pos;
-        let len = usize::try_from(varint(data, &mut pos)?).ok()?;
-        let end = pos.checked_add(len)?;
-        let rec = data.get(pos..end)?;
-        let mut p = 1; // attributes
-        let timestamp_delta = varint(rec, &mut p)?;
-        let offset_delta = varint(rec, &mut p)?;
-        let key_len = varint(rec, &mut p)?;
-        let key = if key_len < 0 {
-            None
-        } else {
-            let k = rec.get(p..p.checked_add(usize::try_from(key_len).ok()?)?)?;
-            p += k.len();
-            Some(k)
-        };
-        let value_len = varint(rec, &mut p)?;
+        let r = gregor_wire::read_record(data, &mut pos).ok()?;
         f(RawRecord {
-            bytes: &data[start..end],
-            offset_delta,
-            timestamp_delta,
-            key,
-            tombstone: value_len < 0,
+            bytes: r.bytes,
+            offset_delta: i64::from(r.offset_delta),
+            timestamp_delta: r.timestamp_delta,
+            key: r.key,
+            tombstone: r.value.is_none(),
         });
         found += 1;
-        pos = end;
     }
     (found == i64::from(count)).then_some(())
 }
@@ -765,7 +731,7 @@ pub fn clean(
         file.sync_all()?;
         drop(file);
         // Validate what we wrote exactly like recovery would, and build its index.
-        let (seg, recovery) = Segment::recover(tmp.clone(), s.base, interval)?;
+        let (seg, recovery) = Segment::recover(tmp.clone(), s.base, interval, cfg.now_ms)?;
         if recovery.bytes_dropped > 0 || seg.next_offset() != s.next_offset {
             let _ = fs::remove_file(&tmp);
             return Err(LogError::CorruptBatch(format!(

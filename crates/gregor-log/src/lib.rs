@@ -157,15 +157,16 @@ mod partition;
 mod segment;
 pub mod txnindex;
 
-pub use batch::{BatchError, BatchHeader};
+pub use batch::{BatchError, BatchHeader, ValidateError, ValidatedBatches};
 pub use partition::{AbortedTxnsOnDisk, PartitionLog, RecoveryHint, SyncJob};
 pub use txnindex::AbortedTxnEntry;
 
-/// Wall-clock milliseconds since the Unix epoch.
+/// Wall-clock milliseconds since the Unix epoch, for callers that have no
+/// [`gregor_os::Clock`] yet (the log itself never calls it: it takes the time
+/// from the clock it was opened with, or as an argument).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    use gregor_os::Clock as _;
+    gregor_os::SystemClock.now_ms()
 }
 
 /// Tunables of a [`PartitionLog`].

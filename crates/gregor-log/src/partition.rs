@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gregor_os::{SharedClock, SystemClock};
 use tracing::{debug, warn};
 
 use crate::batch::{self, BatchHeader};
@@ -37,6 +38,8 @@ pub struct PartitionLog {
     first_unflushed_ms: Option<i64>,
     /// Set when an fsync failed: the log refuses further appends.
     failed: Option<String>,
+    /// The time (segment age for `segment.ms`, unflushed age); never read from the OS here.
+    clock: SharedClock,
     /// Bytes of segment data read and validated by `open_with`.
     scanned_on_open: u64,
     /// Segment bases that have a `.txnindex` file.
@@ -143,6 +146,17 @@ impl PartitionLog {
         config: LogConfig,
         hint: RecoveryHint,
     ) -> Result<PartitionLog, LogError> {
+        Self::open_with_clock(dir, config, hint, SystemClock::shared())
+    }
+
+    /// [`open_with`](Self::open_with) on `clock` (the broker's clock; a
+    /// [`gregor_os::ManualClock`] in tests): the log takes every "now" from it.
+    pub fn open_with_clock(
+        dir: &Path,
+        config: LogConfig,
+        hint: RecoveryHint,
+        clock: SharedClock,
+    ) -> Result<PartitionLog, LogError> {
         fs::create_dir_all(dir)?;
         let checkpointed_start = checkpoint::read(dir)?;
 
@@ -201,10 +215,10 @@ impl PartitionLog {
             .filter(|s| trusted || s.next_offset() <= recovery_point);
             let (mut seg, recovery) = match loaded {
                 Some(mut seg) => {
-                    let recovery = seg.scan_tail(config.index_interval_bytes)?;
+                    let recovery = seg.scan_tail(config.index_interval_bytes, clock.now_ms())?;
                     (seg, recovery)
                 }
-                None => Segment::recover(path, base, config.index_interval_bytes)?,
+                None => Segment::recover(path, base, config.index_interval_bytes, clock.now_ms())?,
             };
             scanned_bytes += recovery.scanned_bytes;
             let recovery =
@@ -263,6 +277,7 @@ impl PartitionLog {
             unflushed_records: 0,
             first_unflushed_ms: None,
             failed: None,
+            clock,
             scanned_on_open: scanned_bytes,
             txn_index_bases: BTreeSet::new(),
             txn_files: BTreeMap::new(),
@@ -348,11 +363,43 @@ impl PartitionLog {
         if records.is_empty() {
             return Err(LogError::InvalidRecord("empty record set".into()));
         }
-        let mut headers = Vec::new();
+        let validated = batch::ValidatedBatches::validate(records, |_, _| Ok::<(), LogError>(()))
+            .map_err(|e| match e {
+            batch::ValidateError::Batch(e) => LogError::from(e),
+            batch::ValidateError::Check(e) => e,
+        })?;
+        self.append_validated_with(&validated, log_append_time)
+    }
+
+    /// Appends batches validated once by the caller ([`batch::ValidatedBatches`]): no CRC
+    /// is computed again and no header parsed again. Checks only what the log itself
+    /// requires of each header (size at most [`LogConfig::max_batch_bytes`],
+    /// `recordsCount >= 1`, `lastOffsetDelta == recordsCount - 1`); otherwise as
+    /// [`append`](Self::append).
+    pub fn append_validated(
+        &mut self,
+        batches: &batch::ValidatedBatches<'_>,
+    ) -> Result<AppendInfo, LogError> {
+        self.append_validated_with(batches, None)
+    }
+
+    fn append_validated_with(
+        &mut self,
+        batches: &batch::ValidatedBatches<'_>,
+        log_append_time: Option<i64>,
+    ) -> Result<AppendInfo, LogError> {
+        if let Some(e) = &self.failed {
+            return Err(LogError::StorageFailed(e.clone()));
+        }
+        let records = batches.data();
+        if records.is_empty() {
+            return Err(LogError::InvalidRecord("empty record set".into()));
+        }
+        let mut headers = Vec::with_capacity(batches.len());
         let mut record_count: i64 = 0;
-        for item in batch::iter_batches(records) {
-            let (header, range) = item?;
-            let size = range.len();
+        for (header, start) in batches.starts() {
+            let (header, start) = (*header, *start);
+            let size = header.total_size();
             if size > self.config.max_batch_bytes {
                 return Err(LogError::BatchTooLarge {
                     size,
@@ -362,17 +409,17 @@ impl PartitionLog {
             if header.records_count < 1 {
                 return Err(LogError::InvalidRecord(format!(
                     "batch at byte {} has recordsCount {}",
-                    range.start, header.records_count
+                    start, header.records_count
                 )));
             }
             if header.last_offset_delta != header.records_count - 1 {
                 return Err(LogError::InvalidRecord(format!(
                     "batch at byte {} has lastOffsetDelta {} but recordsCount {}",
-                    range.start, header.last_offset_delta, header.records_count
+                    start, header.last_offset_delta, header.records_count
                 )));
             }
             record_count += i64::from(header.records_count);
-            headers.push((header, range.start));
+            headers.push((header, start));
         }
 
         let base_offset = self.log_end_offset();
@@ -382,7 +429,7 @@ impl PartitionLog {
         // index format requires.
         let relative_overflow =
             base_offset + record_count - active.base_offset() > i64::from(i32::MAX);
-        let now = crate::now_ms();
+        let now = self.clock.now_ms();
         let aged = active
             .first_append_ms()
             .is_some_and(|t| now.saturating_sub(t) >= self.config.segment_ms);
@@ -409,7 +456,7 @@ impl PartitionLog {
             }
         }
         let interval = self.config.index_interval_bytes;
-        self.active_mut().append(&data, &headers, interval)?;
+        self.active_mut().append(&data, &headers, interval, now)?;
         debug_assert_eq!(self.log_end_offset(), next_offset);
         self.unflushed_records += record_count;
         self.first_unflushed_ms.get_or_insert(now);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::batch::{self, BatchHeader};
 use crate::LogError;
+use gregor_wire::{be_i64, be_u64};
 
 /// Suffix of segment data files.
 pub(crate) const LOG_SUFFIX: &str = ".log";
@@ -276,10 +277,11 @@ impl Segment {
         path: PathBuf,
         base_offset: i64,
         index_interval: u64,
+        now_ms: i64,
     ) -> Result<(Segment, Recovery), LogError> {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let mut segment = Segment::empty(path, file, base_offset);
-        let recovery = segment.scan_tail(index_interval)?;
+        let recovery = segment.scan_tail(index_interval, now_ms)?;
         Ok((segment, recovery))
     }
 
@@ -287,8 +289,9 @@ impl Segment {
     /// known) to its end, batch by batch (length, magic, CRC, dense offsets),
     /// extending the in-memory state; a torn or corrupt tail is cut off the
     /// file (and fsynced), and the index file is removed durably first, since
-    /// it may describe bytes that are going away.
-    pub fn scan_tail(&mut self, index_interval: u64) -> Result<Recovery, LogError> {
+    /// it may describe bytes that are going away. `now_ms` is the segment's
+    /// age origin if the file system cannot tell when the file was created.
+    pub fn scan_tail(&mut self, index_interval: u64, now_ms: i64) -> Result<Recovery, LogError> {
         let segment = self;
         let file_len = segment.file.metadata()?.len();
         let start = segment.size;
@@ -354,7 +357,7 @@ impl Segment {
             // Age for `segment.ms`: when the file was created (batch
             // timestamps are the producers' and may be anything).
             let created = segment.file.metadata().and_then(|m| m.created()).ok();
-            segment.first_append_ms = Some(created.map_or_else(crate::now_ms, |t| {
+            segment.first_append_ms = Some(created.map_or(now_ms, |t| {
                 t.duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64)
             }));
@@ -436,6 +439,7 @@ impl Segment {
         data: &[u8],
         headers: &[(BatchHeader, usize)],
         index_interval: u64,
+        now_ms: i64,
     ) -> Result<(), LogError> {
         // An index file on disk now describes a prefix of the segment (the
         // file only grows); it is still correct as such.
@@ -449,7 +453,7 @@ impl Segment {
         }
         self.dirty = true;
         if self.first_append_ms.is_none() {
-            self.first_append_ms = Some(crate::now_ms());
+            self.first_append_ms = Some(now_ms);
         }
         for (header, start) in headers {
             self.track_batch(header, self.size + *start as u64, index_interval);
@@ -546,16 +550,6 @@ struct ParsedIndex {
     first_timestamp: Option<i64>,
     max_timestamp: Option<MaxTimestamp>,
     index: Vec<IndexEntry>,
-}
-
-fn be_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
-}
-
-fn be_i64(b: &[u8], at: usize) -> i64 {
-    be_u64(b, at) as i64
 }
 
 /// Parses an index file; `None` if it is not exactly a valid one. The entry

@@ -11,10 +11,10 @@
 
 use gregor_compression::CompressionError;
 
-/// Offsets in the v2 batch header (see `gregor_log::batch`).
-const ATTRIBUTES: usize = 21;
-const RECORDS_COUNT: usize = 57;
-const RECORDS: usize = 61;
+/// Offsets in the v2 batch header (see `gregor_wire::batch`).
+use gregor_wire::batch::{
+    ATTRIBUTES_POS as ATTRIBUTES, HEADER_SIZE as RECORDS, RECORDS_COUNT_POS as RECORDS_COUNT,
+};
 
 /// Why a batch's records were rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,12 +42,8 @@ pub fn validate_batch_records(batch: &[u8], max_decompressed: usize) -> Result<(
     if batch.len() < RECORDS {
         return Err(RecordsError::Truncated);
     }
-    let attributes = i16::from_be_bytes([batch[ATTRIBUTES], batch[ATTRIBUTES + 1]]);
-    let count = i32::from_be_bytes(
-        batch[RECORDS_COUNT..RECORDS_COUNT + 4]
-            .try_into()
-            .expect("4 bytes"),
-    );
+    let attributes = gregor_wire::be_i16(batch, ATTRIBUTES);
+    let count = gregor_wire::be_i32(batch, RECORDS_COUNT);
     let codec = (attributes & 0x7) as u8;
     let payload = &batch[RECORDS..];
     if codec == 0 {
@@ -76,91 +72,23 @@ impl From<CompressionError> for RecordsError {
     }
 }
 
-/// A cursor over varint-framed record fields; every read is checked against what remains.
-struct Cursor<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    fn varlong(&mut self) -> Result<i64, String> {
-        let mut value: u64 = 0;
-        for i in 0..10 {
-            let (&b, rest) = self.buf.split_first().ok_or("truncated varint")?;
-            self.buf = rest;
-            value |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
-            }
-        }
-        Err("varint longer than 10 bytes".into())
-    }
-
-    fn varint(&mut self) -> Result<i32, String> {
-        let v = self.varlong()?;
-        i32::try_from(v).map_err(|_| format!("varint {v} out of i32 range"))
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if n > self.buf.len() {
-            return Err(format!(
-                "length {n} exceeds the {} bytes left",
-                self.buf.len()
-            ));
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-
-    /// A varint length followed by that many bytes; -1 (null) allowed if `nullable`.
-    fn bytes(&mut self, nullable: bool, what: &str) -> Result<(), String> {
-        match self.varint()? {
-            -1 if nullable => Ok(()),
-            n if n < 0 => Err(format!("negative {what} length {n}")),
-            n => self.take(n as usize).map(|_| ()),
-        }
-    }
-}
-
 /// Walks `count` records in `data`, checking framing and offset deltas.
 fn walk_records(data: &[u8], count: i32) -> Result<(), RecordsError> {
-    let mut c = Cursor { buf: data };
+    let mut pos = 0;
     let mut index = 0;
-    while !c.buf.is_empty() {
+    while pos < data.len() {
         if index == count {
-            return Err(RecordsError::TrailingBytes(c.buf.len()));
+            return Err(RecordsError::TrailingBytes(data.len() - pos));
         }
         let malformed = |reason: String| RecordsError::Malformed { index, reason };
-        let len = c.varint().map_err(malformed)?;
-        if len < 0 {
-            return Err(malformed(format!("negative record length {len}")));
+        let record =
+            gregor_wire::read_record(data, &mut pos).map_err(|e| malformed(e.to_string()))?;
+        if record.offset_delta != index {
+            return Err(malformed(format!(
+                "offset delta {}, expected {index}",
+                record.offset_delta
+            )));
         }
-        let mut r = Cursor {
-            buf: c.take(len as usize).map_err(malformed)?,
-        };
-        let check = |r: &mut Cursor| -> Result<(), String> {
-            r.take(1)?; // attributes
-            r.varlong()?; // timestamp delta
-            let delta = r.varint()?;
-            if delta != index {
-                return Err(format!("offset delta {delta}, expected {index}"));
-            }
-            r.bytes(true, "key")?;
-            r.bytes(true, "value")?;
-            let headers = r.varint()?;
-            if headers < 0 {
-                return Err(format!("negative header count {headers}"));
-            }
-            for _ in 0..headers {
-                r.bytes(false, "header key")?;
-                r.bytes(true, "header value")?;
-            }
-            if !r.buf.is_empty() {
-                return Err(format!("{} bytes left inside the record", r.buf.len()));
-            }
-            Ok(())
-        };
-        check(&mut r).map_err(malformed)?;
         index += 1;
     }
     if index != count {

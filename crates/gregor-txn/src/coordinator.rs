@@ -202,11 +202,7 @@ pub struct TxnConfig {
 
 /// Kafka's partition of a transactional id: `abs(javaHashCode(id)) % n`.
 pub fn txn_partition(transactional_id: &str, partitions: i32) -> i32 {
-    let mut h: i32 = 0;
-    for c in transactional_id.encode_utf16() {
-        h = h.wrapping_mul(31).wrapping_add(c as i32);
-    }
-    (h & 0x7fff_ffff) % partitions.max(1)
+    gregor_wire::coordinator_partition(transactional_id, partitions)
 }
 
 /// The transaction coordinator of this broker (every `__transaction_state` partition).

@@ -12,6 +12,8 @@
 
 use std::collections::BTreeSet;
 
+use gregor_wire::{Reader, WireError};
+
 use crate::coordinator::{TxnMetadata, TxnStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,72 +62,25 @@ pub fn txn_value(m: &TxnMetadata) -> Vec<u8> {
     out
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        if self.buf.len() - self.pos < n {
-            return Err(RecordError("truncated".into()));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-    fn i8(&mut self) -> Result<i8, RecordError> {
-        Ok(self.take(1)?[0] as i8)
-    }
-    fn i16(&mut self) -> Result<i16, RecordError> {
-        let b = self.take(2)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
-    }
-    fn i32(&mut self) -> Result<i32, RecordError> {
-        let b = self.take(4)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn i64(&mut self) -> Result<i64, RecordError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(i64::from_be_bytes(a))
-    }
-    fn string(&mut self) -> Result<String, RecordError> {
-        let len = self.i16()?;
-        if len < 0 {
-            return Err(RecordError("null string".into()));
-        }
-        let b = self.take(len as usize)?;
-        String::from_utf8(b.to_vec()).map_err(|_| RecordError("string is not UTF-8".into()))
-    }
-    /// An array count, checked against the bytes left (each element is at least `min` bytes).
-    fn count(&mut self, min: usize) -> Result<usize, RecordError> {
-        let n = self.i32()?;
-        if n < 0 {
-            return Ok(0);
-        }
-        let n = n as usize;
-        if n.saturating_mul(min) > self.buf.len() - self.pos {
-            return Err(RecordError("array count exceeds the record".into()));
-        }
-        Ok(n)
+impl From<WireError> for RecordError {
+    fn from(e: WireError) -> Self {
+        RecordError(e.to_string())
     }
 }
 
 /// The transactional id of a key.
 pub fn decode_key(key: &[u8]) -> Result<String, RecordError> {
-    let mut r = Reader { buf: key, pos: 0 };
+    let mut r = Reader::new(key);
     let version = r.i16()?;
     if version != 0 {
         return Err(RecordError(format!("unknown key version {version}")));
     }
-    r.string()
+    Ok(r.string()?)
 }
 
 /// A transaction's metadata from a value (v0; the fixed fields of a v1 value are skipped).
 pub fn decode_value(transactional_id: &str, value: &[u8]) -> Result<TxnMetadata, RecordError> {
-    let mut r = Reader { buf: value, pos: 0 };
+    let mut r = Reader::new(value);
     let version = r.i16()?;
     if version != 0 {
         return Err(RecordError(format!("unsupported value version {version}")));
@@ -136,9 +91,9 @@ pub fn decode_value(transactional_id: &str, value: &[u8]) -> Result<TxnMetadata,
     let status = TxnStatus::from_i8(r.i8()?)
         .ok_or_else(|| RecordError("unknown transaction status".into()))?;
     let mut partitions = BTreeSet::new();
-    for _ in 0..r.count(6)? {
+    for _ in 0..r.array_len(6)? {
         let topic = r.string()?;
-        for _ in 0..r.count(4)? {
+        for _ in 0..r.array_len(4)? {
             partitions.insert((topic.clone(), r.i32()?));
         }
     }

@@ -11,18 +11,7 @@ use crate::batch::{iter_batches, validate_batch};
 // Building real v2 batches by hand.
 // ---------------------------------------------------------------------------
 
-fn put_varint(buf: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    loop {
-        let byte = (z & 0x7f) as u8;
-        z >>= 7;
-        if z == 0 {
-            buf.push(byte);
-            return;
-        }
-        buf.push(byte | 0x80);
-    }
-}
+use gregor_wire::varint::put_varlong as put_varint;
 
 /// An uncompressed v2 batch holding one record per value. Timestamps are
 /// `base_ts + i`. The base offset is deliberately bogus: the log must
@@ -888,14 +877,18 @@ fn sync_job_advances_durable_offset_without_holding_the_log() {
 fn segment_ms_rolls_old_active_segment() {
     let dir = TempDir::new().unwrap();
     let config = LogConfig {
-        segment_ms: 50,
+        segment_ms: 200,
         ..LogConfig::default()
     };
-    let mut log = PartitionLog::open(dir.path(), config).unwrap();
+    let clock = gregor_os::ManualClock::new(1_000_000);
+    let mut log =
+        PartitionLog::open_with_clock(dir.path(), config, RecoveryHint::default(), clock.clone())
+            .unwrap();
     log.append(&batch_n(0, 1, 10)).unwrap();
+    clock.advance(49);
     log.append(&batch_n(0, 1, 10)).unwrap();
     assert_eq!(log.segment_count(), 1);
-    std::thread::sleep(std::time::Duration::from_millis(80));
+    clock.advance(1);
     log.append(&batch_n(0, 1, 10)).unwrap();
     assert_eq!(log.segment_count(), 2);
 }
