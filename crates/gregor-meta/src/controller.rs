@@ -160,6 +160,10 @@ pub enum Command {
         incarnation: Uuid,
         endpoints: Vec<Endpoint>,
         rack: Option<String>,
+        /// The broker's controller listener, when it is not a voter: the node running the
+        /// controller makes it a Raft learner so that it receives the metadata log.
+        #[serde(default)]
+        controller_addr: Option<String>,
     },
     Heartbeat {
         broker_id: BrokerId,
@@ -276,6 +280,7 @@ impl Controller {
                 incarnation,
                 endpoints,
                 rack,
+                ..
             } => {
                 if *broker_id < 0 {
                     return Err(MetaError::InvalidRequest("negative broker id".into()));

@@ -68,6 +68,7 @@ impl Harness {
             incarnation: Uuid::from_u128(incarnation),
             endpoints: vec![],
             rack: None,
+            controller_addr: None,
         })
         .unwrap();
     }

@@ -39,8 +39,11 @@ pub(crate) enum LinkRequest {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A command proposed on a node that is not the leader.
+    /// A command proposed on a node that is not the leader, for the leader.
     Forward(Command),
+    /// A command from a node that does not know the leader (a broker that is not yet a
+    /// learner): a voter that is not the leader forwards it, once, to the leader it knows.
+    Relay(Command),
     /// DescribeQuorum, answered by the leader.
     Quorum,
 }
@@ -239,7 +242,9 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 
 /// What the server does with forwarded commands and quorum queries (the node).
 pub(crate) type ForwardFn = Arc<
-    dyn Fn(Command) -> Pin<Box<dyn Future<Output = Result<Reply, MetaError>> + Send>> + Send + Sync,
+    dyn Fn(Command, bool) -> Pin<Box<dyn Future<Output = Result<Reply, MetaError>> + Send>>
+        + Send
+        + Sync,
 >;
 pub(crate) type QuorumFn = Arc<
     dyn Fn() -> Pin<Box<dyn Future<Output = Result<QuorumInfo, MetaError>> + Send>> + Send + Sync,
@@ -283,7 +288,8 @@ pub(crate) async fn serve_raft(
                     LinkRequest::Snapshot(r) => {
                         LinkResponse::Snapshot(raft.install_snapshot(r).await)
                     }
-                    LinkRequest::Forward(c) => LinkResponse::Forward(forward(c).await),
+                    LinkRequest::Forward(c) => LinkResponse::Forward(forward(c, false).await),
+                    LinkRequest::Relay(c) => LinkResponse::Forward(forward(c, true).await),
                     LinkRequest::Quorum => LinkResponse::Quorum(quorum().await),
                 };
                 if write_frame(&mut stream, &resp).await.is_err() {

@@ -60,6 +60,10 @@ pub struct MetaConfig {
     pub node_id: BrokerId,
     /// `controller.quorum.voters`: voter id → `host:port` of its controller listener.
     pub voters: BTreeMap<BrokerId, String>,
+    /// This node's controller listener as others reach it: a voter's entry in `voters`; a
+    /// node that is not a voter (a broker only) must set it, to receive the metadata log as a
+    /// Raft learner.
+    pub controller_addr: Option<String>,
     /// Where the Raft log, vote and snapshots live (e.g. `<data-dir>/__cluster_metadata`).
     pub dir: PathBuf,
     pub controller: ControllerConfig,
@@ -84,6 +88,7 @@ impl MetaConfig {
     pub fn new(node_id: BrokerId, voters: BTreeMap<BrokerId, String>, dir: PathBuf) -> Self {
         MetaConfig {
             node_id,
+            controller_addr: voters.get(&node_id).cloned(),
             voters,
             dir,
             controller: ControllerConfig::default(),
@@ -203,13 +208,23 @@ impl MetaNode {
             }),
         };
         let n = node.clone();
-        let forward: crate::net::ForwardFn = Arc::new(move |cmd| {
+        let forward: crate::net::ForwardFn = Arc::new(move |cmd, relay| {
             let n = n.clone();
             Box::pin(async move {
                 let t = n.inner.config.propose_timeout;
-                tokio::time::timeout(t, n.propose_local(&cmd))
-                    .await
-                    .unwrap_or(Err(MetaError::RequestTimedOut))
+                let leader = n.inner.raft.metrics().borrow().current_leader;
+                match leader {
+                    Some(l) if relay && l != n.inner.id => {
+                        let deadline = tokio::time::Instant::now() + t;
+                        match n.call(l, &LinkRequest::Forward(cmd), deadline).await {
+                            Ok(LinkResponse::Forward(r)) => r,
+                            _ => Err(MetaError::NotController),
+                        }
+                    }
+                    _ => tokio::time::timeout(t, n.propose_local(&cmd))
+                        .await
+                        .unwrap_or(Err(MetaError::RequestTimedOut)),
+                }
             })
         });
         let n = node.clone();
@@ -318,6 +333,7 @@ impl MetaNode {
                             incarnation,
                             endpoints: endpoints.clone(),
                             rack: rack.clone(),
+                            controller_addr: n.inner.config.controller_addr.clone(),
                         };
                         if let Ok(Reply::Registered { broker_epoch }) =
                             n.propose_loop(cmd, interval * 4).await
@@ -357,7 +373,15 @@ impl MetaNode {
 
     async fn propose_loop(&self, cmd: Command, limit: Duration) -> Result<Reply, MetaError> {
         let deadline = tokio::time::Instant::now() + limit;
+        let voters: Vec<u64> = self.inner.config.voters.keys().map(|v| *v as u64).collect();
+        let broker_only = !self
+            .inner
+            .config
+            .voters
+            .contains_key(&self.inner.config.node_id);
+        let mut attempt = 0usize;
         loop {
+            attempt += 1;
             let leader = self.inner.raft.metrics().borrow().current_leader;
             let r = match leader {
                 Some(l) if l == self.inner.id => {
@@ -372,6 +396,17 @@ impl MetaNode {
                     Ok(LinkResponse::Forward(r)) => r,
                     _ => Err(MetaError::NotController),
                 },
+                // Not a voter and no leader known yet: ask the voters in turn to relay.
+                None if broker_only && !voters.is_empty() => {
+                    let to = voters[attempt % voters.len()];
+                    match self
+                        .call(to, &LinkRequest::Relay(cmd.clone()), deadline)
+                        .await
+                    {
+                        Ok(LinkResponse::Forward(r)) => r,
+                        _ => Err(MetaError::NotController),
+                    }
+                }
                 None => Err(MetaError::NotController),
             };
             match r {
@@ -487,9 +522,42 @@ impl MetaNode {
     }
 
     async fn propose_local(&self, cmd: &Command) -> Result<Reply, MetaError> {
+        if let Command::RegisterBroker {
+            broker_id,
+            controller_addr: Some(addr),
+            ..
+        } = cmd
+        {
+            self.ensure_learner(*broker_id, addr).await?;
+        }
         let now = self.inner.config.clock.now_ms();
         self.with_controller(|ctl, image| ctl.handle(image, cmd, now, &mut Uuid::new_v4))
             .await
+    }
+
+    /// Makes a broker that is not a voter a Raft learner (once), so that it gets the log.
+    async fn ensure_learner(&self, broker_id: BrokerId, addr: &str) -> Result<(), MetaError> {
+        if broker_id < 0 || self.inner.config.voters.contains_key(&broker_id) {
+            return Ok(());
+        }
+        let id = broker_id as u64;
+        let known = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().get_node(&id).cloned()
+        };
+        if known.is_some_and(|n| n.addr == addr) {
+            return Ok(());
+        }
+        self.inner
+            .raft
+            .add_learner(id, BasicNode::new(addr), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::debug!("add learner {broker_id}: {e}");
+                MetaError::NotController
+            })
     }
 
     /// On the active controller: fence expired brokers, elect leaders for offline partitions.

@@ -51,16 +51,10 @@ pub struct Applied {
 /// Largest frame accepted when reading the log back (a larger length is a corrupt tail).
 const MAX_FRAME: usize = 64 << 20;
 
-/// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync of the directory.
+/// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync of the directory
+/// (`gregor_os::fs::replace_file`).
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+    gregor_os::fs::replace_file(&dir.join(name), bytes)
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {

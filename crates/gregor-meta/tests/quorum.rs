@@ -43,13 +43,19 @@ impl Cluster {
     }
 
     fn start(&mut self, id: i32) {
+        let addr = self.voters[&id].clone();
+        self.start_with(id, addr, self.voters.clone());
+    }
+
+    /// Starts node `id` listening on `addr` with the quorum `voters` (it may not be one).
+    fn start_with(&mut self, id: i32, addr: String, voters: BTreeMap<i32, String>) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let config = MetaConfig::new(id, self.voters.clone(), self.dirs[&id].path().into());
-        let addr = self.voters[&id].clone();
+        let mut config = MetaConfig::new(id, voters, self.dirs[&id].path().into());
+        config.controller_addr = Some(addr.clone());
         let node = rt.block_on(async move {
             // The port of a killed node may take a moment to be released.
             let start = Instant::now();
@@ -396,6 +402,25 @@ fn losing_a_broker_that_is_not_the_controller_moves_its_leaderships() {
     c.start(victim);
     c.wait_all("the broker back and unfenced", LIMIT, three_live);
     for id in 1..=3 {
+        c.kill(id);
+    }
+}
+
+#[test]
+fn a_broker_that_is_not_a_voter_gets_the_metadata_as_a_learner() {
+    let mut c = Cluster::new(4);
+    // Node 4 is a broker only: the quorum is 1, 2, 3.
+    let addr4 = c.voters.remove(&4).unwrap();
+    for id in 1..=3 {
+        c.start(id);
+    }
+    c.start_with(4, addr4, c.voters.clone());
+    c.wait_all("4 live brokers", LIMIT, |img| img.live_brokers().len() == 4);
+    let id = created(c.block_on(c.node(4).propose(create("t", 4, 3))));
+    c.wait_all("topic t", LIMIT, |img| img.topics.contains_key(&id));
+    let q = c.block_on(c.node(4).quorum_info()).unwrap();
+    assert_eq!(q.voters.len(), 3);
+    for id in 1..=4 {
         c.kill(id);
     }
 }
