@@ -885,7 +885,7 @@ fn segment_ms_rolls_old_active_segment() {
         PartitionLog::open_with_clock(dir.path(), config, RecoveryHint::default(), clock.clone())
             .unwrap();
     log.append(&batch_n(0, 1, 10)).unwrap();
-    clock.advance(49);
+    clock.advance(199);
     log.append(&batch_n(0, 1, 10)).unwrap();
     assert_eq!(log.segment_count(), 1);
     clock.advance(1);
