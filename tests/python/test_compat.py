@@ -194,3 +194,34 @@ def test_incremental_alter_configs_append_and_subtract_cleanup_policy(broker):
     assert sorted(policy().split(",")) == ["compact", "delete"]
     alter(AlterConfigOpType.SUBTRACT, "delete")
     assert policy() == "compact"
+
+
+def test_keyless_record_on_compacted_topic_is_invalid_record(broker):
+    """Kafka refuses records without a key on a compacted topic (INVALID_RECORD, KIP-467);
+    the keyed records of the same batch fail with it and can be sent again alone."""
+    from confluent_kafka import KafkaError
+
+    topic = unique_topic("ck")
+    create_topic_confluent(broker.bootstrap, topic, 1, config={"cleanup.policy": "compact"})
+    p = Producer({**confluent_common(broker.bootstrap), "linger.ms": 200, "enable.idempotence": False,
+                  "retries": 0})
+    results = {}
+
+    def report(key):
+        return lambda err, msg: results.__setitem__(key, err)
+
+    p.produce(topic, key=b"k1", value=b"a", partition=0, on_delivery=report("keyed"))
+    p.produce(topic, value=b"no key", partition=0, on_delivery=report("keyless"))
+    p.flush(30)
+    assert results["keyless"] is not None and results["keyless"].code() == KafkaError.INVALID_RECORD, results
+    assert results["keyed"] is not None, "the whole batch is refused"
+    # Sent again alone, the keyed record is accepted.
+    p.produce(topic, key=b"k1", value=b"a", partition=0, on_delivery=report("again"))
+    p.flush(30)
+    assert results["again"] is None, results["again"]
+    # A delete-policy topic takes keyless records.
+    plain = unique_topic("pk")
+    create_topic_confluent(broker.bootstrap, plain, 1)
+    p.produce(plain, value=b"no key", partition=0, on_delivery=report("plain"))
+    p.flush(30)
+    assert results["plain"] is None, results["plain"]

@@ -49,6 +49,12 @@ impl Topic {
         LogSettings::resolve(&self.configs, broker)
     }
 
+    /// The topic's `cleanup.policy` (or the broker's `log.cleanup.policy`) includes `compact`.
+    pub fn is_compacted(&self, broker: &crate::config::BrokerConfig) -> bool {
+        crate::topic_config::resolve(&self.configs, broker, "cleanup.policy")
+            .is_some_and(|r| r.value.split(',').any(|p| p.trim() == "compact"))
+    }
+
     /// The topic's `max.message.bytes`, or the broker's `message.max.bytes` if not overridden.
     pub fn max_message_bytes(&self, broker_default: usize) -> usize {
         self.configs

@@ -33,12 +33,27 @@ pub enum RecordsError {
     CountMismatch { claimed: i32, found: i32 },
     #[error("{0} bytes after the last record")]
     TrailingBytes(usize),
+    /// Records without a key where the topic needs one (`cleanup.policy` has `compact`):
+    /// their indexes in the batch, for the Produce response's record errors (KIP-467).
+    #[error("{} record(s) without a key on a compacted topic", .0.len())]
+    MissingKeys(Vec<i32>),
 }
 
 /// Checks one whole v2 batch (whose header, length and CRC were already validated): the
 /// records decompress within `max_decompressed` bytes, and there are exactly
 /// `recordsCount` well-formed records with offset deltas 0, 1, 2, ...
 pub fn validate_batch_records(batch: &[u8], max_decompressed: usize) -> Result<(), RecordsError> {
+    validate_batch_records_with(batch, max_decompressed, false)
+}
+
+/// [`validate_batch_records`], and with `require_keys` (a compacted topic) every record must
+/// have a key: a well-formed batch with keyless records fails with
+/// [`RecordsError::MissingKeys`] naming all of them, as Kafka's log validator does.
+pub fn validate_batch_records_with(
+    batch: &[u8],
+    max_decompressed: usize,
+    require_keys: bool,
+) -> Result<(), RecordsError> {
     if batch.len() < RECORDS {
         return Err(RecordsError::Truncated);
     }
@@ -47,10 +62,10 @@ pub fn validate_batch_records(batch: &[u8], max_decompressed: usize) -> Result<(
     let codec = (attributes & 0x7) as u8;
     let payload = &batch[RECORDS..];
     if codec == 0 {
-        return walk_records(payload, count);
+        return walk_records(payload, count, require_keys);
     }
     let data = decompress_bounded(codec, payload, max_decompressed)?;
-    walk_records(&data, count)
+    walk_records(&data, count, require_keys)
 }
 
 /// Decompresses `input` with Kafka's framing for `codec`, failing as soon as the output would
@@ -72,10 +87,12 @@ impl From<CompressionError> for RecordsError {
     }
 }
 
-/// Walks `count` records in `data`, checking framing and offset deltas.
-fn walk_records(data: &[u8], count: i32) -> Result<(), RecordsError> {
+/// Walks `count` records in `data`, checking framing and offset deltas (and keys when
+/// `require_keys`).
+fn walk_records(data: &[u8], count: i32, require_keys: bool) -> Result<(), RecordsError> {
     let mut pos = 0;
     let mut index = 0;
+    let mut keyless = Vec::new();
     while pos < data.len() {
         if index == count {
             return Err(RecordsError::TrailingBytes(data.len() - pos));
@@ -89,6 +106,9 @@ fn walk_records(data: &[u8], count: i32) -> Result<(), RecordsError> {
                 record.offset_delta
             )));
         }
+        if require_keys && record.key.is_none() {
+            keyless.push(index);
+        }
         index += 1;
     }
     if index != count {
@@ -96,6 +116,9 @@ fn walk_records(data: &[u8], count: i32) -> Result<(), RecordsError> {
             claimed: count,
             found: index,
         });
+    }
+    if !keyless.is_empty() {
+        return Err(RecordsError::MissingKeys(keyless));
     }
     Ok(())
 }

@@ -12,10 +12,12 @@
 use std::sync::Arc;
 
 use gregor_log::{BatchHeader, LogError, ValidateError, ValidatedBatches};
-use gregor_protocol::records::{validate_batch_records, RecordsError};
+use gregor_protocol::records::{validate_batch_records_with, RecordsError};
 use gregor_txn::{ProducerError, TxnError};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::sb;
@@ -48,23 +50,25 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
                 .with_base_offset(-1)
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
-            let outcome = if !matches!(acks, -1..=1) {
-                Err((
+            let outcome: Result<(i64, i64), Refusal> = if !matches!(acks, -1..=1) {
+                Err(Refusal::from((
                     ResponseError::InvalidRequiredAcks,
                     format!("invalid acks {acks}"),
-                ))
+                )))
             } else {
                 match &topic {
-                    Err(e) => Err((e.code, e.message.clone())),
-                    Ok(topic) if crate::internal_topics::is_internal_topic(&topic.name) => Err((
-                        ResponseError::InvalidTopicException,
-                        format!("Cannot append to internal topic {}", topic.name),
-                    )),
+                    Err(e) => Err(Refusal::from((e.code, e.message.clone()))),
+                    Ok(topic) if crate::internal_topics::is_internal_topic(&topic.name) => {
+                        Err(Refusal::from((
+                            ResponseError::InvalidTopicException,
+                            format!("Cannot append to internal topic {}", topic.name),
+                        )))
+                    }
                     Ok(topic) => match topic.partition(pd.index) {
-                        None => Err((
+                        None => Err(Refusal::from((
                             ResponseError::UnknownTopicOrPartition,
                             format!("{}-{} does not exist", topic.name, pd.index),
-                        )),
+                        ))),
                         Some(partition) => append(
                             broker.txns().map(|t| &**t),
                             partition,
@@ -73,6 +77,7 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
                                 max_message_bytes: topic
                                     .max_message_bytes(broker.config.message_max_bytes),
                                 max_decompressed_bytes: broker.config.max_decompressed_batch_bytes,
+                                require_keys: topic.is_compacted(&broker.config),
                             },
                         )
                         .map(|(base, start)| {
@@ -89,10 +94,15 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
                     r.base_offset = base_offset;
                     r.log_start_offset = log_start_offset;
                 }
-                Err((code, message)) => {
+                Err(Refusal {
+                    code,
+                    message,
+                    record_errors,
+                }) => {
                     tracing::debug!(topic = %topic_data.name.as_str(), partition = pd.index, ?code, %message, "produce rejected");
                     r.error_code = code.code();
                     r.error_message = Some(sb(message));
+                    r.record_errors = record_errors;
                 }
             }
             partition_responses.push(r);
@@ -177,6 +187,8 @@ struct Limits {
     max_message_bytes: usize,
     /// The largest a compressed batch may grow when decompressed for validation.
     max_decompressed_bytes: usize,
+    /// The topic is compacted (`cleanup.policy` has `compact`): every record needs a key.
+    require_keys: bool,
 }
 
 /// Validates and appends one partition's records; returns (base offset, log start offset).
@@ -190,17 +202,17 @@ fn append(
     partition: &Partition,
     records: Option<&[u8]>,
     limits: &Limits,
-) -> Result<(i64, i64), (ResponseError, String)> {
+) -> Result<(i64, i64), Refusal> {
     let records = match records {
         Some(r) if !r.is_empty() => r,
-        _ => return Err((ResponseError::InvalidRecord, "no records".to_string())),
+        _ => return Err((ResponseError::InvalidRecord, "no records".to_string()).into()),
     };
     // One walk: framing and CRC (once per batch), then this request's checks, batch by
     // batch, so the first bad batch decides the error.
     let batches =
         ValidatedBatches::validate(records, |header, batch| check_batch(header, batch, limits))
             .map_err(|e| match e {
-                ValidateError::Batch(e) => (ResponseError::CorruptMessage, e.to_string()),
+                ValidateError::Batch(e) => (ResponseError::CorruptMessage, e.to_string()).into(),
                 ValidateError::Check(e) => e,
             })?;
     let verify_txn = |h: &BatchHeader| match txns {
@@ -214,18 +226,14 @@ fn append(
     };
     let appended = partition
         .append_produced(&batches, verify_txn)
-        .map_err(|e| produce_error(partition, e))?;
+        .map_err(|e| Refusal::from(produce_error(partition, e)))?;
     Ok((appended.base_offset, appended.log_start_offset))
 }
 
 /// A produced batch (framing and CRC already checked) meets this request's rules: its size
 /// is within `max.message.bytes`, it is not a control batch, a transactional batch has a
 /// producer id, and its records are well formed (`gregor_protocol::records`).
-fn check_batch(
-    header: &BatchHeader,
-    batch: &[u8],
-    limits: &Limits,
-) -> Result<(), (ResponseError, String)> {
+fn check_batch(header: &BatchHeader, batch: &[u8], limits: &Limits) -> Result<(), Refusal> {
     let max_message_bytes = limits.max_message_bytes;
     if header.total_size() > max_message_bytes {
         return Err((
@@ -234,25 +242,62 @@ fn check_batch(
                 "batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
                 header.total_size()
             ),
-        ));
+        )
+            .into());
     }
     if header.is_control() {
         // Only the transaction coordinator writes markers.
         return Err((
             ResponseError::InvalidRecord,
             "clients may not write control batches".to_string(),
-        ));
+        )
+            .into());
     }
     if header.is_transactional() && header.producer_id < 0 {
         return Err((
             ResponseError::InvalidRecord,
             "a transactional batch needs a producer id".to_string(),
-        ));
+        )
+            .into());
     }
-    validate_batch_records(batch, limits.max_decompressed_bytes).map_err(|e| match e {
-        RecordsError::TooLarge { .. } => (ResponseError::MessageTooLarge, e.to_string()),
-        _ => (ResponseError::CorruptMessage, e.to_string()),
-    })
+    validate_batch_records_with(batch, limits.max_decompressed_bytes, limits.require_keys).map_err(
+        |e| match e {
+            RecordsError::TooLarge { .. } => (ResponseError::MessageTooLarge, e.to_string()).into(),
+            RecordsError::MissingKeys(indexes) => Refusal {
+                code: ResponseError::InvalidRecord,
+                message: "One or more records have been rejected".to_string(),
+                record_errors: indexes
+                    .into_iter()
+                    .map(|i| {
+                        BatchIndexAndErrorMessage::default()
+                            .with_batch_index(i)
+                            .with_batch_index_error_message(Some(sb(
+                                "Compacted topic cannot accept message without key.",
+                            )))
+                    })
+                    .collect(),
+            },
+            _ => (ResponseError::CorruptMessage, e.to_string()).into(),
+        },
+    )
+}
+
+/// Why a partition's records were refused: the error code and message, and (KIP-467) the
+/// records at fault, by index in their batch; the client fails those and retries the rest.
+pub(crate) struct Refusal {
+    code: ResponseError,
+    message: String,
+    record_errors: Vec<BatchIndexAndErrorMessage>,
+}
+
+impl From<(ResponseError, String)> for Refusal {
+    fn from((code, message): (ResponseError, String)) -> Self {
+        Refusal {
+            code,
+            message,
+            record_errors: Vec::new(),
+        }
+    }
 }
 
 /// The Kafka error code and message for a refused append.
