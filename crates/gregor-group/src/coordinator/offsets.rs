@@ -83,6 +83,16 @@ impl Coordinator {
         }
     }
 
+    /// The `__consumer_offsets` partition of a group id that an offset API may use: the id
+    /// is valid and its partition is loaded.
+    fn offsets_partition(&self, group_id: &str) -> Result<i32, ResponseError> {
+        if !valid_group_id(group_id, true) {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        self.check_loaded(group_id)?;
+        Ok(self.partition_for(group_id))
+    }
+
     /// Whether a transactional offset commit for this partition is pending (OffsetFetch with
     /// `require_stable` answers UNSTABLE_OFFSET_COMMIT then).
     pub fn has_pending_txn_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
@@ -98,11 +108,7 @@ impl Coordinator {
         req: &TxnCommitRequest,
         fx: &mut Effects,
     ) -> Result<Vec<i16>, ResponseError> {
-        if !valid_group_id(&req.group_id, true) {
-            return Err(ResponseError::InvalidGroupId);
-        }
-        self.check_loaded(&req.group_id)?;
-        let partition = self.partition_for(&req.group_id);
+        let partition = self.offsets_partition(&req.group_id)?;
         if let Some(group) = self.groups.get(&req.group_id) {
             if req.generation_id >= 0 && !req.member_id.is_empty() && !group.members.is_empty() {
                 check_static(group, &req.member_id, req.group_instance_id.as_deref())?;
@@ -147,11 +153,7 @@ impl Coordinator {
         req: &CommitRequest,
         fx: &mut Effects,
     ) -> Result<Vec<i16>, ResponseError> {
-        if !valid_group_id(&req.group_id, true) {
-            return Err(ResponseError::InvalidGroupId);
-        }
-        self.check_loaded(&req.group_id)?;
-        let partition = self.partition_for(&req.group_id);
+        let partition = self.offsets_partition(&req.group_id)?;
         let max_meta = self.config.offset_metadata_max_bytes;
         let group = match self.groups.get_mut(&req.group_id) {
             Some(g) => g,
@@ -218,10 +220,7 @@ impl Coordinator {
         group_id: &str,
         topics: Option<&[(String, Vec<i32>)]>,
     ) -> Result<Vec<(String, Vec<(i32, Option<Committed>)>)>, ResponseError> {
-        if !valid_group_id(group_id, true) {
-            return Err(ResponseError::InvalidGroupId);
-        }
-        self.check_loaded(group_id)?;
+        self.offsets_partition(group_id)?;
         let group = self.groups.get(group_id);
         let lookup = |t: &str, p: i32| {
             group
@@ -260,11 +259,7 @@ impl Coordinator {
         partitions: &[(String, i32)],
         fx: &mut Effects,
     ) -> Result<Vec<i16>, ResponseError> {
-        if !valid_group_id(group_id, true) {
-            return Err(ResponseError::InvalidGroupId);
-        }
-        self.check_loaded(group_id)?;
-        let partition = self.partition_for(group_id);
+        let partition = self.offsets_partition(group_id)?;
         let Some(group) = self.groups.get_mut(group_id) else {
             return Err(ResponseError::GroupIdNotFound);
         };
