@@ -25,7 +25,7 @@ from gregor_testlib import DEFAULT_BIN, Broker, confluent_common, create_topic_c
 
 def run_gregor(b, args, topic):
     out = subprocess.run(
-        [str(DEFAULT_BIN), "--brokers", b.bootstrap, "bench", "produce", "--topic", topic,
+        [str(DEFAULT_BIN), "bench", "produce", "--brokers", b.bootstrap, "--topic", topic,
          "--count", str(args.count), "--record-size", str(args.size), "--partitions", str(args.partitions),
          "--acks", args.acks, "--idempotence", args.idempotence, "--json"],
         capture_output=True, text=True, check=True).stdout

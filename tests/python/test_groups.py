@@ -192,7 +192,10 @@ def test_partitions_are_owned_exclusively_and_survive_a_kill9(broker, members):
     )
     assert sorted(len(m.assignment()) for m in everyone) == [0, 1, 1, 1, 1, 1]
 
-    # kill -9 a member that owns a partition: it moves within session.timeout + 1 s.
+    # kill -9 a member that owns a partition: it moves once its session times out, not
+    # before (the member's last heartbeat is at most heartbeat.interval.ms old) and well
+    # before twice the session (slack for 2 busy cores: the survivors still have to notice
+    # by heartbeat and rejoin).
     victim = next(m for m in everyone if m.assignment())
     lost = set(victim.assignment())
     survivors = [m for m in everyone if m is not victim]
@@ -200,13 +203,13 @@ def test_partitions_are_owned_exclusively_and_survive_a_kill9(broker, members):
     victim.kill9()
     wait_for(
         lambda: exclusive_cover([m.assignment() for m in survivors], 5),
-        SESSION_MS / 1000 + 5,
+        SESSION_MS / 1000 * 1.5 + 5,
         0.05,
         "partitions of the killed member reassigned",
     )
     moved_after = time.monotonic() - killed_at
     print(f"\npartitions {sorted(lost)} moved {moved_after:.2f}s after kill -9")
-    assert moved_after <= SESSION_MS / 1000 + 1, f"took {moved_after:.2f}s"
+    assert SESSION_MS / 1000 - 1 <= moved_after <= SESSION_MS / 1000 * 1.5, f"took {moved_after:.2f}s"
 
     # Processing continues with commits after processing: nothing is lost.
     produce(broker.bootstrap, topic, 500, partitions=5, start=500)
@@ -477,7 +480,11 @@ def test_latency_first_assignment_and_rebalance_after_leave(broker):
             "close() of one of 2 members until the other owns all partitions; "
             "heartbeat.interval.ms=300 (the survivor learns of the rebalance by heartbeat)",
         )
-        assert first < 1.0 and rebalance < 1.0
+        # What the bounds prove, with room for 2 busy cores: the first assignment waits
+        # group.initial.rebalance.delay.ms (100 ms), not Kafka's 3 s default; a clean leave
+        # rebalances at once, not after the 6 s session timeout.
+        assert first < 2.0, f"first assignment after {first:.2f}s"
+        assert rebalance < SESSION_MS / 1000 / 2, f"rebalance after leave took {rebalance:.2f}s"
     finally:
         c1.close()
         if c2 is not None:

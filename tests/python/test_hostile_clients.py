@@ -7,6 +7,7 @@ broker's RSS stays bounded. The figures are printed (pytest -s) for the notes.
 """
 from __future__ import annotations
 
+import resource
 import socket
 import struct
 import threading
@@ -19,6 +20,20 @@ from test_raw_protocol import assert_alive
 
 RECORDS = 60_000
 SIZE = 1024
+
+
+def _raise_open_file_limit(want: int = 65536) -> None:
+    """2,012 client sockets here plus as many in the broker (which inherits this limit): a
+    default soft limit of 1,024 would fail the test for the wrong reason."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+# At import, so the broker the fixture starts for the test inherits it too.
+_raise_open_file_limit()
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -92,9 +107,10 @@ ROUNDS = 5
 
 
 def test_idle_and_slow_loris_connections(broker):
-    # Interleave the two conditions and keep the best of each, so that a burst of load from
-    # elsewhere on the machine does not decide the comparison (5 rounds: with 3, a parallel
-    # build on the 2 cores once pushed the best loaded round to 0.79).
+    # Interleave the two conditions and compare each loaded round with the baseline round
+    # right before it, so that a burst of load from elsewhere on the machine does not decide
+    # the comparison (5 rounds: with 3, a parallel build on the 2 cores once pushed the best
+    # loaded round to 0.79).
     baseline, loaded = [], []
     rss_before = rss_mb(broker.pid)
     rss_loaded = 0.0
@@ -108,15 +124,22 @@ def test_idle_and_slow_loris_connections(broker):
         finally:
             hostile.close()
     best_base, best_loaded = min(baseline), min(loaded)
+    # Each loaded round against the baseline run just before it (same background load), and
+    # the median over rounds: one burst of load elsewhere on the machine moves one pair, not
+    # the result.
+    pair_ratios = sorted(b / lo for b, lo in zip(baseline, loaded))
+    median_ratio = pair_ratios[len(pair_ratios) // 2]
     mb = RECORDS * SIZE / 1e6
     print(
         f"\nround trip of {RECORDS} x {SIZE} B, best of {ROUNDS} interleaved: baseline "
         f"{mb / best_base:.1f} MB/s, with 2000 idle + 10 slow-loris connections "
-        f"{mb / best_loaded:.1f} MB/s (ratio {best_base / best_loaded:.2f}); broker RSS "
+        f"{mb / best_loaded:.1f} MB/s (ratio {best_base / best_loaded:.2f}; median of the "
+        f"round pairs {median_ratio:.2f}, all {[round(r, 2) for r in pair_ratios]}); broker RSS "
         f"{rss_before:.0f} MB before, at most {rss_loaded:.0f} MB with the connections open"
     )
-    assert best_loaded <= best_base / 0.8, (
-        f"throughput fell from {mb / best_base:.1f} to {mb / best_loaded:.1f} MB/s"
+    assert median_ratio >= 0.8, (
+        f"throughput with the hostile connections fell to {median_ratio:.2f} of the baseline "
+        f"(round pairs {pair_ratios})"
     )
     # 2,012 connections must not cost more than ~64 KiB each.
     assert rss_loaded - rss_before < 2012 * 64 / 1024, (rss_before, rss_loaded)

@@ -142,19 +142,14 @@ def test_kafka_python_admin_metadata(broker):
 
 
 def test_kafka_python_auto_create_on_produce(broker):
-    """Producing to an unknown topic: either the broker auto-creates it
-    (auto.create.topics.enable, Kafka's default) and the record lands, or it
-    answers UNKNOWN_TOPIC_OR_PARTITION and the send fails cleanly."""
+    """Producing to an unknown topic with auto.create.topics.enable on (Kafka's default and
+    Gregor's): the broker creates the topic and the record lands at offset 0. A timeout or
+    UNKNOWN_TOPIC_OR_PARTITION is a failure (the disabled case is the next test)."""
     topic = unique_topic("kp-auto")
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", max_block_ms=15000)
     try:
-        try:
-            md = producer.send(topic, key=b"k", value=b"v").get(timeout=30)
-        except Exception as e:  # noqa: BLE001
-            name = type(e).__name__
-            assert "UnknownTopic" in name or "Timeout" in name, repr(e)
-            return
-        assert md.offset == 0
+        md = producer.send(topic, key=b"k", value=b"v").get(timeout=30)
+        assert (md.topic, md.offset) == (topic, 0)
     finally:
         producer.close(10)
     parts = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None)
@@ -166,3 +161,24 @@ def test_kafka_python_auto_create_on_produce(broker):
     got = consume_assigned(broker.bootstrap, topic, n, 1)
     (rec,) = [r for recs in got.values() for r in recs]
     assert (rec.key, rec.value) == (b"k", b"v")
+
+
+def test_kafka_python_no_auto_create_when_disabled(broker_factory, tmp_path):
+    """With auto.create.topics.enable = false the send fails (the topic is never created)."""
+    cfg = tmp_path / "gregor.toml"
+    cfg.write_text('"auto.create.topics.enable" = false\n')
+    broker = broker_factory(extra_args=("--config", str(cfg)))
+    topic = unique_topic("kp-noauto")
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", max_block_ms=3000)
+    try:
+        with pytest.raises(Exception) as err:  # noqa: B017 - kafka-python raises per case
+            producer.send(topic, value=b"v").get(timeout=10)
+        name = type(err.value).__name__
+        assert "UnknownTopic" in name or "Timeout" in name, repr(err.value)
+    finally:
+        producer.close(5)
+    parts = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None)
+    try:
+        assert not parts.partitions_for_topic(topic), "topic was created although disabled"
+    finally:
+        parts.close()

@@ -2,8 +2,10 @@
 serving everyone else. Limits are set through `--config` with their Kafka names."""
 from __future__ import annotations
 
+import re
 import socket
 import struct
+import threading
 import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -164,12 +166,13 @@ def test_max_partitions_per_request(broker_factory, tmp_path):
     assert_alive(broker)
 
 
-def fetch_v4(topic: str, max_bytes: int, corr: int) -> bytes:
+def fetch_v4(topic: str, max_bytes: int, corr: int, max_wait_ms: int = 0) -> bytes:
+    """Fetch v4 of partition 0 from offset 0 (min_bytes 1)."""
     from test_raw_protocol import kstring
 
     return (
         header_v1(1, 4, corr)
-        + struct.pack(">iiiib", -1, 0, 1, max_bytes, 0)
+        + struct.pack(">iiiib", -1, max_wait_ms, 1, max_bytes, 0)
         + struct.pack(">i", 1) + kstring(topic)
         + struct.pack(">i", 1) + struct.pack(">iqi", 0, 0, max_bytes)
     )
@@ -213,3 +216,183 @@ def test_fetch_max_bytes_caps_responses(broker_factory, tmp_path):
             got += 1
     c.close()
     assert got == 300
+
+
+# ------------------------------------------------------------ limits shown by their effect
+
+def busy_connection(broker, topic: str, wait_ms: int):
+    """A connection whose first request, a Fetch of an empty partition, keeps its request
+    processor busy for `wait_ms`; everything sent after it waits in the broker's queues."""
+    s = connect(broker)
+    s.sendall(frame(fetch_v4(topic, 1 << 20, 1, max_wait_ms=wait_ms)))
+    return s
+
+
+def garbage_frame(size: int) -> bytes:
+    # Never decoded while the Fetch before it waits; when it is, the connection closes.
+    return frame(b"\xff" * size)
+
+
+def api_versions_latency(broker) -> float:
+    s = connect(broker)
+    s.settimeout(60)
+    t0 = time.monotonic()
+    try:
+        assert api_versions_on(s, 5) == 0
+        return time.monotonic() - t0
+    finally:
+        s.close()
+
+
+def test_queued_max_request_bytes_applies_backpressure(broker_factory, tmp_path):
+    """queued.max.request.bytes bounds the bytes read but not yet answered across all
+    connections: once one connection's queued requests hold them all, the broker stops
+    reading every socket (another client's ApiVersions waits) until they are answered;
+    then everyone is served again. Same run, default limit: nobody waits."""
+    wait_ms = 6000
+
+    def longest_wait(broker) -> float:
+        topic = unique_topic("queued")
+        create_topic_confluent(broker.bootstrap, topic, 1)
+        hog = busy_connection(broker, topic, wait_ms)
+        started = time.monotonic()
+        # 400 KB of requests queued behind the Fetch (more than the 300 KB limit below).
+        sender = threading.Thread(
+            target=lambda: _send_quietly(hog, b"".join(garbage_frame(100_000) for _ in range(4))),
+            daemon=True)
+        sender.start()
+        sender.join(10)
+        longest = 0.0
+        # Probe until the Fetch is about to return: one probe is enough to see the stall.
+        while time.monotonic() - started < (wait_ms / 1000) - 3 and longest < 2.0:
+            longest = max(longest, api_versions_latency(broker))
+        hog.close()
+        return longest
+
+    limited = longest_wait(limited_broker(broker_factory, tmp_path, {"queued.max.request.bytes": 300_000}))
+    unlimited = longest_wait(broker_factory())
+    assert limited >= 2.0, f"no backpressure: ApiVersions waited at most {limited:.2f}s"
+    assert unlimited < 2.0, f"without the limit ApiVersions still waited {unlimited:.2f}s"
+
+
+def _send_quietly(sock: socket.socket, data: bytes):
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
+def test_max_inflight_requests_per_connection_bounds_read_ahead(broker_factory, tmp_path):
+    """max.inflight.requests.per.connection bounds how many requests the broker reads ahead
+    of its answers on one connection: behind a waiting Fetch, 1 MB requests are taken in
+    until the pipeline is full, then the socket stops being read. Depth 2 takes in a few
+    (plus what the kernel buffers), the default 64 many more (same run)."""
+
+    def absorbed(broker) -> int:
+        topic = unique_topic("inflight")
+        create_topic_confluent(broker.bootstrap, topic, 1)
+        s = busy_connection(broker, topic, 20_000)
+        s.settimeout(3)
+        pad = garbage_frame(1_000_000)
+        sent = 0
+        try:
+            while sent < 150:
+                s.sendall(pad)
+                sent += 1
+        except socket.timeout:
+            pass
+        s.close()
+        assert_alive(broker)
+        return sent
+
+    shallow = absorbed(limited_broker(broker_factory, tmp_path, {"max.inflight.requests.per.connection": 2}))
+    deep = absorbed(broker_factory())
+    print(f"1 MB requests taken in behind a waiting Fetch: depth 2: {shallow}, depth 64: {deep}")
+    assert shallow < 35, shallow
+    assert deep >= 60, deep
+    assert deep - shallow >= 40, (shallow, deep)
+
+
+def test_fetch_max_wait_ms_caps_a_long_poll(broker_factory, tmp_path):
+    """A Fetch asking to wait 20 s on an empty partition is answered after about
+    fetch.max.wait.ms (300 ms): it did wait (a long poll), and no longer than the cap."""
+    broker = limited_broker(broker_factory, tmp_path, {"fetch.max.wait.ms": 300})
+    topic = unique_topic("maxwait")
+    create_topic_confluent(broker.bootstrap, topic, 1)
+    s = connect(broker)
+    s.settimeout(30)
+    t0 = time.monotonic()
+    s.sendall(frame(fetch_v4(topic, 1 << 20, 7, max_wait_ms=20_000)))
+    resp = read_frame(s)
+    elapsed = time.monotonic() - t0
+    assert struct.unpack(">i", resp[:4])[0] == 7
+    assert fetched_record_bytes(resp) == 0
+    assert 0.25 <= elapsed < 10, f"answered after {elapsed:.2f}s"
+    s.close()
+
+
+def test_offset_metadata_max_bytes(broker_factory, tmp_path):
+    """A commit whose metadata is longer than offset.metadata.max.bytes is refused with
+    OFFSET_METADATA_TOO_LARGE and leaves the committed offset as it was; at the limit it is
+    stored and read back."""
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KTopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    broker = limited_broker(broker_factory, tmp_path, {"offset.metadata.max.bytes": 64})
+    topic = unique_topic("meta")
+    create_topic_confluent(broker.bootstrap, topic, 1)
+    c = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=unique_topic("g"),
+                      enable_auto_commit=False, api_version_auto_timeout_ms=10_000)
+    try:
+        tp = KTopicPartition(topic, 0)
+        c.assign([tp])
+        c.commit({tp: OffsetAndMetadata(5, "m" * 64, -1)})
+        got = c.committed(tp, metadata=True)
+        assert (got.offset, got.metadata) == (5, "m" * 64)
+        try:
+            c.commit({tp: OffsetAndMetadata(9, "m" * 65, -1)})
+            refused = None
+        except Exception as e:  # noqa: BLE001 - kafka-python's error class is the check
+            refused = e
+        assert refused is not None and "OffsetMetadataTooLarge" in type(refused).__name__, repr(refused)
+        got = c.committed(tp, metadata=True)
+        assert (got.offset, got.metadata) == (5, "m" * 64)
+    finally:
+        c.close()
+
+
+def test_log_cleaner_io_max_bytes_per_second(broker_factory, tmp_path):
+    """The cleaner reads at most log.cleaner.io.max.bytes.per.second: compacting ~2 MB at
+    500 kB/s cannot finish before ~4 s after the first record was written, however fast the
+    machine (an unthrottled pass over 2 MB takes tens of ms); it does finish (a cap, not a
+    stall)."""
+
+    from test_storage import KeyedWrites, producer
+
+    rate = 500_000
+    broker = limited_broker(broker_factory, tmp_path, {
+        "log.cleaner.io.max.bytes.per.second": rate, "log.cleaner.backoff.ms": 100})
+    topic = unique_topic("cleanrate")
+    create_topic_confluent(broker.bootstrap, topic, 1, config={
+        "cleanup.policy": "compact", "segment.bytes": "200000", "min.cleanable.dirty.ratio": "0.01"})
+    p = producer(broker.bootstrap, **{"linger.ms": 5})
+    keys = [f"k{k:03d}".encode() for k in range(100)]
+    w = KeyedWrites(p, topic)
+    t0 = time.monotonic()
+    w.write(2_000, keys, lambda i: f"{i:06d}".encode() + b"v" * 1000)
+    for _ in range(30):  # seals the segments holding the records above
+        p.produce(topic, key=b"pad", value=b"x" * 8000, partition=0, on_delivery=w.cb)
+    assert p.flush(30) == 0 and not w.errors
+    written = 2_000 * 1_000
+    deadline = time.monotonic() + 90
+    while not w.converged(broker.bootstrap, keys, expect_tombstones=True):
+        assert time.monotonic() < deadline, "compaction did not converge within 90 s"
+        time.sleep(0.2)
+    elapsed = time.monotonic() - t0
+    passes = re.findall(r"compacted log.*", re.sub(r"\x1b\[[0-9;]*m", "", broker.log_text()))
+    assert passes, "no compaction pass logged"
+    floor = 0.8 * written / rate
+    print(f"compacted {written} bytes at {rate} B/s in {elapsed:.2f}s (floor {floor:.1f}s), "
+          f"{len(passes)} passes")
+    assert elapsed >= floor, f"compacted {written} bytes in {elapsed:.2f}s, under the {floor:.1f}s the cap allows"

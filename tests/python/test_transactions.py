@@ -1,11 +1,10 @@
 """Transactions with confluent-kafka (issue 7, acceptance points 2-6): an exactly-once
 consume-transform-produce pipeline whose processor is killed -9 repeatedly, aborted
 transactions hidden from read_committed, the last stable offset, fencing, the transaction
-timeout, and the throughput of transactional vs plain produce (target/txn-bench.json)."""
+timeout. (Transactional vs plain produce throughput is a benchmark: scripts/bench_txn.py.)"""
 from __future__ import annotations
 
 import collections
-import json
 import os
 import random
 import signal
@@ -29,7 +28,6 @@ from test_hostile_batches import batch, produce_error, record
 from test_raw_protocol import header_v1, header_v2, kstring, roundtrip, uvarint
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 
 
 def txn_producer(bootstrap: str, txn_id: str, **extra) -> Producer:
@@ -347,68 +345,6 @@ def test_exactly_once_pipeline_survives_kill9_of_the_processor(broker):
         progress.append(done[-1].split()[1] if done else "0")
     print(f"pipeline: {n} records, {kills} kills, records committed per incarnation {progress}, "
           f"{len(raw) - n} aborted records hidden from read_committed")
-
-
-# ------------------------------------------------------------------- throughput
-
-def test_throughput_transactional_vs_plain(broker):
-    """Same broker, same run: plain (acks=all), idempotent and transactional (1,000 records
-    per transaction) produce of 200,000 100-byte records; best of three runs each, because
-    the 2 cores are shared and single runs are noisy. The clock starts once the producer is
-    ready (init_transactions, or one acknowledged record)."""
-    n, size, per_txn, runs = 200_000, 100, 1000, 3
-    value = b"x" * size
-    results = {}
-
-    def run(mode: str) -> float:
-        topic = unique_topic(f"bench-{mode}")
-        create_topic_confluent(broker.bootstrap, topic, 1)
-        conf = {**confluent_common(broker.bootstrap), "linger.ms": 5, "acks": "all"}
-        if mode == "idempotent":
-            conf["enable.idempotence"] = True
-        if mode == "transactional":
-            conf["transactional.id"] = unique_topic("bench-tx")
-        p = Producer(conf)
-        if mode == "transactional":
-            p.init_transactions(30)
-        else:
-            # Not timed: the client's start-up. librdkafka's idempotent producer asks for
-            # its producer id on a 500 ms retry timer once the bootstrap connection is
-            # retired, which would otherwise dominate a sub-second run (the same happens
-            # against Apache Kafka). One acknowledged record means the producer is ready.
-            p.produce(topic, value=value)
-            assert p.flush(30) == 0
-        start = time.monotonic()
-        for i in range(n):
-            if mode == "transactional" and i % per_txn == 0:
-                if i:
-                    p.commit_transaction(30)
-                p.begin_transaction()
-            while True:
-                try:
-                    p.produce(topic, value=value)
-                    break
-                except BufferError:
-                    p.poll(0.01)
-        if mode == "transactional":
-            p.commit_transaction(30)
-        assert p.flush(60) == 0
-        return time.monotonic() - start
-
-    for mode in ("plain", "idempotent", "transactional"):
-        times = [run(mode) for _ in range(runs)]
-        best = min(times)
-        results[mode] = {"records": n, "record_bytes": size, "runs": runs,
-                         "best_seconds": round(best, 3),
-                         "all_seconds": [round(t, 3) for t in times],
-                         "records_per_second": round(n / best)}
-    results["transactional_records_per_txn"] = per_txn
-    results["transactional_vs_plain"] = round(
-        results["transactional"]["records_per_second"] / results["plain"]["records_per_second"], 3)
-    out = ROOT / "target" / "txn-bench.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print("txn bench:", json.dumps(results))
 
 
 # -------------------------------------------------- ListTransactions, DescribeProducers

@@ -296,6 +296,200 @@ impl BrokerConfig {
     }
 }
 
+/// One broker setting as DescribeConfigs answers it for the BROKER resource: Kafka's name,
+/// the value in effect, Kafka's default and the config type code (DescribeConfigs v3+).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSetting {
+    pub name: &'static str,
+    pub value: String,
+    pub default: String,
+    pub config_type: i8,
+}
+
+/// DescribeConfigs config types.
+const BOOLEAN: i8 = 1;
+const STRING: i8 = 2;
+const INT: i8 = 3;
+const SHORT: i8 = 4;
+const LONG: i8 = 5;
+const DOUBLE: i8 = 6;
+const LIST: i8 = 7;
+
+type Reader = fn(&BrokerConfig) -> String;
+
+/// Every broker setting Gregor has, under its Kafka name (`fsync` is Gregor's own), with the
+/// reader of its value. Settings whose value is unset (`None`) read as Kafka's default.
+const SETTINGS: &[(&str, i8, Reader)] = &[
+    ("listeners", STRING, |c| format!("PLAINTEXT://{}", c.listen)),
+    ("advertised.listeners", STRING, |c| {
+        c.advertised
+            .as_ref()
+            .map(|a| format!("PLAINTEXT://{a}"))
+            .unwrap_or_default()
+    }),
+    ("node.id", INT, |c| c.node_id.to_string()),
+    ("broker.id", INT, |c| c.node_id.to_string()),
+    ("log.dirs", STRING, |c| c.data_dir.display().to_string()),
+    ("message.max.bytes", INT, |c| {
+        c.message_max_bytes.to_string()
+    }),
+    ("message.max.decompressed.bytes", INT, |c| {
+        c.max_decompressed_batch_bytes.to_string()
+    }),
+    ("socket.request.max.bytes", INT, |c| {
+        c.socket_request_max_bytes.to_string()
+    }),
+    ("num.partitions", INT, |c| c.num_partitions.to_string()),
+    ("default.replication.factor", SHORT, |c| {
+        c.default_replication_factor.to_string()
+    }),
+    ("auto.create.topics.enable", BOOLEAN, |c| {
+        c.auto_create_topics_enable.to_string()
+    }),
+    ("log.segment.bytes", INT, |c| {
+        c.log_segment_bytes.to_string()
+    }),
+    ("max.inflight.requests.per.connection", INT, |c| {
+        c.max_inflight_requests_per_connection.to_string()
+    }),
+    ("max.connections", INT, |c| c.max_connections.to_string()),
+    ("max.connections.per.ip", INT, |c| {
+        c.max_connections_per_ip.to_string()
+    }),
+    ("connections.max.idle.ms", LONG, |c| {
+        c.connections_max_idle_ms.to_string()
+    }),
+    ("queued.max.request.bytes", LONG, |c| {
+        c.queued_max_request_bytes.to_string()
+    }),
+    ("fetch.max.bytes", INT, |c| c.fetch_max_bytes.to_string()),
+    ("max.partitions.per.request", INT, |c| {
+        c.max_partitions_per_request.to_string()
+    }),
+    ("fetch.max.wait.ms", LONG, |c| {
+        c.fetch_max_wait_ms.to_string()
+    }),
+    ("offsets.topic.num.partitions", INT, |c| {
+        c.offsets_topic_num_partitions.to_string()
+    }),
+    ("group.initial.rebalance.delay.ms", INT, |c| {
+        c.group_initial_rebalance_delay_ms.to_string()
+    }),
+    ("group.min.session.timeout.ms", INT, |c| {
+        c.group_min_session_timeout_ms.to_string()
+    }),
+    ("group.max.session.timeout.ms", INT, |c| {
+        c.group_max_session_timeout_ms.to_string()
+    }),
+    ("group.max.size", INT, |c| c.group_max_size.to_string()),
+    ("offsets.retention.minutes", INT, |c| {
+        c.offsets_retention_minutes.to_string()
+    }),
+    ("offsets.retention.check.interval.ms", LONG, |c| {
+        c.offsets_retention_check_interval_ms.to_string()
+    }),
+    ("offset.metadata.max.bytes", INT, |c| {
+        c.offset_metadata_max_bytes.to_string()
+    }),
+    ("fsync", STRING, |c| format!("{:?}", c.fsync).to_lowercase()),
+    ("log.roll.ms", LONG, |c| opt_or(c.log_roll_ms, "604800000")),
+    ("log.retention.ms", LONG, |c| {
+        opt_or(c.log_retention_ms, "604800000")
+    }),
+    ("log.retention.bytes", LONG, |c| {
+        opt_or(c.log_retention_bytes, "-1")
+    }),
+    ("log.cleanup.policy", LIST, |c| {
+        c.log_cleanup_policy
+            .clone()
+            .unwrap_or_else(|| "delete".into())
+    }),
+    ("log.flush.interval.messages", LONG, |c| {
+        opt_or(c.log_flush_interval_messages, "9223372036854775807")
+    }),
+    ("log.flush.interval.ms", LONG, |c| {
+        opt_or(c.log_flush_interval_ms, "9223372036854775807")
+    }),
+    ("log.cleaner.delete.retention.ms", LONG, |c| {
+        opt_or(c.log_cleaner_delete_retention_ms, "86400000")
+    }),
+    ("log.cleaner.min.cleanable.ratio", DOUBLE, |c| {
+        opt_or(c.log_cleaner_min_cleanable_ratio, "0.5")
+    }),
+    ("log.cleaner.min.compaction.lag.ms", LONG, |c| {
+        opt_or(c.log_cleaner_min_compaction_lag_ms, "0")
+    }),
+    ("log.retention.check.interval.ms", LONG, |c| {
+        c.log_retention_check_interval_ms.to_string()
+    }),
+    ("log.cleaner.backoff.ms", LONG, |c| {
+        c.log_cleaner_backoff_ms.to_string()
+    }),
+    ("log.flush.offset.checkpoint.interval.ms", INT, |c| {
+        c.log_flush_offset_checkpoint_interval_ms.to_string()
+    }),
+    ("log.cleaner.dedupe.buffer.size", LONG, |c| {
+        c.log_cleaner_dedupe_buffer_size.to_string()
+    }),
+    ("log.cleaner.io.max.bytes.per.second", DOUBLE, |c| {
+        c.log_cleaner_io_max_bytes_per_second.to_string()
+    }),
+    ("transaction.state.log.num.partitions", INT, |c| {
+        c.transaction_state_log_num_partitions.to_string()
+    }),
+    ("transaction.max.timeout.ms", INT, |c| {
+        c.transaction_max_timeout_ms.to_string()
+    }),
+    (
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        INT,
+        |c| c.transaction_abort_check_interval_ms.to_string(),
+    ),
+    ("transactional.id.expiration.ms", INT, |c| {
+        c.transactional_id_expiration_ms.to_string()
+    }),
+    (
+        "transaction.remove.expired.transaction.cleanup.interval.ms",
+        INT,
+        |c| c.transaction_remove_expired_interval_ms.to_string(),
+    ),
+    ("producer.id.expiration.ms", INT, |c| {
+        c.producer_id_expiration_ms.to_string()
+    }),
+    ("producer.id.expiration.check.interval.ms", INT, |c| {
+        c.producer_id_expiration_check_interval_ms.to_string()
+    }),
+];
+
+fn opt_or<T: ToString>(v: Option<T>, kafka_default: &str) -> String {
+    v.map(|v| v.to_string())
+        .unwrap_or_else(|| kafka_default.to_string())
+}
+
+impl BrokerConfig {
+    /// Every broker setting under its Kafka name, with the value in effect and the default;
+    /// a value that differs from the default was set by the config file or a flag.
+    /// `advertised` is the address clients are told (the bound one when none was given).
+    pub fn kafka_settings(&self, advertised: (&str, i32)) -> Vec<BrokerSetting> {
+        let defaults = BrokerConfig::default();
+        SETTINGS
+            .iter()
+            .map(|&(name, config_type, read)| {
+                let mut value = read(self);
+                if name == "advertised.listeners" && value.is_empty() {
+                    value = format!("PLAINTEXT://{}:{}", advertised.0, advertised.1);
+                }
+                BrokerSetting {
+                    name,
+                    default: read(&defaults),
+                    value,
+                    config_type,
+                }
+            })
+            .collect()
+    }
+}
+
 impl BrokerConfig {
     /// Parses a TOML config file's contents.
     pub fn from_toml(text: &str) -> anyhow::Result<BrokerConfig> {
@@ -316,6 +510,22 @@ mod tests {
         assert_eq!(c.node_id, 3);
         assert_eq!(c.num_partitions, 4);
         assert!(BrokerConfig::from_toml("num_partitons = 4").is_err());
+    }
+
+    #[test]
+    fn kafka_settings_name_every_setting_once_with_its_default() {
+        let c = BrokerConfig::from_toml("\"num.partitions\" = 4\n").unwrap();
+        let all = c.kafka_settings(("h", 9));
+        let names: std::collections::HashSet<_> = all.iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), all.len(), "a setting listed twice");
+        let get = |n: &str| all.iter().find(|s| s.name == n).unwrap().clone();
+        assert_eq!(get("num.partitions").value, "4");
+        assert_eq!(get("num.partitions").default, "1");
+        assert_eq!(get("advertised.listeners").value, "PLAINTEXT://h:9");
+        assert_eq!(
+            get("log.retention.ms").value,
+            get("log.retention.ms").default
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use gregor_log::SyncJob;
 use tokio::sync::oneshot;
 
-use crate::state::Partition;
+use crate::partition::Partition;
 
 /// Outcome delivered to a waiting produce request.
 pub type FlushResult = Result<(), String>;
@@ -155,7 +155,7 @@ impl Flusher {
     ) -> Option<oneshot::Receiver<FlushResult>> {
         let mut p = self.inner.pending.lock().expect("flusher lock");
         for part in partitions {
-            if !part.flush_queued.swap(true, Ordering::AcqRel) {
+            if part.mark_flush_queued() {
                 p.partitions.push(part.clone());
             }
         }
@@ -196,7 +196,7 @@ fn run(inner: &Inner, pool: &SyncPool) {
             }
             let parts = std::mem::take(&mut p.partitions);
             for part in &parts {
-                part.flush_queued.store(false, Ordering::Release);
+                part.clear_flush_queued();
             }
             (parts, std::mem::take(&mut p.waiters))
         };
@@ -217,7 +217,7 @@ fn run(inner: &Inner, pool: &SyncPool) {
 fn flush_round(partitions: &[Arc<Partition>], pool: &SyncPool) -> FlushResult {
     let (parts, jobs): (Vec<&Arc<Partition>>, Vec<SyncJob>) = partitions
         .iter()
-        .map(|p| (p, p.log.write().expect("log lock").take_sync_job()))
+        .map(|p| (p, p.take_sync_job()))
         .filter(|(_, j)| !j.is_empty())
         .unzip();
     let done = pool.run_all(jobs);
@@ -227,7 +227,7 @@ fn flush_round(partitions: &[Arc<Partition>], pool: &SyncPool) -> FlushResult {
             tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync failed");
             overall = Err(e.clone());
         }
-        p.log.write().expect("log lock").complete_sync(&job, r);
+        p.complete_sync(&job, r);
     }
     overall
 }
@@ -282,14 +282,13 @@ mod tests {
                 s.spawn(move || {
                     for _ in 0..5 {
                         let end = {
-                            let mut log = p.log.write().unwrap();
-                            log.append(b).unwrap();
-                            log.log_end_offset()
+                            p.append_internal(b).unwrap();
+                            p.log_end_offset()
                         };
                         let rx = flusher.request(std::slice::from_ref(&p), true).unwrap();
                         rt.block_on(rx).unwrap().unwrap();
                         // Answered only once durable up to (at least) our append.
-                        assert!(p.log.read().unwrap().durable_offset() >= end);
+                        assert!(p.durable_offset() >= end);
                     }
                 });
             }
@@ -301,8 +300,7 @@ mod tests {
         );
         flusher.stop();
         for p in &parts {
-            let log = p.log.read().unwrap();
-            assert_eq!(log.durable_offset(), log.log_end_offset());
+            assert_eq!(p.durable_offset(), p.log_end_offset());
         }
     }
 }

@@ -21,13 +21,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gregor_group::{Completion, Coordinator, Effects, GroupConfig, OffsetsRecord, Waiter};
-use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::{oneshot, Notify};
 
-use crate::state::{Broker, Partition, Topic};
-
-/// The internal topic holding committed offsets and group metadata.
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+use crate::config::BrokerConfig;
+use crate::internal_topics::{self, encode_internal_batch, OFFSETS_TOPIC};
+use crate::partition::Partition;
+use crate::registry::{Topic, TopicRegistry};
 
 tokio::task_local! {
     /// The client address of the request being handled, as Kafka reports it (`/1.2.3.4`).
@@ -43,10 +42,7 @@ pub fn client_host() -> String {
 /// clock for simplicity — a clock step changes when sessions expire, never correctness of
 /// offsets).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    gregor_log::now_ms()
 }
 
 pub struct GroupService {
@@ -63,11 +59,14 @@ pub type Written = Result<Vec<Arc<Partition>>, String>;
 
 impl GroupService {
     /// Creates `__consumer_offsets` if needed, starts replaying it and starts the timer task.
-    /// Must be called inside a tokio runtime.
-    pub fn start(broker: &Arc<Broker>) -> anyhow::Result<Arc<GroupService>> {
-        let config = &broker.config;
+    /// Must be called inside a tokio runtime (the broker calls it:
+    /// [`crate::Broker::start_groups`]).
+    pub fn start(
+        config: &BrokerConfig,
+        registry: &TopicRegistry,
+    ) -> anyhow::Result<Arc<GroupService>> {
         let topic =
-            broker.ensure_internal_topic(OFFSETS_TOPIC, config.offsets_topic_num_partitions)?;
+            internal_topics::ensure(registry, OFFSETS_TOPIC, config.offsets_topic_num_partitions)?;
         let group_config = GroupConfig {
             // Fixed once created, as in Kafka: the existing partition count wins.
             offsets_partitions: topic.partitions.len() as i32,
@@ -86,9 +85,6 @@ impl GroupService {
             offsets: topic,
             deadlines_changed: Notify::new(),
         });
-        if broker.groups.set(service.clone()).is_err() {
-            anyhow::bail!("group coordinator already started");
-        }
         let loader = service.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -113,30 +109,25 @@ impl GroupService {
     fn load(&self) -> anyhow::Result<u64> {
         let mut count = 0u64;
         for partition in &self.offsets.partitions {
-            partition
-                .replay(|_, mut batch| {
-                    let now = now_ms();
-                    let set = RecordBatchDecoder::decode(&mut batch)?;
-                    let mut co = self.coordinator.lock().expect("coordinator lock");
-                    for r in &set.records {
-                        let Some(key) = &r.key else { continue };
-                        if r.control {
-                            // A transaction marker: the producer's pending offsets end.
-                            if let Some(commit) = gregor_txn::records::decode_marker_key(key) {
-                                co.complete_txn(r.producer_id, commit, now);
-                            }
-                        } else if r.transactional {
-                            co.replay_txn(r.producer_id, key, r.value.as_deref());
-                        } else {
-                            co.replay(key, r.value.as_deref(), now);
+            internal_topics::replay(partition, |records| {
+                let now = now_ms();
+                let mut co = self.coordinator.lock().expect("coordinator lock");
+                for r in &records {
+                    let Some(key) = &r.key else { continue };
+                    if r.control {
+                        // A transaction marker: the producer's pending offsets end.
+                        if let Some(commit) = gregor_txn::records::decode_marker_key(key) {
+                            co.complete_txn(r.producer_id, commit, now);
                         }
-                        count += 1;
+                    } else if r.transactional {
+                        co.replay_txn(r.producer_id, key, r.value.as_deref());
+                    } else {
+                        co.replay(key, r.value.as_deref(), now);
                     }
-                    Ok(())
-                })
-                .map_err(|e| {
-                    anyhow::anyhow!("replay of {OFFSETS_TOPIC}-{}: {e}", partition.index)
-                })?;
+                    count += 1;
+                }
+                Ok(())
+            })?;
             self.coordinator
                 .lock()
                 .expect("coordinator lock")
@@ -265,21 +256,13 @@ impl GroupService {
                 continue;
             };
             match encode_batch(&records, now, producer) {
-                Ok(batch) => {
-                    let appended = {
-                        let mut log = partition.log.write().expect("log lock");
-                        let mut producers =
-                            partition.producers.lock().expect("producer state lock");
-                        partition.append_locked(&mut log, &mut producers, &batch)
-                    };
-                    match appended {
-                        Ok(_) => written.push(partition.clone()),
-                        Err(e) => {
-                            tracing::error!(partition = p, error = %e, "append to {OFFSETS_TOPIC} failed");
-                            error = Some(e.to_string());
-                        }
+                Ok(batch) => match partition.append_internal(&batch) {
+                    Ok(_) => written.push(partition.clone()),
+                    Err(e) => {
+                        tracing::error!(partition = p, error = %e, "append to {OFFSETS_TOPIC} failed");
+                        error = Some(e.to_string());
                     }
-                }
+                },
                 Err(e) => error = Some(e.to_string()),
             }
         }
@@ -288,28 +271,6 @@ impl GroupService {
             Some(e) => Err(e),
         }
     }
-
-    /// Makes written partitions durable (fdatasync on a blocking thread).
-    pub async fn sync(written: Vec<Arc<Partition>>) -> Result<(), String> {
-        if written.is_empty() {
-            return Ok(());
-        }
-        tokio::task::spawn_blocking(move || {
-            for p in &written {
-                p.log
-                    .write()
-                    .expect("log lock")
-                    .flush()
-                    .map_err(|e| e.to_string())?;
-            }
-            for p in &written {
-                p.write_due_snapshots();
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-    }
 }
 
 fn encode_batch(
@@ -317,7 +278,7 @@ fn encode_batch(
     now: i64,
     producer: Option<(i64, i16)>,
 ) -> anyhow::Result<Bytes> {
-    crate::state::encode_internal_batch(
+    encode_internal_batch(
         records.iter().map(|r| (r.key.clone(), r.value.clone())),
         now,
         producer,

@@ -2,19 +2,32 @@
 //! connect Kafka requests to partition logs.
 //!
 //! Data flow (one way): socket → [`server`] (framing, in-order processing) →
-//! `gregor_protocol::decode_request` → [`handlers`] → [`state::Broker`] / partition log →
-//! response encode → socket.
+//! `gregor_protocol::decode_request` → [`handlers`] → [`Broker`] → coordinators
+//! ([`groups`], [`transactions`]) / [`partition`] → `gregor_log` → response encode →
+//! socket. Modules import only modules below them (checked by
+//! `scripts/check_module_cycles.py`):
+//!
+//! ```text
+//! server → handlers → broker → transactions → groups → internal_topics → registry
+//!                            → flusher, checkpoint, log_manager (background work)
+//! registry, flusher, checkpoint → partition → partition::producer_state
+//! leaves: config, topic_config, appends
+//! ```
 
+pub mod appends;
+pub mod broker;
+pub mod checkpoint;
 pub mod config;
 pub mod flusher;
 pub mod groups;
 pub mod handlers;
+pub mod internal_topics;
 pub mod log_manager;
-pub mod producer_state;
+pub mod partition;
+pub mod registry;
 pub mod server;
-pub mod state;
 pub mod topic_config;
 pub mod transactions;
 
+pub use broker::Broker;
 pub use config::BrokerConfig;
-pub use state::Broker;

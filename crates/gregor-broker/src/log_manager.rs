@@ -6,14 +6,14 @@
 //! thread and takes each partition's write lock only for the metadata change (a retention
 //! pass unlinks whole segments; it never rewrites data under the lock).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gregor_log::clean::CleanConfig;
 
+use crate::broker::Broker;
 use crate::config::FsyncPolicy;
-use crate::state::{Broker, Partition};
+use crate::partition::Partition;
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -27,7 +27,7 @@ pub fn spawn_cleaner(broker: Arc<Broker>) -> std::thread::JoinHandle<()> {
         .spawn(move || {
             let every = Duration::from_millis(broker.config.log_cleaner_backoff_ms.max(10));
             let mut last = Instant::now();
-            while !broker.stopping.load(Ordering::SeqCst) {
+            while !broker.is_stopping() {
                 // Short sleeps so shutdown is not delayed by the backoff.
                 std::thread::sleep(every.min(Duration::from_millis(100)));
                 if last.elapsed() >= every {
@@ -56,14 +56,12 @@ pub fn cleaner_pass(broker: &Broker) {
             now_ms: gregor_log::now_ms(),
         };
         for p in &t.partitions {
-            if broker.stopping.load(Ordering::SeqCst) {
+            if broker.is_stopping() {
                 return;
             }
-            p.cleaning.store(true, Ordering::SeqCst);
-            if let Err(e) = gregor_log::clean::clean(&p.log, &cfg) {
+            if let Err(e) = p.compact(&cfg) {
                 tracing::error!(topic = %t.name, partition = p.index, error = %e, "compaction failed");
             }
-            p.cleaning.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -114,7 +112,7 @@ pub fn interval_flush(broker: &Broker) {
     for t in broker.all_topics() {
         let s = t.log_settings(&broker.config);
         for p in &t.partitions {
-            let (records, since) = p.log.read().expect("log lock").unflushed();
+            let (records, since) = p.unflushed();
             if records > 0
                 && (records >= s.flush_messages
                     || since.is_some_and(|t0| now.saturating_sub(t0) >= s.flush_ms))
@@ -124,7 +122,7 @@ pub fn interval_flush(broker: &Broker) {
         }
     }
     if !due.is_empty() {
-        broker.flusher.request(&due, false);
+        broker.flusher().request(&due, false);
     }
 }
 
@@ -160,17 +158,15 @@ pub fn retention_pass(broker: &Broker) {
             continue;
         }
         for p in &t.partitions {
-            let mut log = p.log.write().expect("log lock");
-            match log.apply_retention(s.retention_ms, s.retention_bytes, now) {
-                Ok(0) => {}
-                Ok(n) => {
-                    p.segments_deleted(&log);
+            match p.apply_retention(s.retention_ms, s.retention_bytes, now) {
+                Ok((0, _)) => {}
+                Ok((n, log_start_offset)) => {
                     tracing::info!(
-                    topic = %t.name,
-                    partition = p.index,
-                    segments_deleted = n,
-                    log_start_offset = log.log_start_offset(),
-                    "retention deleted old segments"
+                        topic = %t.name,
+                        partition = p.index,
+                        segments_deleted = n,
+                        log_start_offset,
+                        "retention deleted old segments"
                     )
                 }
                 Err(e) => {

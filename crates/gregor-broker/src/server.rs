@@ -32,8 +32,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::broker::Broker;
 use crate::handlers;
-use crate::state::Broker;
 
 /// Counts open connections, in total and per IP.
 struct ConnectionLimits {

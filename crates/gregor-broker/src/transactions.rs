@@ -23,20 +23,20 @@
 //!   [`EXPIRED_IDS_PER_TICK`] transactional ids idle for `transactional.id.expiration.ms`
 //!   (tombstones), continuing at the next tick while there are more.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use gregor_txn::coordinator::{Ticket, Transition};
 use gregor_txn::records::{marker_key, marker_value};
 use gregor_txn::{MarkerJob, TxnConfig, TxnCoordinator, TxnError};
-use kafka_protocol::records::RecordBatchDecoder;
 
-use crate::groups::{now_ms, GroupService, OFFSETS_TOPIC};
-use crate::state::{Broker, Partition, Topic};
-
-/// The internal topic holding transaction state.
-pub const TXN_TOPIC: &str = "__transaction_state";
+use crate::appends::AppendSignal;
+use crate::config::BrokerConfig;
+use crate::groups::{now_ms, GroupService};
+use crate::internal_topics::{self, encode_internal_batch, OFFSETS_TOPIC, TXN_TOPIC};
+use crate::partition::Partition;
+use crate::registry::{Topic, TopicRegistry};
 
 /// A transaction still preparing this long after its last change gets its markers
 /// rewritten by the timer task.
@@ -91,7 +91,12 @@ pub struct TransactionService {
     coordinator: Arc<Mutex<TxnCoordinator>>,
     write_order: Mutex<()>,
     state_topic: Arc<Topic>,
-    broker: Weak<Broker>,
+    /// Where the markers go (the transaction's data partitions).
+    registry: Arc<TopicRegistry>,
+    /// Woken after markers are appended (read_committed fetches wait for them).
+    appends: Arc<AppendSignal>,
+    /// Completes pending transactional offsets (absent in some tests).
+    groups: Option<Arc<GroupService>>,
     /// Test hook: this many upcoming appends fail.
     #[cfg(test)]
     fail_appends: std::sync::atomic::AtomicUsize,
@@ -102,11 +107,20 @@ pub struct TransactionService {
 
 impl TransactionService {
     /// Creates `__transaction_state` if needed, loads it in the background (then completes
-    /// transactions that were being committed/aborted) and starts the timeout task.
-    pub fn start(broker: &Arc<Broker>) -> anyhow::Result<Arc<TransactionService>> {
-        let config = &broker.config;
-        let topic =
-            broker.ensure_internal_topic(TXN_TOPIC, config.transaction_state_log_num_partitions)?;
+    /// transactions that were being committed/aborted) and starts the timeout task. Must be
+    /// called inside a tokio runtime (the broker calls it:
+    /// [`crate::Broker::start_transactions`]).
+    pub fn start(
+        config: &BrokerConfig,
+        registry: Arc<TopicRegistry>,
+        appends: Arc<AppendSignal>,
+        groups: Option<Arc<GroupService>>,
+    ) -> anyhow::Result<Arc<TransactionService>> {
+        let topic = internal_topics::ensure(
+            &registry,
+            TXN_TOPIC,
+            config.transaction_state_log_num_partitions,
+        )?;
         let txn_config = TxnConfig {
             state_partitions: topic.partitions.len() as i32,
             max_timeout_ms: config.transaction_max_timeout_ms,
@@ -115,15 +129,14 @@ impl TransactionService {
             coordinator: Arc::new(Mutex::new(TxnCoordinator::new(txn_config))),
             write_order: Mutex::new(()),
             state_topic: topic,
-            broker: Arc::downgrade(broker),
+            registry,
+            appends,
+            groups,
             #[cfg(test)]
             fail_appends: Default::default(),
             #[cfg(test)]
             fail_syncs: Default::default(),
         });
-        if broker.txns.set(service.clone()).is_err() {
-            anyhow::bail!("transaction coordinator already started");
-        }
         let svc = service.clone();
         let timer = Timer {
             interval_ms: config.transaction_abort_check_interval_ms.max(10),
@@ -178,18 +191,15 @@ impl TransactionService {
     fn replay_records(&self, mut apply: impl FnMut(&[u8], Option<&[u8]>)) -> anyhow::Result<u64> {
         let mut count = 0u64;
         for partition in &self.state_topic.partitions {
-            partition
-                .replay(|_, mut batch| {
-                    let set = RecordBatchDecoder::decode(&mut batch)?;
-                    for r in &set.records {
-                        if let Some(key) = &r.key {
-                            apply(key, r.value.as_deref());
-                            count += 1;
-                        }
+            internal_topics::replay(partition, |records| {
+                for r in &records {
+                    if let Some(key) = &r.key {
+                        apply(key, r.value.as_deref());
+                        count += 1;
                     }
-                    Ok(())
-                })
-                .map_err(|e| anyhow::anyhow!("replay of {TXN_TOPIC}-{}: {e}", partition.index))?;
+                }
+                Ok(())
+            })?;
         }
         Ok(count)
     }
@@ -354,11 +364,7 @@ impl TransactionService {
                     if fail {
                         return Err(WriteError::Storage("injected fsync failure".into()));
                     }
-                    p.log
-                        .write()
-                        .expect("log lock")
-                        .flush()
-                        .map_err(|e| WriteError::Storage(e.to_string()))
+                    p.flush().map_err(|e| WriteError::Storage(e.to_string()))
                 })
                 .collect::<Vec<_>>()
         })
@@ -400,10 +406,8 @@ impl TransactionService {
             None,
         )
         .map_err(|e| WriteError::Storage(e.to_string()))?;
-        let mut log = partition.log.write().expect("log lock");
-        let mut producers = partition.producers.lock().expect("producer state lock");
         partition
-            .append_locked(&mut log, &mut producers, &batch)
+            .append_internal(&batch)
             .map_err(|e| WriteError::Storage(e.to_string()))?;
         Ok(partition.clone())
     }
@@ -411,7 +415,6 @@ impl TransactionService {
     /// Writes the job's markers durably, completes pending group offsets, then records the
     /// transaction as complete.
     pub async fn complete_job(&self, job: &MarkerJob) -> Result<(), String> {
-        let broker = self.broker.upgrade().ok_or("broker is gone")?;
         let now = now_ms();
         let batch = encode(
             vec![(
@@ -425,27 +428,24 @@ impl TransactionService {
         let mut written = Vec::new();
         let mut offsets_partitions = false;
         for (topic, index) in &job.partitions {
-            let Some(partition) = broker
+            let Some(partition) = self
+                .registry
                 .topic(topic)
                 .and_then(|t| t.partition(*index).cloned())
             else {
                 tracing::warn!(topic = %topic, partition = index, "transaction partition no longer exists; no marker");
                 continue;
             };
-            {
-                let mut log = partition.log.write().expect("log lock");
-                let mut producers = partition.producers.lock().expect("producer state lock");
-                partition
-                    .append_locked(&mut log, &mut producers, &batch)
-                    .map_err(|e| e.to_string())?;
-            }
+            partition
+                .append_internal(&batch)
+                .map_err(|e| e.to_string())?;
             offsets_partitions |= topic == OFFSETS_TOPIC;
             written.push(partition);
         }
-        broker.notify_appended();
-        GroupService::sync(written).await?;
+        self.appends.notify();
+        internal_topics::sync(written).await?;
         if offsets_partitions {
-            if let Some(groups) = broker.groups.get() {
+            if let Some(groups) = &self.groups {
                 groups.complete_txn(job.producer_id, job.commit);
             }
         }
@@ -481,42 +481,15 @@ fn encode(
     now: i64,
     marker: Option<(i64, i16)>,
 ) -> anyhow::Result<Bytes> {
-    crate::state::encode_internal_batch(records, now, marker, marker.is_some())
-}
-
-/// Reads whether a stored control batch is a COMMIT (`Some(true)`) or ABORT marker, from
-/// the key of its first record (uncompressed, as markers are written).
-pub fn marker_type(batch: &[u8]) -> Option<bool> {
-    let mut pos = gregor_log::BatchHeader::SIZE;
-    let _length = read_varint(batch, &mut pos)?;
-    pos += 1; // attributes
-    let _ts = read_varint(batch, &mut pos)?;
-    let _delta = read_varint(batch, &mut pos)?;
-    let key_len = read_varint(batch, &mut pos)?;
-    let key_len = usize::try_from(key_len).ok()?;
-    let key = batch.get(pos..pos.checked_add(key_len)?)?;
-    gregor_txn::records::decode_marker_key(key)
-}
-
-/// A zigzag varint (up to 64 bits).
-fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
-    let mut value: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        value |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
-        }
-    }
-    None
+    encode_internal_batch(records, now, marker, marker.is_some())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BrokerConfig;
+    use crate::broker::Broker;
     use crate::handlers::txn;
+    use crate::partition::producer_state::marker_type;
     use gregor_txn::{TxnMetadata, TxnStatus};
     use kafka_protocol::error::ResponseError;
     use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
@@ -550,7 +523,7 @@ mod tests {
         let topic = broker
             .create_topic("t", 1, 1, Default::default(), false)
             .unwrap();
-        let svc = TransactionService::start(&broker).unwrap();
+        let svc = broker.start_transactions().unwrap();
         while !svc.read(|co| co.is_loaded()) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -605,16 +578,12 @@ mod tests {
                 .state_topic
                 .partitions
                 .iter()
-                .map(|p| p.log.read().unwrap().log_end_offset())
+                .map(|p| p.log_end_offset())
                 .sum()
         }
 
         fn markers(&self) -> i64 {
-            self.topic.partitions[0]
-                .log
-                .read()
-                .unwrap()
-                .log_end_offset()
+            self.topic.partitions[0].log_end_offset()
         }
 
         /// What a restart would load from `__transaction_state`.

@@ -391,9 +391,14 @@ async fn every_handler_answers_every_advertised_version() {
     let topic = broker
         .create_topic("t", 2, 1, Default::default(), false)
         .unwrap();
-    let groups = gregor_broker::groups::GroupService::start(&broker).unwrap();
-    let txns = gregor_broker::transactions::TransactionService::start(&broker).unwrap();
+    let groups = broker.start_groups().unwrap();
+    let txns = broker.start_transactions().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !groups.is_loaded() || !txns.read(|co| co.is_loaded()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group/transaction coordinators did not load within 60 s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     for &(api, min, max) in SUPPORTED_APIS {

@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use gregor_broker::groups::GroupService;
 use gregor_broker::{handlers, Broker, BrokerConfig};
 use gregor_protocol::DecodedRequest;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+
+/// How long replaying `__consumer_offsets` may take before the test fails instead of hanging.
+const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn request(api_key: ApiKey, api_version: i16, body: RequestKind) -> DecodedRequest {
     DecodedRequest {
@@ -88,8 +90,13 @@ fn committed_offsets_survive_a_restart() {
         broker
             .create_topic("t", 1, 1, Default::default(), false)
             .unwrap();
-        let groups = GroupService::start(&broker).unwrap();
+        let groups = broker.start_groups().unwrap();
+        let deadline = std::time::Instant::now() + LOAD_DEADLINE;
         while !groups.is_loaded() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the group coordinator did not load within {LOAD_DEADLINE:?}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         for (group, offset) in [("app", 100), ("app", 4259), ("other", 7)] {
@@ -106,11 +113,16 @@ fn committed_offsets_survive_a_restart() {
 
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let broker = open();
-        let groups = GroupService::start(&broker).unwrap();
+        let groups = broker.start_groups().unwrap();
+        let deadline = std::time::Instant::now() + LOAD_DEADLINE;
         loop {
             let (err, parts) = fetched(&broker, "app").await;
             if err == kafka_protocol::error::ResponseError::CoordinatorLoadInProgress.code() {
                 assert!(!groups.is_loaded() || parts.is_empty());
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still COORDINATOR_LOAD_IN_PROGRESS after {LOAD_DEADLINE:?}"
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 continue;
             }

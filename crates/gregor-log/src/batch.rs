@@ -191,7 +191,101 @@ impl BatchHeader {
 /// Computes the CRC-32C that belongs in the header of `batch` (which must be
 /// a complete batch): the checksum of bytes `[21..end)`.
 pub fn compute_crc(batch: &[u8]) -> u32 {
+    #[cfg(any(test, feature = "crc-count"))]
+    crc_count::bump();
     crc32c::crc32c(&batch[ATTRIBUTES_POS..])
+}
+
+/// Counts [`compute_crc`] calls on the current thread (feature `crc-count`, for tests that
+/// prove a path checksums each batch once).
+#[cfg(any(test, feature = "crc-count"))]
+pub mod crc_count {
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn bump() {
+        COUNT.with(|c| c.set(c.get() + 1));
+    }
+
+    /// CRCs computed by this thread so far.
+    pub fn get() -> u64 {
+        COUNT.with(Cell::get)
+    }
+}
+
+/// Concatenated v2 batches (the `records` of one partition in a Produce request) whose
+/// framing and CRCs were checked once, with each batch's header parsed once.
+/// [`crate::PartitionLog::append_validated`] appends them without checking again, and the
+/// caller reuses [`headers`](Self::headers) instead of walking the bytes again. The only
+/// way to build one is [`ValidatedBatches::validate`], so holding one proves the check.
+#[derive(Debug, Clone)]
+pub struct ValidatedBatches<'a> {
+    data: &'a [u8],
+    /// Each batch's header and its start in `data`, in order.
+    batches: Vec<(BatchHeader, usize)>,
+}
+
+/// Why [`ValidatedBatches::validate`] refused: a batch's framing or CRC, or the caller's
+/// own check of a (well-formed) batch.
+#[derive(Debug)]
+pub enum ValidateError<E> {
+    /// A batch is malformed (framing, magic, CRC, counts).
+    Batch(BatchError),
+    /// The caller's check refused a well-formed batch.
+    Check(E),
+}
+
+impl<'a> ValidatedBatches<'a> {
+    /// Walks `data` once: validates each batch (see [`validate_batch`]: framing, magic, CRC,
+    /// counts), then calls `check` with its header and bytes before going on to the next,
+    /// so errors come in batch order. Stops at the first error.
+    pub fn validate<E>(
+        data: &'a [u8],
+        mut check: impl FnMut(&BatchHeader, &'a [u8]) -> Result<(), E>,
+    ) -> Result<ValidatedBatches<'a>, ValidateError<E>> {
+        let mut batches = Vec::new();
+        for item in iter_batches(data) {
+            let (header, range) = item.map_err(ValidateError::Batch)?;
+            check(&header, &data[range.clone()]).map_err(ValidateError::Check)?;
+            batches.push((header, range.start));
+        }
+        Ok(ValidatedBatches { data, batches })
+    }
+
+    /// All the batches' bytes, as given.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The headers, in order (`base_offset` as sent, before the log assigns offsets).
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = &BatchHeader> + '_ {
+        self.batches.iter().map(|(h, _)| h)
+    }
+
+    /// Each header with the batch's bytes, in order.
+    pub fn batches(&self) -> impl ExactSizeIterator<Item = (&BatchHeader, &'a [u8])> + '_ {
+        let data = self.data;
+        self.batches
+            .iter()
+            .map(move |(h, start)| (h, &data[*start..*start + h.total_size()]))
+    }
+
+    /// Number of batches.
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// No batches (empty `data`).
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    pub(crate) fn starts(&self) -> &[(BatchHeader, usize)] {
+        &self.batches
+    }
 }
 
 /// Validates the batch at the start of `buf` completely: the whole batch fits

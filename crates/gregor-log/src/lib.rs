@@ -157,7 +157,7 @@ mod partition;
 mod segment;
 pub mod txnindex;
 
-pub use batch::{BatchError, BatchHeader};
+pub use batch::{BatchError, BatchHeader, ValidateError, ValidatedBatches};
 pub use partition::{AbortedTxnsOnDisk, PartitionLog, RecoveryHint, SyncJob};
 pub use txnindex::AbortedTxnEntry;
 

@@ -420,11 +420,43 @@ impl PartitionLog {
         if records.is_empty() {
             return Err(LogError::InvalidRecord("empty record set".into()));
         }
-        let mut headers = Vec::new();
+        let validated = batch::ValidatedBatches::validate(records, |_, _| Ok::<(), LogError>(()))
+            .map_err(|e| match e {
+            batch::ValidateError::Batch(e) => LogError::from(e),
+            batch::ValidateError::Check(e) => e,
+        })?;
+        self.append_validated_with(&validated, log_append_time)
+    }
+
+    /// Appends batches validated once by the caller ([`batch::ValidatedBatches`]): no CRC
+    /// is computed again and no header parsed again. Checks only what the log itself
+    /// requires of each header (size at most [`LogConfig::max_batch_bytes`],
+    /// `recordsCount >= 1`, `lastOffsetDelta == recordsCount - 1`); otherwise as
+    /// [`append`](Self::append).
+    pub fn append_validated(
+        &mut self,
+        batches: &batch::ValidatedBatches<'_>,
+    ) -> Result<AppendInfo, LogError> {
+        self.append_validated_with(batches, None)
+    }
+
+    fn append_validated_with(
+        &mut self,
+        batches: &batch::ValidatedBatches<'_>,
+        log_append_time: Option<i64>,
+    ) -> Result<AppendInfo, LogError> {
+        if let Some(e) = &self.failed {
+            return Err(LogError::StorageFailed(e.clone()));
+        }
+        let records = batches.data();
+        if records.is_empty() {
+            return Err(LogError::InvalidRecord("empty record set".into()));
+        }
+        let mut headers = Vec::with_capacity(batches.len());
         let mut record_count: i64 = 0;
-        for item in batch::iter_batches(records) {
-            let (header, range) = item?;
-            let size = range.len();
+        for (header, start) in batches.starts() {
+            let (header, start) = (*header, *start);
+            let size = header.total_size();
             if size > self.config.max_batch_bytes {
                 return Err(LogError::BatchTooLarge {
                     size,
@@ -434,17 +466,17 @@ impl PartitionLog {
             if header.records_count < 1 {
                 return Err(LogError::InvalidRecord(format!(
                     "batch at byte {} has recordsCount {}",
-                    range.start, header.records_count
+                    start, header.records_count
                 )));
             }
             if header.last_offset_delta != header.records_count - 1 {
                 return Err(LogError::InvalidRecord(format!(
                     "batch at byte {} has lastOffsetDelta {} but recordsCount {}",
-                    range.start, header.last_offset_delta, header.records_count
+                    start, header.last_offset_delta, header.records_count
                 )));
             }
             record_count += i64::from(header.records_count);
-            headers.push((header, range.start));
+            headers.push((header, start));
         }
 
         let base_offset = self.log_end_offset();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use gregor_broker::flusher::Flusher;
-use gregor_broker::state::Partition;
+use gregor_broker::partition::Partition;
 use gregor_log::{LogConfig, PartitionLog};
 use hdrhistogram::Histogram;
 
@@ -171,7 +171,7 @@ fn gregor_durable(
                             break;
                         }
                         let t0 = Instant::now();
-                        parts[0].log.write().expect("log lock").append(&batch)?;
+                        parts[0].append_internal(&batch)?;
                         let rx = flusher.request(&parts, true).expect("waiter");
                         rx.await?.map_err(anyhow::Error::msg)?;
                         local.record(t0.elapsed().as_micros().max(1) as u64)?;
@@ -188,10 +188,7 @@ fn gregor_durable(
     })?;
     let elapsed = start.elapsed();
     flusher.stop();
-    let bytes: u64 = partitions
-        .iter()
-        .map(|p| p.log.read().expect("log lock").size_bytes())
-        .sum();
+    let bytes: u64 = partitions.iter().map(|p| p.size_bytes()).sum();
     let hist = Arc::try_unwrap(hist)
         .map_err(|_| anyhow::anyhow!("histogram still shared"))?
         .into_inner()

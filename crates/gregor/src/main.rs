@@ -25,10 +25,27 @@ static ALLOCATOR: gregor_protocol::alloc_guard::GuardedAllocator =
     about = "A Kafka-compatible event streaming platform"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// A client command group (`topic`, `group`, ...) with the client options (`--brokers`,
+/// `--format`), which the broker's own `serve` does not take.
+#[derive(clap::Args)]
+struct ClientCmd<C: Subcommand> {
     #[command(flatten)]
     global: cli::Global,
     #[command(subcommand)]
-    command: Command,
+    cmd: C,
+}
+
+/// A single client command (`produce`, `consume`) with the client options.
+#[derive(clap::Args)]
+struct ClientArgs<A: clap::Args> {
+    #[command(flatten)]
+    global: cli::Global,
+    #[command(flatten)]
+    args: A,
 }
 
 #[derive(Subcommand)]
@@ -36,21 +53,17 @@ enum Command {
     /// Run the broker.
     Serve(ServeArgs),
     /// Create, list, describe, delete topics and change their configs.
-    #[command(subcommand)]
-    Topic(cli::topic::TopicCmd),
+    Topic(ClientCmd<cli::topic::TopicCmd>),
     /// Write stdin lines to a topic, one record per line.
-    Produce(cli::produce::ProduceArgs),
+    Produce(ClientArgs<cli::produce::ProduceArgs>),
     /// Print records of a topic.
-    Consume(cli::consume::ConsumeArgs),
+    Consume(ClientArgs<cli::consume::ConsumeArgs>),
     /// Consumer groups: list, describe (lag), delete, reset offsets.
-    #[command(subcommand)]
-    Group(cli::group::GroupCmd),
+    Group(ClientCmd<cli::group::GroupCmd>),
     /// Cluster information.
-    #[command(subcommand)]
-    Cluster(cli::cluster::ClusterCmd),
+    Cluster(ClientCmd<cli::cluster::ClusterCmd>),
     /// Load generator: produce, consume and end-to-end benchmarks.
-    #[command(subcommand)]
-    Bench(cli::bench::BenchCmd),
+    Bench(ClientCmd<cli::bench::BenchCmd>),
     /// Storage benchmark: raw disk vs durable append throughput, fsync latency.
     #[command(hide = true)]
     BenchStorage(bench_storage::BenchArgs),
@@ -77,6 +90,16 @@ struct ServeArgs {
     /// (topic flush.ms / flush.messages), `never`. Default always.
     #[arg(long)]
     fsync: Option<gregor_broker::config::FsyncPolicy>,
+    /// Log format on stderr: `text` (colour only on a terminal) or `json` (one object a
+    /// line, for journald / log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> std::process::ExitCode {
@@ -99,27 +122,20 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let default_level = match cli.command {
-        Command::Serve(_) => "info",
-        _ => "warn",
+    let (default_level, log_format) = match &cli.command {
+        Command::Serve(a) => ("info", a.log_format),
+        _ => ("warn", LogFormat::Text),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GREGOR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let g = cli.global;
+    init_logging(default_level, log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::BenchStorage(args) => bench_storage::run(args),
-        Command::Topic(c) => cli::run(async { cli::topic::run(&g, c).await }),
-        Command::Produce(a) => cli::run(async { cli::produce::run(&g, a).await }),
-        Command::Consume(a) => cli::run(async { cli::consume::run(&g, a).await }),
-        Command::Group(c) => cli::run(async { cli::group::run(&g, c).await }),
-        Command::Cluster(c) => cli::run(async { cli::cluster::run(&g, c).await }),
-        Command::Bench(c) => cli::run(async { cli::bench::run(&g, c).await }),
+        Command::Topic(c) => cli::run(async { cli::topic::run(&c.global, c.cmd).await }),
+        Command::Produce(a) => cli::run(async { cli::produce::run(&a.global, a.args).await }),
+        Command::Consume(a) => cli::run(async { cli::consume::run(&a.global, a.args).await }),
+        Command::Group(c) => cli::run(async { cli::group::run(&c.global, c.cmd).await }),
+        Command::Cluster(c) => cli::run(async { cli::cluster::run(&c.global, c.cmd).await }),
+        Command::Bench(c) => cli::run(async { cli::bench::run(&c.global, c.cmd).await }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -128,6 +144,21 @@ fn main() -> std::process::ExitCode {
             eprintln!("gregor: error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr; ANSI colour only when stderr is a terminal (never into files or
+/// journald), JSON lines with `--log-format json`. `GREGOR_LOG` overrides the level filter.
+fn init_logging(default_level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GREGOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
 
@@ -175,11 +206,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("opening data dir {}", data_dir.display()))?,
         );
-        gregor_broker::groups::GroupService::start(&broker)
+        broker
+            .start_groups()
             .context("starting the group coordinator")?;
         let background = gregor_broker::log_manager::spawn(broker.clone());
         gregor_broker::log_manager::spawn_cleaner(broker.clone());
-        gregor_broker::transactions::TransactionService::start(&broker)
+        broker
+            .start_transactions()
             .context("starting the transaction coordinator")?;
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");

@@ -14,6 +14,9 @@ use gregor_client::{
 };
 use kafka_protocol::messages::ApiKey;
 
+/// How long a poll loop may wait for records before the test fails instead of hanging.
+const POLL_DEADLINE: Duration = Duration::from_secs(60);
+
 struct Broker {
     child: Child,
     addr: String,
@@ -25,11 +28,18 @@ impl Broker {
         // GREGOR_BROKER_BIN runs the client against another broker build.
         let bin = std::env::var("GREGOR_BROKER_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_gregor").to_string());
+        // The broker's log (stderr) goes to a file kept with the data dir (appended across
+        // restarts) and is checked for panics when the broker is stopped.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("broker.log"))
+            .expect("broker log file");
         let mut child = Command::new(bin)
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir.path().join("data"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn gregor");
         let mut line = String::new();
@@ -51,7 +61,18 @@ impl Broker {
     fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.assert_no_panic();
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Fails the test if the broker's log mentions a panic (shown with the log's tail).
+    fn assert_no_panic(&self) {
+        let log = std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
+        if log.contains("panicked") {
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("broker log contains a panic:\n{}", tail.join("\n"));
+        }
     }
 }
 
@@ -59,6 +80,10 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Not while already unwinding: the first failure is the one to report.
+        if !std::thread::panicking() {
+            self.assert_no_panic();
+        }
     }
 }
 
@@ -187,7 +212,9 @@ async fn seek_and_manual_assign() {
     c.assign(&[("seek".into(), 0)]).await.unwrap();
     c.seek("seek", 0, 15);
     let mut got = Vec::new();
+    let deadline = Instant::now() + POLL_DEADLINE;
     while got.len() < 5 {
+        assert!(Instant::now() < deadline, "only {} of 5 records", got.len());
         got.extend(c.poll(Duration::from_secs(2)).await.unwrap());
     }
     let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
@@ -281,26 +308,23 @@ async fn producer_retries_across_broker_restart_keep_order() {
     }
 }
 
-fn groups_supported(client: &Client) -> bool {
-    tokio::task::block_in_place(|| {
-        tokio::runtime::Handle::current()
-            .block_on(client.api_versions(ApiKey::FindCoordinator))
-            .ok()
-            .flatten()
-            .is_some()
-    })
+/// The group tests need a group coordinator: a failed ApiVersions or a broker without
+/// FindCoordinator fails the test (it never passes without running).
+async fn require_groups(client: &Client) {
+    let v = client
+        .api_versions(ApiKey::FindCoordinator)
+        .await
+        .expect("ApiVersions");
+    assert!(v.is_some(), "broker does not advertise FindCoordinator");
 }
 
 /// Commit/resume: a group consumer commits, a second consumer of the same group resumes
-/// right after the commit. Skipped while the broker has no group coordinator.
+/// right after the commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_and_resume() {
     let b = Broker::start();
     let client = setup(&b, "resume", 1).await;
-    if !groups_supported(&client) {
-        eprintln!("skipped: broker does not advertise FindCoordinator");
-        return;
-    }
+    require_groups(&client).await;
     let p = Producer::new(client.clone(), ProducerConfig::default())
         .await
         .unwrap();
@@ -318,7 +342,13 @@ async fn group_commit_and_resume() {
     let mut c = Consumer::new(client.clone(), cfg.clone());
     c.subscribe(&["resume".into()]).await.unwrap();
     let mut got = Vec::new();
+    let deadline = Instant::now() + POLL_DEADLINE;
     while got.len() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 10 records",
+            got.len()
+        );
         got.extend(c.poll(Duration::from_secs(1)).await.unwrap());
     }
     let mut offs = BTreeMap::new();
@@ -328,7 +358,13 @@ async fn group_commit_and_resume() {
     let mut c2 = Consumer::new(client.clone(), cfg);
     c2.subscribe(&["resume".into()]).await.unwrap();
     let mut again = Vec::new();
+    let deadline = Instant::now() + POLL_DEADLINE;
     while again.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "resumed consumer got only {} of 4 records",
+            again.len()
+        );
         again.extend(c2.poll(Duration::from_secs(1)).await.unwrap());
     }
     assert_eq!(again[0].offset, 6);
@@ -336,16 +372,14 @@ async fn group_commit_and_resume() {
 }
 
 /// Rebalance with two client processes (`gregor consume --group`): both get partitions,
-/// disjoint, covering the topic. Skipped while the broker has no group coordinator.
+/// disjoint, covering the topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_rebalance_two_processes() {
     let b = Broker::start();
     let client = setup(&b, "rebal", 4).await;
-    if !groups_supported(&client) {
-        eprintln!("skipped: broker does not advertise FindCoordinator");
-        return;
-    }
-    let spawn = || {
+    require_groups(&client).await;
+    let log_of = |n: u32| b.dir.path().join(format!("consumer-{n}.log"));
+    let spawn = |n: u32| {
         Command::new(env!("CARGO_BIN_EXE_gregor"))
             .args([
                 "consume",
@@ -356,12 +390,12 @@ async fn group_rebalance_two_processes() {
                 &b.addr,
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(log_of(n)).unwrap())
             .spawn()
             .unwrap()
     };
-    let mut p1 = spawn();
-    let mut p2 = spawn();
+    let mut p1 = spawn(1);
+    let mut p2 = spawn(2);
     let admin = Admin::new(client.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut ok = false;
@@ -390,11 +424,15 @@ async fn group_rebalance_two_processes() {
     let _ = p2.kill();
     let _ = p1.wait();
     let _ = p2.wait();
+    for n in [1, 2] {
+        let log = std::fs::read_to_string(log_of(n)).unwrap_or_default();
+        assert!(!log.contains("panicked"), "consumer {n} panicked:\n{log}");
+    }
     assert!(ok, "two members never shared the partitions");
 }
 
 /// Cooperative-sticky: a second member joins; the first keeps a subset of what it owned
-/// (nothing moves twice) and the partitions end up split 2/2. Skipped without groups.
+/// (nothing moves twice) and the partitions end up split 2/2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cooperative_sticky_rebalance_keeps_owned_partitions() {
     use gregor_client::group::Assignor;
@@ -402,10 +440,7 @@ async fn cooperative_sticky_rebalance_keeps_owned_partitions() {
 
     let b = Broker::start();
     let client = setup(&b, "coop", 4).await;
-    if !groups_supported(&client) {
-        eprintln!("skipped: broker does not advertise FindCoordinator");
-        return;
-    }
+    require_groups(&client).await;
     let cfg = ConsumerConfig {
         group_id: Some("g-coop".into()),
         assignor: Assignor::CooperativeSticky,

@@ -22,7 +22,8 @@ use kafka_protocol::messages::{
 use uuid::Uuid;
 
 use super::sb;
-use crate::state::{Broker, MetaError};
+use crate::broker::Broker;
+use crate::registry::MetaError;
 use crate::topic_config::{self, TOPIC_CONFIGS};
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -282,45 +283,13 @@ pub fn describe_configs(
                     }
                 },
                 RESOURCE_BROKER => {
-                    let c = &broker.config;
-                    let entries = [
-                        ("node.id", c.node_id.to_string()),
-                        ("broker.id", c.node_id.to_string()),
-                        ("message.max.bytes", c.message_max_bytes.to_string()),
-                        (
-                            "socket.request.max.bytes",
-                            c.socket_request_max_bytes.to_string(),
-                        ),
-                        ("num.partitions", c.num_partitions.to_string()),
-                        (
-                            "default.replication.factor",
-                            c.default_replication_factor.to_string(),
-                        ),
-                        (
-                            "auto.create.topics.enable",
-                            c.auto_create_topics_enable.to_string(),
-                        ),
-                        ("log.segment.bytes", c.log_segment_bytes.to_string()),
-                        ("log.dirs", c.data_dir.display().to_string()),
-                        ("fsync", format!("{:?}", c.fsync).to_lowercase()),
-                    ];
-                    let storage: Vec<(&str, String)> = c
-                        .static_topic_defaults()
+                    let advertised = (broker.advertised_host.as_str(), broker.advertised_port);
+                    out.configs = broker
+                        .config
+                        .kafka_settings(advertised)
                         .into_iter()
-                        .filter(|(_, b, _)| *b != "log.segment.bytes")
-                        .map(|(_, b, v)| (b, v))
-                        .collect();
-                    out.configs = entries
-                        .into_iter()
-                        .chain(storage)
-                        .filter(|(n, _)| wanted(n))
-                        .map(|(n, v)| {
-                            DescribeConfigsResourceResult::default()
-                                .with_name(sb(n))
-                                .with_value(Some(sb(v)))
-                                .with_read_only(true)
-                                .with_config_source(SOURCE_STATIC_BROKER)
-                        })
+                        .filter(|s| wanted(s.name))
+                        .map(|s| broker_setting_result(s, req.include_synonyms))
                         .collect();
                 }
                 other => {
@@ -332,6 +301,44 @@ pub fn describe_configs(
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// A broker setting as Kafka describes it: static (read-only: no setting changes at run time
+/// yet) when the file or a flag set it, the default otherwise; synonyms list the value in
+/// effect and then the default, in Kafka's order of precedence.
+fn broker_setting_result(
+    s: crate::config::BrokerSetting,
+    include_synonyms: bool,
+) -> DescribeConfigsResourceResult {
+    let source = if s.value == s.default {
+        SOURCE_DEFAULT
+    } else {
+        SOURCE_STATIC_BROKER
+    };
+    let mut synonyms = Vec::new();
+    if include_synonyms {
+        if source == SOURCE_STATIC_BROKER {
+            synonyms.push(
+                DescribeConfigsSynonym::default()
+                    .with_name(sb(s.name))
+                    .with_value(Some(sb(s.value.clone())))
+                    .with_source(SOURCE_STATIC_BROKER),
+            );
+        }
+        synonyms.push(
+            DescribeConfigsSynonym::default()
+                .with_name(sb(s.name))
+                .with_value(Some(sb(s.default)))
+                .with_source(SOURCE_DEFAULT),
+        );
+    }
+    DescribeConfigsResourceResult::default()
+        .with_name(sb(s.name))
+        .with_value(Some(sb(s.value)))
+        .with_read_only(true)
+        .with_config_source(source)
+        .with_config_type(s.config_type)
+        .with_synonyms(synonyms)
 }
 
 pub fn incremental_alter_configs(
@@ -374,7 +381,7 @@ fn alter_topic(
 ) -> Result<(), MetaError> {
     let topic = broker
         .topic(name)
-        .ok_or_else(|| crate::state::unknown_topic(name))?;
+        .ok_or_else(|| crate::registry::unknown_topic(name))?;
     let mut configs = topic.configs.clone();
     let invalid = |m: String| MetaError::new(ResponseError::InvalidConfig, m);
     for op in ops {

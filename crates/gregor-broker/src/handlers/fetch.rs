@@ -28,7 +28,9 @@ use kafka_protocol::records::RecordBatchDecoder;
 use tokio::time::Instant;
 
 use super::produce::log_error_code;
-use crate::state::{Broker, Partition, Topic};
+use crate::broker::Broker;
+use crate::partition::Partition;
+use crate::registry::Topic;
 
 /// ListOffsets special timestamps.
 const LATEST: i64 = -1;
@@ -101,20 +103,20 @@ fn fetch_once(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchRespon
                 partitions.push(pd);
                 continue;
             };
-            let log = partition.log.read().expect("log lock");
-            let hw = log.log_end_offset();
-            let lso = partition.last_stable_offset(hw);
-            pd.high_watermark = hw;
-            pd.last_stable_offset = lso;
-            pd.log_start_offset = log.log_start_offset();
-            // read_committed never reads past the last stable offset.
-            let upper_bound = if req.isolation_level == 1 { lso } else { hw };
             let limit = (fp.partition_max_bytes.max(0) as usize).min(budget);
-            if limit == 0 && total > 0 {
+            // Nothing is read once the response is full (only its offsets are answered).
+            let wanted = (limit > 0 || total == 0).then_some(limit);
+            // read_committed never reads past the last stable offset.
+            let (offsets, read) =
+                partition.fetch(fp.fetch_offset, wanted, req.isolation_level == 1);
+            pd.high_watermark = offsets.high_watermark;
+            pd.last_stable_offset = offsets.last_stable;
+            pd.log_start_offset = offsets.log_start;
+            let Some(read) = read else {
                 partitions.push(pd);
                 continue;
-            }
-            match log.read(fp.fetch_offset, limit, upper_bound) {
+            };
+            match read {
                 Ok(read) => {
                     // KIP-74: only the first data of the response may exceed the limits.
                     if total > 0 && read.data.len() > limit {
@@ -128,11 +130,7 @@ fn fetch_once(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchRespon
                         // default, so a CRC pass here cost every fetch a second read).
                         let last = gregor_log::batch::next_offset_after(&read.data)
                             .map_or(fp.fetch_offset, |next| next - 1);
-                        let aborted = partition
-                            .producers
-                            .lock()
-                            .expect("producer state lock")
-                            .aborted_between(fp.fetch_offset, last);
+                        let aborted = partition.aborted_between(fp.fetch_offset, last);
                         pd.aborted_transactions = Some(
                             aborted
                                 .into_iter()
@@ -220,26 +218,18 @@ fn offset_for(
     timestamp: i64,
     read_committed: bool,
 ) -> Result<Option<(i64, i64)>, LogError> {
-    let log = partition.log.read().expect("log lock");
     match timestamp {
-        EARLIEST | EARLIEST_LOCAL => Ok(Some((log.log_start_offset(), -1))),
+        EARLIEST | EARLIEST_LOCAL => Ok(Some((partition.log_start_offset(), -1))),
         // read_committed: the last stable offset.
-        LATEST if read_committed => Ok(Some((
-            partition.last_stable_offset(log.log_end_offset()),
-            -1,
-        ))),
-        LATEST => Ok(Some((log.log_end_offset(), -1))),
+        LATEST if read_committed => Ok(Some((partition.offsets().last_stable, -1))),
+        LATEST => Ok(Some((partition.log_end_offset(), -1))),
         MAX_TIMESTAMP => {
-            let start = log.log_start_offset();
-            Ok(log
-                .find_max_timestamp_batch()?
-                .and_then(|(h, bytes)| record_at(&h, bytes, start, |ts, best| ts > best)))
+            let (batch, start) = partition.find_max_timestamp_batch()?;
+            Ok(batch.and_then(|(h, bytes)| record_at(&h, bytes, start, |ts, best| ts > best)))
         }
         ts if ts >= 0 => {
-            let start = log.log_start_offset();
-            Ok(log
-                .find_batch_by_timestamp(ts)?
-                .and_then(|(h, bytes)| first_record_at_or_after(&h, bytes, start, ts)))
+            let (batch, start) = partition.find_batch_by_timestamp(ts)?;
+            Ok(batch.and_then(|(h, bytes)| first_record_at_or_after(&h, bytes, start, ts)))
         }
         _ => Ok(None),
     }
@@ -305,22 +295,11 @@ pub fn delete_records(broker: &Arc<Broker>, req: DeleteRecordsRequest) -> Delete
                         .with_low_watermark(-1);
                     match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
                         None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                        Some(partition) => {
-                            let mut log = partition.log.write().expect("log lock");
-                            let hw = log.log_end_offset();
-                            let target = if p.offset == -1 { hw } else { p.offset };
-                            if target < 0 || target > hw {
-                                r.error_code = ResponseError::OffsetOutOfRange.code();
-                            } else {
-                                match log.advance_log_start_offset(target) {
-                                    Ok(low) => {
-                                        partition.segments_deleted(&log);
-                                        r.low_watermark = low
-                                    }
-                                    Err(e) => r.error_code = log_error_code(&e).code(),
-                                }
-                            }
-                        }
+                        Some(partition) => match partition.delete_records_before(p.offset) {
+                            Ok(Some(low)) => r.low_watermark = low,
+                            Ok(None) => r.error_code = ResponseError::OffsetOutOfRange.code(),
+                            Err(e) => r.error_code = log_error_code(&e).code(),
+                        },
                     }
                     r
                 })

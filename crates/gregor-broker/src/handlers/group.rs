@@ -40,13 +40,13 @@ use kafka_protocol::messages::{
 };
 
 use super::sb;
+use crate::broker::Broker;
 use crate::groups::{client_host, now_ms, GroupService};
-use crate::state::Broker;
 
 const NOT_AVAILABLE: ResponseError = ResponseError::CoordinatorNotAvailable;
 
 fn service(broker: &Arc<Broker>) -> Option<&Arc<GroupService>> {
-    broker.groups.get()
+    broker.groups()
 }
 
 fn topic_exists(broker: &Broker, topic: &str, partition: i32) -> bool {
@@ -67,7 +67,7 @@ pub fn find_coordinator(
         match req.key_type {
             0 if service(broker).is_some() => None,
             0 => Some((NOT_AVAILABLE, "group coordinator not started")),
-            1 if broker.txns.get().is_some() => None,
+            1 if broker.txns().is_some() => None,
             1 => Some((NOT_AVAILABLE, "transaction coordinator not started")),
             _ => Some((ResponseError::InvalidRequest, "unknown key type")),
         }
@@ -385,7 +385,7 @@ pub async fn offset_commit(
                     Err(ResponseError::KafkaStorageError)
                 }
                 // Durable before acknowledged.
-                (Ok(codes), Ok(written)) => match GroupService::sync(written).await {
+                (Ok(codes), Ok(written)) => match crate::internal_topics::sync(written).await {
                     Ok(()) => Ok(codes),
                     Err(e) => {
                         tracing::error!(error = %e, "offset commit fsync failed");
@@ -689,7 +689,7 @@ pub async fn delete_groups(
                 .with_error_code(code),
         );
     }
-    if let Err(e) = GroupService::sync(to_sync).await {
+    if let Err(e) = crate::internal_topics::sync(to_sync).await {
         tracing::error!(error = %e, "fsync after DeleteGroups failed");
         for r in &mut results {
             if r.error_code == 0 {
@@ -721,7 +721,7 @@ pub async fn offset_delete(broker: &Arc<Broker>, req: OffsetDeleteRequest) -> Of
     let result = match (result, written) {
         (Err(e), _) => Err(e),
         (Ok(_), Err(_)) => Err(ResponseError::KafkaStorageError),
-        (Ok(codes), Ok(w)) => match GroupService::sync(w).await {
+        (Ok(codes), Ok(w)) => match crate::internal_topics::sync(w).await {
             Ok(()) => Ok(codes),
             Err(_) => Err(ResponseError::KafkaStorageError),
         },

@@ -8,11 +8,13 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeClusterResponse, MetadataRequest, MetadataResponse, TopicName,
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
 };
 
 use super::sb;
-use crate::state::{Broker, Topic};
+use crate::broker::Broker;
+use crate::registry::Topic;
 
 /// Kafka's AclOperation codes, as bits of an authorized-operations field.
 const fn ops(codes: &[u8]) -> i32 {
@@ -37,7 +39,7 @@ pub fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> Met
         .with_node_id(node)
         .with_host(sb(&broker.advertised_host))
         .with_port(broker.advertised_port)];
-    resp.cluster_id = Some(sb(&broker.cluster_id));
+    resp.cluster_id = Some(sb(broker.cluster_id()));
     resp.controller_id = node;
     // Without an authorizer every operation is allowed; Kafka then reports the full set
     // when asked (v8+; the cluster field exists only in v8-v10).
@@ -92,7 +94,7 @@ fn topic_metadata(broker: &Broker, topic: &Topic, authorized_ops: i32) -> Metada
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(sb(&topic.name))))
         .with_topic_id(topic.id)
-        .with_is_internal(crate::state::is_internal_topic(&topic.name))
+        .with_is_internal(crate::internal_topics::is_internal_topic(&topic.name))
         .with_topic_authorized_operations(authorized_ops)
         .with_partitions(
             topic
@@ -110,10 +112,23 @@ fn topic_metadata(broker: &Broker, topic: &Topic, authorized_ops: i32) -> Metada
         )
 }
 
-pub fn describe_cluster(broker: &Arc<Broker>) -> DescribeClusterResponse {
+/// DescribeCluster endpoint types (v1+): a broker lists brokers; controllers are asked of a
+/// controller listener, which answers UNSUPPORTED_ENDPOINT_TYPE on a broker as Kafka does.
+const ENDPOINT_TYPE_BROKERS: i8 = 1;
+
+pub fn describe_cluster(
+    broker: &Arc<Broker>,
+    req: &DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let node = BrokerId(broker.config.node_id);
     let mut resp = DescribeClusterResponse::default();
-    resp.cluster_id = sb(&broker.cluster_id);
+    if req.endpoint_type != ENDPOINT_TYPE_BROKERS {
+        resp.error_code = ResponseError::UnsupportedEndpointType.code();
+        resp.error_message = Some(sb("this broker lists brokers only (endpoint type 1)"));
+        resp.endpoint_type = req.endpoint_type;
+        return resp;
+    }
+    resp.cluster_id = sb(broker.cluster_id());
     resp.controller_id = node;
     resp.endpoint_type = 1;
     resp.cluster_authorized_operations = i32::MIN;

@@ -19,7 +19,7 @@ use gregor_protocol::DecodedRequest;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::state::Broker;
+use crate::broker::Broker;
 
 /// Routes a request to its handler.
 pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<ResponseKind> {
@@ -29,8 +29,8 @@ pub async fn handle(broker: &Arc<Broker>, request: DecodedRequest) -> Option<Res
             ResponseKind::ApiVersions(gregor_protocol::codec::api_versions_body(0))
         }
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, version)),
-        RequestKind::DescribeCluster(_) => {
-            ResponseKind::DescribeCluster(metadata::describe_cluster(broker))
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(metadata::describe_cluster(broker, &r))
         }
         RequestKind::Produce(r) => {
             return produce::produce(broker, r, version)

@@ -11,16 +11,17 @@
 
 use std::sync::Arc;
 
-use gregor_log::{batch::iter_batches, LogError};
+use gregor_log::{BatchHeader, LogError, ValidateError, ValidatedBatches};
 use gregor_protocol::records::{validate_batch_records, RecordsError};
-use gregor_txn::{ProducerBatch, ProducerError, TxnError, Verdict};
+use gregor_txn::{ProducerError, TxnError};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::sb;
+use crate::broker::Broker;
 use crate::config::FsyncPolicy;
-use crate::state::{Broker, Partition};
+use crate::partition::{Partition, ProduceError};
 use crate::transactions::TransactionService;
 
 pub async fn produce(
@@ -63,7 +64,7 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
             } else {
                 match &topic {
                     Err(e) => Err((e.code, e.message.clone())),
-                    Ok(topic) if crate::state::is_internal_topic(&topic.name) => Err((
+                    Ok(topic) if crate::internal_topics::is_internal_topic(&topic.name) => Err((
                         ResponseError::InvalidTopicException,
                         format!("Cannot append to internal topic {}", topic.name),
                     )),
@@ -73,7 +74,7 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
                             format!("{}-{} does not exist", topic.name, pd.index),
                         )),
                         Some(partition) => append(
-                            broker.txns.get().map(|t| &**t),
+                            broker.txns().map(|t| &**t),
                             partition,
                             pd.records.as_deref(),
                             &Limits {
@@ -118,7 +119,7 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
     if !written.is_empty() {
         match broker.config.fsync {
             // Group commit: acks=0 data is queued too, just not waited for.
-            FsyncPolicy::Always => flushed = broker.flusher.request(&written, wait),
+            FsyncPolicy::Always => flushed = broker.flusher().request(&written, wait),
             FsyncPolicy::Interval => {
                 let due: Vec<_> = written
                     .iter()
@@ -126,12 +127,12 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
                         let limit = broker
                             .topic(&p.topic)
                             .map_or(i64::MAX, |t| t.log_settings(&broker.config).flush_messages);
-                        p.log.read().expect("log lock").unflushed().0 >= limit
+                        p.unflushed().0 >= limit
                     })
                     .cloned()
                     .collect();
                 if !due.is_empty() {
-                    broker.flusher.request(&due, false);
+                    broker.flusher().request(&due, false);
                 }
             }
             FsyncPolicy::Never => {}
@@ -198,145 +199,96 @@ fn append(
     records: Option<&[u8]>,
     limits: &Limits,
 ) -> Result<(i64, i64), (ResponseError, String)> {
-    let max_message_bytes = limits.max_message_bytes;
     let records = match records {
         Some(r) if !r.is_empty() => r,
         _ => return Err((ResponseError::InvalidRecord, "no records".to_string())),
     };
-    let mut headers = Vec::new();
-    for batch in iter_batches(records) {
-        match batch {
-            Ok((header, _)) if header.total_size() > max_message_bytes => {
-                return Err((
-                    ResponseError::MessageTooLarge,
-                    format!(
-                        "batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
-                        header.total_size()
-                    ),
-                ))
-            }
-            Ok((header, range)) => {
-                if header.is_control() {
-                    // Only the transaction coordinator writes markers.
-                    return Err((
-                        ResponseError::InvalidRecord,
-                        "clients may not write control batches".to_string(),
-                    ));
-                }
-                if header.is_transactional() && header.producer_id < 0 {
-                    return Err((
-                        ResponseError::InvalidRecord,
-                        "a transactional batch needs a producer id".to_string(),
-                    ));
-                }
-                validate_batch_records(&records[range], limits.max_decompressed_bytes).map_err(
-                    |e| match e {
-                        RecordsError::TooLarge { .. } => {
-                            (ResponseError::MessageTooLarge, e.to_string())
-                        }
-                        _ => (ResponseError::CorruptMessage, e.to_string()),
-                    },
-                )?;
-                headers.push(header);
-            }
-            Err(e) => return Err((ResponseError::CorruptMessage, e.to_string())),
-        }
-    }
-    let producer_batches: Vec<Option<ProducerBatch>> = headers
-        .iter()
-        .map(|h| {
-            (h.producer_id >= 0).then(|| {
-                ProducerBatch::new(
-                    h.producer_id,
-                    h.producer_epoch,
-                    h.base_sequence,
-                    h.last_offset_delta,
-                )
-            })
-        })
-        .collect();
-    let mut log = partition.log.write().expect("log lock");
-    // KIP-890 part 1: a transactional batch is written only if its partition was added to
-    // the producer's ongoing transaction at this epoch. Checked under the log lock, which
-    // marker writes also take, so no batch slips in after its transaction's marker.
-    for h in headers.iter().filter(|h| h.is_transactional()) {
-        let verified = match txns {
-            None => Err(TxnError::InvalidTxnState),
-            Some(t) => t.verify_write(
-                h.producer_id,
-                h.producer_epoch,
-                &partition.topic,
-                partition.index,
+    // One walk: framing and CRC (once per batch), then this request's checks, batch by
+    // batch, so the first bad batch decides the error.
+    let batches =
+        ValidatedBatches::validate(records, |header, batch| check_batch(header, batch, limits))
+            .map_err(|e| match e {
+                ValidateError::Batch(e) => (ResponseError::CorruptMessage, e.to_string()),
+                ValidateError::Check(e) => e,
+            })?;
+    let verify_txn = |h: &BatchHeader| match txns {
+        None => Err(TxnError::InvalidTxnState),
+        Some(t) => t.verify_write(
+            h.producer_id,
+            h.producer_epoch,
+            &partition.topic,
+            partition.index,
+        ),
+    };
+    let appended = partition
+        .append_produced(&batches, verify_txn)
+        .map_err(|e| produce_error(partition, e))?;
+    Ok((appended.base_offset, appended.log_start_offset))
+}
+
+/// A produced batch (framing and CRC already checked) meets this request's rules: its size
+/// is within `max.message.bytes`, it is not a control batch, a transactional batch has a
+/// producer id, and its records are well formed (`gregor_protocol::records`).
+fn check_batch(
+    header: &BatchHeader,
+    batch: &[u8],
+    limits: &Limits,
+) -> Result<(), (ResponseError, String)> {
+    let max_message_bytes = limits.max_message_bytes;
+    if header.total_size() > max_message_bytes {
+        return Err((
+            ResponseError::MessageTooLarge,
+            format!(
+                "batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
+                header.total_size()
             ),
-        };
-        match verified {
-            Ok(()) => {}
-            Err(TxnError::ProducerFenced) => {
-                return Err((
-                    ResponseError::InvalidProducerEpoch,
-                    format!(
-                        "producer {} epoch {} is fenced",
-                        h.producer_id, h.producer_epoch
-                    ),
-                ))
-            }
-            Err(e) => {
-                return Err((
-                    ResponseError::InvalidTxnState,
-                    format!(
-                        "producer {} has no ongoing transaction with {}-{}: {e}",
-                        h.producer_id, partition.topic, partition.index
-                    ),
-                ))
-            }
-        }
+        ));
     }
-    let mut producers = partition.producers.lock().expect("producer state lock");
-    // Idempotence: decide every batch before writing any. A lone batch that repeats one
-    // already written is answered with its original offsets and not written again.
-    // Several batches are checked against a scratch copy, so each sees its predecessors.
-    let mut scratch = None;
-    for (i, pb) in producer_batches.iter().enumerate() {
-        let Some(pb) = pb else { continue };
-        let verdict = if headers.len() == 1 {
-            producers.check(pb)
-        } else {
-            let table = scratch.get_or_insert_with(|| producers.clone());
-            let verdict = table.check(pb);
-            if verdict == Ok(Verdict::Append) {
-                table.record(pb, -1, -1, headers[i].max_timestamp);
-            }
-            verdict
-        };
-        match verdict {
-            Ok(Verdict::Append) => {}
-            Ok(Verdict::Duplicate { first_offset, .. }) if headers.len() == 1 => {
-                tracing::debug!(
-                    producer_id = pb.producer_id,
-                    sequence = pb.first_sequence,
-                    first_offset,
-                    "duplicate batch"
-                );
-                return Ok((first_offset, log.log_start_offset()));
-            }
-            Ok(Verdict::Duplicate { .. }) => {
-                return Err((
-                    ResponseError::DuplicateSequenceNumber,
-                    format!("batch {i} of a multi-batch request repeats a written batch"),
-                ))
-            }
-            Err(e @ ProducerError::InvalidEpoch { .. }) => {
-                return Err((ResponseError::InvalidProducerEpoch, e.to_string()))
-            }
-            Err(e @ ProducerError::OutOfOrder { .. }) => {
-                return Err((ResponseError::OutOfOrderSequenceNumber, e.to_string()))
-            }
-        }
+    if header.is_control() {
+        // Only the transaction coordinator writes markers.
+        return Err((
+            ResponseError::InvalidRecord,
+            "clients may not write control batches".to_string(),
+        ));
     }
-    let info = partition
-        .append_locked(&mut log, &mut producers, records)
-        .map_err(|e| (log_error_code(&e), e.to_string()))?;
-    Ok((info.base_offset, log.log_start_offset()))
+    if header.is_transactional() && header.producer_id < 0 {
+        return Err((
+            ResponseError::InvalidRecord,
+            "a transactional batch needs a producer id".to_string(),
+        ));
+    }
+    validate_batch_records(batch, limits.max_decompressed_bytes).map_err(|e| match e {
+        RecordsError::TooLarge { .. } => (ResponseError::MessageTooLarge, e.to_string()),
+        _ => (ResponseError::CorruptMessage, e.to_string()),
+    })
+}
+
+/// The Kafka error code and message for a refused append.
+fn produce_error(partition: &Partition, e: ProduceError) -> (ResponseError, String) {
+    match e {
+        ProduceError::Fenced { producer_id, epoch } => (
+            ResponseError::InvalidProducerEpoch,
+            format!("producer {producer_id} epoch {epoch} is fenced"),
+        ),
+        ProduceError::NotInTransaction { producer_id, error } => (
+            ResponseError::InvalidTxnState,
+            format!(
+                "producer {producer_id} has no ongoing transaction with {}-{}: {error}",
+                partition.topic, partition.index
+            ),
+        ),
+        ProduceError::DuplicateInMultiBatch { index } => (
+            ResponseError::DuplicateSequenceNumber,
+            format!("batch {index} of a multi-batch request repeats a written batch"),
+        ),
+        ProduceError::Producer(e @ ProducerError::InvalidEpoch { .. }) => {
+            (ResponseError::InvalidProducerEpoch, e.to_string())
+        }
+        ProduceError::Producer(e @ ProducerError::OutOfOrder { .. }) => {
+            (ResponseError::OutOfOrderSequenceNumber, e.to_string())
+        }
+        ProduceError::Log(e) => (log_error_code(&e), e.to_string()),
+    }
 }
 
 pub(crate) fn log_error_code(e: &LogError) -> ResponseError {
@@ -346,5 +298,93 @@ pub(crate) fn log_error_code(e: &LogError) -> ResponseError {
         LogError::InvalidRecord(_) => ResponseError::InvalidRecord,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         LogError::Io(_) | LogError::StorageFailed(_) => ResponseError::KafkaStorageError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes, BytesMut};
+    use gregor_log::batch::crc_count;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    use super::*;
+    use crate::config::BrokerConfig;
+
+    fn batch(pid: i64, seq: i32) -> Bytes {
+        let records: Vec<Record> = (0..3)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: pid,
+                producer_epoch: 0,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                // Constant offset - sequence: one batch (the encoder splits otherwise).
+                sequence: seq + i as i32,
+                timestamp: 1000,
+                key: None,
+                value: Some(Bytes::from_static(b"value")),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    }
+
+    fn request(records: Bytes) -> ProduceRequest {
+        ProduceRequest::default()
+            .with_acks(1)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records))])])
+    }
+
+    /// A produce computes each batch's CRC once (validation), not again in the log, and
+    /// the records are stored.
+    #[test]
+    fn produce_checksums_each_batch_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        };
+        let broker = Arc::new(Broker::open(config, ("127.0.0.1".into(), 9092)).unwrap());
+        let topic = broker
+            .create_topic("t", 1, 1, Default::default(), false)
+            .unwrap();
+        let cases = [
+            (vec![batch(-1, 0)], 0),
+            (vec![batch(-1, 0), batch(-1, 0), batch(-1, 0)], 3),
+            (vec![batch(7, 0), batch(7, 3)], 12),
+        ];
+        for (batches, base) in cases {
+            let n = batches.len() as u64;
+            let records: Vec<u8> = batches.iter().flat_map(|b| b.to_vec()).collect();
+            let before = crc_count::get();
+            let pending = append_phase(&broker, request(Bytes::from(records)), 9);
+            assert_eq!(crc_count::get() - before, n, "CRCs for {n} batches");
+            let r = &pending.responses[0].partition_responses[0];
+            assert_eq!((r.error_code, r.base_offset), (0, base));
+        }
+        assert_eq!(topic.partitions[0].log_end_offset(), 18);
+        broker.shutdown();
     }
 }

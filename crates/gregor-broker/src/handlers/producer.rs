@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
-use crate::state::Broker;
+use crate::broker::Broker;
 
 pub fn init_producer_id(
     broker: &Arc<Broker>,

@@ -20,8 +20,9 @@ use kafka_protocol::messages::{
     InitProducerIdResponse, ProducerId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 
-use crate::groups::{now_ms, GroupService, OFFSETS_TOPIC};
-use crate::state::Broker;
+use crate::broker::Broker;
+use crate::groups::now_ms;
+use crate::internal_topics::OFFSETS_TOPIC;
 use crate::transactions::{TransactionService, WriteError, Written};
 
 /// Kafka's error code for a coordinator error; PRODUCER_FENCED only from the version that
@@ -40,10 +41,7 @@ pub fn txn_error(e: TxnError, version: i16, fenced_since: i16) -> ResponseError 
 }
 
 fn service(broker: &Broker) -> Result<&Arc<TransactionService>, ResponseError> {
-    broker
-        .txns
-        .get()
-        .ok_or(ResponseError::CoordinatorNotAvailable)
+    broker.txns().ok_or(ResponseError::CoordinatorNotAvailable)
 }
 
 /// Makes a change's records durable and commits its transitions. A failed append or fsync
@@ -52,7 +50,7 @@ fn service(broker: &Broker) -> Result<&Arc<TransactionService>, ResponseError> {
 /// NOT_COORDINATOR, a missing partition COORDINATOR_NOT_AVAILABLE. Clients retry both.
 async fn persist(svc: &TransactionService, written: Vec<Written>) -> Result<(), ResponseError> {
     svc.persist(written).await.map_err(|e| {
-        tracing::error!(error = %e, "writing {} failed", crate::transactions::TXN_TOPIC);
+        tracing::error!(error = %e, "writing {} failed", crate::internal_topics::TXN_TOPIC);
         match e {
             WriteError::Unavailable(_) => ResponseError::CoordinatorNotAvailable,
             WriteError::Storage(_) => ResponseError::NotCoordinator,
@@ -221,7 +219,7 @@ pub async fn add_offsets_to_txn(
     req: AddOffsetsToTxnRequest,
     version: i16,
 ) -> AddOffsetsToTxnResponse {
-    let result = match broker.groups.get() {
+    let result = match broker.groups() {
         None => Err(ResponseError::CoordinatorNotAvailable),
         Some(groups) => {
             let partition = groups.partition_for(&req.group_id);
@@ -364,8 +362,7 @@ async fn txn_commit(
 ) -> Result<Vec<i16>, ResponseError> {
     let svc = service(broker)?;
     let groups = broker
-        .groups
-        .get()
+        .groups()
         .ok_or(ResponseError::CoordinatorNotAvailable)?;
     // The offsets partition must have been added (AddOffsetsToTxn) to the producer's
     // ongoing transaction.
@@ -391,7 +388,7 @@ async fn txn_commit(
         tracing::error!(error = %e, "transactional offset commit append failed");
         ResponseError::KafkaStorageError
     })?;
-    GroupService::sync(written).await.map_err(|e| {
+    crate::internal_topics::sync(written).await.map_err(|e| {
         tracing::error!(error = %e, "transactional offset commit fsync failed");
         ResponseError::KafkaStorageError
     })?;

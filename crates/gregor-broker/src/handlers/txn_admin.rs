@@ -20,8 +20,8 @@ use kafka_protocol::messages::{
 };
 
 use super::sb;
+use crate::broker::Broker;
 use crate::groups::now_ms;
-use crate::state::Broker;
 
 const STATES: &[&str] = &[
     "Empty",
@@ -38,7 +38,7 @@ pub fn describe_transactions(
     broker: &Arc<Broker>,
     req: DescribeTransactionsRequest,
 ) -> DescribeTransactionsResponse {
-    let svc = broker.txns.get();
+    let svc = broker.txns();
     let states = req
         .transactional_ids
         .into_iter()
@@ -92,7 +92,7 @@ pub fn list_transactions(
     version: i16,
 ) -> ListTransactionsResponse {
     let mut resp = ListTransactionsResponse::default();
-    let Some(svc) = broker.txns.get() else {
+    let Some(svc) = broker.txns() else {
         resp.error_code = ResponseError::CoordinatorNotAvailable.code();
         return resp;
     };
@@ -161,9 +161,8 @@ pub fn describe_producers(
                         r.error_code = ResponseError::UnknownTopicOrPartition.code();
                         return r;
                     };
-                    let table = partition.producers.lock().expect("producer state lock");
-                    let ongoing: BTreeMap<i64, i64> = table.ongoing().collect();
-                    let mut producers = table.producers();
+                    let (mut producers, ongoing) = partition.producer_summaries();
+                    let ongoing: BTreeMap<i64, i64> = ongoing.into_iter().collect();
                     producers.sort_unstable();
                     r.active_producers = producers
                         .into_iter()

@@ -877,7 +877,7 @@ fn sync_job_advances_durable_offset_without_holding_the_log() {
 fn segment_ms_rolls_old_active_segment() {
     let dir = TempDir::new().unwrap();
     let config = LogConfig {
-        segment_ms: 50,
+        segment_ms: 200,
         ..LogConfig::default()
     };
     let clock = gregor_os::ManualClock::new(1_000_000);

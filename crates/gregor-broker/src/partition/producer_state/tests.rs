@@ -10,6 +10,7 @@ use kafka_protocol::records::{
 use tempfile::TempDir;
 
 use super::*;
+use crate::partition::Partition;
 
 /// One v2 batch of `n` records from `pid` at `epoch` starting at sequence `seq`.
 fn batch(pid: i64, epoch: i16, seq: i32, n: i32, transactional: bool) -> Bytes {
@@ -53,7 +54,7 @@ fn marker(pid: i64, epoch: i16, commit: bool) -> Bytes {
 }
 
 fn marker_at(pid: i64, epoch: i16, commit: bool, ts: i64) -> Bytes {
-    crate::state::encode_internal_batch(
+    crate::internal_topics::encode_internal_batch(
         [(
             Bytes::copy_from_slice(&marker_key(commit)),
             Some(Bytes::copy_from_slice(&marker_value(0))),
@@ -108,9 +109,7 @@ fn open_with(dir: &Path, clean: bool, expiry: LoadExpiry) -> (Partition, Loaded)
 }
 
 fn append(p: &Partition, records: &[u8]) -> gregor_log::AppendInfo {
-    let mut log = p.log.write().unwrap();
-    let mut producers = p.producers.lock().unwrap();
-    p.append_locked(&mut log, &mut producers, records).unwrap()
+    p.append_internal(records).unwrap()
 }
 
 /// What a producer-state table decides and reports, for comparisons.

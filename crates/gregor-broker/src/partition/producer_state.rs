@@ -8,7 +8,7 @@
 //! [`ProducerStateTable`]), CRC-32C (u32 BE) of everything before it. A snapshot is taken
 //! whenever a segment rolls (the state at the new segment's base offset, cloned under the
 //! log lock, before the rolling append is applied) and at clean shutdown (at the log end).
-//! A roll only *queues* the copy on the partition ([`Partition::queue_snapshot`]); the
+//! A roll only *queues* the copy on the partition ([`Partition::queue_snapshot`](super::Partition::queue_snapshot)); the
 //! file is written — tmp, fsync, rename, fsync dir — by the group-commit flusher thread
 //! after the round that made the log durable past that offset (or by the coordinators'
 //! sync path, or at shutdown), never under the log lock and never on the produce path.
@@ -18,7 +18,7 @@
 //! **Aborted index.** Each ABORT marker that closes an open transaction appends a Kafka
 //! `.txnindex` entry to the segment holding the marker ([`gregor_log::txnindex`]); the
 //! segment's deletion (retention, DeleteRecords) deletes the file, and
-//! [`Partition::segments_deleted`] drops the entries from memory.
+//! [`Partition::segments_deleted`](super::Partition::segments_deleted) drops the entries from memory.
 //!
 //! **Open** ([`load`]): delete snapshots above the recovered log end (the log lost its
 //! tail), take the newest readable snapshot within `[log start, log end]` (and not above
@@ -30,10 +30,9 @@
 
 use std::path::{Path, PathBuf};
 
-use gregor_log::{AbortedTxnEntry, BatchHeader, PartitionLog};
+use bytes::Bytes;
+use gregor_log::{batch::iter_batches, AbortedTxnEntry, BatchHeader, PartitionLog};
 use gregor_txn::{AbortedTxn, ProducerBatch, ProducerStateTable};
-
-use crate::state::{replay_batches, Partition};
 
 /// Suffix of snapshot files.
 pub const SNAPSHOT_SUFFIX: &str = ".snapshot";
@@ -98,17 +97,11 @@ pub fn decode_snapshot(bytes: &[u8], offset: i64) -> Result<ProducerStateTable, 
     serde_json::from_slice(&body[20..]).map_err(|e| e.to_string())
 }
 
-/// Writes the snapshot at `offset` durably: tmp file, fsync, rename, fsync the directory.
+/// Writes the snapshot at `offset` durably ([`gregor_os::fs::replace_file`]: tmp file
+/// `<offset>.snapshot.tmp`, fsync, rename, fsync the directory).
 pub fn write_snapshot(dir: &Path, offset: i64, table: &ProducerStateTable) -> anyhow::Result<()> {
-    use std::io::Write;
     let bytes = encode_snapshot(offset, table)?;
-    let path = snapshot_path(dir, offset);
-    let tmp = path.with_extension("snapshot.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    gregor_os::fs::replace_file(&snapshot_path(dir, offset), &bytes)?;
     Ok(())
 }
 
@@ -155,7 +148,7 @@ pub fn apply_batch(
     batch: &[u8],
 ) -> Option<AbortedTxn> {
     if header.is_control() {
-        match crate::transactions::marker_type(batch) {
+        match marker_type(batch) {
             Some(commit) => {
                 return table.record_marker(
                     header.producer_id,
@@ -316,134 +309,44 @@ pub fn load(dir: &Path, log: &mut PartitionLog, expiry: LoadExpiry) -> anyhow::R
     })
 }
 
-impl Partition {
-    /// Queues a snapshot of `table` (the state at `offset`) for writing once the log is
-    /// durable past it. Cheap; called under the log lock when a segment rolls.
-    pub fn queue_snapshot(&self, offset: i64, table: ProducerStateTable) {
-        let mut pending = self.pending_snapshots.lock().expect("snapshot lock");
-        pending.push((offset, table));
-        if pending.len() > SNAPSHOTS_KEPT {
-            pending.remove(0);
-        }
-    }
-
-    /// Writes the queued snapshots whose offset the log is durable up to. Blocking file
-    /// I/O; called by the flusher thread after a round, never under the log lock.
-    pub fn write_due_snapshots(&self) {
-        if self
-            .pending_snapshots
-            .lock()
-            .expect("snapshot lock")
-            .is_empty()
-        {
-            return;
-        }
-        let mut newest = self.snapshot_write.lock().expect("snapshot write lock");
-        let (durable, start) = {
-            let log = self.log.read().expect("log lock");
-            (log.durable_offset(), log.log_start_offset())
-        };
-        let due: Vec<(i64, ProducerStateTable)> = {
-            let mut pending = self.pending_snapshots.lock().expect("snapshot lock");
-            let n = pending.partition_point(|(o, _)| *o <= durable);
-            pending.drain(..n).collect()
-        };
-        for (offset, table) in due {
-            match write_snapshot(&self.dir, offset, &table) {
-                Ok(()) => *newest = Some(offset),
-                Err(e) => {
-                    tracing::warn!(topic = %self.topic, partition = self.index, offset, error = %e, "writing producer snapshot failed")
-                }
-            }
-        }
-        if let Err(e) = prune_snapshots(&self.dir, start) {
-            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "pruning producer snapshots failed");
-        }
-    }
-
-    /// Clean shutdown (after the log was flushed): writes the queued snapshots and one at
-    /// the log end, unless the newest snapshot on disk is already there.
-    pub fn snapshot_at_shutdown(&self) -> anyhow::Result<()> {
-        self.write_due_snapshots();
-        let mut newest = self.snapshot_write.lock().expect("snapshot write lock");
-        let (end, start, table) = {
-            let log = self.log.read().expect("log lock");
-            let table = self
-                .producers
-                .lock()
-                .expect("producer state lock")
-                .snapshot_copy();
-            (log.log_end_offset(), log.log_start_offset(), table)
-        };
-        if *newest == Some(end) || (end == start && table.is_empty()) {
+/// Calls `f` for every batch from offset `start` on, in offset order. `read` returns the
+/// whole batches at an offset (nothing at the end of the log); the caller decides locking.
+pub fn replay_batches(
+    start: i64,
+    mut read: impl FnMut(i64) -> anyhow::Result<Bytes>,
+    mut f: impl FnMut(&BatchHeader, Bytes) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut offset = start;
+    loop {
+        let data = read(offset)?;
+        if data.is_empty() {
             return Ok(());
         }
-        write_snapshot(&self.dir, end, &table)?;
-        *newest = Some(end);
-        prune_snapshots(&self.dir, start)?;
-        Ok(())
-    }
-
-    /// Appends `records` to this partition's `log` and applies them to its producer state
-    /// (both locked by the caller, log first): a roll queues a snapshot of the state
-    /// before the append; each batch goes through [`apply_batch`]; an ABORT marker's
-    /// aborted transaction is persisted in its segment's `.txnindex`. The headers are
-    /// read from `records` with the assigned offsets: the log stores the batches
-    /// unchanged otherwise (`LogAppendTime` stamping is not used — topics accept only
-    /// `message.timestamp.type=CreateTime` — so `maxTimestamp` is the stored one; if it
-    /// ever is, the stamped time must be applied here, or replay would differ).
-    ///
-    /// Producer expiry ([`Partition::expire_producers`]) takes only the producer-state
-    /// lock; it cannot fall between a produce's check and this, which hold both.
-    pub fn append_locked(
-        &self,
-        log: &mut PartitionLog,
-        producers: &mut ProducerStateTable,
-        records: &[u8],
-    ) -> Result<gregor_log::AppendInfo, gregor_log::LogError> {
-        let info = log.append(records)?;
-        if info.rolled {
-            self.queue_snapshot(info.base_offset, producers.snapshot_copy());
-        }
-        // The log validated every batch (CRC included): walk the headers only.
-        let (mut offset, mut pos) = (info.base_offset, 0usize);
-        while let Some(Ok(mut header)) = records.get(pos..).map(BatchHeader::parse) {
-            let Some(batch) = records.get(pos..pos + header.total_size()) else {
-                break;
-            };
-            pos += header.total_size();
-            header.base_offset = offset;
+        let before = offset;
+        for item in iter_batches(&data) {
+            let (header, range) = item.map_err(|e| anyhow::anyhow!("{e}"))?;
             offset = header.next_offset();
-            if let Some(a) = apply_batch(producers, &header, batch) {
-                let entry = txn_index_entry(producers, &a);
-                if let Err(e) = log.append_aborted_txn(&entry) {
-                    // The in-memory index has it; a restart replaying from a snapshot
-                    // below the marker re-derives it.
-                    tracing::error!(topic = %self.topic, partition = self.index, error = %e, "writing the aborted-transaction index failed");
-                }
-            }
+            f(&header, data.slice(range))?;
         }
-        Ok(info)
+        if offset <= before {
+            anyhow::bail!("log replay made no progress at offset {before}");
+        }
     }
+}
 
-    /// Removes this partition's producers idle for `expiration_ms` at `now_ms` (see
-    /// [`ProducerStateTable::expire`]); one pass over the table under its lock. Returns
-    /// how many were removed.
-    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
-        self.producers
-            .lock()
-            .expect("producer state lock")
-            .expire(now_ms, expiration_ms)
-    }
-
-    /// After retention or DeleteRecords deleted segments: forgets their aborted
-    /// transactions (their `.txnindex` files went with them).
-    pub fn segments_deleted(&self, log: &PartitionLog) {
-        self.producers
-            .lock()
-            .expect("producer state lock")
-            .drop_aborted_below(log.oldest_segment_base());
-    }
+/// Reads whether a stored control batch is a COMMIT (`Some(true)`) or ABORT marker, from
+/// the key of its first record (uncompressed, as markers are written).
+pub fn marker_type(batch: &[u8]) -> Option<bool> {
+    let mut pos = gregor_log::BatchHeader::SIZE;
+    let varint = |pos: &mut usize| gregor_wire::varint::read_varlong(batch, pos).ok();
+    let _length = varint(&mut pos)?;
+    pos += 1; // attributes
+    let _ts = varint(&mut pos)?;
+    let _delta = varint(&mut pos)?;
+    let key_len = varint(&mut pos)?;
+    let key_len = usize::try_from(key_len).ok()?;
+    let key = batch.get(pos..pos.checked_add(key_len)?)?;
+    gregor_txn::records::decode_marker_key(key)
 }
 
 #[cfg(test)]

@@ -1,191 +1,31 @@
-//! The broker's state: the topic registry (names, IDs, partitions, config overrides) and the
-//! partitions' logs.
-//!
-//! Topic metadata is persisted as one JSON document, `<data-dir>/meta/state.json`, replaced
-//! atomically (write to a temporary file, fsync, rename, fsync the directory) on every change.
-//! Each partition's log lives in `<data-dir>/<topic>-<partition>/` and is owned by
-//! [`gregor_log::PartitionLog`].
+//! The topic registry: names, IDs, partition counts, config overrides, and the
+//! producer-ID reservation, persisted as one JSON document, `<data-dir>/meta/state.json`,
+//! replaced atomically on every change. Each partition's log lives in
+//! `<data-dir>/<topic>-<partition>/` (see [`crate::partition`]).
 //!
 //! Invariant: a topic is in the registry if and only if it is in `state.json`; partition
 //! directories are created before the registry change is persisted and removed after it.
+//! Readers get an immutable `Arc<Topic>`; a change replaces the topic (copy, persist,
+//! publish), so a reader never sees a half-applied change.
+//!
+//! The registry knows nothing of the coordinators or of which topics are internal: the
+//! broker's rules about those ([`crate::broker`]) sit on top. Clustering turns this into a
+//! view of the metadata log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
-use gregor_log::{batch::iter_batches, LogConfig, PartitionLog};
-use gregor_log::{BatchHeader, RecoveryHint};
-use gregor_txn::ProducerStateTable;
+use gregor_log::{LogConfig, RecoveryHint};
 use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
-use crate::flusher::Flusher;
+use crate::partition::producer_state::LoadExpiry;
+use crate::partition::Partition;
 use crate::topic_config::{self, LogSettings};
-
-/// `<data-dir>/recovery-point-offset-checkpoint`: one line per partition,
-/// `<topic> <partition> <offset>`, every record below `offset` was fsynced.
-pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
-/// The recovery-point checkpoint re-indexes an active segment once it grew this much.
-const ACTIVE_INDEX_MIN_GROWTH: u64 = 1 << 20;
-/// `<data-dir>/clean-shutdown`: present only between a clean shutdown and the next start.
-pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
-
-/// One partition of a topic, led by this broker.
-pub struct Partition {
-    pub topic: String,
-    pub index: i32,
-    pub log: RwLock<PartitionLog>,
-    /// Idempotent producers' sequence state. Lock order: `log` before `producers`.
-    pub producers: Mutex<ProducerStateTable>,
-    /// Queued for the group-commit flusher's next round (see [`crate::flusher`]).
-    pub flush_queued: AtomicBool,
-    /// The compaction cleaner is working on this partition.
-    pub cleaning: AtomicBool,
-    /// The partition's directory (producer snapshots live there).
-    pub dir: PathBuf,
-    /// Producer-state snapshots taken at segment rolls, waiting for the log to be durable
-    /// past their offset (see [`crate::producer_state`]). A leaf lock.
-    pub pending_snapshots: Mutex<Vec<(i64, ProducerStateTable)>>,
-    /// Serializes snapshot writers; holds the newest snapshot offset on disk.
-    pub snapshot_write: Mutex<Option<i64>>,
-    /// Batches replayed into the producer state when the partition was opened.
-    pub replayed_on_open: u64,
-}
-
-impl Partition {
-    /// A partition over an opened log and its producer state.
-    pub fn new(
-        topic: &str,
-        index: i32,
-        dir: PathBuf,
-        log: PartitionLog,
-        producers: ProducerStateTable,
-    ) -> Partition {
-        Partition {
-            topic: topic.to_string(),
-            index,
-            log: RwLock::new(log),
-            producers: Mutex::new(producers),
-            flush_queued: AtomicBool::new(false),
-            cleaning: AtomicBool::new(false),
-            dir,
-            pending_snapshots: Mutex::new(Vec::new()),
-            snapshot_write: Mutex::new(None),
-            replayed_on_open: 0,
-        }
-    }
-
-    /// The high watermark. On a single node every appended batch is committed, so it equals
-    /// the log end offset. Replication will make this the ISR's minimum.
-    pub fn high_watermark(&self) -> i64 {
-        self.log.read().expect("log lock").log_end_offset()
-    }
-
-    /// The last stable offset given the high watermark: the first offset of the earliest
-    /// open transaction, or the high watermark. read_committed consumers stop here.
-    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
-        self.producers
-            .lock()
-            .expect("producer state lock")
-            .first_unstable_offset()
-            .map_or(high_watermark, |o| o.min(high_watermark))
-    }
-}
-
-impl Partition {
-    /// Calls `f` with every batch of this partition's log, from its start to its end at the
-    /// time each chunk is read, in offset order. The read lock is taken per 1 MiB chunk, so
-    /// appends proceed in between. Used by the coordinators to load their internal topics.
-    pub fn replay(
-        &self,
-        f: impl FnMut(&BatchHeader, Bytes) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let start = self.log.read().expect("log lock").log_start_offset();
-        replay_batches(
-            start,
-            |offset| {
-                let log = self.log.read().expect("log lock");
-                let end = log.log_end_offset();
-                Ok(log.read(offset, 1 << 20, end)?.data)
-            },
-            f,
-        )
-    }
-}
-
-/// Calls `f` for every batch from offset `start` on, in offset order. `read` returns the
-/// whole batches at an offset (nothing at the end of the log); the caller decides locking.
-pub fn replay_batches(
-    start: i64,
-    mut read: impl FnMut(i64) -> anyhow::Result<Bytes>,
-    mut f: impl FnMut(&BatchHeader, Bytes) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut offset = start;
-    loop {
-        let data = read(offset)?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        let before = offset;
-        for item in iter_batches(&data) {
-            let (header, range) = item.map_err(|e| anyhow::anyhow!("{e}"))?;
-            offset = header.next_offset();
-            f(&header, data.slice(range))?;
-        }
-        if offset <= before {
-            anyhow::bail!("log replay made no progress at offset {before}");
-        }
-    }
-}
-
-/// Encodes one uncompressed v2 batch of `(key, value)` records for an internal topic,
-/// written by the broker itself. With `producer`, the batch is transactional for that
-/// producer (and a control batch if `control`: a transaction marker).
-pub fn encode_internal_batch(
-    records: impl IntoIterator<Item = (Bytes, Option<Bytes>)>,
-    now: i64,
-    producer: Option<(i64, i16)>,
-    control: bool,
-) -> anyhow::Result<Bytes> {
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
-    let records: Vec<Record> = records
-        .into_iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: producer.is_some(),
-            control,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now,
-            key: Some(key),
-            value,
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )?;
-    Ok(buf.freeze())
-}
+use gregor_os::fs::replace_file as write_atomically;
 
 /// A topic and its partitions.
 pub struct Topic {
@@ -261,23 +101,6 @@ impl MetaError {
 
 pub type MetaResult<T> = Result<T, MetaError>;
 
-/// Internal topics are written only by the broker's own coordinators: clients may read and
-/// describe them, but not produce to, delete or repartition them (the coordinators' hash of
-/// a key to a partition depends on the partition count).
-pub fn is_internal_topic(name: &str) -> bool {
-    matches!(name, "__consumer_offsets" | "__transaction_state")
-}
-
-fn refuse_internal(name: &str, what: &str) -> MetaResult<()> {
-    if is_internal_topic(name) {
-        return Err(MetaError::new(
-            ResponseError::InvalidRequest,
-            format!("{what} the internal topic {name} is not allowed"),
-        ));
-    }
-    Ok(())
-}
-
 /// Kafka's topic name rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> MetaResult<()> {
     let bad = |why: &str| {
@@ -304,34 +127,28 @@ pub fn validate_topic_name(name: &str) -> MetaResult<()> {
     Ok(())
 }
 
-/// The broker's shared state.
-pub struct Broker {
-    pub config: BrokerConfig,
-    pub cluster_id: String,
-    pub advertised_host: String,
-    pub advertised_port: i32,
+/// The topics this broker hosts and the producer IDs it handed out.
+pub struct TopicRegistry {
+    config: BrokerConfig,
+    cluster_id: String,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serializes metadata changes and their persistence.
     meta_write: Mutex<()>,
-    /// Bumped after every append; long-polling fetches wait on it.
-    appended: watch::Sender<u64>,
     producer_ids: Mutex<ProducerIds>,
-    /// The group coordinator, set once by [`crate::groups::GroupService::start`].
-    pub groups: std::sync::OnceLock<Arc<crate::groups::GroupService>>,
-    /// Group commit for `fsync = always` (and the `interval` policy's flushes).
-    pub flusher: Flusher,
-    /// Serializes recovery-point checkpoint writes.
-    checkpoint_write: Mutex<()>,
-    /// Set at shutdown: background threads (the cleaner) stop at their next check.
-    pub stopping: AtomicBool,
-    /// The transaction coordinator, set once by
-    /// [`crate::transactions::TransactionService::start`].
-    pub txns: std::sync::OnceLock<Arc<crate::transactions::TransactionService>>,
 }
 
-impl Broker {
-    /// Opens the data directory: loads persisted topics and reopens every partition log.
-    pub fn open(config: BrokerConfig, advertised: (String, i32)) -> anyhow::Result<Broker> {
+/// How the last process left the logs: per partition the offset below which everything
+/// was fsynced, and whether it shut down cleanly.
+#[derive(Debug, Default)]
+pub struct RecoveryState {
+    pub recovery_points: HashMap<(String, i32), i64>,
+    pub clean: bool,
+}
+
+impl TopicRegistry {
+    /// Loads `state.json` (creating it for a new data directory) and opens every
+    /// partition's log.
+    pub fn open(config: BrokerConfig, recovery: &RecoveryState) -> anyhow::Result<TopicRegistry> {
         std::fs::create_dir_all(config.data_dir.join("meta"))?;
         let state_path = config.data_dir.join("meta").join("state.json");
         let persisted: PersistedState = if state_path.exists() {
@@ -345,26 +162,19 @@ impl Broker {
             write_atomically(&state_path, &serde_json::to_vec_pretty(&s)?)?;
             s
         };
-        // What the last process left: a clean-shutdown marker means every log was flushed
-        // and indexed at exit; otherwise the recovery points say how much was fsynced.
-        let clean_path = config.data_dir.join(CLEAN_SHUTDOWN_FILE);
-        let clean = clean_path.exists();
-        let recovery_points = read_recovery_points(&config.data_dir)?;
+        let clean = recovery.clean;
         let started = std::time::Instant::now();
         let mut work = Vec::new();
         for t in &persisted.topics {
             for p in 0..t.partitions {
-                let rp = recovery_points.get(&(t.name.clone(), p)).copied();
+                let rp = recovery.recovery_points.get(&(t.name.clone(), p)).copied();
                 work.push((t.name.clone(), p, t.configs.clone(), rp));
             }
         }
         let total = work.len();
         let opened = open_partitions_parallel(&config, work, clean)?;
-        let scanned: u64 = opened
-            .iter()
-            .map(|p| p.log.read().expect("log lock").scanned_on_open())
-            .sum();
-        let replayed: u64 = opened.iter().map(|p| p.replayed_on_open).sum();
+        let scanned: u64 = opened.iter().map(|p| p.scanned_on_open()).sum();
+        let replayed: u64 = opened.iter().map(|p| p.replayed_on_open()).sum();
         let mut by_topic: HashMap<String, Vec<Arc<Partition>>> = HashMap::new();
         for part in opened {
             by_topic.entry(part.topic.clone()).or_default().push(part);
@@ -392,33 +202,21 @@ impl Broker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "opened partition logs"
         );
-        if clean {
-            // From here on the logs change: the marker must not survive a crash.
-            std::fs::remove_file(&clean_path)?;
-            std::fs::File::open(&config.data_dir)?.sync_all()?;
-        }
         let producer_ids = ProducerIds {
             next: persisted.producer_ids_reserved,
             reserved: persisted.producer_ids_reserved,
         };
-        let broker = Broker {
-            producer_ids: Mutex::new(producer_ids),
+        Ok(TopicRegistry {
+            config,
             cluster_id: persisted.cluster_id,
-            advertised_host: advertised.0,
-            advertised_port: advertised.1,
             topics: RwLock::new(topics),
             meta_write: Mutex::new(()),
-            appended: watch::channel(0).0,
-            groups: std::sync::OnceLock::new(),
-            txns: std::sync::OnceLock::new(),
-            config,
-            flusher: Flusher::start(),
-            checkpoint_write: Mutex::new(()),
-            stopping: AtomicBool::new(false),
-        };
-        // Every log is durable up to its end after open: record that right away.
-        broker.write_recovery_checkpoint()?;
-        Ok(broker)
+            producer_ids: Mutex::new(producer_ids),
+        })
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -441,16 +239,6 @@ impl Broker {
             .values()
             .cloned()
             .collect()
-    }
-
-    /// Subscribes to append notifications (for long-polling fetches).
-    pub fn subscribe_appends(&self) -> watch::Receiver<u64> {
-        self.appended.subscribe()
-    }
-
-    /// Wakes every waiting fetch; called after appends.
-    pub fn notify_appended(&self) {
-        self.appended.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Creates a topic. `partitions`/`replication` of -1 mean the broker defaults.
@@ -523,10 +311,13 @@ impl Broker {
         Ok(topic)
     }
 
-    /// Returns an internal topic (a coordinator's log), creating it compacted with
-    /// `partitions` partitions if it does not exist yet. An existing topic keeps its count:
-    /// the coordinators' key-to-partition hash depends on it.
-    pub fn ensure_internal_topic(&self, name: &str, partitions: i32) -> anyhow::Result<Arc<Topic>> {
+    /// Returns the topic, or creates it compacted with `partitions` partitions (an
+    /// existing topic keeps its partition count).
+    pub fn get_or_create_compacted(
+        &self,
+        name: &str,
+        partitions: i32,
+    ) -> anyhow::Result<Arc<Topic>> {
         if let Some(t) = self.topic(name) {
             return Ok(t);
         }
@@ -558,7 +349,6 @@ impl Broker {
     }
 
     pub fn delete_topic(&self, name: &str) -> MetaResult<Uuid> {
-        refuse_internal(name, "Deleting")?;
         let _guard = self.meta_write.lock().expect("meta lock");
         let topic = self.topic(name).ok_or_else(|| unknown_topic(name))?;
         self.commit_change(|topics| {
@@ -575,7 +365,6 @@ impl Broker {
     }
 
     pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> MetaResult<()> {
-        refuse_internal(name, "Adding partitions to")?;
         let _guard = self.meta_write.lock().expect("meta lock");
         let topic = self.topic(name).ok_or_else(|| unknown_topic(name))?;
         let current = topic.partitions.len() as i32;
@@ -606,30 +395,6 @@ impl Broker {
         })
     }
 
-    /// Writes the recovery-point checkpoint: each partition's durable offset.
-    pub fn write_recovery_checkpoint(&self) -> std::io::Result<()> {
-        let _guard = self.checkpoint_write.lock().expect("checkpoint lock");
-        let mut text = String::new();
-        for t in self.all_topics() {
-            for p in &t.partitions {
-                let durable = {
-                    let mut log = p.log.write().expect("log lock");
-                    // Index the active segment first, so that after a crash only what
-                    // was appended since (beyond the recovery point) is rescanned.
-                    if let Err(e) = log.checkpoint_active_index(ACTIVE_INDEX_MIN_GROWTH) {
-                        tracing::warn!(topic = %t.name, partition = p.index, error = %e, "could not write active segment index");
-                    }
-                    log.durable_offset()
-                };
-                text.push_str(&format!("{} {} {}\n", t.name, p.index, durable));
-            }
-        }
-        write_atomically(
-            &self.config.data_dir.join(RECOVERY_POINT_FILE),
-            text.as_bytes(),
-        )
-    }
-
     /// Replaces a topic's config overrides (already validated by the caller).
     pub fn set_topic_configs(
         &self,
@@ -651,10 +416,7 @@ impl Broker {
         // Applied live: segment settings take effect from the next append; retention,
         // compaction and flush settings are read by the background tasks on every pass.
         for p in &updated.partitions {
-            p.log
-                .write()
-                .expect("log lock")
-                .set_config(log_config.clone());
+            p.set_log_config(log_config.clone());
         }
         Ok(())
     }
@@ -718,37 +480,6 @@ impl Broker {
         ids.next += 1;
         Ok(ids.next - 1)
     }
-
-    /// Flushes every partition log and writes its index files, the recovery-point
-    /// checkpoint and, if all of that succeeded, the clean-shutdown marker.
-    pub fn shutdown(&self) {
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.flusher.stop();
-        let mut ok = true;
-        for t in self.all_topics() {
-            for p in &t.partitions {
-                if let Err(e) = p.log.write().expect("log lock").flush_for_shutdown() {
-                    ok = false;
-                    tracing::error!(topic = %t.name, partition = p.index, error = %e, "flush on shutdown failed");
-                }
-                if let Err(e) = p.snapshot_at_shutdown() {
-                    ok = false;
-                    tracing::error!(topic = %t.name, partition = p.index, error = %e, "producer snapshot failed");
-                }
-            }
-        }
-        if let Err(e) = self.write_recovery_checkpoint() {
-            ok = false;
-            tracing::error!(error = %e, "writing recovery-point checkpoint failed");
-        }
-        if ok {
-            let marker = self.config.data_dir.join(CLEAN_SHUTDOWN_FILE);
-            if let Err(e) = write_atomically(&marker, b"") {
-                tracing::error!(error = %e, "writing clean-shutdown marker failed");
-            }
-        }
-    }
 }
 
 pub fn unknown_topic(name: &str) -> MetaError {
@@ -794,35 +525,19 @@ fn open_partition_with(
     overrides: &BTreeMap<String, String>,
     hint: RecoveryHint,
 ) -> anyhow::Result<Arc<Partition>> {
-    let dir = partition_dir(&config.data_dir, topic, index);
-    let mut log = PartitionLog::open_with(&dir, log_config(config, overrides), hint)?;
-    let expiry = crate::producer_state::LoadExpiry {
+    let expiry = LoadExpiry {
         now_ms: gregor_log::now_ms(),
         expiration_ms: config.producer_id_expiration_ms,
     };
-    let loaded = crate::producer_state::load(&dir, &mut log, expiry)?;
-    if loaded.replayed_batches > 0 || !loaded.table.is_empty() || loaded.expired_producers > 0 {
-        tracing::info!(
-            topic,
-            partition = index,
-            snapshot_offset = loaded.snapshot_offset.unwrap_or(-1),
-            replayed_batches = loaded.replayed_batches,
-            producers = loaded.table.len(),
-            expired_producers = loaded.expired_producers,
-            aborted_txns = loaded.table.aborted_len(),
-            "producer state loaded"
-        );
-    }
-    let mut partition = Partition::new(topic, index, dir, log, loaded.table);
-    partition.replayed_on_open = loaded.replayed_batches;
-    // A snapshot without timestamps (earlier version) is not "already written": the
-    // clean shutdown rewrites it even with nothing appended.
-    *partition
-        .snapshot_write
-        .get_mut()
-        .expect("snapshot write lock") = loaded
-        .snapshot_offset
-        .filter(|_| loaded.filled_timestamps == 0);
+    let dir = partition_dir(&config.data_dir, topic, index);
+    let partition = Partition::open(
+        topic,
+        index,
+        dir,
+        log_config(config, overrides),
+        hint,
+        expiry,
+    )?;
     Ok(Arc::new(partition))
 }
 
@@ -867,46 +582,9 @@ fn open_partitions_parallel(
     })
 }
 
-/// Reads the recovery-point checkpoint (missing file: no recovery points).
-fn read_recovery_points(data_dir: &Path) -> anyhow::Result<HashMap<(String, i32), i64>> {
-    let text = match std::fs::read_to_string(data_dir.join(RECOVERY_POINT_FILE)) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = HashMap::new();
-    for line in text.lines() {
-        let mut it = line.split(' ');
-        match (it.next(), it.next(), it.next(), it.next()) {
-            (Some(t), Some(p), Some(o), None) => match (p.parse(), o.parse()) {
-                (Ok(p), Ok(o)) => {
-                    out.insert((t.to_string(), p), o);
-                }
-                _ => tracing::warn!(line, "ignoring malformed recovery-point line"),
-            },
-            _ => tracing::warn!(line, "ignoring malformed recovery-point line"),
-        }
-    }
-    Ok(out)
-}
-
 fn new_cluster_id() -> String {
     // Kafka cluster ids are 22-character URL-safe base64 UUIDs; a hex UUID prefix is as unique.
     Uuid::new_v4().simple().to_string()[..22].to_string()
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

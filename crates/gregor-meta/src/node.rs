@@ -1,0 +1,586 @@
+//! [`MetaNode`]: one member of the metadata quorum (a controller, Kafka's combined mode), with
+//! what the broker needs from it:
+//! - [`MetaNode::image`]: a watch of the applied [`MetadataImage`] (Metadata, DescribeCluster,
+//!   FindCoordinator, which partitions this broker leads or follows);
+//! - [`MetaNode::propose`]: a [`Command`] decided by the active controller and committed by the
+//!   quorum (CreateTopics & co., AlterPartition), forwarded to the leader when this node is not;
+//! - [`MetaNode::start_broker`]: the broker's registration and heartbeat loop;
+//! - [`MetaNode::leader_id`] and [`MetaNode::quorum_info`] (DescribeQuorum).
+//!
+//! The active controller is the Raft leader. Before it decides anything in a new term it waits
+//! until its state machine has applied everything committed (`ensure_linearizable`); it then
+//! decides one command at a time on the applied image, and every commit returns after it is
+//! applied, so each decision sees the previous ones.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::controller::{Command, Controller, ControllerConfig, MetaError, Reply};
+use crate::image::MetadataImage;
+use crate::net::{serve_raft, CallError, LinkClient, LinkRequest, LinkResponse, Network};
+use crate::records::{BrokerId, Endpoint, RecordBatch};
+use crate::store::{LogStore, StateMachine};
+use crate::TypeConfig;
+
+/// Milliseconds from a monotonic clock: the controller's only notion of time.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
+/// [`Clock`] from `std::time::Instant`.
+pub struct MonotonicClock(std::time::Instant);
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock(std::time::Instant::now())
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+/// How to run a [`MetaNode`].
+#[derive(Clone)]
+pub struct MetaConfig {
+    /// `node.id`.
+    pub node_id: BrokerId,
+    /// `controller.quorum.voters`: voter id → `host:port` of its controller listener.
+    pub voters: BTreeMap<BrokerId, String>,
+    /// Where the Raft log, vote and snapshots live (e.g. `<data-dir>/__cluster_metadata`).
+    pub dir: PathBuf,
+    pub controller: ControllerConfig,
+    /// Raft heartbeat interval (ms).
+    pub raft_heartbeat_ms: u64,
+    /// Raft election timeout range (ms): a follower that hears nothing for this long runs for
+    /// leader.
+    pub election_timeout_ms: (u64, u64),
+    /// How long [`MetaNode::propose`] tries (through leader changes) before
+    /// [`MetaError::RequestTimedOut`].
+    pub propose_timeout: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl MetaConfig {
+    /// Defaults: Raft heartbeats every 50 ms and an election timeout of 250–500 ms (openraft
+    /// adds a leader lease of the maximum, so a follower runs for leader 0.75–1 s after the
+    /// last word from a dead leader); broker sessions of 1.5 s with heartbeats every 250 ms
+    /// ([`ControllerConfig::default`]), so a killed broker loses its leaderships in under 2 s
+    /// (when it was the controller too, its silence towards the new leader ends its session
+    /// early: [`Controller::expire_unreachable`]); proposals give up after 5 s.
+    pub fn new(node_id: BrokerId, voters: BTreeMap<BrokerId, String>, dir: PathBuf) -> Self {
+        MetaConfig {
+            node_id,
+            voters,
+            dir,
+            controller: ControllerConfig::default(),
+            raft_heartbeat_ms: 50,
+            election_timeout_ms: (250, 500),
+            propose_timeout: Duration::from_secs(5),
+            clock: Arc::new(MonotonicClock::default()),
+        }
+    }
+}
+
+/// One voter as DescribeQuorum reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterState {
+    pub id: BrokerId,
+    /// Index of the last log entry known to be replicated to it (`None`: nothing yet).
+    pub matched_index: Option<u64>,
+    /// How many entries it is behind the leader's log end.
+    pub lag: Option<u64>,
+}
+
+/// The quorum as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumInfo {
+    pub leader_id: BrokerId,
+    /// The Raft term (Kafka's leader epoch of the metadata quorum).
+    pub term: u64,
+    /// Index of the leader's last log entry.
+    pub log_end_index: u64,
+    /// Index of the last entry applied by the leader (committed).
+    pub applied_index: u64,
+    pub voters: Vec<VoterState>,
+}
+
+struct Inner {
+    id: u64,
+    config: MetaConfig,
+    raft: Raft<TypeConfig>,
+    image: watch::Receiver<Arc<MetadataImage>>,
+    /// The active controller, with the Raft term it was started in.
+    controller: tokio::sync::Mutex<Option<(u64, Controller)>>,
+    /// For the active controller's term: when it started and the log end then, to find voters
+    /// that never acknowledge the new leader (see [`Controller::expire_unreachable`]).
+    term_start: Mutex<Option<(u64, tokio::time::Instant, u64)>>,
+    /// Idle connections to other voters, for forwarding.
+    clients: Mutex<BTreeMap<u64, Vec<LinkClient>>>,
+    runtime: Handle,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running member of the metadata quorum. Cheap to clone; usable from any runtime (its work
+/// runs on the runtime it was started on).
+#[derive(Clone)]
+pub struct MetaNode {
+    inner: Arc<Inner>,
+}
+
+/// The broker side of registration: its current broker epoch (`None` while unregistered).
+pub struct BrokerHandle {
+    pub epoch: watch::Receiver<Option<i64>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MetaNode {
+    /// Starts the node with its controller listener already bound (so that tests can use
+    /// ephemeral ports). On a pristine directory a voter initializes the quorum with all the
+    /// voters (every voter may do so: openraft accepts the same initial membership more than
+    /// once). Must be called within a tokio runtime, which then runs the node.
+    pub async fn start(config: MetaConfig, listener: TcpListener) -> io::Result<MetaNode> {
+        let id = u64::try_from(config.node_id)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "negative node id"))?;
+        let log = LogStore::open(&config.dir)?;
+        let pristine = log.is_pristine();
+        let (sm, image) = StateMachine::open(&config.dir)?;
+        let raft_config = Config {
+            cluster_name: "gregor".into(),
+            heartbeat_interval: config.raft_heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms.0,
+            election_timeout_max: config.election_timeout_ms.1,
+            install_snapshot_timeout: 2000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let raft = Raft::new(id, Arc::new(raft_config), Network, log, sm)
+            .await
+            .map_err(io::Error::other)?;
+        if pristine && config.voters.contains_key(&config.node_id) {
+            let members: BTreeMap<u64, BasicNode> = config
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id as u64, BasicNode::new(addr)))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!("metadata quorum already initialized: {e}");
+            }
+        }
+        let node = MetaNode {
+            inner: Arc::new(Inner {
+                id,
+                config,
+                raft: raft.clone(),
+                image,
+                controller: tokio::sync::Mutex::new(None),
+                term_start: Mutex::new(None),
+                clients: Mutex::new(BTreeMap::new()),
+                runtime: Handle::current(),
+                tasks: Mutex::new(vec![]),
+            }),
+        };
+        let n = node.clone();
+        let forward: crate::net::ForwardFn = Arc::new(move |cmd| {
+            let n = n.clone();
+            Box::pin(async move {
+                let t = n.inner.config.propose_timeout;
+                tokio::time::timeout(t, n.propose_local(&cmd))
+                    .await
+                    .unwrap_or(Err(MetaError::RequestTimedOut))
+            })
+        });
+        let n = node.clone();
+        let quorum: crate::net::QuorumFn =
+            Arc::new(move || Box::pin(std::future::ready(n.local_quorum())));
+        let server = tokio::spawn(serve_raft(listener, raft, forward, quorum));
+        let n = node.clone();
+        let ticker = tokio::spawn(async move { n.tick_loop().await });
+        node.inner
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .extend([server, ticker]);
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> BrokerId {
+        self.inner.config.node_id
+    }
+
+    /// The applied metadata image; changes after every applied log entry.
+    pub fn image(&self) -> watch::Receiver<Arc<MetadataImage>> {
+        self.inner.image.clone()
+    }
+
+    /// The active controller (Raft leader), if one is known.
+    pub fn leader_id(&self) -> Option<BrokerId> {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .map(|l| l as BrokerId)
+    }
+
+    /// The voters (`controller.quorum.voters`).
+    pub fn voters(&self) -> &BTreeMap<BrokerId, String> {
+        &self.inner.config.voters
+    }
+
+    /// Decides and commits `cmd` on the active controller; retries through leader changes
+    /// for up to `propose_timeout`, then answers [`MetaError::RequestTimedOut`].
+    pub async fn propose(&self, cmd: Command) -> Result<Reply, MetaError> {
+        self.propose_within(cmd, self.inner.config.propose_timeout)
+            .await
+    }
+
+    /// [`Self::propose`] with its own time limit.
+    pub async fn propose_within(&self, cmd: Command, limit: Duration) -> Result<Reply, MetaError> {
+        let n = self.clone();
+        self.inner
+            .runtime
+            .spawn(async move { n.propose_loop(cmd, limit).await })
+            .await
+            .unwrap_or(Err(MetaError::NotController))
+    }
+
+    /// DescribeQuorum: asked of the leader (forwarded when this node is not).
+    pub async fn quorum_info(&self) -> Result<QuorumInfo, MetaError> {
+        let n = self.clone();
+        self.inner
+            .runtime
+            .spawn(async move {
+                let deadline = tokio::time::Instant::now() + n.inner.config.propose_timeout;
+                loop {
+                    let r = match n.leader_id().map(|l| l as u64) {
+                        Some(l) if l == n.inner.id => n.local_quorum(),
+                        Some(l) => match n.call(l, &LinkRequest::Quorum, deadline).await {
+                            Ok(LinkResponse::Quorum(r)) => r,
+                            _ => Err(MetaError::NotController),
+                        },
+                        None => Err(MetaError::NotController),
+                    };
+                    match r {
+                        Err(e) if e.is_retriable() => {
+                            if tokio::time::Instant::now() >= deadline {
+                                return Err(MetaError::RequestTimedOut);
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        r => return r,
+                    }
+                }
+            })
+            .await
+            .unwrap_or(Err(MetaError::NotController))
+    }
+
+    /// Starts the broker loop: register (with a fresh incarnation id), then heartbeat every
+    /// `heartbeat_interval_ms`; register again when the controller answers that the epoch is
+    /// stale. The returned handle stops the loop when dropped.
+    pub fn start_broker(&self, endpoints: Vec<Endpoint>, rack: Option<String>) -> BrokerHandle {
+        let (tx, rx) = watch::channel(None);
+        let n = self.clone();
+        let task = self.inner.runtime.spawn(async move {
+            let incarnation = Uuid::new_v4();
+            let broker_id = n.inner.config.node_id;
+            let interval = Duration::from_millis(n.inner.config.controller.heartbeat_interval_ms);
+            let mut epoch = None;
+            loop {
+                match epoch {
+                    None => {
+                        let cmd = Command::RegisterBroker {
+                            broker_id,
+                            incarnation,
+                            endpoints: endpoints.clone(),
+                            rack: rack.clone(),
+                        };
+                        if let Ok(Reply::Registered { broker_epoch }) =
+                            n.propose_loop(cmd, interval * 4).await
+                        {
+                            epoch = Some(broker_epoch);
+                            tx.send_replace(epoch);
+                            continue;
+                        }
+                    }
+                    Some(broker_epoch) => {
+                        let cmd = Command::Heartbeat {
+                            broker_id,
+                            broker_epoch,
+                        };
+                        if let Err(MetaError::StaleBrokerEpoch) =
+                            n.propose_loop(cmd, interval * 2).await
+                        {
+                            epoch = None;
+                            tx.send_replace(None);
+                            continue;
+                        }
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        BrokerHandle { epoch: rx, task }
+    }
+
+    /// Stops the node's tasks and Raft.
+    pub async fn shutdown(&self) {
+        for t in self.inner.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+        let _ = self.inner.raft.shutdown().await;
+    }
+
+    async fn propose_loop(&self, cmd: Command, limit: Duration) -> Result<Reply, MetaError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let leader = self.inner.raft.metrics().borrow().current_leader;
+            let r = match leader {
+                Some(l) if l == self.inner.id => {
+                    tokio::time::timeout_at(deadline, self.propose_local(&cmd))
+                        .await
+                        .unwrap_or(Err(MetaError::RequestTimedOut))
+                }
+                Some(l) => match self
+                    .call(l, &LinkRequest::Forward(cmd.clone()), deadline)
+                    .await
+                {
+                    Ok(LinkResponse::Forward(r)) => r,
+                    _ => Err(MetaError::NotController),
+                },
+                None => Err(MetaError::NotController),
+            };
+            match r {
+                Err(e) if e.is_retriable() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(MetaError::RequestTimedOut);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Calls voter `to` over the controller link before `deadline`.
+    async fn call(
+        &self,
+        to: u64,
+        req: &LinkRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<LinkResponse, CallError> {
+        let addr = self
+            .inner
+            .config
+            .voters
+            .get(&(to as BrokerId))
+            .cloned()
+            .ok_or_else(|| CallError::Unreachable(io::Error::other("not a voter")))?;
+        let pooled = self
+            .inner
+            .clients
+            .lock()
+            .expect("clients lock")
+            .get_mut(&to)
+            .and_then(|v| v.pop());
+        let mut client = pooled.unwrap_or_else(|| LinkClient::new(addr));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let r = client.call(req, left.max(Duration::from_millis(1))).await;
+        if r.is_ok() {
+            self.inner
+                .clients
+                .lock()
+                .expect("clients lock")
+                .entry(to)
+                .or_default()
+                .push(client);
+        }
+        r
+    }
+
+    /// Runs `f` with the active controller of the current term, starting one (after the
+    /// state machine caught up with the commit index) when the term changed.
+    async fn with_controller<T>(
+        &self,
+        f: impl FnOnce(
+            &mut Controller,
+            &MetadataImage,
+        ) -> Result<(T, Vec<crate::MetaRecord>), MetaError>,
+    ) -> Result<T, MetaError> {
+        let mut guard = self.inner.controller.lock().await;
+        let (leader, term) = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.current_term)
+        };
+        if leader != Some(self.inner.id) {
+            *guard = None;
+            return Err(MetaError::NotController);
+        }
+        if guard.as_ref().map(|(t, _)| *t) != Some(term) {
+            self.inner
+                .raft
+                .ensure_linearizable()
+                .await
+                .map_err(|_| MetaError::NotController)?;
+            *guard = Some((term, Controller::new(self.inner.config.controller.clone())));
+            let end = self
+                .inner
+                .raft
+                .metrics()
+                .borrow()
+                .last_log_index
+                .unwrap_or(0);
+            *self.inner.term_start.lock().expect("term lock") =
+                Some((term, tokio::time::Instant::now(), end));
+        }
+        let ctl = &mut guard.as_mut().expect("set above").1;
+        let image = self.inner.image.borrow().clone();
+        let (out, records) = f(ctl, &image)?;
+        if !records.is_empty() {
+            // If this commit times out (the caller drops this future) it may still go through
+            // later; `decided_at` makes the quorum refuse it if anything was applied since.
+            let batch = RecordBatch::decided_at(records, image.applied_index);
+            match self.inner.raft.client_write(batch).await {
+                Ok(resp) if resp.data.stale => {
+                    *guard = None;
+                    return Err(MetaError::NotController);
+                }
+                Ok(resp) => {
+                    if let Some(e) = resp.data.error {
+                        return Err(MetaError::InvalidRequest(e));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("metadata commit failed: {e}");
+                    // Decide the next command only after catching up again.
+                    *guard = None;
+                    return Err(MetaError::NotController);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn propose_local(&self, cmd: &Command) -> Result<Reply, MetaError> {
+        let now = self.inner.config.clock.now_ms();
+        self.with_controller(|ctl, image| ctl.handle(image, cmd, now, &mut Uuid::new_v4))
+            .await
+    }
+
+    /// On the active controller: fence expired brokers, elect leaders for offline partitions.
+    async fn tick_loop(&self) {
+        let every = Duration::from_millis(self.inner.config.controller.heartbeat_interval_ms / 2);
+        loop {
+            tokio::time::sleep(every.max(Duration::from_millis(10))).await;
+            if self.leader_id() != Some(self.inner.config.node_id) {
+                continue;
+            }
+            let now = self.inner.config.clock.now_ms();
+            let silent = self.silent_voters();
+            let r = tokio::time::timeout(
+                self.inner.config.propose_timeout,
+                self.with_controller(|ctl, image| {
+                    for v in &silent {
+                        ctl.expire_unreachable(*v, now);
+                    }
+                    Ok(((), ctl.tick(image, now)))
+                }),
+            )
+            .await;
+            if let Ok(Err(e)) = r {
+                tracing::debug!("controller tick: {e}");
+            }
+        }
+    }
+
+    /// Voters that have not acknowledged any entry of this leader's term although the term is
+    /// three Raft heartbeats old (a live voter acknowledges within one). Reported once per
+    /// term.
+    fn silent_voters(&self) -> Vec<BrokerId> {
+        let mut ts = self.inner.term_start.lock().expect("term lock");
+        let Some((term, started, end)) = *ts else {
+            return vec![];
+        };
+        let m = self.inner.raft.metrics().borrow().clone();
+        let grace = Duration::from_millis(3 * self.inner.config.raft_heartbeat_ms);
+        if m.current_term != term || started.elapsed() < grace {
+            return vec![];
+        }
+        *ts = None;
+        let replication = m.replication.unwrap_or_default();
+        self.inner
+            .config
+            .voters
+            .keys()
+            .copied()
+            .filter(|v| *v as u64 != self.inner.id)
+            .filter(|v| {
+                let matched = replication.get(&(*v as u64)).cloned().flatten();
+                matched.map(|l| l.index).unwrap_or(0) < end
+            })
+            .collect()
+    }
+
+    fn local_quorum(&self) -> Result<QuorumInfo, MetaError> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.inner.id) {
+            return Err(MetaError::NotController);
+        }
+        let end = m.last_log_index.unwrap_or(0);
+        let replication = m.replication.clone().unwrap_or_default();
+        let voters = self
+            .inner
+            .config
+            .voters
+            .keys()
+            .map(|id| {
+                let matched = if *id as u64 == self.inner.id {
+                    m.last_log_index
+                } else {
+                    replication
+                        .get(&(*id as u64))
+                        .cloned()
+                        .flatten()
+                        .map(|l| l.index)
+                };
+                VoterState {
+                    id: *id,
+                    matched_index: matched,
+                    lag: matched.map(|i| end.saturating_sub(i)),
+                }
+            })
+            .collect();
+        Ok(QuorumInfo {
+            leader_id: self.inner.id as BrokerId,
+            term: m.current_term,
+            log_end_index: end,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            voters,
+        })
+    }
+}
