@@ -32,6 +32,31 @@ pub(super) fn commit_record(
     Ok((value, record))
 }
 
+/// The records of an OffsetCommit's / TxnOffsetCommit's `partitions`, pushed to `fx` in
+/// order: one code per partition, and the accepted partitions with their values.
+fn commit_records<'p>(
+    group_id: &str,
+    partition: i32,
+    partitions: &'p [CommitPartition],
+    now: i64,
+    max_meta: usize,
+    fx: &mut Effects,
+) -> (Vec<i16>, Vec<(&'p CommitPartition, OffsetValue)>) {
+    let mut codes = Vec::with_capacity(partitions.len());
+    let mut accepted = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        match commit_record(group_id, partition, p, now, max_meta) {
+            Ok((value, record)) => {
+                fx.records.push(record);
+                accepted.push((p, value));
+                codes.push(0);
+            }
+            Err(e) => codes.push(code(e)),
+        }
+    }
+    (codes, accepted)
+}
+
 impl Coordinator {
     /// Applies one replayed transactional offset commit record of `producer_id` (pending
     /// until that producer's marker is replayed).
@@ -121,24 +146,14 @@ impl Coordinator {
             }
         }
         let max_meta = self.config.offset_metadata_max_bytes;
-        let mut codes = Vec::with_capacity(req.partitions.len());
-        for p in &req.partitions {
-            let value = match commit_record(&req.group_id, partition, p, now, max_meta) {
-                Ok((value, record)) => {
-                    fx.records.push(record);
-                    value
-                }
-                Err(e) => {
-                    codes.push(code(e));
-                    continue;
-                }
-            };
+        let (codes, committed) =
+            commit_records(&req.group_id, partition, &req.partitions, now, max_meta, fx);
+        for (p, value) in committed {
             let stored = self.next_write(value);
             self.pending_txn
                 .entry(req.producer_id)
                 .or_default()
                 .insert((req.group_id.clone(), p.topic.clone(), p.partition), stored);
-            codes.push(0);
         }
         Ok(codes)
     }
@@ -187,25 +202,15 @@ impl Coordinator {
             }
             member.session_deadline = now + member.session_timeout_ms as i64;
         }
-        let mut codes = Vec::with_capacity(req.partitions.len());
-        for p in &req.partitions {
-            let value = match commit_record(&req.group_id, partition, p, now, max_meta) {
-                Ok((value, record)) => {
-                    fx.records.push(record);
-                    value
-                }
-                Err(e) => {
-                    codes.push(code(e));
-                    continue;
-                }
-            };
+        let (codes, committed) =
+            commit_records(&req.group_id, partition, &req.partitions, now, max_meta, fx);
+        for (p, value) in committed {
             self.writes += 1;
             let stored = Stored {
                 value,
                 written: self.writes,
             };
             group.offsets.insert((p.topic.clone(), p.partition), stored);
-            codes.push(0);
         }
         Ok(codes)
     }
