@@ -315,6 +315,35 @@ def confluent_common(bootstrap: str) -> dict:
     }
 
 
+def confluent_producer(bootstrap: str, *, linger_ms: int, message_timeout_ms: int, **extra):
+    """A confluent-kafka Producer with acks=all; ``extra`` overrides any setting."""
+    from confluent_kafka import Producer
+
+    conf = confluent_common(bootstrap)
+    conf.update({"acks": "all", "linger.ms": linger_ms, "message.timeout.ms": message_timeout_ms})
+    conf.update(extra)
+    return Producer(conf)
+
+
+def confluent_assign_consumer(bootstrap: str, **extra):
+    """A confluent-kafka Consumer for assign(): a throwaway group id (required by the
+    config; no subscribe, no commits), from the earliest offset, reporting partition EOF.
+    ``extra`` overrides any setting."""
+    from confluent_kafka import Consumer
+
+    conf = confluent_common(bootstrap)
+    conf.update(
+        {
+            "group.id": unique_topic("g"),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+    conf.update(extra)
+    return Consumer(conf)
+
+
 def create_topic_confluent(bootstrap: str, topic: str, partitions: int = 1, config=None, timeout=30):
     """Create a topic with AdminClient and wait until metadata shows it."""
     from confluent_kafka.admin import AdminClient, NewTopic

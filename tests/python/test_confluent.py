@@ -26,7 +26,9 @@ from confluent_kafka.admin import (
 )
 
 from gregor_testlib import (
+    confluent_assign_consumer,
     confluent_common,
+    confluent_producer,
     create_topic_confluent,
     java_partition,
     murmur2,
@@ -41,27 +43,11 @@ TS_BASE = 1_700_000_000_000  # explicit CreateTime timestamps (ms)
 
 # ------------------------------------------------------------------ helpers
 def make_producer(bootstrap: str, **extra) -> Producer:
-    conf = confluent_common(bootstrap)
-    conf.update({"acks": "all", "linger.ms": 5, "message.timeout.ms": 60000})
-    conf.update(extra)
-    return Producer(conf)
+    return confluent_producer(bootstrap, linger_ms=5, message_timeout_ms=60000, **extra)
 
 
 def make_consumer(bootstrap: str, **extra) -> Consumer:
-    conf = confluent_common(bootstrap)
-    conf.update(
-        {
-            # group.id is required by the config, but we only assign(): no
-            # subscribe, no commits, so no group protocol is exercised.
-            "group.id": unique_topic("g"),
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-        }
-    )
-    conf.update(extra)
-    return Consumer(conf)
+    return confluent_assign_consumer(bootstrap, **{"enable.auto.offset.store": False, **extra})
 
 
 def produce_all(producer: Producer, records, flush_timeout=120):

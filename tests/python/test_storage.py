@@ -31,7 +31,9 @@ from confluent_kafka.admin import (
 )
 
 from gregor_testlib import (
+    confluent_assign_consumer,
     confluent_common,
+    confluent_producer,
     create_topic_confluent,
     unique_topic,
     wait_for,
@@ -48,24 +50,11 @@ def plain_log(broker) -> str:
 
 
 def producer(bootstrap: str, **extra) -> Producer:
-    conf = confluent_common(bootstrap)
-    conf.update({"acks": "all", "linger.ms": 2, "message.timeout.ms": 30000})
-    conf.update(extra)
-    return Producer(conf)
+    return confluent_producer(bootstrap, linger_ms=2, message_timeout_ms=30000, **extra)
 
 
 def consumer(bootstrap: str, **extra) -> Consumer:
-    conf = confluent_common(bootstrap)
-    conf.update(
-        {
-            "group.id": unique_topic("g"),
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-        }
-    )
-    conf.update(extra)
-    return Consumer(conf)
+    return confluent_assign_consumer(bootstrap, **extra)
 
 
 def read_partitions(bootstrap, topic, partitions, timeout=60, start=OFFSET_BEGINNING):

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::durable_file::write_atomically;
 use crate::registry::{RecoveryState, Topic};
+use gregor_os::fs::replace_file as write_atomically;
 
 /// `<data-dir>/recovery-point-offset-checkpoint`: one line per partition,
 /// `<topic> <partition> <offset>`, every record below `offset` was fsynced.

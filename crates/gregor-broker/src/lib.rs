@@ -11,14 +11,13 @@
 //! server → handlers → broker → transactions → groups → internal_topics → registry
 //!                            → flusher, checkpoint, log_manager (background work)
 //! registry, flusher, checkpoint → partition → partition::producer_state
-//! leaves: config, topic_config, appends, durable_file
+//! leaves: config, topic_config, appends
 //! ```
 
 pub mod appends;
 pub mod broker;
 pub mod checkpoint;
 pub mod config;
-pub mod durable_file;
 pub mod flusher;
 pub mod groups;
 pub mod handlers;

@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
-use crate::durable_file::write_atomically;
 use crate::partition::producer_state::LoadExpiry;
 use crate::partition::Partition;
 use crate::topic_config::{self, LogSettings};
+use gregor_os::fs::replace_file as write_atomically;
 
 /// A topic and its partitions.
 pub struct Topic {

@@ -566,24 +566,51 @@ impl<'a> ChunkReader<'a> {
     }
 }
 
-/// Sleeps as needed to keep `bytes` since `started` under `rate` bytes/s.
-fn throttle(started: Instant, bytes: u64, rate: u64) {
-    if rate == 0 {
-        return;
+/// The I/O of one pass, paced to at most `rate` bytes/s (0: unpaced). The pace is real
+/// I/O against real elapsed time, so it uses the monotonic clock, not the log's [`Clock`].
+///
+/// [`Clock`]: gregor_os::Clock
+struct Pace {
+    started: Instant,
+    io_bytes: u64,
+    rate: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            started: Instant::now(),
+            io_bytes: 0,
+            rate,
+        }
     }
-    let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
-    if let Some(wait) = due.checked_sub(started.elapsed()) {
-        std::thread::sleep(wait);
+
+    /// Sleeps as needed to keep the bytes done so far under the rate.
+    fn throttle(&self) {
+        if self.rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.io_bytes as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
     }
 }
 
-/// Runs one compaction pass on `log` if it is due; see the module docs.
-pub fn clean(
-    log: &RwLock<PartitionLog>,
-    cfg: &CleanConfig,
-) -> Result<Option<CleanStats>, LogError> {
-    // ---- 1. plan (read lock)
-    let (dir, snaps, first_dirty, interval) = {
+/// What a pass will look at, taken under the read lock.
+struct Plan {
+    dir: PathBuf,
+    /// The sealed segments old enough to clean (`min.compaction.lag.ms`).
+    snaps: Vec<SegSnap>,
+    /// Offsets below this were cleaned by the last pass.
+    first_dirty: i64,
+    index_interval: u64,
+}
+
+/// Step 1 (read lock): the cleanable segments, or `None` if the pass is not due (nothing
+/// dirty, or dirty below `min.cleanable.dirty.ratio`).
+fn plan(log: &RwLock<PartitionLog>, cfg: &CleanConfig) -> Option<Plan> {
+    let plan = {
         let l = log.read().expect("log lock");
         let horizon = cfg.now_ms.saturating_sub(cfg.min_compaction_lag_ms);
         let sealed = l.segments.len() - 1;
@@ -598,44 +625,45 @@ pub fn clean(
                 next_offset: s.next_offset(),
             })
             .collect();
-        (
-            l.dir.clone(),
+        Plan {
+            dir: l.dir.clone(),
             snaps,
-            l.cleaned_up_to.max(l.log_start_offset()),
-            l.config.index_interval_bytes,
-        )
+            first_dirty: l.cleaned_up_to.max(l.log_start_offset()),
+            index_interval: l.config.index_interval_bytes,
+        }
     };
-    let Some(last) = snaps.last() else {
-        return Ok(None);
-    };
-    if last.next_offset <= first_dirty {
-        return Ok(None);
+    if plan.snaps.last()?.next_offset <= plan.first_dirty {
+        return None;
     }
-    let total: u64 = snaps.iter().map(|s| s.size).sum();
-    let dirty: u64 = snaps
+    let total: u64 = plan.snaps.iter().map(|s| s.size).sum();
+    let dirty: u64 = plan
+        .snaps
         .iter()
-        .filter(|s| s.next_offset > first_dirty)
+        .filter(|s| s.next_offset > plan.first_dirty)
         .map(|s| s.size)
         .sum();
     if total == 0 || (dirty as f64) / (total as f64) < cfg.min_cleanable_dirty_ratio {
-        return Ok(None);
+        return None;
     }
-    let started = Instant::now();
-    let mut io_bytes = 0u64;
+    Some(plan)
+}
 
-    // Which transactions in the cleanable range committed, aborted or are still open.
-    let txns = scan_transactions(&snaps, &mut io_bytes)?;
-    throttle(started, io_bytes, cfg.io_bytes_per_sec);
-
-    // ---- 2. map (no lock)
-    let cap = cfg.max_decompressed_bytes;
+/// Step 2 (no lock): the offset of the last record of each key in the dirty range, up to
+/// the returned end (bounded by the map's memory and by the first open transaction).
+fn build_map(
+    plan: &Plan,
+    txns: &Transactions,
+    cfg: &CleanConfig,
+    pace: &mut Pace,
+) -> Result<(HashMap<u128, i64>, i64), LogError> {
+    let first_dirty = plan.first_dirty;
     let max_entries = (cfg.max_map_bytes / MAP_ENTRY_BYTES).max(1);
     let mut map: HashMap<u128, i64> = HashMap::new();
     let mut map_end = first_dirty;
-    'map: for s in snaps.iter().filter(|s| s.next_offset > first_dirty) {
+    'map: for s in plan.snaps.iter().filter(|s| s.next_offset > first_dirty) {
         for item in SegmentBatches::new(s) {
             let (header, bytes) = item?;
-            io_bytes += bytes.len() as u64;
+            pace.io_bytes += bytes.len() as u64;
             if header.next_offset() <= first_dirty {
                 continue;
             }
@@ -656,128 +684,173 @@ pub fn clean(
                 {
                     break 'map;
                 }
+                let cap = cfg.max_decompressed_bytes;
                 map_keys(&bytes, &header, first_dirty, cap, &mut map, &s.path);
             }
             map_end = header.next_offset();
         }
-        throttle(started, io_bytes, cfg.io_bytes_per_sec);
+        pace.throttle();
     }
-    if map_end <= first_dirty {
-        debug!(dir = %dir.display(), open_transaction_from = txns.open_from,
+    Ok((map, map_end))
+}
+
+/// What becomes of one batch of the cleaned range.
+fn filter_one(
+    header: &BatchHeader,
+    bytes: &[u8],
+    keep: &Keep,
+    txns: &Transactions,
+    stats: &mut CleanStats,
+) -> Filtered {
+    if header.is_control() || header.base_offset >= keep.map_end {
+        return Filtered::Unchanged;
+    }
+    if !header.is_transactional() {
+        return filter_keyed(bytes, header, keep, stats);
+    }
+    match txns.fate(header.producer_id, header.base_offset) {
+        TxnFate::Committed => filter_keyed(bytes, header, keep, stats),
+        TxnFate::Aborted if header.records_count > 0 => match rebuild_batch(bytes, &[], 0, true) {
+            Some(empty) => {
+                let n = u64::try_from(header.records_count).unwrap_or(0);
+                stats.records_removed += n;
+                stats.aborted_records_removed += n;
+                Filtered::Rewritten(empty)
+            }
+            None => Filtered::Unreadable("cannot empty batch".into()),
+        },
+        TxnFate::Aborted | TxnFate::Unknown | TxnFate::Open => Filtered::Unchanged,
+    }
+}
+
+/// Step 3 (no lock): writes the cleaned copy of segment `s` next to it, fsyncs it and
+/// validates it as recovery would; returns the copy with its index.
+fn copy_segment(
+    s: &SegSnap,
+    plan: &Plan,
+    keep: &Keep,
+    txns: &Transactions,
+    cfg: &CleanConfig,
+    stats: &mut CleanStats,
+    pace: &mut Pace,
+) -> Result<Segment, LogError> {
+    let tmp = PathBuf::from(format!("{}{CLEANED_SUFFIX}", s.path.display()));
+    let mut out = BufWriter::with_capacity(
+        1 << 20,
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?,
+    );
+    let mut written = 0u64;
+    for item in SegmentBatches::new(s) {
+        let (header, bytes) = item?;
+        pace.io_bytes += bytes.len() as u64;
+        let data = match filter_one(&header, &bytes, keep, txns, stats) {
+            Filtered::Rewritten(b) => b,
+            Filtered::Unchanged => bytes,
+            Filtered::Unreadable(reason) => {
+                debug!(path = %s.path.display(), offset = header.base_offset, %reason,
+                    "batch kept verbatim");
+                stats.batches_kept_verbatim += 1;
+                bytes
+            }
+        };
+        out.write_all(&data)?;
+        written += data.len() as u64;
+        pace.io_bytes += data.len() as u64;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    // Validate what we wrote exactly like recovery would, and build its index.
+    let (seg, recovery) = Segment::recover(tmp.clone(), s.base, plan.index_interval, cfg.now_ms)?;
+    if recovery.bytes_dropped > 0 || seg.next_offset() != s.next_offset {
+        let _ = fs::remove_file(&tmp);
+        return Err(LogError::CorruptBatch(format!(
+            "cleaned copy of {} failed validation: {:?}",
+            s.path.display(),
+            recovery.reason
+        )));
+    }
+    stats.segments += 1;
+    stats.bytes_before += s.size;
+    stats.bytes_after += written;
+    Ok(seg)
+}
+
+/// Step 4 (write lock): renames each copy over its segment if the segment is unchanged
+/// since the plan, then records `map_end` as cleaned.
+fn swap(
+    log: &RwLock<PartitionLog>,
+    dir: &Path,
+    cleaned: Vec<(i64, u64, Segment)>,
+    map_end: i64,
+) -> Result<(), LogError> {
+    let mut l = log.write().expect("log lock");
+    let sealed = l.segments.len() - 1;
+    for (base, old_size, mut seg) in cleaned {
+        let tmp = seg.path().to_path_buf();
+        let Some(i) = l.segments[..sealed]
+            .iter()
+            .position(|s| s.base_offset() == base && s.size() == old_size)
+        else {
+            debug!(path = %tmp.display(), "segment changed during cleaning; discarding copy");
+            let _ = fs::remove_file(&tmp);
+            continue;
+        };
+        let final_path = l.segments[i].path().to_path_buf();
+        // Old index first: it must never describe the new file.
+        let _ = fs::remove_file(segment::index_path(&final_path));
+        fs::rename(&tmp, &final_path)?;
+        seg.set_path(final_path);
+        if let Err(e) = seg.write_index() {
+            tracing::warn!(error = %e, "could not write index file after cleaning");
+        }
+        l.segments[i] = seg;
+    }
+    checkpoint::sync_dir(dir)?;
+    l.cleaned_up_to = map_end;
+    Ok(())
+}
+
+/// Runs one compaction pass on `log` if it is due; see the module docs.
+pub fn clean(
+    log: &RwLock<PartitionLog>,
+    cfg: &CleanConfig,
+) -> Result<Option<CleanStats>, LogError> {
+    let Some(plan) = plan(log, cfg) else {
+        return Ok(None);
+    };
+    let mut pace = Pace::new(cfg.io_bytes_per_sec);
+    // Which transactions in the cleanable range committed, aborted or are still open.
+    let txns = scan_transactions(&plan.snaps, &mut pace.io_bytes)?;
+    pace.throttle();
+    let (map, map_end) = build_map(&plan, &txns, cfg, &mut pace)?;
+    if map_end <= plan.first_dirty {
+        debug!(dir = %plan.dir.display(), open_transaction_from = txns.open_from,
             "nothing cleanable before an open transaction");
         return Ok(None);
     }
-
-    // ---- 3. copy (no lock)
-    let tombstone_horizon = cfg.now_ms.saturating_sub(cfg.delete_retention_ms);
-    let mut stats = CleanStats::default();
-    let mut cleaned: Vec<(i64, u64, Segment)> = Vec::new();
     let keep = Keep {
         map: &map,
         map_end,
-        tombstone_horizon,
-        cap,
+        tombstone_horizon: cfg.now_ms.saturating_sub(cfg.delete_retention_ms),
+        cap: cfg.max_decompressed_bytes,
     };
-    for s in snaps.iter().filter(|s| s.base < map_end) {
-        let tmp = PathBuf::from(format!("{}{CLEANED_SUFFIX}", s.path.display()));
-        let mut out = BufWriter::with_capacity(
-            1 << 20,
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?,
-        );
-        let mut written = 0u64;
-        for item in SegmentBatches::new(s) {
-            let (header, bytes) = item?;
-            io_bytes += bytes.len() as u64;
-            let filtered = if header.is_control() || header.base_offset >= map_end {
-                Filtered::Unchanged
-            } else if !header.is_transactional() {
-                filter_keyed(&bytes, &header, &keep, &mut stats)
-            } else {
-                match txns.fate(header.producer_id, header.base_offset) {
-                    TxnFate::Committed => filter_keyed(&bytes, &header, &keep, &mut stats),
-                    TxnFate::Aborted if header.records_count > 0 => {
-                        match rebuild_batch(&bytes, &[], 0, true) {
-                            Some(empty) => {
-                                let n = u64::try_from(header.records_count).unwrap_or(0);
-                                stats.records_removed += n;
-                                stats.aborted_records_removed += n;
-                                Filtered::Rewritten(empty)
-                            }
-                            None => Filtered::Unreadable("cannot empty batch".into()),
-                        }
-                    }
-                    TxnFate::Aborted | TxnFate::Unknown | TxnFate::Open => Filtered::Unchanged,
-                }
-            };
-            let data = match filtered {
-                Filtered::Rewritten(b) => b,
-                Filtered::Unchanged => bytes,
-                Filtered::Unreadable(reason) => {
-                    debug!(path = %s.path.display(), offset = header.base_offset, %reason,
-                        "batch kept verbatim");
-                    stats.batches_kept_verbatim += 1;
-                    bytes
-                }
-            };
-            out.write_all(&data)?;
-            written += data.len() as u64;
-            io_bytes += data.len() as u64;
-        }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        // Validate what we wrote exactly like recovery would, and build its index.
-        let (seg, recovery) = Segment::recover(tmp.clone(), s.base, interval, cfg.now_ms)?;
-        if recovery.bytes_dropped > 0 || seg.next_offset() != s.next_offset {
-            let _ = fs::remove_file(&tmp);
-            return Err(LogError::CorruptBatch(format!(
-                "cleaned copy of {} failed validation: {:?}",
-                s.path.display(),
-                recovery.reason
-            )));
-        }
-        stats.segments += 1;
-        stats.bytes_before += s.size;
-        stats.bytes_after += written;
+    let mut stats = CleanStats::default();
+    let mut cleaned: Vec<(i64, u64, Segment)> = Vec::new();
+    for s in plan.snaps.iter().filter(|s| s.base < map_end) {
+        let seg = copy_segment(s, &plan, &keep, &txns, cfg, &mut stats, &mut pace)?;
         cleaned.push((s.base, s.size, seg));
-        throttle(started, io_bytes, cfg.io_bytes_per_sec);
+        pace.throttle();
     }
-
-    // ---- 4. swap (write lock)
-    {
-        let mut l = log.write().expect("log lock");
-        let sealed = l.segments.len() - 1;
-        for (base, old_size, mut seg) in cleaned {
-            let tmp = seg.path().to_path_buf();
-            let Some(i) = l.segments[..sealed]
-                .iter()
-                .position(|s| s.base_offset() == base && s.size() == old_size)
-            else {
-                debug!(path = %tmp.display(), "segment changed during cleaning; discarding copy");
-                let _ = fs::remove_file(&tmp);
-                continue;
-            };
-            let final_path = l.segments[i].path().to_path_buf();
-            // Old index first: it must never describe the new file.
-            let _ = fs::remove_file(segment::index_path(&final_path));
-            fs::rename(&tmp, &final_path)?;
-            seg.set_path(final_path);
-            if let Err(e) = seg.write_index() {
-                tracing::warn!(error = %e, "could not write index file after cleaning");
-            }
-            l.segments[i] = seg;
-        }
-        checkpoint::sync_dir(&dir)?;
-        l.cleaned_up_to = map_end;
-    }
-    write_checkpoint(&dir, map_end)?;
+    swap(log, &plan.dir, cleaned, map_end)?;
+    write_checkpoint(&plan.dir, map_end)?;
     stats.cleaned_up_to = map_end;
     info!(
-        dir = %dir.display(),
+        dir = %plan.dir.display(),
         segments = stats.segments,
         bytes_before = stats.bytes_before,
         bytes_after = stats.bytes_after,
@@ -786,7 +859,7 @@ pub fn clean(
         aborted_records_removed = stats.aborted_records_removed,
         batches_kept_verbatim = stats.batches_kept_verbatim,
         cleaned_up_to = map_end,
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        elapsed_ms = pace.started.elapsed().as_millis() as u64,
         "compacted log"
     );
     Ok(Some(stats))

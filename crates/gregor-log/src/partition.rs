@@ -121,6 +121,140 @@ fn holds_records(data: &[u8]) -> bool {
     false
 }
 
+/// Files of a partition directory with the base offset of their segment.
+type Files = Vec<(i64, PathBuf)>;
+
+/// Segment files and aborted-transaction index files of a partition directory, each sorted
+/// by base offset. Transient files (checkpoint and index temporaries, cleaned copies) are
+/// removed.
+fn list_dir(dir: &Path) -> Result<(Files, Files), LogError> {
+    let mut files = Vec::new();
+    let mut txn_index_files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == checkpoint::TMP_FILE_NAME
+            || name.ends_with(".index.tmp")
+            || name.ends_with(crate::clean::CLEANED_SUFFIX)
+        {
+            fs::remove_file(entry.path())?;
+        } else if let Some(base) = segment::parse_file_name(name) {
+            files.push((base, entry.path()));
+        } else if let Some(base) = name
+            .strip_suffix(txnindex::TXN_INDEX_SUFFIX)
+            .and_then(|stem| segment::parse_file_name(&format!("{stem}.log")))
+        {
+            txn_index_files.push((base, entry.path()));
+        }
+    }
+    files.sort_unstable_by_key(|(base, _)| *base);
+    Ok((files, txn_index_files))
+}
+
+/// The segments [`load_segments`] kept.
+struct LoadedSegments {
+    segments: Vec<Segment>,
+    /// Index in the file list from which the log was cut (a gap or a torn segment).
+    cut_at: Option<usize>,
+    scanned_bytes: u64,
+}
+
+/// Loads the segment `files` in order: trusted ones from their index files, the rest
+/// scanned and validated, cutting the log at the first gap in offsets or invalid batch.
+fn load_segments(
+    files: &[(i64, PathBuf)],
+    hint: &RecoveryHint,
+    config: &LogConfig,
+    now_ms: i64,
+) -> Result<LoadedSegments, LogError> {
+    let recovery_point = hint.recovery_point.unwrap_or(i64::MIN);
+    let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
+    let mut scanned_bytes = 0u64;
+    for (i, (base, path)) in files.iter().enumerate() {
+        let (base, path) = (*base, path.clone());
+        if let Some(prev) = segments.last() {
+            if prev.next_offset() != base {
+                warn!(
+                    segment = %path.display(),
+                    expected = prev.next_offset(),
+                    "segment base offset does not continue the log; \
+                     dropping it and all later segments"
+                );
+                return Ok(LoadedSegments {
+                    segments,
+                    cut_at: Some(i),
+                    scanned_bytes,
+                });
+            }
+        }
+        // Segment i ends where segment i + 1 begins.
+        let trusted = hint.clean
+            || files
+                .get(i + 1)
+                .is_some_and(|(next_base, _)| *next_base <= recovery_point);
+        // An index file may describe the whole segment or a prefix of it
+        // (active segments are indexed at every checkpoint); its data is
+        // trusted if the segment is, or if the prefix is below the
+        // recovery point. Whatever lies past it is validated.
+        let loaded = Segment::load_indexed(path.clone(), base, |indexed_next| {
+            trusted || indexed_next <= recovery_point
+        })?
+        .filter(|s| trusted || s.next_offset() <= recovery_point);
+        let (mut seg, recovery) = match loaded {
+            Some(mut seg) => {
+                let recovery = seg.scan_tail(config.index_interval_bytes, now_ms)?;
+                (seg, recovery)
+            }
+            None => Segment::recover(path, base, config.index_interval_bytes, now_ms)?,
+        };
+        scanned_bytes += recovery.scanned_bytes;
+        let recovery =
+            (recovery.scanned_bytes > 0 || recovery.bytes_dropped > 0).then_some(recovery);
+        let dropped = recovery.as_ref().map_or(0, |r| r.bytes_dropped);
+        if dropped > 0 {
+            warn!(
+                segment = %seg.path().display(),
+                bytes_dropped = dropped,
+                valid_bytes = seg.size(),
+                reason = recovery.as_ref().and_then(|r| r.reason.as_deref()).unwrap_or(""),
+                "truncated invalid tail of log segment"
+            );
+        }
+        if recovery.is_some() && seg.next_offset() > recovery_point {
+            // Found on disk but maybe only in the page cache.
+            seg.mark_dirty();
+        }
+        segments.push(seg);
+        if dropped > 0 {
+            return Ok(LoadedSegments {
+                segments,
+                cut_at: Some(i + 1),
+                scanned_bytes,
+            });
+        }
+    }
+    Ok(LoadedSegments {
+        segments,
+        cut_at: None,
+        scanned_bytes,
+    })
+}
+
+/// Deletes segment files (and their index files) after the point where the log was cut.
+fn delete_files_from(files: &[(i64, PathBuf)]) -> Result<(), LogError> {
+    for (_, path) in files {
+        warn!(
+            segment = %path.display(),
+            "deleting segment after the point where the log was cut"
+        );
+        let _ = fs::remove_file(segment::index_path(path));
+        let _ = fs::remove_file(txnindex::txn_index_path(path));
+        fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
 impl PartitionLog {
     /// Opens (creating if missing) the log in `dir`, validating every
     /// segment (no recovery point known). See [`PartitionLog::open_with`].
@@ -159,107 +293,18 @@ impl PartitionLog {
     ) -> Result<PartitionLog, LogError> {
         fs::create_dir_all(dir)?;
         let checkpointed_start = checkpoint::read(dir)?;
-
-        let mut files = Vec::new();
-        let mut txn_index_files = Vec::new();
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name == checkpoint::TMP_FILE_NAME
-                || name.ends_with(".index.tmp")
-                || name.ends_with(crate::clean::CLEANED_SUFFIX)
-            {
-                fs::remove_file(entry.path())?;
-            } else if let Some(base) = segment::parse_file_name(name) {
-                files.push((base, entry.path()));
-            } else if let Some(base) = name
-                .strip_suffix(txnindex::TXN_INDEX_SUFFIX)
-                .and_then(|stem| segment::parse_file_name(&format!("{stem}.log")))
-            {
-                txn_index_files.push((base, entry.path()));
-            }
+        let (files, txn_index_files) = list_dir(dir)?;
+        let loaded = load_segments(&files, &hint, &config, clock.now_ms())?;
+        let mut segments = loaded.segments;
+        if let Some(from) = loaded.cut_at {
+            delete_files_from(&files[from..])?;
         }
-        files.sort_unstable_by_key(|(base, _)| *base);
-
-        let recovery_point = hint.recovery_point.unwrap_or(i64::MIN);
-        let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
-        let mut cut_at = None;
-        let mut scanned_bytes = 0u64;
-        for i in 0..files.len() {
-            let (base, path) = files[i].clone();
-            if let Some(prev) = segments.last() {
-                if prev.next_offset() != base {
-                    warn!(
-                        segment = %path.display(),
-                        expected = prev.next_offset(),
-                        "segment base offset does not continue the log; \
-                         dropping it and all later segments"
-                    );
-                    cut_at = Some(i);
-                    break;
-                }
-            }
-            // Segment i ends where segment i + 1 begins.
-            let trusted = hint.clean
-                || files
-                    .get(i + 1)
-                    .is_some_and(|(next_base, _)| *next_base <= recovery_point);
-            // An index file may describe the whole segment or a prefix of it
-            // (active segments are indexed at every checkpoint); its data is
-            // trusted if the segment is, or if the prefix is below the
-            // recovery point. Whatever lies past it is validated.
-            let loaded = Segment::load_indexed(path.clone(), base, |indexed_next| {
-                trusted || indexed_next <= recovery_point
-            })?
-            .filter(|s| trusted || s.next_offset() <= recovery_point);
-            let (mut seg, recovery) = match loaded {
-                Some(mut seg) => {
-                    let recovery = seg.scan_tail(config.index_interval_bytes, clock.now_ms())?;
-                    (seg, recovery)
-                }
-                None => Segment::recover(path, base, config.index_interval_bytes, clock.now_ms())?,
-            };
-            scanned_bytes += recovery.scanned_bytes;
-            let recovery =
-                (recovery.scanned_bytes > 0 || recovery.bytes_dropped > 0).then_some(recovery);
-            let dropped = recovery.as_ref().map_or(0, |r| r.bytes_dropped);
-            if dropped > 0 {
-                warn!(
-                    segment = %seg.path().display(),
-                    bytes_dropped = dropped,
-                    valid_bytes = seg.size(),
-                    reason = recovery.as_ref().and_then(|r| r.reason.as_deref()).unwrap_or(""),
-                    "truncated invalid tail of log segment"
-                );
-            }
-            if recovery.is_some() && seg.next_offset() > recovery_point {
-                // Found on disk but maybe only in the page cache.
-                seg.mark_dirty();
-            }
-            segments.push(seg);
-            if dropped > 0 {
-                cut_at = Some(i + 1);
-                break;
-            }
-        }
-        let cut = cut_at.is_some();
-        if let Some(from) = cut_at {
-            for (_, path) in &files[from..] {
-                warn!(
-                    segment = %path.display(),
-                    "deleting segment after the point where the log was cut"
-                );
-                let _ = fs::remove_file(segment::index_path(path));
-                let _ = fs::remove_file(txnindex::txn_index_path(path));
-                fs::remove_file(path)?;
-            }
-        }
-        if scanned_bytes > 0 {
-            debug!(dir = %dir.display(), scanned_bytes, "validated segment data on open");
+        if loaded.scanned_bytes > 0 {
+            debug!(dir = %dir.display(), scanned_bytes = loaded.scanned_bytes,
+                "validated segment data on open");
         }
 
-        let mut dir_dirty = cut;
+        let mut dir_dirty = loaded.cut_at.is_some();
         if segments.is_empty() {
             let base = checkpointed_start.unwrap_or(0);
             segments.push(Segment::create(dir, base)?);
@@ -278,59 +323,71 @@ impl PartitionLog {
             first_unflushed_ms: None,
             failed: None,
             clock,
-            scanned_on_open: scanned_bytes,
+            scanned_on_open: loaded.scanned_bytes,
             txn_index_bases: BTreeSet::new(),
             txn_files: BTreeMap::new(),
             txn_dirty: Vec::new(),
         };
-        // Aborted-transaction indexes of live segments; any other is an orphan.
+        log.adopt_txn_indexes(txn_index_files)?;
+        log.finish_open()?;
+        Ok(log)
+    }
+
+    /// Keeps the aborted-transaction indexes of live segments; deletes any other (an orphan).
+    fn adopt_txn_indexes(&mut self, txn_index_files: Vec<(i64, PathBuf)>) -> Result<(), LogError> {
         for (base, path) in txn_index_files {
-            if log.segments.iter().any(|s| s.base_offset() == base) {
-                log.txn_index_bases.insert(base);
+            if self.segments.iter().any(|s| s.base_offset() == base) {
+                self.txn_index_bases.insert(base);
             } else {
                 warn!(file = %path.display(), "deleting aborted-transaction index without a segment");
                 fs::remove_file(&path)?;
-                log.dir_dirty = true;
+                self.dir_dirty = true;
             }
         }
+        Ok(())
+    }
 
-        let end = log.log_end_offset();
-        if log.log_start_offset > end {
+    /// The end of opening: restarts the log at its start offset if the tail holding it was
+    /// lost, deletes segments below the start, makes everything recovered durable and writes
+    /// the index files of scanned sealed segments.
+    fn finish_open(&mut self) -> Result<(), LogError> {
+        let end = self.log_end_offset();
+        if self.log_start_offset > end {
             // The tail holding the start offset was lost (e.g. truncated
             // above). Everything below the start offset is invisible anyway:
             // restart the log at the checkpointed start offset.
             warn!(
-                dir = %dir.display(),
-                log_start_offset = log.log_start_offset,
+                dir = %self.dir.display(),
+                log_start_offset = self.log_start_offset,
                 log_end_offset = end,
                 "log start offset beyond recovered log end; starting a new segment there"
             );
-            let start = log.log_start_offset;
-            log.roll(start)?;
+            let start = self.log_start_offset;
+            self.roll(start)?;
         }
-        log.delete_segments_below_start()?;
+        self.delete_segments_below_start()?;
         // Make everything recovered durable, so that durable offset = end.
-        log.flush()?;
-        log.durable_offset = log.log_end_offset();
+        self.flush()?;
+        self.durable_offset = self.log_end_offset();
         // Index files for sealed segments that were scanned, so the next
         // start can skip them once they are below the recovery point.
-        let sealed = log.segments.len() - 1;
-        for seg in &mut log.segments[..sealed] {
+        let sealed = self.segments.len() - 1;
+        for seg in &mut self.segments[..sealed] {
             if !seg.has_persisted_index() {
                 if let Err(e) = seg.write_index() {
                     warn!(segment = %seg.path().display(), error = %e, "could not write index file");
                 }
             }
         }
-        log.check_invariants();
+        self.check_invariants();
         debug!(
-            dir = %dir.display(),
-            segments = log.segments.len(),
-            log_start_offset = log.log_start_offset,
-            log_end_offset = log.log_end_offset(),
+            dir = %self.dir.display(),
+            segments = self.segments.len(),
+            log_start_offset = self.log_start_offset,
+            log_end_offset = self.log_end_offset(),
             "opened partition log"
         );
-        Ok(log)
+        Ok(())
     }
 
     /// Appends `records`, the raw `records` field of one partition in a

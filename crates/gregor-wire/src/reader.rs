@@ -153,35 +153,17 @@ fn at<const N: usize>(buf: &[u8], pos: usize) -> [u8; N] {
     buf[pos..pos + N].try_into().expect("N bytes")
 }
 
-/// The big-endian `i16` at `pos`. Panics if `buf` is shorter than `pos + 2`.
-#[inline]
-pub fn be_i16(buf: &[u8], pos: usize) -> i16 {
-    i16::from_be_bytes(at(buf, pos))
+macro_rules! be_at {
+    ($($name:ident: $t:ty),*) => {$(
+        #[doc = concat!("The big-endian `", stringify!($t), "` at `pos`. Panics if `buf` is too short.")]
+        #[inline]
+        pub fn $name(buf: &[u8], pos: usize) -> $t {
+            <$t>::from_be_bytes(at(buf, pos))
+        }
+    )*};
 }
 
-/// The big-endian `i32` at `pos`. Panics if `buf` is shorter than `pos + 4`.
-#[inline]
-pub fn be_i32(buf: &[u8], pos: usize) -> i32 {
-    i32::from_be_bytes(at(buf, pos))
-}
-
-/// The big-endian `u32` at `pos`. Panics if `buf` is shorter than `pos + 4`.
-#[inline]
-pub fn be_u32(buf: &[u8], pos: usize) -> u32 {
-    u32::from_be_bytes(at(buf, pos))
-}
-
-/// The big-endian `i64` at `pos`. Panics if `buf` is shorter than `pos + 8`.
-#[inline]
-pub fn be_i64(buf: &[u8], pos: usize) -> i64 {
-    i64::from_be_bytes(at(buf, pos))
-}
-
-/// The big-endian `u64` at `pos`. Panics if `buf` is shorter than `pos + 8`.
-#[inline]
-pub fn be_u64(buf: &[u8], pos: usize) -> u64 {
-    u64::from_be_bytes(at(buf, pos))
-}
+be_at!(be_i16: i16, be_i32: i32, be_u32: u32, be_i64: i64, be_u64: u64);
 
 #[cfg(test)]
 mod tests {

@@ -97,17 +97,11 @@ pub fn decode_snapshot(bytes: &[u8], offset: i64) -> Result<ProducerStateTable, 
     serde_json::from_slice(&body[20..]).map_err(|e| e.to_string())
 }
 
-/// Writes the snapshot at `offset` durably: tmp file, fsync, rename, fsync the directory.
+/// Writes the snapshot at `offset` durably ([`gregor_os::fs::replace_file`]: tmp file
+/// `<offset>.snapshot.tmp`, fsync, rename, fsync the directory).
 pub fn write_snapshot(dir: &Path, offset: i64, table: &ProducerStateTable) -> anyhow::Result<()> {
-    use std::io::Write;
     let bytes = encode_snapshot(offset, table)?;
-    let path = snapshot_path(dir, offset);
-    let tmp = path.with_extension("snapshot.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    gregor_os::fs::replace_file(&snapshot_path(dir, offset), &bytes)?;
     Ok(())
 }
 
@@ -344,28 +338,15 @@ pub fn replay_batches(
 /// the key of its first record (uncompressed, as markers are written).
 pub fn marker_type(batch: &[u8]) -> Option<bool> {
     let mut pos = gregor_log::BatchHeader::SIZE;
-    let _length = read_varint(batch, &mut pos)?;
+    let varint = |pos: &mut usize| gregor_wire::varint::read_varlong(batch, pos).ok();
+    let _length = varint(&mut pos)?;
     pos += 1; // attributes
-    let _ts = read_varint(batch, &mut pos)?;
-    let _delta = read_varint(batch, &mut pos)?;
-    let key_len = read_varint(batch, &mut pos)?;
+    let _ts = varint(&mut pos)?;
+    let _delta = varint(&mut pos)?;
+    let key_len = varint(&mut pos)?;
     let key_len = usize::try_from(key_len).ok()?;
     let key = batch.get(pos..pos.checked_add(key_len)?)?;
     gregor_txn::records::decode_marker_key(key)
-}
-
-/// A zigzag varint (up to 64 bits).
-fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
-    let mut value: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        value |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
