@@ -25,7 +25,7 @@ pub mod coordinator;
 pub mod records;
 
 pub use coordinator::{
-    CommitPartition, CommitRequest, Committed, Completion, Coordinator, DescribedGroup,
+    CommitPartition, CommitRequest, CommitUndo, Committed, Completion, Coordinator, DescribedGroup,
     DescribedMember, Effects, GroupConfig, JoinRequest, JoinResponse, JoinedMember, ListedGroup,
     OffsetsRecord, SyncRequest, SyncResponse, TxnCommitRequest, Waiter,
 };

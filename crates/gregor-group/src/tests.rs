@@ -797,3 +797,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_commit_that_did_not_become_durable_is_taken_back() {
+    let mut s = Sim::new();
+    let (ids, g) = stable_group(&mut s, 1);
+    let offset_of = |s: &Sim| {
+        s.co.fetch_offsets("g", None).unwrap()[0].1[0]
+            .1
+            .as_ref()
+            .map(|c| c.offset)
+    };
+    assert_eq!(s.commit(&ids[0], g, 100).unwrap(), vec![0]);
+    let _ = s.co.take_commit_undo();
+    // The next commit's append or fsync fails: the broker undoes it, the old offset stays.
+    assert_eq!(s.commit(&ids[0], g, 200).unwrap(), vec![0]);
+    let undo = s.co.take_commit_undo().expect("an undo record");
+    assert_eq!(offset_of(&s), Some(200));
+    s.co.undo_commit(undo);
+    assert_eq!(offset_of(&s), Some(100));
+    // A later commit is not clobbered by the undo of an earlier, failed one.
+    assert_eq!(s.commit(&ids[0], g, 300).unwrap(), vec![0]);
+    let failed = s.co.take_commit_undo().unwrap();
+    assert_eq!(s.commit(&ids[0], g, 400).unwrap(), vec![0]);
+    s.co.undo_commit(failed);
+    assert_eq!(offset_of(&s), Some(400));
+}

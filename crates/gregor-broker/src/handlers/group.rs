@@ -374,20 +374,29 @@ pub async fn offset_commit(
         None => Err(NOT_AVAILABLE),
         Some(svc) => {
             let now = broker.now_ms();
-            let (result, written) = svc.run_quiet(|co, fx| co.commit_offsets(now, &commit, fx));
+            let ((result, undo), written) = svc.run_quiet(|co, fx| {
+                let result = co.commit_offsets(now, &commit, fx);
+                (result, co.take_commit_undo())
+            });
+            // A commit that did not become durable was refused: take it back, so OffsetFetch
+            // never shows an offset whose commit failed (the fault harness saw one that
+            // stayed visible until a restart, then reverted).
+            let refuse = |what: &str, e: String| {
+                tracing::error!(error = %e, "offset commit {what} failed");
+                if let Some(undo) = undo {
+                    // An undo writes no record.
+                    let ((), nothing) = svc.run_quiet(|co, _| co.undo_commit(undo));
+                    debug_assert!(matches!(nothing, Ok(ref w) if w.is_empty()));
+                }
+                Err(ResponseError::KafkaStorageError)
+            };
             match (result, written) {
                 (Err(e), _) => Err(e),
-                (Ok(_), Err(e)) => {
-                    tracing::error!(error = %e, "offset commit append failed");
-                    Err(ResponseError::KafkaStorageError)
-                }
+                (Ok(_), Err(e)) => refuse("append", e),
                 // Durable before acknowledged.
                 (Ok(codes), Ok(written)) => match crate::internal_topics::sync(written).await {
                     Ok(()) => Ok(codes),
-                    Err(e) => {
-                        tracing::error!(error = %e, "offset commit fsync failed");
-                        Err(ResponseError::KafkaStorageError)
-                    }
+                    Err(e) => refuse("fsync", e.to_string()),
                 },
             }
         }

@@ -290,6 +290,16 @@ struct Group {
     offsets: BTreeMap<(String, i32), Stored>,
 }
 
+/// What one OffsetCommit changed in a group's committed offsets, so that a commit whose
+/// records did not become durable can be taken back ([`Coordinator::undo_commit`]).
+#[derive(Debug)]
+pub struct CommitUndo {
+    group_id: String,
+    /// (topic, partition), the write number of the new value, the value it replaced.
+    #[allow(clippy::type_complexity)]
+    entries: Vec<((String, i32), u64, Option<Stored>)>,
+}
+
 /// A committed offset and the position of its record in the log order of
 /// `__consumer_offsets` (see [`Coordinator::next_write`]).
 #[derive(Debug, Clone)]
@@ -448,6 +458,8 @@ pub struct Coordinator {
     /// offset written after it is already committed for that partition (Kafka's rule), so
     /// the live state equals what a replay of the compacted log gives.
     writes: u64,
+    /// What the last `commit_offsets` applied (see [`Coordinator::take_commit_undo`]).
+    last_commit_undo: Option<CommitUndo>,
 }
 
 /// TxnOffsetCommit, version-free.
@@ -481,6 +493,7 @@ impl Coordinator {
             next_retention_check: 0,
             pending_txn: HashMap::new(),
             writes: 0,
+            last_commit_undo: None,
         }
     }
 

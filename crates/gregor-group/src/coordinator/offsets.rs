@@ -204,15 +204,50 @@ impl Coordinator {
         }
         let (codes, committed) =
             commit_records(&req.group_id, partition, &req.partitions, now, max_meta, fx);
+        let mut undo = CommitUndo {
+            group_id: req.group_id.clone(),
+            entries: Vec::with_capacity(committed.len()),
+        };
         for (p, value) in committed {
             self.writes += 1;
             let stored = Stored {
                 value,
                 written: self.writes,
             };
-            group.offsets.insert((p.topic.clone(), p.partition), stored);
+            let key = (p.topic.clone(), p.partition);
+            let previous = group.offsets.insert(key.clone(), stored);
+            undo.entries.push((key, self.writes, previous));
         }
+        self.last_commit_undo = Some(undo);
         Ok(codes)
+    }
+
+    /// Takes back what the last [`commit_offsets`](Self::commit_offsets) call applied, for a
+    /// commit whose records did not become durable (the append or its fsync failed): the
+    /// requester was told KAFKA_STORAGE_ERROR, so OffsetFetch must not show it. A partition
+    /// committed again since (a later write) keeps that later value.
+    pub fn undo_commit(&mut self, undo: CommitUndo) {
+        let Some(group) = self.groups.get_mut(&undo.group_id) else {
+            return;
+        };
+        for (key, written, previous) in undo.entries {
+            if group.offsets.get(&key).map(|s| s.written) != Some(written) {
+                continue;
+            }
+            match previous {
+                Some(p) => {
+                    group.offsets.insert(key, p);
+                }
+                None => {
+                    group.offsets.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The undo record of the last successful `commit_offsets` call, taken (once).
+    pub fn take_commit_undo(&mut self) -> Option<CommitUndo> {
+        self.last_commit_undo.take()
     }
 
     // -------------------------------------------------------------- OffsetFetch
