@@ -389,7 +389,8 @@ async fn every_handler_answers_every_advertised_version() {
     };
     let broker = Arc::new(Broker::open(config, ("127.0.0.1".into(), 9092)).unwrap());
     let topic = broker
-        .create_topic("t", 2, 1, Default::default(), false)
+        .create_topic("t", 2, 1, None, Default::default(), false)
+        .await
         .unwrap();
     let groups = broker.start_groups().unwrap();
     let txns = broker.start_transactions().unwrap();

@@ -43,6 +43,8 @@ use super::sb;
 use super::RequestContext;
 use crate::broker::Broker;
 use crate::groups::GroupService;
+use crate::internal_topics::{OFFSETS_TOPIC, TXN_TOPIC};
+use kafka_protocol::protocol::StrBytes;
 
 const NOT_AVAILABLE: ResponseError = ResponseError::CoordinatorNotAvailable;
 
@@ -63,19 +65,50 @@ pub fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    // Single node: this broker coordinates every group and every transactional id.
-    let answer = || -> Option<(ResponseError, &'static str)> {
-        match req.key_type {
-            0 if service(broker).is_some() => None,
-            0 => Some((NOT_AVAILABLE, "group coordinator not started")),
-            1 if broker.txns().is_some() => None,
-            1 => Some((NOT_AVAILABLE, "transaction coordinator not started")),
-            _ => Some((ResponseError::InvalidRequest, "unknown key type")),
+    // A single node coordinates every group and transactional id; in a cluster the
+    // coordinator of a key is the leader of its partition of the internal topic.
+    let locate = |key: &str| -> Result<(BrokerId, StrBytes, i32), (ResponseError, String)> {
+        let (started, topic, partition_of): (bool, &str, fn(&str, i32) -> i32) = match req.key_type
+        {
+            0 => (
+                service(broker).is_some(),
+                OFFSETS_TOPIC,
+                gregor_group::group_partition,
+            ),
+            1 => (
+                broker.txns().is_some(),
+                TXN_TOPIC,
+                gregor_txn::coordinator::txn_partition,
+            ),
+            _ => return Err((ResponseError::InvalidRequest, "unknown key type".into())),
+        };
+        if !started {
+            return Err((NOT_AVAILABLE, "coordinator not started".into()));
         }
+        let Some(cluster) = broker.cluster() else {
+            return Ok((
+                BrokerId(broker.config.node_id),
+                sb(broker.advertised_host.clone()),
+                broker.advertised_port,
+            ));
+        };
+        let image = cluster.image();
+        let not_available = || (NOT_AVAILABLE, format!("no leader for {topic} yet"));
+        let t = image.topic_by_name(topic).ok_or_else(not_available)?;
+        let p = partition_of(key, t.partitions.len() as i32);
+        let leader = t.partitions.get(&p).ok_or_else(not_available)?.leader;
+        let endpoint = image
+            .brokers
+            .get(&leader)
+            .filter(|b| !b.fenced)
+            .and_then(|b| b.registration.endpoints.first())
+            .ok_or_else(not_available)?;
+        Ok((
+            BrokerId(leader),
+            sb(endpoint.host.clone()),
+            i32::from(endpoint.port),
+        ))
     };
-    let host = sb(broker.advertised_host.clone());
-    let port = broker.advertised_port;
-    let node = BrokerId(broker.config.node_id);
     let mut resp = FindCoordinatorResponse::default();
     if version >= 4 {
         resp.coordinators = req
@@ -83,9 +116,9 @@ pub fn find_coordinator(
             .iter()
             .map(|key| {
                 let c = WireCoordinator::default().with_key(key.clone());
-                match answer() {
-                    None => c.with_node_id(node).with_host(host.clone()).with_port(port),
-                    Some((e, msg)) => c
+                match locate(key.as_str()) {
+                    Ok((node, host, port)) => c.with_node_id(node).with_host(host).with_port(port),
+                    Err((e, msg)) => c
                         .with_node_id(BrokerId(-1))
                         .with_port(-1)
                         .with_error_code(e.code())
@@ -95,17 +128,20 @@ pub fn find_coordinator(
             .collect();
         return resp;
     }
-    if let Some((e, msg)) = answer() {
-        resp.error_code = e.code();
-        resp.node_id = BrokerId(-1);
-        resp.port = -1;
-        if version >= 1 {
-            resp.error_message = Some(sb(msg));
+    match locate(req.key.as_str()) {
+        Err((e, msg)) => {
+            resp.error_code = e.code();
+            resp.node_id = BrokerId(-1);
+            resp.port = -1;
+            if version >= 1 {
+                resp.error_message = Some(sb(msg));
+            }
         }
-    } else {
-        resp.node_id = node;
-        resp.host = host;
-        resp.port = port;
+        Ok((node, host, port)) => {
+            resp.node_id = node;
+            resp.host = host;
+            resp.port = port;
+        }
     }
     resp
 }
