@@ -62,6 +62,17 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                 metadata_request::MetadataRequestTopic::default().with_name(Some(name("bad name"))),
             ]))),
         ],
+        ApiKey::DescribeQuorum => vec![RequestKind::DescribeQuorum(
+            kafka_protocol::messages::DescribeQuorumRequest::default().with_topics(vec![
+                kafka_protocol::messages::describe_quorum_request::TopicData::default()
+                    .with_topic_name(kafka_protocol::messages::TopicName(
+                        kafka_protocol::protocol::StrBytes::from_static_str("__cluster_metadata"),
+                    ))
+                    .with_partitions(vec![
+                        kafka_protocol::messages::describe_quorum_request::PartitionData::default(),
+                    ]),
+            ]),
+        )],
         ApiKey::DescribeCluster => vec![RequestKind::DescribeCluster(
             DescribeClusterRequest::default(),
         )],

@@ -52,6 +52,24 @@ fn service(broker: &Arc<Broker>) -> Option<&Arc<GroupService>> {
     broker.groups()
 }
 
+/// The group coordinator, if this broker coordinates `group_id`: in a cluster, the one that
+/// leads the group's partition of `__consumer_offsets` (NOT_COORDINATOR elsewhere, so that
+/// the client looks it up again).
+fn coordinator<'a>(
+    broker: &'a Arc<Broker>,
+    group_id: &str,
+) -> Result<&'a Arc<GroupService>, ResponseError> {
+    let svc = service(broker).ok_or(NOT_AVAILABLE)?;
+    if broker.cluster().is_some()
+        && broker
+            .check_leader(OFFSETS_TOPIC, svc.partition_for(group_id))
+            .is_err()
+    {
+        return Err(ResponseError::NotCoordinator);
+    }
+    Ok(svc)
+}
+
 fn topic_exists(broker: &Broker, topic: &str, partition: i32) -> bool {
     broker
         .topic(topic)
@@ -155,8 +173,9 @@ pub async fn join_group(
     version: i16,
 ) -> JoinGroupResponse {
     let member_id = req.member_id.to_string();
-    let Some(svc) = service(broker) else {
-        return join_response(JoinResponse::error(NOT_AVAILABLE, &member_id), version);
+    let svc = match coordinator(broker, req.group_id.as_str()) {
+        Ok(svc) => svc,
+        Err(e) => return join_response(JoinResponse::error(e, &member_id), version),
     };
     if let Some(reason) = req.reason.as_ref().filter(|_| version >= 8) {
         tracing::debug!(group = %req.group_id.0.as_str(), member = %member_id, reason = %reason.as_str(), "JoinGroup");
@@ -240,8 +259,9 @@ pub async fn sync_group(
     req: SyncGroupRequest,
     version: i16,
 ) -> SyncGroupResponse {
-    let Some(svc) = service(broker) else {
-        return sync_response(SyncResponse::error(NOT_AVAILABLE), version);
+    let svc = match coordinator(broker, req.group_id.as_str()) {
+        Ok(svc) => svc,
+        Err(e) => return sync_response(SyncResponse::error(e), version),
     };
     let sync = SyncRequest {
         group_id: req.group_id.0.to_string(),
@@ -295,8 +315,9 @@ fn sync_response(r: SyncResponse, version: i16) -> SyncGroupResponse {
 // ------------------------------------------------------------------------ Heartbeat
 
 pub fn heartbeat(broker: &Arc<Broker>, req: HeartbeatRequest, version: i16) -> HeartbeatResponse {
-    let Some(svc) = service(broker) else {
-        return HeartbeatResponse::default().with_error_code(NOT_AVAILABLE.code());
+    let svc = match coordinator(broker, req.group_id.as_str()) {
+        Ok(svc) => svc,
+        Err(e) => return HeartbeatResponse::default().with_error_code(e.code()),
     };
     let instance = if version >= 3 {
         req.group_instance_id.map(|s| s.to_string())
@@ -323,8 +344,9 @@ pub fn leave_group(
     req: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
-    let Some(svc) = service(broker) else {
-        return LeaveGroupResponse::default().with_error_code(NOT_AVAILABLE.code());
+    let svc = match coordinator(broker, req.group_id.as_str()) {
+        Ok(svc) => svc,
+        Err(e) => return LeaveGroupResponse::default().with_error_code(e.code()),
     };
     for m in req.members.iter().filter(|_| version >= 5) {
         if let Some(reason) = &m.reason {
@@ -406,9 +428,10 @@ pub async fn offset_commit(
             }
         }
     }
-    let outcome: Result<Vec<i16>, ResponseError> = match service(broker) {
-        None => Err(NOT_AVAILABLE),
-        Some(svc) => {
+    let outcome: Result<Vec<i16>, ResponseError> = match coordinator(broker, req.group_id.as_str())
+    {
+        Err(e) => Err(e),
+        Ok(svc) => {
             let now = broker.now_ms();
             let ((result, undo), written) = svc.run_quiet(|co, fx| {
                 let result = co.commit_offsets(now, &commit, fx);
@@ -471,10 +494,7 @@ fn fetch_group(
     group_id: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> FetchResult {
-    match service(broker) {
-        None => Err(NOT_AVAILABLE),
-        Some(svc) => svc.read(|co| co.fetch_offsets(group_id, topics.as_deref())),
-    }
+    coordinator(broker, group_id)?.read(|co| co.fetch_offsets(group_id, topics.as_deref()))
 }
 
 pub fn offset_fetch(

@@ -14,6 +14,7 @@ mod group;
 mod metadata;
 pub mod produce;
 mod producer;
+mod quorum;
 pub mod txn;
 mod txn_admin;
 
@@ -97,6 +98,9 @@ pub async fn dispatch(
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, version)),
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(metadata::describe_cluster(broker, &r))
+        }
+        RequestKind::DescribeQuorum(r) => {
+            ResponseKind::DescribeQuorum(quorum::describe_quorum(broker, r, version).await)
         }
         RequestKind::Produce(r) => {
             // Appended now, in request order; answered once durable.
