@@ -160,17 +160,23 @@ impl Admin {
         &self.client
     }
 
+    /// Where admin requests go: the controller, or when it cannot be reached (it just died
+    /// and the metadata still names it) any broker that can: brokers forward admin requests
+    /// to the active controller (KIP-590).
     async fn controller(&self) -> Result<i32> {
         let md = self.client.refresh_metadata(Some(&[])).await?;
-        if md.controller_id >= 0 && md.brokers.contains_key(&md.controller_id) {
-            Ok(md.controller_id)
-        } else {
-            md.brokers
-                .keys()
-                .next()
-                .copied()
-                .ok_or_else(|| Error::Protocol("no brokers in metadata".into()))
+        let mut candidates: Vec<i32> = md.brokers.keys().copied().collect();
+        if let Some(i) = candidates.iter().position(|b| *b == md.controller_id) {
+            candidates.swap(0, i);
         }
+        let mut last = Error::Protocol("no brokers in metadata".into());
+        for id in candidates {
+            match self.client.conn(id).await {
+                Ok(_) => return Ok(id),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Create topics; fails on the first topic the broker refuses.
