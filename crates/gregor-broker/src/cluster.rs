@@ -133,6 +133,11 @@ impl Cluster {
         self.applied.borrow().clone()
     }
 
+    /// The metadata log index of the applied image.
+    fn applied_index(&self) -> u64 {
+        self.applied.borrow().applied_index
+    }
+
     /// The active controller, or -1 when none is known.
     pub fn controller_id(&self) -> i32 {
         self.node.leader_id().unwrap_or(-1)
@@ -161,7 +166,9 @@ impl Cluster {
     /// controller has fenced it and elected other leaders it may not have heard of.
     pub fn check_leader(&self, topic: &str, partition: i32) -> Result<(), (i32, i32)> {
         match self.partition(topic, partition) {
-            Some(p) if p.leader == self.me && !self.registration.in_session() => {
+            Some(p)
+                if p.leader == self.me && !self.registration.in_session(self.applied_index()) =>
+            {
                 Err((-1, p.leader_epoch))
             }
             Some(p) if p.leader == self.me => Ok(()),

@@ -209,11 +209,19 @@ pub struct TopicResult {
 pub enum Reply {
     Registered {
         broker_epoch: i64,
+        /// The metadata log index the registration is committed at (set by the node that
+        /// commits it; 0 from [`Controller::handle`]): the broker must have applied the log
+        /// this far before it acts on its image.
+        #[serde(default)]
+        metadata_index: u64,
     },
     Heartbeat {
         /// Still fenced (never after a successful heartbeat today; kept for controlled
         /// shutdown in part 2).
         fenced: bool,
+        /// As for `Registered`: the log index the controller had applied when it answered.
+        #[serde(default)]
+        metadata_index: u64,
     },
     Topics(Vec<TopicResult>),
     Configs(Vec<Result<(), MetaError>>),
@@ -301,6 +309,7 @@ impl Controller {
                         return Ok((
                             Reply::Registered {
                                 broker_epoch: epoch,
+                                metadata_index: 0,
                             },
                             s.records,
                         ));
@@ -326,6 +335,7 @@ impl Controller {
                     .insert(*broker_id, now_ms + self.config.session_timeout_ms);
                 Reply::Registered {
                     broker_epoch: epoch,
+                    metadata_index: 0,
                 }
             }
             Command::Heartbeat {
@@ -342,7 +352,10 @@ impl Controller {
                 }
                 self.deadlines
                     .insert(*broker_id, now_ms + self.config.session_timeout_ms);
-                Reply::Heartbeat { fenced: false }
+                Reply::Heartbeat {
+                    fenced: false,
+                    metadata_index: 0,
+                }
             }
             Command::CreateTopics {
                 topics,

@@ -54,7 +54,7 @@ impl Harness {
         self.next_id = next;
         let (reply, records) = r?;
         self.commit(records);
-        if let Reply::Registered { broker_epoch } = &reply {
+        if let Reply::Registered { broker_epoch, .. } = &reply {
             if let Command::RegisterBroker { broker_id, .. } = &cmd {
                 self.epochs.insert(*broker_id, *broker_epoch);
             }

@@ -152,18 +152,28 @@ pub struct BrokerHandle {
     /// When (the node's [`Clock`], ms) the controller last accepted a registration or
     /// heartbeat; `u64::MAX` before the first.
     last_ack_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// The metadata log index this broker must have applied before it acts on its image:
+    /// the controller's at the first acknowledgement after registering or after a gap of a
+    /// session timeout (when leaderships may have moved without this broker hearing of it).
+    catch_up_index: Arc<std::sync::atomic::AtomicU64>,
     clock: Arc<dyn Clock>,
     session_timeout_ms: u64,
     task: JoinHandle<()>,
 }
 
 impl BrokerHandle {
-    /// Whether the controller accepted this broker's heartbeat within the broker session
-    /// timeout. A broker that cannot reach the quorum for that long has been fenced (or soon
-    /// will be) and its partitions led elsewhere: it must stop serving them as leader.
-    pub fn in_session(&self) -> bool {
-        let last = self.last_ack_ms.load(std::sync::atomic::Ordering::SeqCst);
-        last != u64::MAX && self.clock.now_ms().saturating_sub(last) < self.session_timeout_ms
+    /// Whether this broker is in session with the controller and up to date: its last
+    /// heartbeat was accepted within the broker session timeout, and its image (at
+    /// `applied_index`) has caught up with the metadata log as of its registration or its
+    /// return from a gap. A broker out of touch for a session timeout has been fenced (or soon
+    /// will be) and its partitions led elsewhere; one that is back has not heard of that
+    /// until its image catches up. Neither may serve as leader.
+    pub fn in_session(&self, applied_index: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let last = self.last_ack_ms.load(SeqCst);
+        last != u64::MAX
+            && self.clock.now_ms().saturating_sub(last) < self.session_timeout_ms
+            && applied_index >= self.catch_up_index.load(SeqCst)
     }
 }
 
@@ -335,7 +345,22 @@ impl MetaNode {
     pub fn start_broker(&self, endpoints: Vec<Endpoint>, rack: Option<String>) -> BrokerHandle {
         let (tx, rx) = watch::channel(None);
         let last_ack_ms = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let catch_up_index = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
         let acked = last_ack_ms.clone();
+        let catch_up = catch_up_index.clone();
+        let registered_at = catch_up_index.clone();
+        let catch_up_store =
+            move |index: u64| registered_at.store(index, std::sync::atomic::Ordering::SeqCst);
+        let session_ms = self.inner.config.controller.session_timeout_ms;
+        // Records an acknowledgement sent at `sent` that saw the log at `index`.
+        let ack = move |sent: u64, index: u64| {
+            use std::sync::atomic::Ordering::SeqCst;
+            let prev = acked.load(SeqCst);
+            if prev == u64::MAX || sent.saturating_sub(prev) >= session_ms {
+                catch_up.store(index, SeqCst);
+            }
+            acked.store(sent, SeqCst);
+        };
         let n = self.clone();
         let task = self.inner.runtime.spawn(async move {
             let clock = n.inner.config.clock.clone();
@@ -354,10 +379,14 @@ impl MetaNode {
                             controller_addr: n.inner.config.controller_addr.clone(),
                         };
                         let sent = clock.now_ms();
-                        if let Ok(Reply::Registered { broker_epoch }) =
-                            n.propose_loop(cmd, interval * 4).await
+                        if let Ok(Reply::Registered {
+                            broker_epoch,
+                            metadata_index,
+                        }) = n.propose_loop(cmd, interval * 4).await
                         {
-                            acked.store(sent, std::sync::atomic::Ordering::SeqCst);
+                            // A new registration always catches up first.
+                            catch_up_store(metadata_index);
+                            ack(sent, metadata_index);
                             epoch = Some(broker_epoch);
                             tx.send_replace(epoch);
                             continue;
@@ -370,7 +399,10 @@ impl MetaNode {
                         };
                         let sent = clock.now_ms();
                         match n.propose_loop(cmd, interval * 2).await {
-                            Ok(_) => acked.store(sent, std::sync::atomic::Ordering::SeqCst),
+                            Ok(Reply::Heartbeat { metadata_index, .. }) => {
+                                ack(sent, metadata_index)
+                            }
+                            Ok(_) => {}
                             Err(MetaError::StaleBrokerEpoch) => {
                                 epoch = None;
                                 tx.send_replace(None);
@@ -386,6 +418,7 @@ impl MetaNode {
         BrokerHandle {
             epoch: rx,
             last_ack_ms,
+            catch_up_index,
             clock: self.inner.config.clock.clone(),
             session_timeout_ms: self.inner.config.controller.session_timeout_ms,
             task,
@@ -418,13 +451,19 @@ impl MetaNode {
                         .await
                         .unwrap_or(Err(MetaError::RequestTimedOut))
                 }
-                Some(l) => match self
-                    .call(l, &LinkRequest::Forward(cmd.clone()), deadline)
-                    .await
-                {
-                    Ok(LinkResponse::Forward(r)) => r,
-                    _ => Err(MetaError::NotController),
-                },
+                // A forward to a leader that hangs (paused, cut off) is abandoned as soon as
+                // this node sees another leader or an election, not at the deadline.
+                Some(l) => {
+                    let forward = LinkRequest::Forward(cmd.clone());
+                    let call = self.call(l, &forward, deadline);
+                    tokio::select! {
+                        r = call => match r {
+                            Ok(LinkResponse::Forward(r)) => r,
+                            _ => Err(MetaError::NotController),
+                        },
+                        _ = self.leader_changes_from(l) => Err(MetaError::NotController),
+                    }
+                }
                 // Not a voter and no leader known yet: ask the voters in turn to relay.
                 None if broker_only && !voters.is_empty() => {
                     let to = voters[attempt % voters.len()];
@@ -446,6 +485,19 @@ impl MetaNode {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 r => return r,
+            }
+        }
+    }
+
+    /// Completes when this node's view of the Raft leader is no longer `leader`.
+    async fn leader_changes_from(&self, leader: u64) {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != Some(leader) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
             }
         }
     }
@@ -494,7 +546,7 @@ impl MetaNode {
             &mut Controller,
             &MetadataImage,
         ) -> Result<(T, Vec<crate::MetaRecord>), MetaError>,
-    ) -> Result<T, MetaError> {
+    ) -> Result<(T, u64), MetaError> {
         let mut guard = self.inner.controller.lock().await;
         let (leader, term) = {
             let m = self.inner.raft.metrics();
@@ -525,6 +577,7 @@ impl MetaNode {
         let ctl = &mut guard.as_mut().expect("set above").1;
         let image = self.inner.image.borrow().clone();
         let (out, records) = f(ctl, &image)?;
+        let mut index = image.applied_index;
         if !records.is_empty() {
             // If this commit times out (the caller drops this future) it may still go through
             // later; `decided_at` makes the quorum refuse it if anything was applied since.
@@ -538,6 +591,7 @@ impl MetaNode {
                     if let Some(e) = resp.data.error {
                         return Err(MetaError::InvalidRequest(e));
                     }
+                    index = resp.log_id.index;
                 }
                 Err(e) => {
                     tracing::debug!("metadata commit failed: {e}");
@@ -547,7 +601,7 @@ impl MetaNode {
                 }
             }
         }
-        Ok(out)
+        Ok((out, index))
     }
 
     async fn propose_local(&self, cmd: &Command) -> Result<Reply, MetaError> {
@@ -560,8 +614,20 @@ impl MetaNode {
             self.ensure_learner(*broker_id, addr).await?;
         }
         let now = self.inner.config.clock.now_ms();
-        self.with_controller(|ctl, image| ctl.handle(image, cmd, now, &mut Uuid::new_v4))
-            .await
+        let (reply, index) = self
+            .with_controller(|ctl, image| ctl.handle(image, cmd, now, &mut Uuid::new_v4))
+            .await?;
+        Ok(match reply {
+            Reply::Registered { broker_epoch, .. } => Reply::Registered {
+                broker_epoch,
+                metadata_index: index,
+            },
+            Reply::Heartbeat { fenced, .. } => Reply::Heartbeat {
+                fenced,
+                metadata_index: index,
+            },
+            other => other,
+        })
     }
 
     /// Makes a broker that is not a voter a Raft learner (once), so that it gets the log.
