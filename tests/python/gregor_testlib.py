@@ -850,9 +850,9 @@ class Cluster:
         quorum while stopping), then wait for each; returns {node_id: exit code}."""
         live = self.running()
         for n in live:
-            n.proc.send_signal(sig)
             if n.paused:
                 n.resume()
+            n.proc.send_signal(sig)
         codes = {}
         deadline = time.monotonic() + timeout
         for n in live:
