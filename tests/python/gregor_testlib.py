@@ -629,6 +629,43 @@ def produce_request(
     return code, offset
 
 
+def fetch_request(addr: tuple, topic: str, partition: int, offset: int = 0, timeout: float = 10.0) -> tuple:
+    """Fetch v4 (no wait) of one partition through the node at ``addr``; returns
+    (error_code, high watermark)."""
+    import io
+
+    from kafka.protocol.fetch import FetchRequest_v4, FetchResponse_v4
+
+    req = FetchRequest_v4(
+        replica_id=-1,
+        max_wait_time=0,
+        min_bytes=0,
+        max_bytes=1 << 20,
+        isolation_level=0,
+        topics=[(topic, [(partition, offset, 1 << 20)])],
+    )
+    body = wire_request(addr, 1, 4, req.encode(), False, timeout)
+    resp = FetchResponse_v4.decode(io.BytesIO(body))
+    (_, parts), = resp.topics
+    (_, code, high_watermark, *_), = parts
+    return code, high_watermark
+
+
+def list_offsets_request(addr: tuple, topic: str, partition: int, timestamp: int = -1, timeout: float = 10.0) -> tuple:
+    """ListOffsets v1 (default: the latest offset) of one partition through the node at
+    ``addr``; returns (error_code, offset)."""
+    import io
+
+    from kafka.protocol.list_offsets import ListOffsetsRequest_v1, ListOffsetsResponse_v1
+
+    req = ListOffsetsRequest_v1(replica_id=-1, topics=[(topic, [(partition, timestamp)])])
+    body = wire_request(addr, 2, 1, req.encode(), False, timeout)
+    resp = ListOffsetsResponse_v1.decode(io.BytesIO(body))
+    (_, parts), = resp.topics
+    (_, code, _ts, offset), = parts
+    return code, offset
+
+
 # ------------------------------------------------------------------ cluster
 BIND_CONFLICT_RE = re.compile(r"address already in use|os error 98|AddrInUse", re.IGNORECASE)
 

@@ -30,6 +30,8 @@ from gregor_testlib import (
     confluent_common,
     confluent_producer,
     create_topics_request,
+    fetch_request,
+    list_offsets_request,
     produce_request,
     unique_topic,
     wait_for,
@@ -393,6 +395,13 @@ def test_produce_through_non_leader_is_refused(cluster_factory):
                 assert code == NOT_LEADER_OR_FOLLOWER, f"partition {i} through node {n.node_id} (leader {leader}): error {code}"
         code, offset = produce_request(c.node(leader).addr, topic, i, [b"direct"])
         assert (code, offset) == (0, 0), f"partition {i} through its leader {leader}: error {code}, offset {offset}"
+        # Fetch and ListOffsets likewise: only the leader serves the partition.
+        for n in c.nodes:
+            want = (0, 1) if n.node_id == leader else (NOT_LEADER_OR_FOLLOWER, None)
+            code, hw = fetch_request(n.addr, topic, i)
+            assert (code, hw if code == 0 else None) == want, f"Fetch partition {i} through node {n.node_id}: {code}, {hw}"
+            code, end = list_offsets_request(n.addr, topic, i)
+            assert (code, end if code == 0 else None) == want, f"ListOffsets partition {i} through node {n.node_id}: {code}, {end}"
 
     per_partition = 20
     p = confluent_producer(c.bootstrap, linger_ms=5, message_timeout_ms=30000)
@@ -424,3 +433,33 @@ def test_produce_through_non_leader_is_refused(cluster_factory):
     consumer.close()
     for i in range(3):
         assert got[i] == [b"direct"] + [f"v{i}-{k}".encode() for k in range(per_partition)], f"partition {i}: {got[i]}"
+
+
+# --------------------------------------------------------------------------- hung node
+def test_sigstop_controller_then_resume(cluster_factory):
+    """A hung controller (SIGSTOP: sockets open, nothing answered) is replaced like a dead
+    one; after SIGCONT it rejoins as one voter among three: every node names the same
+    controller, lists all three brokers, shows what was created meanwhile, and a
+    CreateTopics through it is forwarded and committed."""
+    c = cluster_factory(3)
+    controller = c.wait_formed()
+    survivors = [n for n in c.nodes if n.node_id != controller]
+    while_hung = unique_topic("while-hung")
+
+    c.node(controller).pause()
+    t0 = time.monotonic()
+    create_retrying(survivors[0], while_hung, 3, 2, timeout=60)
+    record_timing("sigstop_controller_to_create_topics_s", time.monotonic() - t0)
+    new_controller = c.wait_formed(nodes=[n.node_id for n in survivors], brokers=[n.node_id for n in survivors])
+    assert new_controller != controller
+    wait_topic_everywhere(survivors, while_hung, 3)
+
+    c.node(controller).resume()
+    t1 = time.monotonic()
+    c.wait_formed(brokers=c.ids)
+    record_timing("sigcont_to_unfenced_everywhere_s", time.monotonic() - t1, goal=5.0)
+    wait_topic_everywhere(c.nodes, while_hung, 3)
+    after = unique_topic("after-resume")
+    create_retrying(c.node(controller), after, 3, 3, timeout=30)
+    views = wait_topic_everywhere(c.nodes, after, 3)
+    assert len({json.dumps(layout(v), sort_keys=True) for v in views.values()}) == 1, views
