@@ -666,6 +666,26 @@ def list_offsets_request(addr: tuple, topic: str, partition: int, timestamp: int
     return code, offset
 
 
+def describe_topic_configs_request(addr: tuple, topics: list, timeout: float = 10.0) -> dict:
+    """DescribeConfigs v1 of topics, answered by the node at ``addr`` itself (librdkafka
+    would send it to the controller). Returns {topic: {name: (value, source)}}; a topic
+    whose resource has an error maps to ("error", code)."""
+    import io
+
+    from kafka.protocol.admin import DescribeConfigsRequest_v1, DescribeConfigsResponse_v1
+
+    req = DescribeConfigsRequest_v1(resources=[(2, t, None) for t in topics], include_synonyms=False)
+    body = wire_request(addr, 32, 1, req.encode(), False, timeout)
+    resp = DescribeConfigsResponse_v1.decode(io.BytesIO(body))
+    out = {}
+    for code, _msg, _type, name, entries in resp.resources:
+        if code:
+            out[name] = ("error", code)
+        else:
+            out[name] = {e[0]: (e[1], e[3]) for e in entries}
+    return out
+
+
 # ------------------------------------------------------------------ cluster
 BIND_CONFLICT_RE = re.compile(r"address already in use|os error 98|AddrInUse", re.IGNORECASE)
 
