@@ -686,6 +686,29 @@ def describe_topic_configs_request(addr: tuple, topics: list, timeout: float = 1
     return out
 
 
+def coordinator_partition(key: str, partitions: int) -> int:
+    """Kafka's coordinator partition of a group id / transactional id:
+    ``Utils.abs(key.hashCode()) % partitions`` (String.hashCode over UTF-16 units)."""
+    h = 0
+    raw = key.encode("utf-16-be")
+    for i in range(0, len(raw), 2):
+        h = (h * 31 + int.from_bytes(raw[i : i + 2], "big")) & 0xFFFFFFFF
+    return (h & 0x7FFFFFFF) % max(partitions, 1)
+
+
+def find_coordinator_request(addr: tuple, key: str, key_type: int = 0, timeout: float = 10.0) -> tuple:
+    """FindCoordinator v1 (key type 0 = group, 1 = transaction) answered by the node at
+    ``addr``; returns (error_code, node_id, host, port)."""
+    import io
+
+    from kafka.protocol.find_coordinator import FindCoordinatorRequest_v1, FindCoordinatorResponse_v1
+
+    req = FindCoordinatorRequest_v1(coordinator_key=key, coordinator_type=key_type)
+    body = wire_request(addr, 10, 1, req.encode(), False, timeout)
+    resp = FindCoordinatorResponse_v1.decode(io.BytesIO(body))
+    return resp.error_code, resp.coordinator_id, resp.host, resp.port
+
+
 # ------------------------------------------------------------------ cluster
 BIND_CONFLICT_RE = re.compile(r"address already in use|os error 98|AddrInUse", re.IGNORECASE)
 

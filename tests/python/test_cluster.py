@@ -29,9 +29,11 @@ from gregor_testlib import (
     confluent_assign_consumer,
     confluent_common,
     confluent_producer,
+    coordinator_partition,
     create_topics_request,
     describe_topic_configs_request,
     fetch_request,
+    find_coordinator_request,
     list_offsets_request,
     produce_request,
     unique_topic,
@@ -451,3 +453,87 @@ def test_sigstop_controller_then_resume(cluster_factory):
     create_retrying(c.node(controller), after, 3, 3, timeout=30)
     views = wait_topic_everywhere(c.nodes, after, 3)
     assert len({json.dumps(layout(v), sort_keys=True) for v in views.values()}) == 1, views
+
+
+# --------------------------------------------------------------------------- coordinators
+def test_group_coordinator_is_offsets_partition_leader_and_moves(cluster_factory):
+    """Every node answers FindCoordinator with the leader of the group's __consumer_offsets
+    partition; a confluent-kafka group commits through it; when that node is killed -9 the
+    coordinator moves with the partition's new leader and the group works again."""
+    c = cluster_factory(3)
+    controller = c.wait_formed()
+    offsets = wait_for(
+        lambda: topic_ready(c.node(1).metadata(["__consumer_offsets"]), "__consumer_offsets", 1)
+        or c.node(1).metadata(["__consumer_offsets"])["topics"]["__consumer_offsets"]["partitions"],
+        30,
+        0.05,
+        "__consumer_offsets in metadata",
+    )
+    n_parts = len(offsets) if isinstance(offsets, dict) else 1
+    views = wait_topic_everywhere(c.nodes, "__consumer_offsets", n_parts)
+    rf = {len(p["replicas"]) for p in views[1]["partitions"].values()}
+    print(f"__consumer_offsets: {n_parts} partitions, replication factors {rf} (issue 15: min(3, brokers))")
+
+    # A group whose coordinator is not the controller, so that the kill below moves only it.
+    group = next(
+        g
+        for g in (f"grp-{i}" for i in range(1000))
+        if views[1]["partitions"][coordinator_partition(g, n_parts)]["leader"] != controller
+    )
+    part = coordinator_partition(group, n_parts)
+    leader = views[1]["partitions"][part]["leader"]
+    for n in c.nodes:
+        code, node_id, host, port = find_coordinator_request(n.addr, group)
+        assert (code, node_id, (host, port)) == (0, leader, c.node(leader).addr), f"FindCoordinator {group} through node {n.node_id}"
+
+    topic = unique_topic("grp")
+    create_through(c.node(controller), topic, 3, 3)
+    wait_topic_everywhere(c.nodes, topic, 3)
+
+    def consume_and_commit(expect: set):
+        """Join the group, read until every value in ``expect`` was seen, commit."""
+        from confluent_kafka import Consumer
+
+        conf = confluent_common(c.bootstrap)
+        conf.update({"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer = Consumer(conf)
+        try:
+            consumer.subscribe([topic])
+            missing = set(expect)
+            deadline = time.monotonic() + 60
+            while missing and time.monotonic() < deadline:
+                m = consumer.poll(0.5)
+                if m is not None and not m.error():
+                    missing.discard(m.value())
+            assert not missing, f"not consumed: {sorted(missing)}"
+            consumer.commit(asynchronous=False)
+        finally:
+            consumer.close()
+
+    p = confluent_producer(c.bootstrap, linger_ms=5, message_timeout_ms=30000)
+    for i in range(30):
+        p.produce(topic, value=b"m%d" % i, partition=i % 3)
+    assert p.flush(60) == 0
+    consume_and_commit({b"m%d" % i for i in range(30)})
+
+    c.kill9(leader)
+    survivors = [n for n in c.nodes if n.node_id != leader]
+
+    def moved():
+        answers = {n.node_id: find_coordinator_request(n.addr, group) for n in survivors}
+        ids = {(code, node_id) for code, node_id, _, _ in answers.values()}
+        if len(ids) != 1:
+            return False
+        ((code, node_id),) = ids
+        return code == 0 and node_id not in (leader, -1) and node_id
+
+    new_coordinator = wait_for(moved, 30, 0.05, f"the coordinator of {group} to move off node {leader}")
+    md_leader = survivors[0].metadata(["__consumer_offsets"])["topics"]["__consumer_offsets"]["partitions"][part]["leader"]
+    assert new_coordinator == md_leader, f"coordinator {new_coordinator}, partition {part} leader {md_leader}"
+
+    # Without replication the new coordinator has neither the committed offsets nor the
+    # records of the partition the dead node led: the group only has to work again.
+    for i in range(30):
+        p.produce(topic, value=b"n%d" % i, partition=i % 3)
+    assert p.flush(60) == 0
+    consume_and_commit({b"n%d" % i for i in range(30)})
