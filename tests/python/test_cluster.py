@@ -462,14 +462,12 @@ def test_group_coordinator_is_offsets_partition_leader_and_moves(cluster_factory
     coordinator moves with the partition's new leader and the group works again."""
     c = cluster_factory(3)
     controller = c.wait_formed()
-    offsets = wait_for(
-        lambda: topic_ready(c.node(1).metadata(["__consumer_offsets"]), "__consumer_offsets", 1)
-        or c.node(1).metadata(["__consumer_offsets"])["topics"]["__consumer_offsets"]["partitions"],
-        30,
-        0.05,
-        "__consumer_offsets in metadata",
-    )
-    n_parts = len(offsets) if isinstance(offsets, dict) else 1
+    def offsets_partitions():
+        find_coordinator_request(c.node(1).addr, "any-group")  # Kafka creates the topic lazily
+        t = c.node(1).metadata(["__consumer_offsets"])["topics"].get("__consumer_offsets")
+        return t is not None and t["error_code"] == 0 and len(t["partitions"])
+
+    n_parts = wait_for(offsets_partitions, 30, 0.05, "__consumer_offsets in metadata")
     views = wait_topic_everywhere(c.nodes, "__consumer_offsets", n_parts)
     rf = {len(p["replicas"]) for p in views[1]["partitions"].values()}
     print(f"__consumer_offsets: {n_parts} partitions, replication factors {rf} (issue 15: min(3, brokers))")
