@@ -443,6 +443,9 @@ class _Reader:
     def i32(self) -> int:
         return struct.unpack(">i", self.take(4))[0]
 
+    def i64(self) -> int:
+        return struct.unpack(">q", self.take(8))[0]
+
     def uvarint(self) -> int:
         shift = value = 0
         while True:
@@ -561,6 +564,42 @@ def metadata_request(addr: tuple, topics: Optional[list] = None, timeout: float 
     md["topics"] = dict(r.compact_array(topic))
     r.tagged()
     return md
+
+
+def describe_quorum_request(addr: tuple, timeout: float = 10.0) -> dict:
+    """DescribeQuorum v0 of ``__cluster_metadata`` through the node at ``addr`` (which asks
+    the Raft leader) as a dict: ``error_code`` (the partition's, else the top level's),
+    ``leader_id``, ``leader_epoch``, ``high_watermark``, ``voters`` {id: log end offset},
+    ``observers`` {id: log end offset}."""
+    name = b"__cluster_metadata"
+    body = _uvarint(2) + _uvarint(len(name) + 1) + name + _uvarint(2) + struct.pack(">i", 0) + b"\x00\x00\x00"
+    r = _Reader(wire_request(addr, 55, 0, body, True, timeout))
+    top_error = r.i16()
+
+    def replica():
+        rid, leo = r.i32(), r.i64()
+        r.tagged()
+        return rid, leo
+
+    def partition():
+        p = {"index": r.i32(), "error_code": r.i16(), "leader_id": r.i32(), "leader_epoch": r.i32()}
+        p["high_watermark"] = r.i64()
+        p["voters"] = dict(r.compact_array(replica))
+        p["observers"] = dict(r.compact_array(replica))
+        r.tagged()
+        return p
+
+    def topic():
+        r.compact_str()
+        parts = r.compact_array(partition)
+        r.tagged()
+        return parts
+
+    topics = r.compact_array(topic)
+    r.tagged()
+    if top_error or not topics or not topics[0]:
+        return {"error_code": top_error or -1}
+    return topics[0][0]
 
 
 def create_topics_request(
@@ -963,10 +1002,18 @@ class Cluster:
     def metadata(self, node_id: int, topics: Optional[list] = None, timeout: float = 5.0) -> dict:
         return self.node(node_id).metadata(topics, timeout)
 
-    def wait_formed(self, nodes: Optional[list] = None, brokers: Optional[list] = None, timeout: float = START_TIMEOUT):
+    def wait_formed(
+        self,
+        nodes: Optional[list] = None,
+        brokers: Optional[list] = None,
+        timeout: float = START_TIMEOUT,
+    ) -> int:
         """Wait until the Metadata of each node in ``nodes`` (default: the running ones)
         lists exactly the ``brokers`` (default: the running nodes' ids) with their Kafka
-        ports, and all of them name the same live controller. Returns that controller id."""
+        ports, all of them name the same controller among those brokers, and that controller
+        answers each node's DescribeQuorum (asked of the live Raft leader, so a controller
+        remembered from before a restart does not count) as leader of all the voters.
+        Returns the controller id."""
         nodes = [self.node(i) for i in nodes] if nodes is not None else self.running()
         want = set(brokers) if brokers is not None else {n.node_id for n in self.running()}
 
@@ -980,10 +1027,23 @@ class Cluster:
                     if port != self.node(b).kafka_port:
                         raise AssertionError(f"node {n.node_id} lists broker {b} on port {port}")
                 controllers.add(md["controller_id"])
-            (controller,) = controllers if len(controllers) == 1 else (None,)
-            return controller if controller in want else None
+            if len(controllers) != 1:
+                return False
+            (controller,) = controllers
+            if controller not in want:
+                return False
+            for n in nodes:
+                q = describe_quorum_request(n.addr)
+                if q["error_code"] != 0 or q["leader_id"] != controller or set(q["voters"]) != set(self.ids):
+                    return False
+            return controller
 
-        return wait_for(formed, timeout, 0.05, f"nodes {[n.node_id for n in nodes]} to list brokers {sorted(want)} and agree on a controller")
+        return wait_for(
+            formed,
+            timeout,
+            0.05,
+            f"nodes {[n.node_id for n in nodes]} to list brokers {sorted(want)} and agree on a live controller",
+        )
 
     def controller_id(self, via: Optional[int] = None) -> int:
         n = self.node(via) if via is not None else self.running()[0]

@@ -31,6 +31,7 @@ from gregor_testlib import (
     confluent_producer,
     coordinator_partition,
     create_topics_request,
+    describe_quorum_request,
     describe_topic_configs_request,
     fetch_request,
     find_coordinator_request,
@@ -149,6 +150,11 @@ def test_three_nodes_form_one_cluster(cluster_factory):
             assert (host, port) == c.node(b).addr, f"node {n.node_id} advertises broker {b} at {host}:{port}"
         assert md["controller_id"] == controller
     assert len({n.metadata()["cluster_id"] for n in c.nodes}) == 1, "nodes disagree on the cluster id"
+    quorum = {n.node_id: describe_quorum_request(n.addr) for n in c.nodes}
+    for node_id, q in quorum.items():
+        assert q["error_code"] == 0 and q["leader_id"] == controller, f"DescribeQuorum through node {node_id}: {q}"
+        assert set(q["voters"]) == {1, 2, 3} and not q["observers"], f"DescribeQuorum through node {node_id}: {q}"
+    assert len({q["leader_epoch"] for q in quorum.values()}) == 1, quorum
 
     topic = unique_topic("spread")
     create_through(c.node(2), topic, 6, 3)
@@ -307,6 +313,7 @@ def test_two_of_three_down_then_recover(cluster_factory, survivor_role):
             print(f"note: {refused} (timed out without a quorum) was committed once the quorum returned")
     fresh = unique_topic("recovered")
     create_retrying(survivor, fresh, 3, 3, timeout=30)
+    record_timing(f"two_down_restart_to_create_topics_s[{survivor_role}]", time.monotonic() - t1, goal=5.0)
     wait_topic_everywhere(c.nodes, fresh, 3)
     wait_topic_everywhere(c.nodes, kept, 4)
 
@@ -364,6 +371,16 @@ def test_full_restart_keeps_topics_ids_and_configs(cluster_factory, how):
         assert all_topics(n) == topics_before, f"node {n.node_id} after {how}: {all_topics(n)} != {topics_before}"
     configs_after = wait_for(configs_everywhere, 30, 0.2, "configs on every node after the restart")
     assert configs_after == configs_before
+
+    # The quorum is back for writes, too (not only serving what the nodes read from disk).
+    fresh = unique_topic("after-restart")
+    create_retrying(c.node(2), fresh, 3, 3, timeout=30)
+    record_timing(f"full_restart_{how}_to_create_topics_s", time.monotonic() - t0, goal=5.0)
+    wait_topic_everywhere(c.nodes, fresh, 3)
+    for n in c.nodes:
+        now = all_topics(n)
+        del now[fresh]
+        assert now == topics_before
 
 
 # --------------------------------------------------------------------------- produce
