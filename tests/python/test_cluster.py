@@ -498,7 +498,13 @@ def test_group_coordinator_is_offsets_partition_leader_and_moves(cluster_factory
     part = coordinator_partition(group, n_parts)
     leader = views[1]["partitions"][part]["leader"]
     for n in c.nodes:
-        code, node_id, host, port = find_coordinator_request(n.addr, group)
+        # COORDINATOR_NOT_AVAILABLE (retriable) while a node's group service starts.
+        code, node_id, host, port = wait_for(
+            lambda: (r := find_coordinator_request(n.addr, group))[0] != 15 and r,
+            30,
+            0.05,
+            f"FindCoordinator {group} through node {n.node_id} to answer",
+        )
         assert (code, node_id, (host, port)) == (0, leader, c.node(leader).addr), f"FindCoordinator {group} through node {n.node_id}"
 
     topic = unique_topic("grp")
