@@ -157,8 +157,13 @@ impl Cluster {
 
     /// Whether this broker leads `topic`/`partition`. `Err(leader)` names the leader
     /// (-1 when the partition has none, or is unknown to the image).
+    /// A broker out of touch with the quorum for a session timeout leads nothing: the
+    /// controller has fenced it and elected other leaders it may not have heard of.
     pub fn check_leader(&self, topic: &str, partition: i32) -> Result<(), (i32, i32)> {
         match self.partition(topic, partition) {
+            Some(p) if p.leader == self.me && !self.registration.in_session() => {
+                Err((-1, p.leader_epoch))
+            }
             Some(p) if p.leader == self.me => Ok(()),
             Some(p) if p.leader == NO_LEADER => Err((-1, p.leader_epoch)),
             Some(p) => Err((p.leader, p.leader_epoch)),
