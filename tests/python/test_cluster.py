@@ -582,3 +582,40 @@ def test_create_topics_in_flight_when_controller_hangs(cluster_factory):
     print(f"CreateTopics through node {via.node_id} with controller {controller} hung: {res[topic]} after {elapsed:.2f}s")
     assert res[topic][0] == 0, f"answered {res[topic]} after {elapsed:.2f}s"
     assert elapsed < FAILOVER_BOUND_S
+
+
+def test_leader_cut_off_from_quorum_stops_serving(cluster_factory):
+    """A node that cannot reach the quorum (the two others SIGSTOPped) for a broker session
+    timeout stops serving its partitions as leader (the controller may have fenced it and
+    elected other leaders): Produce through it gets NOT_LEADER_OR_FOLLOWER. Once the others
+    are back, the partition is served again by the leader Metadata names."""
+    c = cluster_factory(3)
+    controller = c.wait_formed()
+    topic = unique_topic("cut-off")
+    create_through(c.node(1), topic, 3, 3)
+    view = layout(wait_topic_everywhere(c.nodes, topic, 3)[1])
+    lone = next(n for n in c.nodes if n.node_id != controller)
+    part = next(i for i, v in view.items() if v[0] == lone.node_id)
+    assert produce_request(lone.addr, topic, part, [b"before"])[0] == 0
+
+    others = [n for n in c.nodes if n is not lone]
+    for n in others:
+        n.pause()
+    t0 = time.monotonic()
+    wait_for(
+        lambda: produce_request(lone.addr, topic, part, [b"cut-off"], timeout=5)[0] == NOT_LEADER_OR_FOLLOWER,
+        30,
+        0.02,
+        f"node {lone.node_id}, cut off, to stop serving partition {part} as leader",
+    )
+    record_timing("cut_off_leader_stops_serving_s", time.monotonic() - t0, goal=2.0)
+
+    for n in others:
+        n.resume()
+    c.wait_formed(brokers=c.ids)
+
+    def served():
+        leader = lone.metadata([topic])["topics"][topic]["partitions"][part]["leader"]
+        return leader >= 0 and produce_request(c.node(leader).addr, topic, part, [b"after"])[0] == 0
+
+    wait_for(served, 30, 0.05, f"partition {part} served again by its leader")
