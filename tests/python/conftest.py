@@ -67,8 +67,10 @@ def cluster_factory(gregor_bin, tmp_path_factory, request):
     made: list[Cluster] = []
     request.node._gregor_clusters = made
 
-    def make(size=3, start=True, extra_args=(), env=None) -> Cluster:
-        c = Cluster(gregor_bin, size, base_dir=tmp_path_factory.mktemp("cluster"), extra_args=extra_args, env=env)
+    def make(size=3, start=True, extra_args=(), env=None, voters=None) -> Cluster:
+        c = Cluster(
+            gregor_bin, size, base_dir=tmp_path_factory.mktemp("cluster"), extra_args=extra_args, env=env, voters=voters
+        )
         made.append(c)
         if start:
             c.start()

@@ -781,8 +781,15 @@ class ClusterNode(Broker):
         self.controller_port = 0
         self.paused = False
 
+    @property
+    def is_voter(self) -> bool:
+        return self.node_id in self.cluster.voter_ids
+
     def command(self) -> list:
         host = self.cluster.host
+        # A broker-only node is given a controller listener too: gregor requires one ("node 4
+        # is not among the voters: give it --controller-listen"), Kafka would not.
+        controller = ["--controller-listen", f"{host}:{self.controller_port}"]
         return [
             str(self.bin_path),
             "serve",
@@ -790,8 +797,7 @@ class ClusterNode(Broker):
             str(self.node_id),
             "--listen",
             f"{host}:{self.kafka_port}",
-            "--controller-listen",
-            f"{host}:{self.controller_port}",
+            *controller,
             "--controller-quorum-voters",
             self.cluster.voters,
             "--data-dir",
@@ -845,10 +851,13 @@ class ClusterNode(Broker):
 
 
 class Cluster:
-    """N gregor processes on loopback, every one a voter of the metadata quorum and a broker:
+    """N gregor processes on loopback, each a voter of the metadata quorum and a broker:
 
         gregor serve --node-id N --listen H:P --controller-listen H:P
                      --controller-quorum-voters 1@H:P,2@H:P,3@H:P --data-dir DIR
+
+    With ``voters=V`` < N only nodes 1..V are voters (listed in the voters flag); the others
+    are brokers only, registering with the quorum.
 
     Ports are allocated once (free_ports) and kept, with the data dirs, across kill -9,
     SIGTERM and restarts. Each node logs to ``BASE/node-N/broker-K.log`` (K = its K-th
@@ -864,9 +873,11 @@ class Cluster:
         extra_args: tuple = (),
         env: Optional[dict] = None,
         host: str = "127.0.0.1",
+        voters: Optional[int] = None,
     ):
         self.bin_path = Path(bin_path)
         self.size = size
+        self.voter_ids = list(range(1, (voters or size) + 1))
         self.host = host
         self._own_base = base_dir is None
         self.base_dir = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="gregor-cluster-"))
@@ -885,7 +896,7 @@ class Cluster:
 
     @property
     def voters(self) -> str:
-        return ",".join(f"{n.node_id}@{self.host}:{n.controller_port}" for n in self.nodes)
+        return ",".join(f"{n.node_id}@{self.host}:{n.controller_port}" for n in self.nodes if n.is_voter)
 
     @property
     def bootstrap(self) -> str:
@@ -1034,7 +1045,7 @@ class Cluster:
                 return False
             for n in nodes:
                 q = describe_quorum_request(n.addr)
-                if q["error_code"] != 0 or q["leader_id"] != controller or set(q["voters"]) != set(self.ids):
+                if q["error_code"] != 0 or q["leader_id"] != controller or set(q["voters"]) != set(self.voter_ids):
                     return False
             return controller
 

@@ -619,3 +619,44 @@ def test_leader_cut_off_from_quorum_stops_serving(cluster_factory):
         return leader >= 0 and produce_request(c.node(leader).addr, topic, part, [b"after"])[0] == 0
 
     wait_for(served, 30, 0.05, f"partition {part} served again by its leader")
+
+
+# --------------------------------------------------------------------------- 5 nodes
+def test_five_nodes_three_voters(cluster_factory):
+    """The seeds' picture: five brokers, three of them voters. All five register (every
+    node lists them), the quorum has three voters and two observers, partitions are spread
+    over all five, and a kill -9 of a broker-only leader moves its partitions; it comes
+    back unfenced."""
+    c = cluster_factory(5, voters=3)
+    controller = c.wait_formed()
+    assert controller in (1, 2, 3)
+    q = describe_quorum_request(c.node(5).addr)
+    assert set(q["voters"]) == {1, 2, 3} and set(q["observers"]) == {4, 5}, q
+
+    topic = unique_topic("five")
+    create_through(c.node(4), topic, 10, 3)
+    views = wait_topic_everywhere(c.nodes, topic, 10)
+    view = layout(views[1])
+    assert all(layout(v) == view for v in views.values()), views
+    assert Counter(v[0] for v in view.values()) == {i: 2 for i in range(1, 6)}, view
+    assert Counter(r for v in view.values() for r in v[2]) == {i: 6 for i in range(1, 6)}, view
+
+    moved = {i: v for i, v in view.items() if v[0] == 5}
+    c.kill9(5)
+    t0 = time.monotonic()
+
+    def new_leaders():
+        for n in c.running():
+            partitions = n.metadata([topic])["topics"][topic]["partitions"]
+            for i, (_, epoch, _, isr) in moved.items():
+                p = partitions[i]
+                if p["leader"] in (5, -1) or p["leader_epoch"] <= epoch:
+                    return False
+                assert p["leader"] in isr
+        return True
+
+    wait_for(new_leaders, 60, 0.02, "new leaders for node 5's partitions on the four others")
+    record_timing("five_nodes_kill9_broker_only_to_new_leaders_s", time.monotonic() - t0)
+    c.wait_formed(brokers=[1, 2, 3, 4])
+    c.start_node(5)
+    c.wait_formed(brokers=c.ids)
