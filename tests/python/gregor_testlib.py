@@ -628,6 +628,55 @@ def create_topics_request(
     return {name: (code, msg) for name, code, msg in resp.topic_errors}
 
 
+def delete_topics_request(addr: tuple, topics: list, timeout_ms: int = 10000) -> dict:
+    """DeleteTopics v1 through the node at ``addr``; returns {name: error_code}."""
+    import io
+
+    from kafka.protocol.admin import DeleteTopicsRequest_v1, DeleteTopicsResponse_v1
+
+    req = DeleteTopicsRequest_v1(topics=list(topics), timeout=timeout_ms)
+    body = wire_request(addr, 20, 1, req.encode(), False, timeout_ms / 1000 + 5)
+    resp = DeleteTopicsResponse_v1.decode(io.BytesIO(body))
+    return dict(resp.topic_error_codes)
+
+
+def create_partitions_request(addr: tuple, topic: str, count: int, timeout_ms: int = 10000) -> tuple:
+    """CreatePartitions v1 (grow ``topic`` to ``count`` partitions, placement left to the
+    controller) through the node at ``addr``; returns (error_code, error_message)."""
+    import io
+
+    from kafka.protocol.admin import CreatePartitionsRequest_v1, CreatePartitionsResponse_v1
+
+    req = CreatePartitionsRequest_v1(topic_partitions=[(topic, (count, None))], timeout=timeout_ms, validate_only=False)
+    body = wire_request(addr, 37, 1, req.encode(), False, timeout_ms / 1000 + 5)
+    resp = CreatePartitionsResponse_v1.decode(io.BytesIO(body))
+    ((_, code, msg),) = resp.topic_errors
+    return code, msg
+
+
+def incremental_alter_topic_configs_request(addr: tuple, topic: str, changes: dict, timeout: float = 15.0) -> tuple:
+    """IncrementalAlterConfigs v0 of one topic through the node at ``addr``: ``changes``
+    maps a config name to a value to SET, or to None to DELETE it (back to the default).
+    Returns (error_code, error_message)."""
+
+    def string(v: str) -> bytes:
+        raw = v.encode()
+        return struct.pack(">h", len(raw)) + raw
+
+    body = struct.pack(">i", 1) + struct.pack(">b", 2) + string(topic) + struct.pack(">i", len(changes))
+    for name, value in changes.items():
+        body += string(name) + struct.pack(">b", 0 if value is not None else 1)
+        body += string(value) if value is not None else struct.pack(">h", -1)
+    body += b"\x00"  # validate_only
+    r = _Reader(wire_request(addr, 44, 0, body, False, timeout))
+    r.i32()  # throttle
+    assert r.i32() == 1
+    code = r.i16()
+    n = r.i16()
+    msg = None if n < 0 else r.take(n).decode()
+    return code, msg
+
+
 def produce_request(
     addr: tuple,
     topic: str,

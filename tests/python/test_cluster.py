@@ -30,11 +30,14 @@ from gregor_testlib import (
     confluent_common,
     confluent_producer,
     coordinator_partition,
+    create_partitions_request,
     create_topics_request,
+    delete_topics_request,
     describe_quorum_request,
     describe_topic_configs_request,
     fetch_request,
     find_coordinator_request,
+    incremental_alter_topic_configs_request,
     list_offsets_request,
     produce_request,
     unique_topic,
@@ -660,3 +663,45 @@ def test_five_nodes_three_voters(cluster_factory):
     c.wait_formed(brokers=[1, 2, 3, 4])
     c.start_node(5)
     c.wait_formed(brokers=c.ids)
+
+
+# --------------------------------------------------------------------------- admin
+def test_admin_requests_forwarded_from_any_node(cluster_factory):
+    """CreatePartitions, IncrementalAlterConfigs and DeleteTopics sent to nodes that are not
+    the controller are forwarded, committed, and seen by every node."""
+    c = cluster_factory(3)
+    controller = c.wait_formed()
+    x, y = [n for n in c.nodes if n.node_id != controller]
+    topic = unique_topic("admin")
+    create_through(x, topic, 3, 3)
+    topic_id = wait_topic_everywhere(c.nodes, topic, 3)[1]["topic_id"]
+
+    assert create_partitions_request(y.addr, topic, 6)[0] == 0
+    views = wait_topic_everywhere(c.nodes, topic, 6)
+    assert {v["topic_id"] for v in views.values()} == {topic_id}, "CreatePartitions changed the topic id"
+    assert all(layout(v) == layout(views[1]) for v in views.values())
+
+    assert incremental_alter_topic_configs_request(y.addr, topic, {"retention.ms": "123456"})[0] == 0
+    wait_for(
+        lambda: all(
+            describe_topic_configs_request(n.addr, [topic])[topic]["retention.ms"][0] == "123456" for n in c.nodes
+        ),
+        30,
+        0.05,
+        "the altered retention.ms on every node",
+    )
+    assert incremental_alter_topic_configs_request(x.addr, topic, {"retention.ms": None})[0] == 0
+    wait_for(
+        lambda: all(
+            describe_topic_configs_request(n.addr, [topic])[topic]["retention.ms"][0] == "604800000" for n in c.nodes
+        ),
+        30,
+        0.05,
+        "retention.ms back to its default on every node",
+    )
+
+    assert delete_topics_request(x.addr, [topic]) == {topic: 0}
+    wait_for(lambda: all(topic not in n.metadata()["topics"] for n in c.nodes), 30, 0.05, f"{topic} gone everywhere")
+    create_retrying(y, topic, 2, 3, timeout=30)
+    again = wait_topic_everywhere(c.nodes, topic, 2)
+    assert again[1]["topic_id"] != topic_id, "a re-created topic must get a new topic id"
