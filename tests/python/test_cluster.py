@@ -14,8 +14,10 @@ quoted; the assertions on them are generous (a loaded CI), the goals are in the 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
+import threading
 import time
 from collections import Counter
 
@@ -179,6 +181,21 @@ def test_three_nodes_form_one_cluster(cluster_factory):
         name = unique_topic(f"via{n.node_id}")
         create_through(n, name, 3, 3)
         wait_topic_everywhere(c.nodes, name, 3)
+
+    # The same name through all three nodes at once: exactly one creates it.
+    same = unique_topic("race")
+    answers = {}
+
+    def create(n):
+        answers[n.node_id] = create_topics_request(n.addr, [(same, 3, 3, {})])[same][0]
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in c.nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(answers.values()) == [0, TOPIC_ALREADY_EXISTS, TOPIC_ALREADY_EXISTS], answers
+    wait_topic_everywhere(c.nodes, same, 3)
 
     # More replicas than live brokers.
     name = unique_topic("rf4")
@@ -705,3 +722,30 @@ def test_admin_requests_forwarded_from_any_node(cluster_factory):
     create_retrying(y, topic, 2, 3, timeout=30)
     again = wait_topic_everywhere(c.nodes, topic, 2)
     assert again[1]["topic_id"] != topic_id, "a re-created topic must get a new topic id"
+
+
+def test_voter_with_wiped_data_dir_rejoins(cluster_factory):
+    """A voter whose data dir is lost (kill -9, emptied, restarted on the same ports) gets
+    the metadata log back from the quorum: it lists the topics, the quorum names it a
+    voter caught up, and metadata changes still commit."""
+    c = cluster_factory(3)
+    controller = c.wait_formed()
+    topic = unique_topic("kept")
+    create_through(c.node(1), topic, 3, 3)
+    wait_topic_everywhere(c.nodes, topic, 3)
+    victim = c.node(next(i for i in c.ids if i != controller))
+    c.kill9(victim.node_id)
+    shutil.rmtree(victim.data_dir)
+    victim.data_dir.mkdir()
+    c.start_node(victim.node_id)
+    c.wait_formed(brokers=c.ids)
+    wait_topic_everywhere(c.nodes, topic, 3)
+
+    def caught_up():
+        q = describe_quorum_request(victim.addr)
+        return q["error_code"] == 0 and len(set(q["voters"].values())) == 1 and q
+
+    wait_for(caught_up, 30, 0.05, f"node {victim.node_id} caught up with the metadata log")
+    fresh = unique_topic("fresh")
+    create_retrying(victim, fresh, 3, 3, timeout=30)
+    wait_topic_everywhere(c.nodes, fresh, 3)
