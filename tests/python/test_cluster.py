@@ -752,18 +752,20 @@ def test_voter_with_wiped_data_dir_rejoins(cluster_factory):
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="a restarted former leader accepts Produce for ~100 ms for a partition led "
+    strict=False,  # a window of ~100 ms could be missed on a slow machine: no strict XPASS
+    reason="a former leader coming back (restart after kill -9: ~100 ms; SIGCONT after a "
+    "SIGSTOP longer than the session: ~750 ms) acknowledges Produce for a partition led "
     "elsewhere: BrokerHandle::in_session turns true when the controller accepts its heartbeat, "
     "before its image has applied the metadata log up to that point, so Cluster::check_leader "
-    "still reads the stale on-disk image that names it leader (Kafka: a broker serves as leader "
-    "only once caught up to the offset of its registration). Remove this mark when fixed.",
+    "still reads the stale image that names it leader (Kafka: a broker serves as leader only "
+    "once caught up to the offset of its registration). Remove this mark when fixed.",
 )
-def test_restarted_former_leader_never_serves_stale_leadership(cluster_factory):
-    """Kill -9 a partition's leader, let another take over, restart the old one: from its
-    first answer on it must refuse Produce for that partition (NOT_LEADER_OR_FOLLOWER or a
-    retriable error), never append: the partition has another leader, and a write
-    acknowledged by both would be a split brain."""
+@pytest.mark.parametrize("how", ["kill9_restart", "sigstop_resume"])
+def test_former_leader_never_serves_stale_leadership(cluster_factory, how):
+    """Take a partition's leader away (kill -9, or SIGSTOP past the session timeout), let
+    another take over, bring the old one back: from its first answer on it must refuse
+    Produce for that partition (NOT_LEADER_OR_FOLLOWER or a retriable error), never append:
+    the partition has another leader, and a write acknowledged by both is a split brain."""
     c = cluster_factory(3)
     controller = c.wait_formed()
     topic = unique_topic("stale")
@@ -771,14 +773,21 @@ def test_restarted_former_leader_never_serves_stale_leadership(cluster_factory):
     view = layout(wait_topic_everywhere(c.nodes, topic, 3)[1])
     victim = next(i for i in c.ids if i != controller)
     part = next(i for i, v in view.items() if v[0] == victim)
-    c.kill9(victim)
+    node = c.node(victim)
+    if how == "kill9_restart":
+        c.kill9(victim)
+    else:
+        node.pause()
 
     def led_elsewhere():
         p = c.node(controller).metadata([topic])["topics"][topic]["partitions"][part]
         return p["leader"] not in (victim, -1) and p["leader"]
 
     new_leader = wait_for(led_elsewhere, 30, 0.02, f"a new leader for partition {part}")
-    node = c.start_node(victim)
+    if how == "kill9_restart":
+        c.start_node(victim)
+    else:
+        node.resume()
     accepted = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < 3:
@@ -786,8 +795,8 @@ def test_restarted_former_leader_never_serves_stale_leadership(cluster_factory):
         if code == 0:
             accepted.append((round(time.monotonic() - t0, 3), offset))
         else:
-            assert code in RETRIABLE_ERRORS, f"Produce through the restarted node {victim}: error {code}"
+            assert code in RETRIABLE_ERRORS, f"Produce through node {victim} back from {how}: error {code}"
     assert not accepted, (
-        f"node {victim} (restarted; partition {part} is led by {new_leader}) acknowledged "
-        f"{len(accepted)} produces at (s after listening, offset) {accepted[:5]}"
+        f"node {victim} (back from {how}; partition {part} is led by {new_leader}) acknowledged "
+        f"{len(accepted)} produces, the first at (s after it was back, offset) {accepted[:3]}, the last {accepted[-1]}"
     )
