@@ -345,12 +345,7 @@ impl Broker {
             })
             .await?;
         if validate_only {
-            return Ok(Arc::new(Topic {
-                name: name.to_string(),
-                id: Uuid::nil(),
-                partitions: vec![],
-                configs,
-            }));
+            return Ok(Topic::validated(name, configs));
         }
         self.wait_applied(|i| i.topic_ids.get(name) == id.as_ref())
             .await?;

@@ -39,6 +39,26 @@ pub struct Topic {
 }
 
 impl Topic {
+    /// What a validate-only CreateTopics answers: the topic as it would be, without logs.
+    pub fn validated(name: &str, configs: BTreeMap<String, String>) -> Arc<Topic> {
+        Arc::new(Topic {
+            name: name.to_string(),
+            id: Uuid::nil(),
+            partitions: vec![],
+            configs,
+        })
+    }
+
+    /// The topic's description, without the logs.
+    pub fn spec(&self) -> TopicSpec {
+        TopicSpec {
+            name: self.name.clone(),
+            id: self.id,
+            partitions: self.partitions.len() as i32,
+            configs: self.configs.clone(),
+        }
+    }
+
     pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
         usize::try_from(index)
             .ok()
@@ -66,17 +86,9 @@ impl Topic {
 }
 
 #[derive(Serialize, Deserialize)]
-struct PersistedTopic {
-    name: String,
-    id: Uuid,
-    partitions: i32,
-    configs: BTreeMap<String, String>,
-}
-
-#[derive(Serialize, Deserialize)]
 struct PersistedState {
     cluster_id: String,
-    topics: Vec<PersistedTopic>,
+    topics: Vec<TopicSpec>,
     /// Producer IDs below this may have been handed out; a restart continues from here.
     #[serde(default)]
     producer_ids_reserved: i64,
@@ -85,8 +97,9 @@ struct PersistedState {
     meta_index: u64,
 }
 
-/// A topic as the cluster metadata describes it, for [`TopicRegistry::apply_image`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A topic's description without its partitions' logs: what `state.json` stores, and what
+/// the cluster metadata says for [`TopicRegistry::apply_image`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicSpec {
     pub name: String,
     pub id: Uuid,
@@ -318,12 +331,7 @@ impl TopicRegistry {
             ));
         }
         if validate_only {
-            return Ok(Arc::new(Topic {
-                name: name.to_string(),
-                id: Uuid::nil(),
-                partitions: vec![],
-                configs,
-            }));
+            return Ok(Topic::validated(name, configs));
         }
         let mut parts = Vec::new();
         for p in 0..partitions {
@@ -472,15 +480,7 @@ impl TopicRegistry {
                 .expect("producer ids lock")
                 .reserved,
             meta_index: self.meta_index.load(Ordering::SeqCst),
-            topics: next
-                .values()
-                .map(|t| PersistedTopic {
-                    name: t.name.clone(),
-                    id: t.id,
-                    partitions: t.partitions.len() as i32,
-                    configs: t.configs.clone(),
-                })
-                .collect(),
+            topics: next.values().map(|t| t.spec()).collect(),
         };
         let bytes = serde_json::to_vec_pretty(&persisted).map_err(internal)?;
         write_atomically(
