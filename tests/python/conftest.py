@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gregor_testlib import DEFAULT_BIN, Broker
+from gregor_testlib import DEFAULT_BIN, Broker, Cluster
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +56,46 @@ def broker_factory(gregor_bin, tmp_path_factory):
 def broker(broker_factory) -> Broker:
     """A started broker on 127.0.0.1:<ephemeral> with a fresh data dir."""
     return broker_factory()
+
+
+@pytest.fixture
+def cluster_factory(gregor_bin, tmp_path_factory, request):
+    """Make started Clusters (gregor_testlib.Cluster: N voters on loopback, each its own
+    ports, data dir and logs); teardown stops every process and removes every dir, then
+    fails the test if any node's log mentions a panic. A failed test's report carries the
+    tail of every node's log."""
+    made: list[Cluster] = []
+    request.node._gregor_clusters = made
+
+    def make(size=3, start=True, extra_args=(), env=None, voters=None) -> Cluster:
+        c = Cluster(
+            gregor_bin, size, base_dir=tmp_path_factory.mktemp("cluster"), extra_args=extra_args, env=env, voters=voters
+        )
+        made.append(c)
+        if start:
+            c.start()
+        return c
+
+    yield make
+
+    panics = []
+    for c in made:
+        c.cleanup(keep_dir=True)
+        if c.panics():
+            panics.append(c.log_tails(120))
+        shutil.rmtree(c.base_dir, ignore_errors=True)
+    if panics:
+        pytest.fail("cluster node log contains 'panicked':\n" + "\n\n".join(panics), pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the clusters' log tails to a failed test's report (the dirs are removed)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when in ("setup", "call"):
+        for c in getattr(item, "_gregor_clusters", []):
+            try:
+                report.sections.append((f"gregor cluster logs ({c.base_dir})", c.log_tails()))
+            except Exception as exc:  # noqa: BLE001 - a report must never fail
+                report.sections.append(("gregor cluster logs", f"unreadable: {exc!r}"))
