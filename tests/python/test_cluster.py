@@ -589,13 +589,6 @@ def test_group_coordinator_is_offsets_partition_leader_and_moves(cluster_factory
     consume_and_commit({b"n%d" % i for i in range(30)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gregor-meta MetaNode::propose_loop forwards to the leader it knows with the whole "
-    "propose deadline (5 s): a forward to a hung (SIGSTOPped) controller waits out those 5 s "
-    "although a new controller is elected within ~1 s, then answers REQUEST_TIMED_OUT; and the "
-    "CreateTopics timeout_ms is not used (always propose_timeout). Remove this mark when fixed.",
-)
 def test_create_topics_in_flight_when_controller_hangs(cluster_factory):
     """A CreateTopics sent through a surviving node the moment the controller hangs is
     committed by the next controller within its timeout_ms (as a client expects: one request,
@@ -760,15 +753,6 @@ def test_voter_with_wiped_data_dir_rejoins(cluster_factory):
     wait_topic_everywhere(c.nodes, fresh, 3)
 
 
-@pytest.mark.xfail(
-    strict=False,  # a window of ~100 ms could be missed on a slow machine: no strict XPASS
-    reason="a former leader coming back (restart after kill -9: ~100 ms; SIGCONT after a "
-    "SIGSTOP longer than the session: ~750 ms) acknowledges Produce for a partition led "
-    "elsewhere: BrokerHandle::in_session turns true when the controller accepts its heartbeat, "
-    "before its image has applied the metadata log up to that point, so Cluster::check_leader "
-    "still reads the stale image that names it leader (Kafka: a broker serves as leader only "
-    "once caught up to the offset of its registration). Remove this mark when fixed.",
-)
 @pytest.mark.parametrize("how", ["kill9_restart", "sigstop_resume"])
 def test_former_leader_never_serves_stale_leadership(cluster_factory, how):
     """Take a partition's leader away (kill -9, or SIGSTOP past the session timeout), let

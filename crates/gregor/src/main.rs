@@ -85,7 +85,8 @@ struct ServeArgs {
     #[arg(long)]
     node_id: Option<i32>,
     /// Where this node's controller (Raft) listener binds (`controller.listener`). A voter
-    /// defaults to the address of its own entry in the voters.
+    /// defaults to the address of its own entry in the voters, a broker-only node to a free
+    /// port on the `--listen` address.
     #[arg(long)]
     controller_listen: Option<String>,
     /// The metadata quorum (`controller.quorum.voters`): `1@HOST:PORT,2@HOST:PORT,...`. Every
@@ -297,9 +298,9 @@ async fn start_metadata_node(
     let listen = match (&config.controller_listener, voters.get(&id)) {
         (Some(l), _) => l.clone(),
         (None, Some(own)) => own.clone(),
-        (None, None) => anyhow::bail!(
-            "node {id} is not among the voters: give it --controller-listen HOST:PORT"
-        ),
+        // A broker only: the voters reach it there to send it the metadata log (it is a
+        // Raft learner); any free port on the client listener's address will do.
+        (None, None) => format!("{}:0", config.listen.ip()),
     };
     let listener = TcpListener::bind(&listen)
         .await
