@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::appends::AppendSignal;
 use crate::checkpoint::{read_recovery_state, Checkpoints};
+use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::flusher::Flusher;
 use crate::groups::GroupService;
@@ -48,6 +49,8 @@ pub struct Broker {
     txns: OnceLock<Arc<TransactionService>>,
     /// Every "now" of the broker and what it drives (logs, coordinators, handlers).
     clock: SharedClock,
+    /// Set once by [`Broker::join_cluster`]; without it the broker is a single node.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Broker {
@@ -82,6 +85,7 @@ impl Broker {
             txns: OnceLock::new(),
             clock,
             config,
+            cluster: OnceLock::new(),
         };
         // Every log is durable up to its end after open: record that right away.
         broker.write_recovery_checkpoint()?;
@@ -99,7 +103,117 @@ impl Broker {
     }
 
     pub fn cluster_id(&self) -> &str {
-        self.registry.cluster_id()
+        match self.cluster() {
+            Some(c) => c.cluster_id(),
+            None => self.registry.cluster_id(),
+        }
+    }
+
+    // ---- the cluster
+
+    /// Makes this broker a member of the cluster whose metadata `node` replicates: from now
+    /// on its topics are a view of the metadata image. Must be called inside a tokio
+    /// runtime, once, before the coordinators start.
+    pub fn join_cluster(&self, node: gregor_meta::MetaNode) -> anyhow::Result<Arc<Cluster>> {
+        let port = u16::try_from(self.advertised_port)?;
+        if self.registry.meta_index() == 0 && !self.registry.all_topics().is_empty() {
+            anyhow::bail!(
+                "{} holds the topics of a single-node broker; moving them into a cluster is not \
+                 supported yet: give the cluster node an empty data directory",
+                self.config.data_dir.display()
+            );
+        }
+        let cluster = Arc::new(Cluster::start(
+            node,
+            self.registry.clone(),
+            (self.advertised_host.clone(), port),
+        ));
+        if self.cluster.set(cluster.clone()).is_err() {
+            anyhow::bail!("already joined a cluster");
+        }
+        Ok(cluster)
+    }
+
+    /// In a cluster: creates `__consumer_offsets` and `__transaction_state` through the
+    /// controller if they do not exist yet (compacted; replication factor
+    /// `offsets.topic.replication.factor` capped by the live brokers, waiting up to 10 s for
+    /// min(3, voters) brokers to register first) and waits until they are in the local view.
+    /// Retries through elections and lost quorums until it succeeds.
+    pub async fn create_internal_topics(&self) -> anyhow::Result<()> {
+        use crate::internal_topics::{OFFSETS_TOPIC, TXN_TOPIC};
+        let cluster = self
+            .cluster()
+            .ok_or_else(|| anyhow::anyhow!("not in a cluster"))?;
+        let want = self.config.offsets_topic_replication_factor.max(1) as usize;
+        let voters = cluster.node().voters().len().max(1);
+        cluster
+            .wait_applied(std::time::Duration::from_secs(10), |i| {
+                i.live_brokers().len() >= want.min(voters)
+            })
+            .await;
+        for (name, partitions) in [
+            (OFFSETS_TOPIC, self.config.offsets_topic_num_partitions),
+            (TXN_TOPIC, self.config.transaction_state_log_num_partitions),
+        ] {
+            loop {
+                if cluster.image().topic_by_name(name).is_some()
+                    && self.registry.topic(name).is_some()
+                {
+                    break;
+                }
+                let live = cluster.image().live_brokers().len().max(1);
+                let replication = want.min(live) as i16;
+                let configs =
+                    BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+                match self
+                    .create_topic(name, partitions.max(1), replication, None, configs, false)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) if e.code == ResponseError::TopicAlreadyExists => {
+                        cluster
+                            .wait_applied(std::time::Duration::from_secs(5), |i| {
+                                i.topic_by_name(name).is_some()
+                            })
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::info!(topic = name, error = %e.message, "creating internal topic; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster this broker is a member of (`None`: a single node).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Whether this broker may serve `topic`/`partition` (produce, fetch, list offsets): on a
+    /// single node always; in a cluster when the metadata names it the leader. `Err` carries
+    /// the current leader and its epoch (-1 when unknown).
+    pub fn check_leader(&self, topic: &str, partition: i32) -> Result<(), (i32, i32)> {
+        match self.cluster() {
+            Some(c) => c.check_leader(topic, partition),
+            None => Ok(()),
+        }
+    }
+
+    /// In a cluster, makes sure a producer id is available from this broker's block (asking
+    /// the controller for one if needed); a no-op on a single node.
+    pub async fn reserve_producer_ids(&self) -> MetaResult<()> {
+        match self.cluster() {
+            Some(c) => c.reserve_producer_ids().await.map_err(|e| {
+                MetaError::new(
+                    ResponseError::CoordinatorLoadInProgress,
+                    format!("no producer ids available yet: {e}"),
+                )
+            }),
+            None => Ok(()),
+        }
     }
 
     // ---- coordinators
@@ -183,48 +297,256 @@ impl Broker {
         self.registry.all_topics()
     }
 
-    /// Creates a topic. `partitions`/`replication` of -1 mean the broker defaults.
-    pub fn create_topic(
+    /// Creates a topic. `partitions`/`replication` of -1 mean the broker defaults;
+    /// `assignments` (replicas per partition) replace both. In a cluster the controller
+    /// decides and the quorum commits; this returns once the topic is in the local view.
+    pub async fn create_topic(
         &self,
         name: &str,
         partitions: i32,
         replication: i16,
+        assignments: Option<Vec<Vec<i32>>>,
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> MetaResult<Arc<Topic>> {
+        if self.cluster().is_none() {
+            return self.registry.create_topic(
+                name,
+                partitions,
+                replication,
+                configs,
+                validate_only,
+            );
+        }
+        crate::registry::validate_topic_name(name)?;
+        for (k, v) in &configs {
+            crate::topic_config::validate(k, v)
+                .map_err(|m| MetaError::new(ResponseError::InvalidConfig, m))?;
+        }
+        let topic = gregor_meta::NewTopic {
+            name: name.to_string(),
+            num_partitions: if partitions == -1 {
+                self.config.num_partitions
+            } else {
+                partitions
+            },
+            replication_factor: if replication == -1 {
+                self.config.default_replication_factor
+            } else {
+                replication
+            },
+            assignments,
+            configs: configs.clone(),
+        };
+        let id = self
+            .propose_topics(gregor_meta::Command::CreateTopics {
+                topics: vec![topic],
+                validate_only,
+            })
+            .await?;
+        if validate_only {
+            return Ok(Topic::validated(name, configs));
+        }
+        self.wait_applied(|i| i.topic_ids.get(name) == id.as_ref())
+            .await?;
         self.registry
-            .create_topic(name, partitions, replication, configs, validate_only)
+            .topic(name)
+            .ok_or_else(|| crate::registry::unknown_topic(name))
     }
 
-    /// Returns the topic, creating it with broker defaults if auto-creation allows.
+    /// Returns the topic, creating it with broker defaults if auto-creation allows. In a
+    /// cluster the creation is proposed to the controller and this answers
+    /// LEADER_NOT_AVAILABLE meanwhile (retriable), as Kafka does.
     pub fn get_or_auto_create(&self, name: &str, allow: bool) -> MetaResult<Arc<Topic>> {
-        self.registry.get_or_auto_create(name, allow)
+        let Some(cluster) = self.cluster() else {
+            return self.registry.get_or_auto_create(name, allow);
+        };
+        if let Some(t) = self.registry.topic(name) {
+            return Ok(t);
+        }
+        crate::registry::validate_topic_name(name)?;
+        if !(allow && self.config.auto_create_topics_enable) || is_internal_topic(name) {
+            return Err(crate::registry::unknown_topic(name));
+        }
+        let c = cluster.clone();
+        let topic = gregor_meta::NewTopic {
+            name: name.to_string(),
+            num_partitions: self.config.num_partitions,
+            replication_factor: self.config.default_replication_factor,
+            assignments: None,
+            configs: BTreeMap::new(),
+        };
+        tokio::spawn(async move {
+            let _ = c
+                .propose(gregor_meta::Command::CreateTopics {
+                    topics: vec![topic],
+                    validate_only: false,
+                })
+                .await;
+        });
+        Err(MetaError::new(
+            ResponseError::LeaderNotAvailable,
+            format!("topic {name} is being created"),
+        ))
     }
 
     /// Deletes a topic (not an internal one).
-    pub fn delete_topic(&self, name: &str) -> MetaResult<Uuid> {
+    pub async fn delete_topic(&self, name: &str) -> MetaResult<Uuid> {
         refuse_internal(name, "Deleting")?;
-        self.registry.delete_topic(name)
+        let Some(_) = self.cluster() else {
+            return self.registry.delete_topic(name);
+        };
+        let id = self
+            .propose_topics(gregor_meta::Command::DeleteTopics {
+                names: vec![name.to_string()],
+            })
+            .await?;
+        self.wait_applied(|i| !i.topic_ids.contains_key(name))
+            .await?;
+        Ok(id.unwrap_or_default())
     }
 
     /// Grows a topic to `count` partitions (not an internal one).
-    pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> MetaResult<()> {
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> MetaResult<()> {
         refuse_internal(name, "Adding partitions to")?;
-        self.registry.create_partitions(name, count, validate_only)
+        let Some(_) = self.cluster() else {
+            return self.registry.create_partitions(name, count, validate_only);
+        };
+        self.propose_topics(gregor_meta::Command::CreatePartitions {
+            topics: vec![(name.to_string(), count)],
+            validate_only,
+        })
+        .await?;
+        if !validate_only {
+            self.wait_applied(|i| {
+                i.topic_by_name(name)
+                    .is_some_and(|t| t.partitions.len() as i32 >= count)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Replaces a topic's config overrides (already validated by the caller).
-    pub fn set_topic_configs(
+    pub async fn set_topic_configs(
         &self,
         name: &str,
         configs: BTreeMap<String, String>,
     ) -> MetaResult<()> {
-        self.registry.set_topic_configs(name, configs)
+        let Some(cluster) = self.cluster() else {
+            return self.registry.set_topic_configs(name, configs);
+        };
+        let current = cluster
+            .image()
+            .topic_by_name(name)
+            .map(|t| t.configs.clone())
+            .ok_or_else(|| crate::registry::unknown_topic(name))?;
+        let resource = gregor_meta::ConfigResource::Topic(name.to_string());
+        let mut ops: Vec<gregor_meta::ConfigOp> = configs
+            .iter()
+            .filter(|(k, v)| current.get(*k) != Some(*v))
+            .map(|(k, v)| gregor_meta::ConfigOp {
+                resource: resource.clone(),
+                key: k.clone(),
+                value: Some(v.clone()),
+            })
+            .collect();
+        ops.extend(
+            current
+                .keys()
+                .filter(|k| !configs.contains_key(*k))
+                .map(|k| gregor_meta::ConfigOp {
+                    resource: resource.clone(),
+                    key: k.clone(),
+                    value: None,
+                }),
+        );
+        if ops.is_empty() {
+            return Ok(());
+        }
+        match cluster
+            .propose(gregor_meta::Command::AlterConfigs {
+                ops,
+                validate_only: false,
+            })
+            .await
+            .map_err(meta_error)?
+        {
+            gregor_meta::Reply::Configs(results) => {
+                if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+                    return Err(meta_error(e));
+                }
+            }
+            _ => return Err(meta_error(gregor_meta::MetaError::NotController)),
+        }
+        self.wait_applied(|i| i.topic_by_name(name).is_some_and(|t| t.configs == configs))
+            .await
     }
 
-    /// Hands out a producer ID that was never handed out before.
+    /// The replication factor of `name` (1 on a single node).
+    pub fn replication_factor(&self, name: &str) -> i16 {
+        self.cluster()
+            .and_then(|c| {
+                let image = c.image();
+                let t = image.topic_by_name(name)?;
+                t.partitions
+                    .values()
+                    .next()
+                    .map(|p| p.replicas.len() as i16)
+            })
+            .unwrap_or(1)
+    }
+
+    /// Proposes a topic command and answers the first (only) topic's outcome: its id.
+    async fn propose_topics(&self, cmd: gregor_meta::Command) -> MetaResult<Option<Uuid>> {
+        let cluster = self.cluster().expect("cluster mode");
+        match cluster.propose(cmd).await.map_err(meta_error)? {
+            gregor_meta::Reply::Topics(results) => match results.into_iter().next() {
+                Some(gregor_meta::TopicResult { error: Some(e), .. }) => Err(meta_error(e)),
+                Some(r) => Ok(r.topic_id),
+                None => Ok(None),
+            },
+            _ => Err(meta_error(gregor_meta::MetaError::NotController)),
+        }
+    }
+
+    /// Waits until the local view of the cluster metadata satisfies `done` (a committed
+    /// change reaches every broker within a Raft heartbeat or so).
+    async fn wait_applied(
+        &self,
+        done: impl Fn(&gregor_meta::MetadataImage) -> bool,
+    ) -> MetaResult<()> {
+        let cluster = self.cluster().expect("cluster mode");
+        if cluster
+            .wait_applied(std::time::Duration::from_secs(10), done)
+            .await
+        {
+            Ok(())
+        } else {
+            Err(MetaError::new(
+                ResponseError::RequestTimedOut,
+                "the change was committed but has not reached this broker yet",
+            ))
+        }
+    }
+
+    /// Hands out a producer ID that was never handed out before (in a cluster: from the
+    /// block the controller gave this broker; call [`Self::reserve_producer_ids`] first).
     pub fn allocate_producer_id(&self) -> MetaResult<i64> {
-        self.registry.allocate_producer_id()
+        match self.cluster() {
+            Some(c) => c.take_producer_id().ok_or_else(|| {
+                MetaError::new(
+                    ResponseError::CoordinatorLoadInProgress,
+                    "no producer ids available yet",
+                )
+            }),
+            None => self.registry.allocate_producer_id(),
+        }
     }
 
     // ---- shutdown, in this order (see `gregor serve`): the server stops accepting and
@@ -263,6 +585,12 @@ impl Broker {
             }
         }
     }
+}
+
+/// A metadata error from the controller as the broker answers it.
+fn meta_error(e: gregor_meta::MetaError) -> MetaError {
+    let code = ResponseError::try_from_code(e.code()).unwrap_or(ResponseError::UnknownServerError);
+    MetaError::new(code, e.to_string())
 }
 
 fn refuse_internal(name: &str, what: &str) -> MetaResult<()> {

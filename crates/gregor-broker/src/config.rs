@@ -16,7 +16,27 @@ pub struct BrokerConfig {
     /// Address given to clients in Metadata; defaults to the bound address.
     pub advertised: Option<String>,
     pub data_dir: PathBuf,
+    #[serde(alias = "node.id", alias = "broker.id")]
     pub node_id: i32,
+    /// `controller.listener`: where this node's controller (Raft) listener binds. Required
+    /// with `controller.quorum.voters` when this node is not a voter; a voter binds the
+    /// address its own entry names by default.
+    #[serde(alias = "controller.listener")]
+    pub controller_listener: Option<String>,
+    /// `controller.quorum.voters`: `id@host:port,...`. Unset: a single node.
+    #[serde(alias = "controller.quorum.voters")]
+    pub controller_quorum_voters: Option<String>,
+    /// A broker not heard from for this long is fenced and loses its leaderships. 1.5 s, so
+    /// that partitions of a killed broker get new leaders within 2 s (Kafka: 9 s).
+    #[serde(alias = "broker.session.timeout.ms")]
+    pub broker_session_timeout_ms: u64,
+    /// How often a broker heartbeats to the controller (Kafka: 2 s).
+    #[serde(alias = "broker.heartbeat.interval.ms")]
+    pub broker_heartbeat_interval_ms: u64,
+    /// Replication factor of `__consumer_offsets` / `__transaction_state` in a cluster,
+    /// capped by the brokers alive when they are created (min(3, brokers)).
+    #[serde(alias = "offsets.topic.replication.factor")]
+    pub offsets_topic_replication_factor: i16,
     /// Largest request frame accepted; larger frames close the connection.
     #[serde(alias = "socket.request.max.bytes")]
     pub socket_request_max_bytes: usize,
@@ -192,6 +212,11 @@ impl Default for BrokerConfig {
             advertised: None,
             data_dir: PathBuf::from("./gregor-data"),
             node_id: 0,
+            controller_listener: None,
+            controller_quorum_voters: None,
+            broker_session_timeout_ms: 1_500,
+            broker_heartbeat_interval_ms: 250,
+            offsets_topic_replication_factor: 3,
             socket_request_max_bytes: 100 * 1024 * 1024,
             message_max_bytes: 1024 * 1024 + 12,
             max_decompressed_batch_bytes: 64 * 1024 * 1024,
@@ -334,6 +359,21 @@ const SETTINGS: &[(&str, i8, Reader)] = &[
     }),
     ("node.id", INT, |c| c.node_id.to_string()),
     ("broker.id", INT, |c| c.node_id.to_string()),
+    ("controller.listener", STRING, |c| {
+        c.controller_listener.clone().unwrap_or_default()
+    }),
+    ("controller.quorum.voters", LIST, |c| {
+        c.controller_quorum_voters.clone().unwrap_or_default()
+    }),
+    ("broker.session.timeout.ms", INT, |c| {
+        c.broker_session_timeout_ms.to_string()
+    }),
+    ("broker.heartbeat.interval.ms", INT, |c| {
+        c.broker_heartbeat_interval_ms.to_string()
+    }),
+    ("offsets.topic.replication.factor", SHORT, |c| {
+        c.offsets_topic_replication_factor.to_string()
+    }),
     ("log.dirs", STRING, |c| c.data_dir.display().to_string()),
     ("message.max.bytes", INT, |c| {
         c.message_max_bytes.to_string()

@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! server → handlers → broker → transactions → groups → internal_topics → registry
+//!                            → cluster (gregor_meta) → registry
 //!                            → flusher, checkpoint, log_manager (background work)
 //! registry, flusher, checkpoint → partition → partition::producer_state
 //! leaves: config, topic_config, appends
@@ -17,6 +18,7 @@
 pub mod appends;
 pub mod broker;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod flusher;
 pub mod groups;

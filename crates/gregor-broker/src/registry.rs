@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use gregor_log::{LogConfig, RecoveryHint};
@@ -38,6 +39,26 @@ pub struct Topic {
 }
 
 impl Topic {
+    /// What a validate-only CreateTopics answers: the topic as it would be, without logs.
+    pub fn validated(name: &str, configs: BTreeMap<String, String>) -> Arc<Topic> {
+        Arc::new(Topic {
+            name: name.to_string(),
+            id: Uuid::nil(),
+            partitions: vec![],
+            configs,
+        })
+    }
+
+    /// The topic's description, without the logs.
+    pub fn spec(&self) -> TopicSpec {
+        TopicSpec {
+            name: self.name.clone(),
+            id: self.id,
+            partitions: self.partitions.len() as i32,
+            configs: self.configs.clone(),
+        }
+    }
+
     pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
         usize::try_from(index)
             .ok()
@@ -65,20 +86,25 @@ impl Topic {
 }
 
 #[derive(Serialize, Deserialize)]
-struct PersistedTopic {
-    name: String,
-    id: Uuid,
-    partitions: i32,
-    configs: BTreeMap<String, String>,
-}
-
-#[derive(Serialize, Deserialize)]
 struct PersistedState {
     cluster_id: String,
-    topics: Vec<PersistedTopic>,
+    topics: Vec<TopicSpec>,
     /// Producer IDs below this may have been handed out; a restart continues from here.
     #[serde(default)]
     producer_ids_reserved: i64,
+    /// In a cluster: the metadata log index the topics reflect ([`TopicRegistry::apply_image`]).
+    #[serde(default)]
+    meta_index: u64,
+}
+
+/// A topic's description without its partitions' logs: what `state.json` stores, and what
+/// the cluster metadata says for [`TopicRegistry::apply_image`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSpec {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: i32,
+    pub configs: BTreeMap<String, String>,
 }
 
 /// Producer IDs are reserved in blocks, persisted before any ID of a block is handed out,
@@ -144,6 +170,8 @@ pub struct TopicRegistry {
     /// Serializes metadata changes and their persistence.
     meta_write: Mutex<()>,
     producer_ids: Mutex<ProducerIds>,
+    /// In a cluster: the metadata log index the topics reflect (persisted with them).
+    meta_index: AtomicU64,
 }
 
 /// How the last process left the logs: per partition the offset below which everything
@@ -171,6 +199,7 @@ impl TopicRegistry {
                 cluster_id: new_cluster_id(),
                 topics: vec![],
                 producer_ids_reserved: 0,
+                meta_index: 0,
             };
             write_atomically(&state_path, &serde_json::to_vec_pretty(&s)?)?;
             s
@@ -226,6 +255,7 @@ impl TopicRegistry {
             topics: RwLock::new(topics),
             meta_write: Mutex::new(()),
             producer_ids: Mutex::new(producer_ids),
+            meta_index: AtomicU64::new(persisted.meta_index),
         })
     }
 
@@ -301,12 +331,7 @@ impl TopicRegistry {
             ));
         }
         if validate_only {
-            return Ok(Arc::new(Topic {
-                name: name.to_string(),
-                id: Uuid::nil(),
-                partitions: vec![],
-                configs,
-            }));
+            return Ok(Topic::validated(name, configs));
         }
         let mut parts = Vec::new();
         for p in 0..partitions {
@@ -454,15 +479,8 @@ impl TopicRegistry {
                 .lock()
                 .expect("producer ids lock")
                 .reserved,
-            topics: next
-                .values()
-                .map(|t| PersistedTopic {
-                    name: t.name.clone(),
-                    id: t.id,
-                    partitions: t.partitions.len() as i32,
-                    configs: t.configs.clone(),
-                })
-                .collect(),
+            meta_index: self.meta_index.load(Ordering::SeqCst),
+            topics: next.values().map(|t| t.spec()).collect(),
         };
         let bytes = serde_json::to_vec_pretty(&persisted).map_err(internal)?;
         write_atomically(
@@ -472,6 +490,106 @@ impl TopicRegistry {
         .map_err(internal)?;
         *self.topics.write().expect("topics lock") = next;
         Ok(())
+    }
+
+    /// In a cluster: the metadata log index the topics reflect (0 before the first image).
+    pub fn meta_index(&self) -> u64 {
+        self.meta_index.load(Ordering::SeqCst)
+    }
+
+    /// In a cluster, the registry is a view of the metadata image: this makes the local
+    /// topics match `wanted` (the image's topics as of log index `index`). Topics the image no
+    /// longer has, or has re-created under a new id, are removed (persisted first, then their
+    /// directories deleted); new topics and partitions are opened (directories first, then
+    /// persisted); config changes are applied live. An image older than the one the registry
+    /// already reflects is ignored, so a node that restarts and replays its metadata log from
+    /// an older snapshot never deletes a topic it still has.
+    pub fn apply_image(&self, wanted: &[TopicSpec], index: u64) -> anyhow::Result<()> {
+        let _guard = self.meta_write.lock().expect("meta lock");
+        if index < self.meta_index() {
+            return Ok(());
+        }
+        let wanted_by_name: HashMap<&str, &TopicSpec> =
+            wanted.iter().map(|t| (t.name.as_str(), t)).collect();
+        let current = self.topics.read().expect("topics lock").clone();
+        let gone: Vec<Arc<Topic>> = current
+            .values()
+            .filter(|t| {
+                wanted_by_name
+                    .get(t.name.as_str())
+                    .is_none_or(|w| w.id != t.id)
+            })
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            self.commit_change(|topics| {
+                for t in &gone {
+                    topics.remove(&t.name);
+                }
+            })
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+            for t in &gone {
+                for p in &t.partitions {
+                    let dir = partition_dir(&self.config.data_dir, &t.name, p.index);
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "could not remove partition directory");
+                    }
+                }
+                tracing::info!(topic = %t.name, "removed topic (cluster metadata)");
+            }
+        }
+        let mut changed: Vec<Arc<Topic>> = Vec::new();
+        for w in wanted {
+            let existing = self.topic(&w.name).filter(|t| t.id == w.id);
+            let have = existing.as_ref().map_or(0, |t| t.partitions.len() as i32);
+            if existing
+                .as_ref()
+                .is_some_and(|t| have >= w.partitions && t.configs == w.configs)
+            {
+                continue;
+            }
+            let mut partitions = existing
+                .as_ref()
+                .map(|t| t.partitions.clone())
+                .unwrap_or_default();
+            for p in have..w.partitions {
+                partitions.push(open_partition(
+                    &self.config,
+                    &self.clock,
+                    &w.name,
+                    p,
+                    &w.configs,
+                )?);
+            }
+            let topic = Arc::new(Topic {
+                name: w.name.clone(),
+                id: w.id,
+                partitions,
+                configs: w.configs.clone(),
+            });
+            if existing.is_some_and(|t| t.configs != w.configs) {
+                let lc = log_config(&self.config, &topic.configs);
+                for p in &topic.partitions {
+                    p.set_log_config(lc.clone());
+                }
+            }
+            if have == 0 {
+                tracing::info!(topic = %w.name, partitions = w.partitions, "created topic (cluster metadata)");
+            }
+            changed.push(topic);
+        }
+        // Persisting the index matters only with a change: topics are created at an index at
+        // most the persisted one, so any later image still has them unless they were deleted.
+        self.meta_index.store(index, Ordering::SeqCst);
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.commit_change(|topics| {
+            for t in changed {
+                topics.insert(t.name.clone(), t);
+            }
+        })
+        .map_err(|e| anyhow::anyhow!(e.message))
     }
 
     /// Hands out a producer ID that was never handed out before.

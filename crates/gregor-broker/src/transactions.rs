@@ -541,7 +541,8 @@ mod tests {
         };
         let broker = Arc::new(Broker::open(config, ("127.0.0.1".into(), 9092)).unwrap());
         let topic = broker
-            .create_topic("t", 1, 1, Default::default(), false)
+            .create_topic("t", 1, 1, None, Default::default(), false)
+            .await
             .unwrap();
         let svc = broker.start_transactions().unwrap();
         while !svc.read(|co| co.is_loaded()) {

@@ -62,6 +62,17 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                 metadata_request::MetadataRequestTopic::default().with_name(Some(name("bad name"))),
             ]))),
         ],
+        ApiKey::DescribeQuorum => vec![RequestKind::DescribeQuorum(
+            kafka_protocol::messages::DescribeQuorumRequest::default().with_topics(vec![
+                kafka_protocol::messages::describe_quorum_request::TopicData::default()
+                    .with_topic_name(kafka_protocol::messages::TopicName(
+                        kafka_protocol::protocol::StrBytes::from_static_str("__cluster_metadata"),
+                    ))
+                    .with_partitions(vec![
+                        kafka_protocol::messages::describe_quorum_request::PartitionData::default(),
+                    ]),
+            ]),
+        )],
         ApiKey::DescribeCluster => vec![RequestKind::DescribeCluster(
             DescribeClusterRequest::default(),
         )],
@@ -389,7 +400,8 @@ async fn every_handler_answers_every_advertised_version() {
     };
     let broker = Arc::new(Broker::open(config, ("127.0.0.1".into(), 9092)).unwrap());
     let topic = broker
-        .create_topic("t", 2, 1, Default::default(), false)
+        .create_topic("t", 2, 1, None, Default::default(), false)
+        .await
         .unwrap();
     let groups = broker.start_groups().unwrap();
     let txns = broker.start_transactions().unwrap();

@@ -88,7 +88,8 @@ fn committed_offsets_survive_a_restart() {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let broker = open();
         broker
-            .create_topic("t", 1, 1, Default::default(), false)
+            .create_topic("t", 1, 1, None, Default::default(), false)
+            .await
             .unwrap();
         let groups = broker.start_groups().unwrap();
         let deadline = std::time::Instant::now() + LOAD_DEADLINE;

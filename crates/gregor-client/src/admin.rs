@@ -23,6 +23,21 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::client::{BrokerInfo, Client};
+
+/// The metadata quorum as DescribeQuorum reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumDescription {
+    /// The active controller (Raft leader).
+    pub leader_id: i32,
+    /// The quorum's leader epoch (Raft term).
+    pub leader_epoch: i32,
+    /// The commit point of the metadata log (an offset past the last committed entry).
+    pub high_watermark: i64,
+    /// `(id, log end offset)` of each voter (-1: unknown).
+    pub voters: Vec<(i32, i64)>,
+    /// `(id, log end offset)` of brokers that are not voters.
+    pub observers: Vec<(i32, i64)>,
+}
 use crate::error::{check, Error, Result};
 
 fn s(v: &str) -> StrBytes {
@@ -145,17 +160,23 @@ impl Admin {
         &self.client
     }
 
+    /// Where admin requests go: the controller, or when it cannot be reached (it just died
+    /// and the metadata still names it) any broker that can: brokers forward admin requests
+    /// to the active controller (KIP-590).
     async fn controller(&self) -> Result<i32> {
         let md = self.client.refresh_metadata(Some(&[])).await?;
-        if md.controller_id >= 0 && md.brokers.contains_key(&md.controller_id) {
-            Ok(md.controller_id)
-        } else {
-            md.brokers
-                .keys()
-                .next()
-                .copied()
-                .ok_or_else(|| Error::Protocol("no brokers in metadata".into()))
+        let mut candidates: Vec<i32> = md.brokers.keys().copied().collect();
+        if let Some(i) = candidates.iter().position(|b| *b == md.controller_id) {
+            candidates.swap(0, i);
         }
+        let mut last = Error::Protocol("no brokers in metadata".into());
+        for id in candidates {
+            match self.client.conn(id).await {
+                Ok(_) => return Ok(id),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Create topics; fails on the first topic the broker refuses.
@@ -422,6 +443,45 @@ impl Admin {
             md.controller_id,
             md.brokers.into_values().collect(),
         ))
+    }
+
+    /// The metadata quorum (DescribeQuorum), or `None` when the broker does not support it.
+    pub async fn describe_quorum(&self) -> Result<Option<QuorumDescription>> {
+        use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+        if self
+            .client
+            .api_versions(ApiKey::DescribeQuorum)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let req = kafka_protocol::messages::DescribeQuorumRequest::default().with_topics(vec![
+            TopicData::default()
+                .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+                .with_partitions(vec![PartitionData::default()]),
+        ]);
+        let resp = self.client.send_any(&req).await?;
+        check(resp.error_code, || "DescribeQuorum".into())?;
+        let p = resp
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| Error::Protocol("DescribeQuorum: no partition in the answer".into()))?;
+        check(p.error_code, || "DescribeQuorum".into())?;
+        let replicas =
+            |v: &[kafka_protocol::messages::describe_quorum_response::ReplicaState]| {
+                v.iter()
+                    .map(|r| (r.replica_id.0, r.log_end_offset))
+                    .collect()
+            };
+        Ok(Some(QuorumDescription {
+            leader_id: p.leader_id.0,
+            leader_epoch: p.leader_epoch,
+            high_watermark: p.high_watermark,
+            voters: replicas(&p.current_voters),
+            observers: replicas(&p.observers),
+        }))
     }
 
     /// The coordinator broker of `group` (FindCoordinator), as a node id registered in the

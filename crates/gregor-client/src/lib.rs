@@ -41,7 +41,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod records;
 
-pub use admin::Admin;
+pub use admin::{Admin, QuorumDescription};
 pub use client::{Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig};
 

@@ -149,7 +149,22 @@ pub struct MetaNode {
 /// The broker side of registration: its current broker epoch (`None` while unregistered).
 pub struct BrokerHandle {
     pub epoch: watch::Receiver<Option<i64>>,
+    /// When (the node's [`Clock`], ms) the controller last accepted a registration or
+    /// heartbeat; `u64::MAX` before the first.
+    last_ack_ms: Arc<std::sync::atomic::AtomicU64>,
+    clock: Arc<dyn Clock>,
+    session_timeout_ms: u64,
     task: JoinHandle<()>,
+}
+
+impl BrokerHandle {
+    /// Whether the controller accepted this broker's heartbeat within the broker session
+    /// timeout. A broker that cannot reach the quorum for that long has been fenced (or soon
+    /// will be) and its partitions led elsewhere: it must stop serving them as leader.
+    pub fn in_session(&self) -> bool {
+        let last = self.last_ack_ms.load(std::sync::atomic::Ordering::SeqCst);
+        last != u64::MAX && self.clock.now_ms().saturating_sub(last) < self.session_timeout_ms
+    }
 }
 
 impl Drop for BrokerHandle {
@@ -319,8 +334,11 @@ impl MetaNode {
     /// stale. The returned handle stops the loop when dropped.
     pub fn start_broker(&self, endpoints: Vec<Endpoint>, rack: Option<String>) -> BrokerHandle {
         let (tx, rx) = watch::channel(None);
+        let last_ack_ms = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let acked = last_ack_ms.clone();
         let n = self.clone();
         let task = self.inner.runtime.spawn(async move {
+            let clock = n.inner.config.clock.clone();
             let incarnation = Uuid::new_v4();
             let broker_id = n.inner.config.node_id;
             let interval = Duration::from_millis(n.inner.config.controller.heartbeat_interval_ms);
@@ -335,9 +353,11 @@ impl MetaNode {
                             rack: rack.clone(),
                             controller_addr: n.inner.config.controller_addr.clone(),
                         };
+                        let sent = clock.now_ms();
                         if let Ok(Reply::Registered { broker_epoch }) =
                             n.propose_loop(cmd, interval * 4).await
                         {
+                            acked.store(sent, std::sync::atomic::Ordering::SeqCst);
                             epoch = Some(broker_epoch);
                             tx.send_replace(epoch);
                             continue;
@@ -348,19 +368,28 @@ impl MetaNode {
                             broker_id,
                             broker_epoch,
                         };
-                        if let Err(MetaError::StaleBrokerEpoch) =
-                            n.propose_loop(cmd, interval * 2).await
-                        {
-                            epoch = None;
-                            tx.send_replace(None);
-                            continue;
+                        let sent = clock.now_ms();
+                        match n.propose_loop(cmd, interval * 2).await {
+                            Ok(_) => acked.store(sent, std::sync::atomic::Ordering::SeqCst),
+                            Err(MetaError::StaleBrokerEpoch) => {
+                                epoch = None;
+                                tx.send_replace(None);
+                                continue;
+                            }
+                            Err(_) => {}
                         }
                     }
                 }
                 tokio::time::sleep(interval).await;
             }
         });
-        BrokerHandle { epoch: rx, task }
+        BrokerHandle {
+            epoch: rx,
+            last_ack_ms,
+            clock: self.inner.config.clock.clone(),
+            session_timeout_ms: self.inner.config.controller.session_timeout_ms,
+            task,
+        }
     }
 
     /// Stops the node's tasks and Raft.

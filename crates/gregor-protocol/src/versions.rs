@@ -28,6 +28,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 2),
+    // The metadata quorum (KRaft), answered by every broker.
+    (ApiKey::DescribeQuorum, 0, 2),
     (ApiKey::InitProducerId, 0, 5),
     // Consumer groups (classic protocol), see gregor-group.
     (ApiKey::FindCoordinator, 0, 6),

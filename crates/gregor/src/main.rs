@@ -2,6 +2,7 @@
 
 mod bench_storage;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,9 +81,18 @@ struct ServeArgs {
     /// Data directory, created if missing. Default ./gregor-data.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// This broker's node id. Default 0.
+    /// This broker's node id (`node.id`). Default 0.
     #[arg(long)]
     node_id: Option<i32>,
+    /// Where this node's controller (Raft) listener binds (`controller.listener`). A voter
+    /// defaults to the address of its own entry in the voters.
+    #[arg(long)]
+    controller_listen: Option<String>,
+    /// The metadata quorum (`controller.quorum.voters`): `1@HOST:PORT,2@HOST:PORT,...`. Every
+    /// voter is controller and broker; a node not listed is a broker only. Without it the
+    /// node is a single-node cluster.
+    #[arg(long)]
+    controller_quorum_voters: Option<String>,
     /// TOML file with the same settings (and Kafka-named ones); flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -183,6 +193,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.node_id {
         config.node_id = v;
     }
+    if let Some(v) = args.controller_listen {
+        config.controller_listener = Some(v);
+    }
+    if let Some(v) = args.controller_quorum_voters {
+        config.controller_quorum_voters = Some(v);
+    }
+    let voters = match &config.controller_quorum_voters {
+        Some(v) => Some(parse_voters(v)?),
+        None => None,
+    };
     if let Some(v) = args.fsync {
         config.fsync = v;
     }
@@ -206,14 +226,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("opening data dir {}", data_dir.display()))?,
         );
-        broker
-            .start_groups()
-            .context("starting the group coordinator")?;
         let background = gregor_broker::log_manager::spawn(broker.clone());
         let cleaner = gregor_broker::log_manager::spawn_cleaner(broker.clone());
-        broker
-            .start_transactions()
-            .context("starting the transaction coordinator")?;
+        let coordinators = match voters {
+            None => {
+                start_coordinators(&broker)?;
+                None
+            }
+            Some(voters) => {
+                let node = start_metadata_node(&broker, voters).await?;
+                broker.join_cluster(node)?;
+                // The coordinators need the internal topics, which need a quorum: they start
+                // in the background, and answer COORDINATOR_NOT_AVAILABLE until then.
+                let b = broker.clone();
+                Some(tokio::spawn(async move {
+                    let started = async {
+                        b.create_internal_topics().await?;
+                        start_coordinators(&b)
+                    };
+                    if let Err(e) = started.await {
+                        tracing::error!(error = %e, "starting the coordinators failed");
+                    }
+                }))
+            }
+        };
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
         // Ordered shutdown: stop accepting and drain the connections (bounded by
@@ -221,6 +257,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // task and the cleaner, then flush, checkpoint and write the clean-shutdown marker.
         gregor_broker::server::serve(broker.clone(), listener, shutdown_signal()).await;
         tracing::info!("connections closed; stopping background work");
+        if let Some(c) = coordinators {
+            c.abort();
+        }
+        if let Some(cluster) = broker.cluster() {
+            cluster.shutdown().await;
+        }
         broker.stop_background();
         background.abort();
         let _ = background.await;
@@ -232,6 +274,75 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("clean shutdown complete");
         anyhow::Ok(())
     })
+}
+
+fn start_coordinators(broker: &Broker) -> anyhow::Result<()> {
+    broker
+        .start_groups()
+        .context("starting the group coordinator")?;
+    broker
+        .start_transactions()
+        .context("starting the transaction coordinator")?;
+    Ok(())
+}
+
+/// Binds the controller listener and starts this node's member of the metadata quorum
+/// (log and snapshots in `<data-dir>/__cluster_metadata`).
+async fn start_metadata_node(
+    broker: &Broker,
+    voters: BTreeMap<i32, String>,
+) -> anyhow::Result<gregor_meta::MetaNode> {
+    let config = &broker.config;
+    let id = config.node_id;
+    let listen = match (&config.controller_listener, voters.get(&id)) {
+        (Some(l), _) => l.clone(),
+        (None, Some(own)) => own.clone(),
+        (None, None) => anyhow::bail!(
+            "node {id} is not among the voters: give it --controller-listen HOST:PORT"
+        ),
+    };
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding the controller listener {listen}"))?;
+    let mut mc = gregor_meta::MetaConfig::new(
+        id,
+        voters.clone(),
+        config.data_dir.join("__cluster_metadata"),
+    );
+    if !voters.contains_key(&id) {
+        mc.controller_addr = Some(listener.local_addr()?.to_string());
+    }
+    mc.controller.session_timeout_ms = config.broker_session_timeout_ms;
+    mc.controller.heartbeat_interval_ms = config.broker_heartbeat_interval_ms;
+    mc.controller.default_num_partitions = config.num_partitions;
+    mc.controller.default_replication_factor = config.default_replication_factor;
+    std::fs::create_dir_all(&mc.dir)?;
+    let node = gregor_meta::MetaNode::start(mc, listener)
+        .await
+        .context("starting the metadata quorum member")?;
+    tracing::info!(node = id, controller_listener = %listen, voters = voters.len(), "joined the metadata quorum");
+    Ok(node)
+}
+
+/// `controller.quorum.voters`: `id@host:port,...`.
+fn parse_voters(s: &str) -> anyhow::Result<BTreeMap<i32, String>> {
+    let mut voters = BTreeMap::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('@')
+            .with_context(|| format!("voter {entry:?} must be ID@HOST:PORT"))?;
+        let id: i32 = id
+            .parse()
+            .with_context(|| format!("voter id in {entry:?}"))?;
+        parse_host_port(addr)?;
+        if voters.insert(id, addr.to_string()).is_some() {
+            anyhow::bail!("voter {id} is listed twice");
+        }
+    }
+    if voters.is_empty() {
+        anyhow::bail!("controller.quorum.voters is empty");
+    }
+    Ok(voters)
 }
 
 fn parse_host_port(s: &str) -> anyhow::Result<(String, i32)> {

@@ -33,7 +33,7 @@ const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
-pub fn create_topics(
+pub async fn create_topics(
     broker: &Arc<Broker>,
     req: CreateTopicsRequest,
     _version: i16,
@@ -45,95 +45,120 @@ pub fn create_topics(
         .filter(|t| !seen.insert(t.name.to_string()))
         .map(|t| t.name.to_string())
         .collect();
-    let topics = req
-        .topics
-        .into_iter()
-        .map(|t| {
-            let mut r = CreatableTopicResult::default()
-                .with_name(t.name.clone())
-                .with_num_partitions(-1)
-                .with_replication_factor(-1);
-            let outcome = (|| {
-                if duplicates.contains(t.name.as_str()) {
-                    return Err(MetaError::new(
-                        ResponseError::InvalidRequest,
-                        "Create topics request contains the topic more than once",
-                    ));
-                }
-                let mut configs = BTreeMap::new();
-                for c in &t.configs {
-                    if let Some(v) = &c.value {
-                        configs.insert(c.name.to_string(), v.to_string());
-                    }
-                }
-                let (partitions, replication) = if t.assignments.is_empty() {
-                    (t.num_partitions, t.replication_factor)
-                } else {
-                    if t.num_partitions != -1 || t.replication_factor != -1 {
-                        return Err(MetaError::new(
-                            ResponseError::InvalidRequest,
-                            "Both assignments and numPartitions/replicationFactor were set",
-                        ));
-                    }
-                    let node = broker.config.node_id;
-                    for (i, a) in t.assignments.iter().enumerate() {
-                        if a.partition_index != i as i32 {
-                            return Err(MetaError::new(
-                                ResponseError::InvalidReplicaAssignment,
-                                "Partitions must be assigned consecutively from 0",
-                            ));
-                        }
-                        if a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1 {
-                            return Err(MetaError::new(
-                                ResponseError::InvalidReplicaAssignment,
-                                format!("Only broker {node} exists"),
-                            ));
-                        }
-                    }
-                    (t.assignments.len() as i32, 1)
-                };
-                broker.create_topic(&t.name, partitions, replication, configs, req.validate_only)
-            })();
-            match outcome {
-                Ok(topic) => {
-                    r.topic_id = topic.id;
-                    r.num_partitions = if req.validate_only {
-                        if t.num_partitions == -1 {
-                            broker.config.num_partitions
-                        } else {
-                            t.num_partitions
-                        }
-                    } else {
-                        topic.partitions.len() as i32
-                    };
-                    r.replication_factor = 1;
-                    r.configs = Some(
-                        TOPIC_CONFIGS
-                            .iter()
-                            .map(|d| {
-                                let r =
-                                    topic_config::resolve(&topic.configs, &broker.config, d.name)
-                                        .expect("known setting");
-                                CreatableTopicConfigs::default()
-                                    .with_name(sb(d.name))
-                                    .with_value(Some(sb(r.value)))
-                                    .with_config_source(r.source.code())
-                            })
-                            .collect(),
-                    );
-                }
-                Err(e) => {
-                    r.error_code = e.code.code();
-                    r.error_message = Some(sb(e.message));
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let mut r = CreatableTopicResult::default()
+            .with_name(t.name.clone())
+            .with_num_partitions(-1)
+            .with_replication_factor(-1);
+        let validated = (|| {
+            if duplicates.contains(t.name.as_str()) {
+                return Err(MetaError::new(
+                    ResponseError::InvalidRequest,
+                    "Create topics request contains the topic more than once",
+                ));
+            }
+            let mut configs = BTreeMap::new();
+            for c in &t.configs {
+                if let Some(v) = &c.value {
+                    configs.insert(c.name.to_string(), v.to_string());
                 }
             }
-            r
-        })
-        .collect();
+            if t.assignments.is_empty() {
+                return Ok((t.num_partitions, t.replication_factor, None, configs));
+            }
+            if t.num_partitions != -1 || t.replication_factor != -1 {
+                return Err(MetaError::new(
+                    ResponseError::InvalidRequest,
+                    "Both assignments and numPartitions/replicationFactor were set",
+                ));
+            }
+            let node = broker.config.node_id;
+            for (i, a) in t.assignments.iter().enumerate() {
+                if a.partition_index != i as i32 {
+                    return Err(MetaError::new(
+                        ResponseError::InvalidReplicaAssignment,
+                        "Partitions must be assigned consecutively from 0",
+                    ));
+                }
+                // A cluster's controller checks the brokers named; a single node is the only one.
+                if broker.cluster().is_none()
+                    && (a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1)
+                {
+                    return Err(MetaError::new(
+                        ResponseError::InvalidReplicaAssignment,
+                        format!("Only broker {node} exists"),
+                    ));
+                }
+            }
+            let assignments = t
+                .assignments
+                .iter()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect();
+            Ok((t.assignments.len() as i32, -1, Some(assignments), configs))
+        })();
+        let outcome = match validated {
+            Ok((partitions, replication, assignments, configs)) => {
+                broker
+                    .create_topic(
+                        &t.name,
+                        partitions,
+                        replication,
+                        assignments,
+                        configs,
+                        req.validate_only,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(topic) => {
+                r.topic_id = topic.id;
+                r.num_partitions = if req.validate_only {
+                    if t.num_partitions == -1 {
+                        broker.config.num_partitions
+                    } else {
+                        t.num_partitions
+                    }
+                } else {
+                    topic.partitions.len() as i32
+                };
+                r.replication_factor = if req.validate_only {
+                    if t.replication_factor == -1 {
+                        broker.config.default_replication_factor
+                    } else {
+                        t.replication_factor
+                    }
+                } else {
+                    broker.replication_factor(&topic.name)
+                };
+                r.configs = Some(
+                    TOPIC_CONFIGS
+                        .iter()
+                        .map(|d| {
+                            let r = topic_config::resolve(&topic.configs, &broker.config, d.name)
+                                .expect("known setting");
+                            CreatableTopicConfigs::default()
+                                .with_name(sb(d.name))
+                                .with_value(Some(sb(r.value)))
+                                .with_config_source(r.source.code())
+                        })
+                        .collect(),
+                );
+            }
+            Err(e) => {
+                r.error_code = e.code.code();
+                r.error_message = Some(sb(e.message));
+            }
+        }
+        topics.push(r);
+    }
     CreateTopicsResponse::default().with_topics(topics)
 }
 
-pub fn delete_topics(
+pub async fn delete_topics(
     broker: &Arc<Broker>,
     req: DeleteTopicsRequest,
     version: i16,
@@ -149,67 +174,71 @@ pub fn delete_topics(
             .map(|n| (Some(n.to_string()), Uuid::nil()))
             .collect()
     };
-    let responses = targets
-        .into_iter()
-        .map(|(name, id)| {
-            let mut r = DeletableTopicResult::default().with_topic_id(id);
-            let resolved = match &name {
-                Some(n) => Ok(n.clone()),
-                None => broker
-                    .topic_by_id(id)
-                    .map(|t| t.name.clone())
-                    .ok_or_else(|| {
-                        MetaError::new(
-                            ResponseError::UnknownTopicId,
-                            format!("Topic id {id} not found"),
-                        )
-                    }),
-            };
-            r.name = name.clone().map(|n| TopicName(sb(n)));
-            match resolved.and_then(|n| broker.delete_topic(&n).map(|id| (n, id))) {
-                Ok((n, id)) => {
-                    r.name = Some(TopicName(sb(n)));
-                    r.topic_id = id;
-                }
-                Err(e) => {
-                    r.error_code = e.code.code();
-                    r.error_message = Some(sb(e.message));
-                }
+    let mut responses = Vec::with_capacity(targets.len());
+    for (name, id) in targets {
+        let mut r = DeletableTopicResult::default().with_topic_id(id);
+        let resolved = match &name {
+            Some(n) => Ok(n.clone()),
+            None => broker
+                .topic_by_id(id)
+                .map(|t| t.name.clone())
+                .ok_or_else(|| {
+                    MetaError::new(
+                        ResponseError::UnknownTopicId,
+                        format!("Topic id {id} not found"),
+                    )
+                }),
+        };
+        r.name = name.clone().map(|n| TopicName(sb(n)));
+        let outcome = match resolved {
+            Ok(n) => broker.delete_topic(&n).await.map(|id| (n, id)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((n, id)) => {
+                r.name = Some(TopicName(sb(n)));
+                r.topic_id = id;
             }
-            r
-        })
-        .collect();
-    DeleteTopicsResponse::default().with_responses(responses)
-}
-
-pub fn create_partitions(
-    broker: &Arc<Broker>,
-    req: CreatePartitionsRequest,
-) -> CreatePartitionsResponse {
-    let results = req
-        .topics
-        .into_iter()
-        .map(|t| {
-            let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
-            let outcome = match &t.assignments {
-                Some(a)
-                    if a.iter()
-                        .any(|x| x.broker_ids.iter().any(|b| b.0 != broker.config.node_id)) =>
-                {
-                    Err(MetaError::new(
-                        ResponseError::InvalidReplicaAssignment,
-                        format!("Only broker {} exists", broker.config.node_id),
-                    ))
-                }
-                _ => broker.create_partitions(&t.name, t.count, req.validate_only),
-            };
-            if let Err(e) = outcome {
+            Err(e) => {
                 r.error_code = e.code.code();
                 r.error_message = Some(sb(e.message));
             }
-            r
-        })
-        .collect();
+        }
+        responses.push(r);
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub async fn create_partitions(
+    broker: &Arc<Broker>,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        let outcome = match &t.assignments {
+            Some(a)
+                if broker.cluster().is_none()
+                    && a.iter()
+                        .any(|x| x.broker_ids.iter().any(|b| b.0 != broker.config.node_id)) =>
+            {
+                Err(MetaError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    format!("Only broker {} exists", broker.config.node_id),
+                ))
+            }
+            _ => {
+                broker
+                    .create_partitions(&t.name, t.count, req.validate_only)
+                    .await
+            }
+        };
+        if let Err(e) = outcome {
+            r.error_code = e.code.code();
+            r.error_message = Some(sb(e.message));
+        }
+        results.push(r);
+    }
     CreatePartitionsResponse::default().with_results(results)
 }
 
@@ -341,39 +370,38 @@ fn broker_setting_result(
         .with_synonyms(synonyms)
 }
 
-pub fn incremental_alter_configs(
+pub async fn incremental_alter_configs(
     broker: &Arc<Broker>,
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
-    let responses = req
-        .resources
-        .into_iter()
-        .map(|res| {
-            let mut out = AlterConfigsResourceResponse::default()
-                .with_resource_type(res.resource_type)
-                .with_resource_name(res.resource_name.clone());
-            let outcome = match res.resource_type {
-                RESOURCE_TOPIC => alter_topic(broker, &res.resource_name, &res.configs, req.validate_only),
-                RESOURCE_BROKER => Err(MetaError::new(
-                    ResponseError::InvalidRequest,
-                    "Dynamic broker configs are not supported; set them in the broker's config file",
-                )),
-                other => Err(MetaError::new(
-                    ResponseError::InvalidRequest,
-                    format!("Unsupported resource type {other}"),
-                )),
-            };
-            if let Err(e) = outcome {
-                out.error_code = e.code.code();
-                out.error_message = Some(sb(e.message));
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for res in req.resources {
+        let mut out = AlterConfigsResourceResponse::default()
+            .with_resource_type(res.resource_type)
+            .with_resource_name(res.resource_name.clone());
+        let outcome = match res.resource_type {
+            RESOURCE_TOPIC => {
+                alter_topic(broker, &res.resource_name, &res.configs, req.validate_only).await
             }
-            out
-        })
-        .collect();
+            RESOURCE_BROKER => Err(MetaError::new(
+                ResponseError::InvalidRequest,
+                "Dynamic broker configs are not supported; set them in the broker's config file",
+            )),
+            other => Err(MetaError::new(
+                ResponseError::InvalidRequest,
+                format!("Unsupported resource type {other}"),
+            )),
+        };
+        if let Err(e) = outcome {
+            out.error_code = e.code.code();
+            out.error_message = Some(sb(e.message));
+        }
+        responses.push(out);
+    }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 
-fn alter_topic(
+async fn alter_topic(
     broker: &Arc<Broker>,
     name: &str,
     ops: &[kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig],
@@ -437,5 +465,5 @@ fn alter_topic(
     if validate_only {
         return Ok(());
     }
-    broker.set_topic_configs(name, configs)
+    broker.set_topic_configs(name, configs).await
 }

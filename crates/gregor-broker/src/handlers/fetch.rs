@@ -103,6 +103,12 @@ fn fetch_once(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchRespon
                 partitions.push(pd);
                 continue;
             };
+            if broker.check_leader(&partition.topic, fp.partition).is_err() {
+                pd.error_code = ResponseError::NotLeaderOrFollower.code();
+                any_error = true;
+                partitions.push(pd);
+                continue;
+            }
             let limit = (fp.partition_max_bytes.max(0) as usize).min(budget);
             // Nothing is read once the response is full (only its offsets are answered).
             let wanted = (limit > 0 || total == 0).then_some(limit);
@@ -190,6 +196,13 @@ pub fn list_offsets(
                         .with_leader_epoch(if version >= 4 { 0 } else { -1 });
                     match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
                         None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                        Some(partition)
+                            if broker
+                                .check_leader(&partition.topic, p.partition_index)
+                                .is_err() =>
+                        {
+                            r.error_code = ResponseError::NotLeaderOrFollower.code()
+                        }
                         Some(partition) => match offset_for(partition, p.timestamp, read_committed)
                         {
                             Ok(Some((offset, ts))) => {
@@ -295,6 +308,13 @@ pub fn delete_records(broker: &Arc<Broker>, req: DeleteRecordsRequest) -> Delete
                         .with_low_watermark(-1);
                     match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
                         None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                        Some(partition)
+                            if broker
+                                .check_leader(&partition.topic, p.partition_index)
+                                .is_err() =>
+                        {
+                            r.error_code = ResponseError::NotLeaderOrFollower.code()
+                        }
                         Some(partition) => match partition.delete_records_before(p.offset) {
                             Ok(Some(low)) => r.low_watermark = low,
                             Ok(None) => r.error_code = ResponseError::OffsetOutOfRange.code(),

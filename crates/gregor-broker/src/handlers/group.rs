@@ -43,11 +43,31 @@ use super::sb;
 use super::RequestContext;
 use crate::broker::Broker;
 use crate::groups::GroupService;
+use crate::internal_topics::{OFFSETS_TOPIC, TXN_TOPIC};
+use kafka_protocol::protocol::StrBytes;
 
 const NOT_AVAILABLE: ResponseError = ResponseError::CoordinatorNotAvailable;
 
 fn service(broker: &Arc<Broker>) -> Option<&Arc<GroupService>> {
     broker.groups()
+}
+
+/// The group coordinator, if this broker coordinates `group_id`: in a cluster, the one that
+/// leads the group's partition of `__consumer_offsets` (NOT_COORDINATOR elsewhere, so that
+/// the client looks it up again).
+fn coordinator<'a>(
+    broker: &'a Arc<Broker>,
+    group_id: &str,
+) -> Result<&'a Arc<GroupService>, ResponseError> {
+    let svc = service(broker).ok_or(NOT_AVAILABLE)?;
+    if broker.cluster().is_some()
+        && broker
+            .check_leader(OFFSETS_TOPIC, svc.partition_for(group_id))
+            .is_err()
+    {
+        return Err(ResponseError::NotCoordinator);
+    }
+    Ok(svc)
 }
 
 fn topic_exists(broker: &Broker, topic: &str, partition: i32) -> bool {
@@ -63,19 +83,50 @@ pub fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    // Single node: this broker coordinates every group and every transactional id.
-    let answer = || -> Option<(ResponseError, &'static str)> {
-        match req.key_type {
-            0 if service(broker).is_some() => None,
-            0 => Some((NOT_AVAILABLE, "group coordinator not started")),
-            1 if broker.txns().is_some() => None,
-            1 => Some((NOT_AVAILABLE, "transaction coordinator not started")),
-            _ => Some((ResponseError::InvalidRequest, "unknown key type")),
+    // A single node coordinates every group and transactional id; in a cluster the
+    // coordinator of a key is the leader of its partition of the internal topic.
+    let locate = |key: &str| -> Result<(BrokerId, StrBytes, i32), (ResponseError, String)> {
+        let (started, topic, partition_of): (bool, &str, fn(&str, i32) -> i32) = match req.key_type
+        {
+            0 => (
+                service(broker).is_some(),
+                OFFSETS_TOPIC,
+                gregor_group::group_partition,
+            ),
+            1 => (
+                broker.txns().is_some(),
+                TXN_TOPIC,
+                gregor_txn::coordinator::txn_partition,
+            ),
+            _ => return Err((ResponseError::InvalidRequest, "unknown key type".into())),
+        };
+        if !started {
+            return Err((NOT_AVAILABLE, "coordinator not started".into()));
         }
+        let Some(cluster) = broker.cluster() else {
+            return Ok((
+                BrokerId(broker.config.node_id),
+                sb(broker.advertised_host.clone()),
+                broker.advertised_port,
+            ));
+        };
+        let image = cluster.image();
+        let not_available = || (NOT_AVAILABLE, format!("no leader for {topic} yet"));
+        let t = image.topic_by_name(topic).ok_or_else(not_available)?;
+        let p = partition_of(key, t.partitions.len() as i32);
+        let leader = t.partitions.get(&p).ok_or_else(not_available)?.leader;
+        let endpoint = image
+            .brokers
+            .get(&leader)
+            .filter(|b| !b.fenced)
+            .and_then(|b| b.registration.endpoints.first())
+            .ok_or_else(not_available)?;
+        Ok((
+            BrokerId(leader),
+            sb(endpoint.host.clone()),
+            i32::from(endpoint.port),
+        ))
     };
-    let host = sb(broker.advertised_host.clone());
-    let port = broker.advertised_port;
-    let node = BrokerId(broker.config.node_id);
     let mut resp = FindCoordinatorResponse::default();
     if version >= 4 {
         resp.coordinators = req
@@ -83,9 +134,9 @@ pub fn find_coordinator(
             .iter()
             .map(|key| {
                 let c = WireCoordinator::default().with_key(key.clone());
-                match answer() {
-                    None => c.with_node_id(node).with_host(host.clone()).with_port(port),
-                    Some((e, msg)) => c
+                match locate(key.as_str()) {
+                    Ok((node, host, port)) => c.with_node_id(node).with_host(host).with_port(port),
+                    Err((e, msg)) => c
                         .with_node_id(BrokerId(-1))
                         .with_port(-1)
                         .with_error_code(e.code())
@@ -95,17 +146,20 @@ pub fn find_coordinator(
             .collect();
         return resp;
     }
-    if let Some((e, msg)) = answer() {
-        resp.error_code = e.code();
-        resp.node_id = BrokerId(-1);
-        resp.port = -1;
-        if version >= 1 {
-            resp.error_message = Some(sb(msg));
+    match locate(req.key.as_str()) {
+        Err((e, msg)) => {
+            resp.error_code = e.code();
+            resp.node_id = BrokerId(-1);
+            resp.port = -1;
+            if version >= 1 {
+                resp.error_message = Some(sb(msg));
+            }
         }
-    } else {
-        resp.node_id = node;
-        resp.host = host;
-        resp.port = port;
+        Ok((node, host, port)) => {
+            resp.node_id = node;
+            resp.host = host;
+            resp.port = port;
+        }
     }
     resp
 }
@@ -119,8 +173,9 @@ pub async fn join_group(
     version: i16,
 ) -> JoinGroupResponse {
     let member_id = req.member_id.to_string();
-    let Some(svc) = service(broker) else {
-        return join_response(JoinResponse::error(NOT_AVAILABLE, &member_id), version);
+    let svc = match coordinator(broker, req.group_id.as_str()) {
+        Ok(svc) => svc,
+        Err(e) => return join_response(JoinResponse::error(e, &member_id), version),
     };
     if let Some(reason) = req.reason.as_ref().filter(|_| version >= 8) {
         tracing::debug!(group = %req.group_id.0.as_str(), member = %member_id, reason = %reason.as_str(), "JoinGroup");
@@ -204,8 +259,9 @@ pub async fn sync_group(
     req: SyncGroupRequest,
     version: i16,
 ) -> SyncGroupResponse {
-    let Some(svc) = service(broker) else {
-        return sync_response(SyncResponse::error(NOT_AVAILABLE), version);
+    let svc = match coordinator(broker, req.group_id.as_str()) {
+        Ok(svc) => svc,
+        Err(e) => return sync_response(SyncResponse::error(e), version),
     };
     let sync = SyncRequest {
         group_id: req.group_id.0.to_string(),
@@ -259,8 +315,9 @@ fn sync_response(r: SyncResponse, version: i16) -> SyncGroupResponse {
 // ------------------------------------------------------------------------ Heartbeat
 
 pub fn heartbeat(broker: &Arc<Broker>, req: HeartbeatRequest, version: i16) -> HeartbeatResponse {
-    let Some(svc) = service(broker) else {
-        return HeartbeatResponse::default().with_error_code(NOT_AVAILABLE.code());
+    let svc = match coordinator(broker, req.group_id.as_str()) {
+        Ok(svc) => svc,
+        Err(e) => return HeartbeatResponse::default().with_error_code(e.code()),
     };
     let instance = if version >= 3 {
         req.group_instance_id.map(|s| s.to_string())
@@ -287,8 +344,9 @@ pub fn leave_group(
     req: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
-    let Some(svc) = service(broker) else {
-        return LeaveGroupResponse::default().with_error_code(NOT_AVAILABLE.code());
+    let svc = match coordinator(broker, req.group_id.as_str()) {
+        Ok(svc) => svc,
+        Err(e) => return LeaveGroupResponse::default().with_error_code(e.code()),
     };
     for m in req.members.iter().filter(|_| version >= 5) {
         if let Some(reason) = &m.reason {
@@ -370,9 +428,10 @@ pub async fn offset_commit(
             }
         }
     }
-    let outcome: Result<Vec<i16>, ResponseError> = match service(broker) {
-        None => Err(NOT_AVAILABLE),
-        Some(svc) => {
+    let outcome: Result<Vec<i16>, ResponseError> = match coordinator(broker, req.group_id.as_str())
+    {
+        Err(e) => Err(e),
+        Ok(svc) => {
             let now = broker.now_ms();
             let ((result, undo), written) = svc.run_quiet(|co, fx| {
                 let result = co.commit_offsets(now, &commit, fx);
@@ -435,10 +494,7 @@ fn fetch_group(
     group_id: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> FetchResult {
-    match service(broker) {
-        None => Err(NOT_AVAILABLE),
-        Some(svc) => svc.read(|co| co.fetch_offsets(group_id, topics.as_deref())),
-    }
+    coordinator(broker, group_id)?.read(|co| co.fetch_offsets(group_id, topics.as_deref()))
 }
 
 pub fn offset_fetch(

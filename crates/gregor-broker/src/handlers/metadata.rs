@@ -12,6 +12,8 @@ use kafka_protocol::messages::{
     TopicName,
 };
 
+use gregor_meta::{MetadataImage, TopicImage, NO_LEADER};
+
 use super::sb;
 use crate::broker::Broker;
 use crate::registry::Topic;
@@ -35,12 +37,29 @@ const CLUSTER_OPERATIONS: i32 = ops(&[5, 7, 8, 9, 10, 11, 12]);
 pub fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let node = BrokerId(broker.config.node_id);
     let mut resp = MetadataResponse::default();
-    resp.brokers = vec![MetadataResponseBroker::default()
-        .with_node_id(node)
-        .with_host(sb(&broker.advertised_host))
-        .with_port(broker.advertised_port)];
+    let image = broker.cluster().map(|c| c.image());
+    match (broker.cluster(), &image) {
+        (Some(cluster), Some(image)) => {
+            resp.brokers = live_brokers(image)
+                .map(|(id, host, port, rack)| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(id))
+                        .with_host(sb(host))
+                        .with_port(port)
+                        .with_rack(rack.map(sb))
+                })
+                .collect();
+            resp.controller_id = BrokerId(cluster.controller_id());
+        }
+        _ => {
+            resp.brokers = vec![MetadataResponseBroker::default()
+                .with_node_id(node)
+                .with_host(sb(&broker.advertised_host))
+                .with_port(broker.advertised_port)];
+            resp.controller_id = node;
+        }
+    }
     resp.cluster_id = Some(sb(broker.cluster_id()));
-    resp.controller_id = node;
     // Without an authorizer every operation is allowed; Kafka then reports the full set
     // when asked (v8+; the cluster field exists only in v8-v10).
     resp.cluster_authorized_operations =
@@ -62,6 +81,40 @@ pub fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> Met
     };
     // v4+ lets the client forbid auto-creation; before v4 it is always allowed.
     let allow_create = version < 4 || req.allow_auto_topic_creation;
+    if let Some(image) = image {
+        resp.topics = match requested {
+            None => image
+                .topics
+                .values()
+                .map(|t| image_topic_metadata(&image, t, topic_ops))
+                .collect(),
+            Some(topics) => topics
+                .into_iter()
+                .map(|t| {
+                    let found = match &t.name {
+                        Some(name) => image.topic_by_name(name),
+                        None => image.topics.get(&t.topic_id),
+                    };
+                    match (found, t.name) {
+                        (Some(found), _) => image_topic_metadata(&image, found, topic_ops),
+                        (None, Some(name)) => {
+                            let code = match broker.get_or_auto_create(&name, allow_create) {
+                                Err(e) => e.code,
+                                Ok(_) => ResponseError::LeaderNotAvailable,
+                            };
+                            MetadataResponseTopic::default()
+                                .with_name(Some(name))
+                                .with_error_code(code.code())
+                        }
+                        (None, None) => MetadataResponseTopic::default()
+                            .with_topic_id(t.topic_id)
+                            .with_error_code(ResponseError::UnknownTopicId.code()),
+                    }
+                })
+                .collect(),
+        };
+        return resp;
+    }
     resp.topics = match requested {
         None => broker
             .all_topics()
@@ -112,6 +165,68 @@ fn topic_metadata(broker: &Broker, topic: &Topic, authorized_ops: i32) -> Metada
         )
 }
 
+/// The unfenced brokers of the cluster with their client endpoint: id, host, port, rack.
+fn live_brokers(
+    image: &MetadataImage,
+) -> impl Iterator<Item = (i32, String, i32, Option<String>)> + '_ {
+    image
+        .brokers
+        .iter()
+        .filter(|(_, b)| !b.fenced)
+        .filter_map(|(id, b)| {
+            let e = b.registration.endpoints.first()?;
+            Some((
+                *id,
+                e.host.clone(),
+                i32::from(e.port),
+                b.registration.rack.clone(),
+            ))
+        })
+}
+
+/// A topic's metadata as the cluster's image has it: per partition the leader (-1 with
+/// LEADER_NOT_AVAILABLE when it has none), leader epoch, replicas, ISR and the replicas
+/// on fenced brokers.
+fn image_topic_metadata(
+    image: &MetadataImage,
+    topic: &TopicImage,
+    authorized_ops: i32,
+) -> MetadataResponseTopic {
+    let ids = |v: &[i32]| v.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(sb(&topic.name))))
+        .with_topic_id(topic.topic_id)
+        .with_is_internal(crate::internal_topics::is_internal_topic(&topic.name))
+        .with_topic_authorized_operations(authorized_ops)
+        .with_partitions(
+            topic
+                .partitions
+                .values()
+                .map(|p| {
+                    let offline: Vec<i32> = p
+                        .replicas
+                        .iter()
+                        .copied()
+                        .filter(|r| !image.is_live(*r))
+                        .collect();
+                    let error = if p.leader == NO_LEADER {
+                        ResponseError::LeaderNotAvailable.code()
+                    } else {
+                        0
+                    };
+                    MetadataResponsePartition::default()
+                        .with_error_code(error)
+                        .with_partition_index(p.partition)
+                        .with_leader_id(BrokerId(p.leader))
+                        .with_leader_epoch(p.leader_epoch)
+                        .with_replica_nodes(ids(&p.replicas))
+                        .with_isr_nodes(ids(&p.isr))
+                        .with_offline_replicas(ids(&offline))
+                })
+                .collect(),
+        )
+}
+
 /// DescribeCluster endpoint types (v1+): a broker lists brokers; controllers are asked of a
 /// controller listener, which answers UNSUPPORTED_ENDPOINT_TYPE on a broker as Kafka does.
 const ENDPOINT_TYPE_BROKERS: i8 = 1;
@@ -136,5 +251,17 @@ pub fn describe_cluster(
         .with_broker_id(node)
         .with_host(sb(&broker.advertised_host))
         .with_port(broker.advertised_port)];
+    if let Some(cluster) = broker.cluster() {
+        resp.controller_id = BrokerId(cluster.controller_id());
+        resp.brokers = live_brokers(&cluster.image())
+            .map(|(id, host, port, rack)| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(id))
+                    .with_host(sb(host))
+                    .with_port(port)
+                    .with_rack(rack.map(sb))
+            })
+            .collect();
+    }
     resp
 }

@@ -14,6 +14,7 @@ mod group;
 mod metadata;
 pub mod produce;
 mod producer;
+mod quorum;
 pub mod txn;
 mod txn_admin;
 
@@ -98,6 +99,9 @@ pub async fn dispatch(
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(metadata::describe_cluster(broker, &r))
         }
+        RequestKind::DescribeQuorum(r) => {
+            ResponseKind::DescribeQuorum(quorum::describe_quorum(broker, r, version).await)
+        }
         RequestKind::Produce(r) => {
             // Appended now, in request order; answered once durable.
             let pending = produce::append_phase(broker, r, version);
@@ -112,11 +116,15 @@ pub async fn dispatch(
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(fetch::delete_records(broker, r))
         }
-        RequestKind::InitProducerId(r) if r.transactional_id.is_some() => {
-            ResponseKind::InitProducerId(txn::init_producer_id(broker, r, version).await)
-        }
         RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(producer::init_producer_id(broker, r))
+            // In a cluster, producer ids come in blocks from the controller; a failure shows
+            // in the allocation below (COORDINATOR_LOAD_IN_PROGRESS, retriable).
+            let _ = broker.reserve_producer_ids().await;
+            if r.transactional_id.is_some() {
+                ResponseKind::InitProducerId(txn::init_producer_id(broker, r, version).await)
+            } else {
+                ResponseKind::InitProducerId(producer::init_producer_id(broker, r))
+            }
         }
         RequestKind::AddPartitionsToTxn(r) => {
             ResponseKind::AddPartitionsToTxn(txn::add_partitions_to_txn(broker, r, version).await)
@@ -138,19 +146,19 @@ pub async fn dispatch(
             ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(broker, r, version).await)
         }
         RequestKind::CreateTopics(r) => {
-            ResponseKind::CreateTopics(admin::create_topics(broker, r, version))
+            ResponseKind::CreateTopics(admin::create_topics(broker, r, version).await)
         }
         RequestKind::DeleteTopics(r) => {
-            ResponseKind::DeleteTopics(admin::delete_topics(broker, r, version))
+            ResponseKind::DeleteTopics(admin::delete_topics(broker, r, version).await)
         }
         RequestKind::CreatePartitions(r) => {
-            ResponseKind::CreatePartitions(admin::create_partitions(broker, r))
+            ResponseKind::CreatePartitions(admin::create_partitions(broker, r).await)
         }
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(admin::describe_configs(broker, r, version))
         }
         RequestKind::IncrementalAlterConfigs(r) => {
-            ResponseKind::IncrementalAlterConfigs(admin::incremental_alter_configs(broker, r))
+            ResponseKind::IncrementalAlterConfigs(admin::incremental_alter_configs(broker, r).await)
         }
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(group::find_coordinator(broker, r, version))

@@ -69,6 +69,12 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
                             ResponseError::UnknownTopicOrPartition,
                             format!("{}-{} does not exist", topic.name, pd.index),
                         ))),
+                        Some(_) if broker.check_leader(&topic.name, pd.index).is_err() => {
+                            Err(Refusal::from((
+                                ResponseError::NotLeaderOrFollower,
+                                format!("this broker does not lead {}-{}", topic.name, pd.index),
+                            )))
+                        }
                         Some(partition) => append(
                             broker.txns().map(|t| &**t),
                             partition,
@@ -413,8 +419,10 @@ mod tests {
             ..BrokerConfig::default()
         };
         let broker = Arc::new(Broker::open(config, ("127.0.0.1".into(), 9092)).unwrap());
-        let topic = broker
-            .create_topic("t", 1, 1, Default::default(), false)
+        let topic = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(broker.create_topic("t", 1, 1, None, Default::default(), false))
             .unwrap();
         let cases = [
             (vec![batch(-1, 0)], 0),

@@ -22,7 +22,9 @@ use kafka_protocol::messages::{
 
 use crate::broker::Broker;
 use crate::internal_topics::OFFSETS_TOPIC;
+use crate::internal_topics::TXN_TOPIC;
 use crate::transactions::{TransactionService, WriteError, Written};
+use gregor_txn::txn_partition;
 
 /// Kafka's error code for a coordinator error; PRODUCER_FENCED only from the version that
 /// introduced it (KIP-588), INVALID_PRODUCER_EPOCH before.
@@ -39,8 +41,22 @@ pub fn txn_error(e: TxnError, version: i16, fenced_since: i16) -> ResponseError 
     }
 }
 
-fn service(broker: &Broker) -> Result<&Arc<TransactionService>, ResponseError> {
-    broker.txns().ok_or(ResponseError::CoordinatorNotAvailable)
+/// The transaction coordinator, if this broker coordinates `transactional_id`: in a cluster,
+/// the one that leads its partition of `__transaction_state` (NOT_COORDINATOR elsewhere).
+fn service<'a>(
+    broker: &'a Broker,
+    transactional_id: &str,
+) -> Result<&'a Arc<TransactionService>, ResponseError> {
+    let svc = broker
+        .txns()
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    if let Some(topic) = broker.cluster().and_then(|_| broker.topic(TXN_TOPIC)) {
+        let partition = txn_partition(transactional_id, topic.partitions.len() as i32);
+        if broker.check_leader(TXN_TOPIC, partition).is_err() {
+            return Err(ResponseError::NotCoordinator);
+        }
+    }
+    Ok(svc)
 }
 
 /// Makes a change's records durable and commits its transitions. A failed append or fsync
@@ -82,7 +98,10 @@ async fn init(
     req: &InitProducerIdRequest,
     version: i16,
 ) -> Result<(i64, i16), ResponseError> {
-    let svc = service(broker)?;
+    let svc = service(
+        broker,
+        req.transactional_id.as_ref().map_or("", |s| s.as_str()),
+    )?;
     let id = req
         .transactional_id
         .as_ref()
@@ -200,7 +219,7 @@ async fn add(
     version: i16,
     fenced_since: i16,
 ) -> Result<(), ResponseError> {
-    let svc = service(broker)?;
+    let svc = service(broker, transactional_id)?;
     let (result, written) = svc.change(|co| {
         match co.add_partitions(
             broker.now_ms(),
@@ -256,7 +275,7 @@ pub async fn end_txn(broker: &Arc<Broker>, req: EndTxnRequest, version: i16) -> 
 }
 
 async fn end(broker: &Arc<Broker>, req: &EndTxnRequest, version: i16) -> Result<(), ResponseError> {
-    let svc = service(broker)?;
+    let svc = service(broker, req.transactional_id.as_str())?;
     let (result, written) = svc.change(|co| {
         match co.end_txn(
             broker.now_ms(),
@@ -365,7 +384,7 @@ async fn txn_commit(
     commit: &TxnCommitRequest,
     version: i16,
 ) -> Result<Vec<i16>, ResponseError> {
-    let svc = service(broker)?;
+    let svc = service(broker, req.transactional_id.as_str())?;
     let groups = broker
         .groups()
         .ok_or(ResponseError::CoordinatorNotAvailable)?;

@@ -124,7 +124,7 @@ pub async fn run(g: &Global, cmd: TopicCmd) -> anyhow::Result<()> {
                     "name": t.name,
                     "id": t.id.to_string(),
                     "partitions": t.partitions.iter().map(|p| json!({
-                        "partition": p.id, "leader": p.leader, "replicas": p.replicas, "isr": p.isr,
+                        "partition": p.id, "leader": p.leader, "leader_epoch": p.leader_epoch, "replicas": p.replicas, "isr": p.isr,
                         "log_start_offset": start.get(&p.id), "log_end_offset": end.get(&p.id),
                     })).collect::<Vec<_>>(),
                     "configs": configs.iter().map(|c| (c.name.clone(), json!(c.value))).collect::<serde_json::Map<_, _>>(),
@@ -138,15 +138,17 @@ pub async fn run(g: &Global, cmd: TopicCmd) -> anyhow::Result<()> {
                     t.partitions.len()
                 );
                 println!(
-                    "  {:>9} {:>6} {:>10} {:>12} {:>12}",
-                    "partition", "leader", "replicas", "start", "end"
+                    "  {:>9} {:>6} {:>5} {:>10} {:>10} {:>12} {:>12}",
+                    "partition", "leader", "epoch", "replicas", "isr", "start", "end"
                 );
                 for p in &t.partitions {
                     println!(
-                        "  {:>9} {:>6} {:>10} {:>12} {:>12}",
+                        "  {:>9} {:>6} {:>5} {:>10} {:>10} {:>12} {:>12}",
                         p.id,
                         p.leader,
+                        p.leader_epoch,
                         format!("{:?}", p.replicas),
+                        format!("{:?}", p.isr),
                         start.get(&p.id).copied().unwrap_or(-1),
                         end.get(&p.id).copied().unwrap_or(-1)
                     );
