@@ -205,12 +205,10 @@ fi
 
 # Fault injection (tests/faults, needs root): a short seeded schedule against one node
 # (FAULTS_MINUTES=0 skips it), then the checker's own tests and the netns partition test.
-# Failed fsyncs are left out until a retried batch whose fsync failed is no longer
-# written twice (README, Fault injection).
 if [[ $BUILD_OK -eq 1 && -x "$VENV/bin/pytest" ]]; then
     FAULTS_SEED="${FAULTS_SEED:-$(date +%Y%m%d)}"
     if [[ "${FAULTS_MINUTES:-2}" != "0" ]]; then
-        step "faults (seed $FAULTS_SEED)" env FAULTS_ARGS="${FAULTS_ARGS:---skip fsync_fail}" \
+        step "faults (seed $FAULTS_SEED)" env FAULTS_ARGS="${FAULTS_ARGS:-}" \
             ./scripts/faults.sh --seed "$FAULTS_SEED" --minutes "${FAULTS_MINUTES:-2}" || true
     fi
     step "fault harness tests" "$VENV/bin/pytest" tests/faults -q -p no:cacheprovider --timeout=900 || true

@@ -214,14 +214,25 @@ fn run(inner: &Inner, pool: &SyncPool) {
 }
 
 /// Takes a sync job from each partition, runs them without log locks, records outcomes.
+///
+/// An offline partition (an earlier fsync failed) fails the round without a job: its
+/// failed job already took its dirty segments, so a new job would be empty and "succeed",
+/// answering a waiter (e.g. a retried batch) as if its data were durable.
 fn flush_round(partitions: &[Arc<Partition>], pool: &SyncPool) -> FlushResult {
+    let mut overall = Ok(());
     let (parts, jobs): (Vec<&Arc<Partition>>, Vec<SyncJob>) = partitions
         .iter()
+        .filter(|p| match p.offline_error() {
+            Some(e) => {
+                overall = Err(e);
+                false
+            }
+            None => true,
+        })
         .map(|p| (p, p.take_sync_job()))
         .filter(|(_, j)| !j.is_empty())
         .unzip();
     let done = pool.run_all(jobs);
-    let mut overall = Ok(());
     for (p, (job, r)) in parts.into_iter().zip(done) {
         if let Err(e) = &r {
             tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync failed");
@@ -251,6 +262,33 @@ mod tests {
         let crc = crc32c::crc32c(&b[21..]);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         b
+    }
+
+    /// A partition whose fsync failed fails every later round it is in, even with nothing
+    /// new to sync: a waiter queued behind the failure (a retry answered from the producer
+    /// state) is never told its data is durable.
+    #[test]
+    fn an_offline_partition_fails_every_later_round() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let log = PartitionLog::open(&dir.path().join("t-0"), LogConfig::default()).unwrap();
+        let p = Arc::new(Partition::new(
+            "t",
+            0,
+            dir.path().join("t-0"),
+            log,
+            Default::default(),
+        ));
+        p.append_internal(&batch()).unwrap();
+        let job = p.take_sync_job();
+        p.complete_sync(&job, Err("Input/output error".into()));
+        let flusher = Flusher::start();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let rx = flusher.request(std::slice::from_ref(&p), true).unwrap();
+        assert!(rt.block_on(rx).unwrap().is_err());
+        assert_eq!(p.durable_offset(), 0);
+        flusher.stop();
     }
 
     #[test]

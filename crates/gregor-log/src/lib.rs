@@ -87,7 +87,10 @@
 //! [`PartitionLog::flush`] is the same three steps back to back. A failed
 //! fsync takes the log offline (appends fail with
 //! [`LogError::StorageFailed`]): after a failed fsync the kernel may have
-//! dropped the dirty pages, so retrying would prove nothing.
+//! dropped the dirty pages, so retrying would prove nothing — the durable
+//! offset never advances again and [`PartitionLog::flush`] fails
+//! ([`PartitionLog::offline_error`] says why). The records past the durable
+//! offset may or may not be found by the next open's recovery.
 //!
 //! # Recovery
 //!

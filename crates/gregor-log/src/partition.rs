@@ -533,6 +533,11 @@ impl PartitionLog {
     /// caller's `&mut` throughout (the broker's group commit uses
     /// [`take_sync_job`](Self::take_sync_job) instead).
     pub fn flush(&mut self) -> Result<(), LogError> {
+        if let Some(e) = &self.failed {
+            // An fsync that succeeds after a failed one proves nothing (see
+            // `complete_sync`): the log stays offline.
+            return Err(LogError::StorageFailed(e.clone()));
+        }
         let job = self.take_sync_job();
         let result = job.run().map_err(|e| e.to_string());
         self.complete_sync(&job, result.clone());
@@ -564,8 +569,12 @@ impl PartitionLog {
     /// advances to the job's end; on failure the log goes offline (appends
     /// fail with [`LogError::StorageFailed`]), because after a failed fsync
     /// the kernel may have dropped dirty pages and a retry proves nothing.
+    /// Once offline, the durable offset never moves again (a job taken before
+    /// the failure and completed after it covers pages the failure may have
+    /// dropped).
     pub fn complete_sync(&mut self, job: &SyncJob, result: Result<(), String>) {
         match result {
+            Ok(()) if self.failed.is_some() => {}
             Ok(()) => self.durable_offset = self.durable_offset.max(job.up_to),
             Err(e) => {
                 tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed; log is offline");
@@ -683,6 +692,11 @@ impl PartitionLog {
     /// validate (0 when everything was covered by trusted index files).
     pub fn scanned_on_open(&self) -> u64 {
         self.scanned_on_open
+    }
+
+    /// Why the log is offline (an fsync failed), or `None` while it takes appends.
+    pub fn offline_error(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     /// Every record below this offset is durable (fsynced).

@@ -173,10 +173,15 @@ impl PendingProduce {
             };
             if let Some(e) = failure {
                 tracing::error!(error = %e, "fsync failed; failing the produce");
+                // The records are in the log but not known durable: "possibly written"
+                // (NOT_ENOUGH_REPLICAS_AFTER_APPEND, Kafka's "appended, acks not met"),
+                // so the client retries with the same sequence, which the idempotence
+                // check then matches with this copy if it survives. KAFKA_STORAGE_ERROR
+                // would tell it the records were not written.
                 for t in &mut responses {
                     for p in &mut t.partition_responses {
                         if p.error_code == 0 {
-                            p.error_code = ResponseError::KafkaStorageError.code();
+                            p.error_code = ResponseError::NotEnoughReplicasAfterAppend.code();
                             p.error_message = Some(sb(format!("fsync failed: {e}")));
                         }
                     }
@@ -331,6 +336,10 @@ fn produce_error(partition: &Partition, e: ProduceError) -> (ResponseError, Stri
             (ResponseError::OutOfOrderSequenceNumber, e.to_string())
         }
         ProduceError::Log(e) => (log_error_code(&e), e.to_string()),
+        ProduceError::NotDurable { first_offset } => (
+            ResponseError::NotEnoughReplicasAfterAppend,
+            format!("written at offset {first_offset}, but its fsync failed"),
+        ),
     }
 }
 

@@ -118,6 +118,11 @@ pub enum ProduceError {
     Producer(ProducerError),
     /// The log refused the append.
     Log(LogError),
+    /// A retry of a batch the log holds at `first_offset`, not known durable: its fsync
+    /// failed (the log is offline). It may or may not survive a restart, so the answer
+    /// must say "possibly written" — never a success, and never an error that tells the
+    /// client it was not written (see [`Partition::append_produced`]).
+    NotDurable { first_offset: i64 },
 }
 
 impl Partition {
@@ -340,6 +345,14 @@ impl Partition {
     /// repeats one already written is answered with its original offsets and not written
     /// again; several batches are checked against a scratch copy, so each sees its
     /// predecessors. Then [`append_locked`](Self::append_locked).
+    ///
+    /// An offline log (an fsync failed) takes nothing, and is checked *before* the
+    /// sequence check: every batch gets [`LogError::StorageFailed`] except a lone retry of
+    /// a batch the log holds, which gets its offsets if that batch is durable and
+    /// [`ProduceError::NotDurable`] if not. Never OUT_OF_ORDER_SEQUENCE_NUMBER: a client
+    /// whose earlier batch was refused takes that answer for a later one as a reason to
+    /// bump its epoch and re-send everything unacknowledged at sequence 0 (librdkafka
+    /// does), which no sequence check can match with a copy the log already holds.
     pub fn append_produced(
         &self,
         batches: &ValidatedBatches<'_>,
@@ -378,6 +391,25 @@ impl Partition {
             }
         }
         let mut producers = self.producers.lock().expect("producer state lock");
+        if let Some(e) = log.offline_error() {
+            if let [Some(pb)] = producer_batches.as_slice() {
+                if let Ok(Verdict::Duplicate {
+                    first_offset,
+                    last_offset,
+                }) = producers.check(pb)
+                {
+                    return if last_offset < log.durable_offset() {
+                        Ok(Appended {
+                            base_offset: first_offset,
+                            log_start_offset: log.log_start_offset(),
+                        })
+                    } else {
+                        Err(ProduceError::NotDurable { first_offset })
+                    };
+                }
+            }
+            return Err(ProduceError::Log(LogError::StorageFailed(e.to_string())));
+        }
         let mut scratch = None;
         for (i, pb) in producer_batches.iter().enumerate() {
             let Some(pb) = pb else { continue };
@@ -585,6 +617,16 @@ impl Partition {
     /// The fsync work for everything appended so far (see `PartitionLog::take_sync_job`).
     pub fn take_sync_job(&self) -> SyncJob {
         self.log.write().expect("log lock").take_sync_job()
+    }
+
+    /// Why the log is offline (an fsync failed; see `PartitionLog::complete_sync`), or
+    /// `None`.
+    pub fn offline_error(&self) -> Option<String> {
+        self.log
+            .read()
+            .expect("log lock")
+            .offline_error()
+            .map(str::to_string)
     }
 
     /// Records the outcome of a sync job: the durable offset, or the log goes offline.

@@ -551,3 +551,83 @@ proptest::proptest! {
         proptest::prop_assert_eq!(summary(&p.producers.lock().unwrap()), live);
     }
 }
+
+/// A client's produce through the idempotence check, as the Produce handler calls it.
+fn produce(p: &Partition, records: &Bytes) -> Result<i64, crate::partition::ProduceError> {
+    let batches =
+        gregor_log::ValidatedBatches::validate(records, |_, _| Ok::<(), gregor_log::LogError>(()))
+            .unwrap();
+    p.append_produced(&batches, |_| Ok(()))
+        .map(|a| a.base_offset)
+}
+
+/// Issue 17 (fault kind `fsync_fail`): a batch whose fsync failed stays in the segment
+/// (the page cache keeps it through kill -9) and is recovered by the restart. The
+/// idempotent client keeps retrying it with its sequence, which the replayed producer state
+/// matches with the recovered copy — unless, while the log was offline, the broker answered
+/// a later batch OUT_OF_ORDER_SEQUENCE_NUMBER (the sequence check ran before the offline
+/// check): librdkafka then bumps its epoch and re-sends everything unacknowledged at
+/// sequence 0, which no check can match with the old copy, and the batch was in the log
+/// twice. So while offline every produce is refused before the sequence check, a retry of
+/// the undurable batch is answered "possibly written" (never a success), and after the
+/// restart the retry gets the recovered copy's offsets.
+#[test]
+fn a_batch_whose_fsync_failed_is_written_once() {
+    use crate::partition::ProduceError;
+    use gregor_log::LogError;
+
+    let dir = TempDir::new().unwrap();
+    let (p, _) = open(dir.path(), false);
+    let durable = batch(7, 0, 0, 2, false);
+    assert_eq!(produce(&p, &durable).unwrap(), 0);
+    flush(&p);
+    // Appended, then the flusher's fsync of it fails: the log goes offline.
+    let failed = batch(7, 0, 2, 2, false);
+    assert_eq!(produce(&p, &failed).unwrap(), 2);
+    let job = p.take_sync_job();
+    p.complete_sync(&job, Err("Input/output error (os error 5)".into()));
+    assert!(p.offline_error().is_some());
+
+    // Its retry: possibly written. The durable batch's retry: its offsets.
+    assert!(matches!(
+        produce(&p, &failed),
+        Err(ProduceError::NotDurable { first_offset: 2 })
+    ));
+    assert_eq!(produce(&p, &durable).unwrap(), 0);
+    // Anything else, in sequence or not, a new epoch or a new producer: not written, and
+    // never out of order.
+    for b in [
+        batch(7, 0, 4, 2, false),
+        batch(7, 0, 6, 2, false),
+        batch(7, 1, 0, 2, false),
+        batch(8, 0, 0, 1, false),
+    ] {
+        match produce(&p, &b) {
+            Err(ProduceError::Log(LogError::StorageFailed(_))) => {}
+            other => panic!("offline log answered {other:?}"),
+        }
+    }
+    // An fsync that succeeds later proves nothing: the log stays offline, durable below it.
+    assert!(p.flush().is_err());
+    assert_eq!(p.durable_offset(), 2);
+    assert_eq!(p.log_end_offset(), 4);
+    drop(p);
+
+    // kill -9 and restart: the page cache still holds the batch; recovery keeps it.
+    let (p, _) = open(dir.path(), false);
+    assert_eq!(p.log_end_offset(), 4);
+    assert_eq!(
+        produce(&p, &failed).unwrap(),
+        2,
+        "the retry gets the recovered copy"
+    );
+    assert_eq!(produce(&p, &batch(7, 0, 4, 2, false)).unwrap(), 4);
+    let data = p.read(0, 1 << 20, p.log_end_offset()).unwrap().data;
+    let sequences: Vec<(i16, i32)> = gregor_log::batch::iter_batches(&data)
+        .map(|b| {
+            let (h, _) = b.unwrap();
+            (h.producer_epoch, h.base_sequence)
+        })
+        .collect();
+    assert_eq!(sequences, vec![(0, 0), (0, 2), (0, 4)]);
+}
