@@ -159,7 +159,22 @@ impl Sim {
         self.co.group_state("g").expect("group exists")
     }
 
+    /// A commit whose records became durable (the broker confirms it).
     fn commit(
+        &mut self,
+        member: &str,
+        generation: i32,
+        offset: i64,
+    ) -> Result<Vec<i16>, ResponseError> {
+        let r = self.commit_unconfirmed(member, generation, offset);
+        if let Some(undo) = self.co.take_commit_undo() {
+            self.co.confirm_commit(undo);
+        }
+        r
+    }
+
+    /// A commit whose records are not durable yet (its undo record left to the test).
+    fn commit_unconfirmed(
         &mut self,
         member: &str,
         generation: i32,
@@ -809,17 +824,51 @@ fn a_commit_that_did_not_become_durable_is_taken_back() {
             .map(|c| c.offset)
     };
     assert_eq!(s.commit(&ids[0], g, 100).unwrap(), vec![0]);
-    let _ = s.co.take_commit_undo();
-    // The next commit's append or fsync fails: the broker undoes it, the old offset stays.
-    assert_eq!(s.commit(&ids[0], g, 200).unwrap(), vec![0]);
+    // The next commit's append or fsync fails: until then OffsetFetch shows the durable
+    // offset; the broker undoes it, the old offset stays.
+    assert_eq!(s.commit_unconfirmed(&ids[0], g, 200).unwrap(), vec![0]);
     let undo = s.co.take_commit_undo().expect("an undo record");
-    assert_eq!(offset_of(&s), Some(200));
+    assert_eq!(offset_of(&s), Some(100));
     s.co.undo_commit(undo);
     assert_eq!(offset_of(&s), Some(100));
     // A later commit is not clobbered by the undo of an earlier, failed one.
-    assert_eq!(s.commit(&ids[0], g, 300).unwrap(), vec![0]);
+    assert_eq!(s.commit_unconfirmed(&ids[0], g, 300).unwrap(), vec![0]);
     let failed = s.co.take_commit_undo().unwrap();
-    assert_eq!(s.commit(&ids[0], g, 400).unwrap(), vec![0]);
+    assert_eq!(s.commit_unconfirmed(&ids[0], g, 400).unwrap(), vec![0]);
+    let later = s.co.take_commit_undo().unwrap();
     s.co.undo_commit(failed);
+    assert_eq!(offset_of(&s), Some(100), "400 is not durable yet");
+    s.co.confirm_commit(later);
     assert_eq!(offset_of(&s), Some(400));
+}
+
+#[test]
+fn offset_fetch_shows_a_commit_only_once_it_is_durable() {
+    let mut s = Sim::new();
+    let (ids, g) = stable_group(&mut s, 1);
+    let offset_of = |s: &Sim| {
+        s.co.fetch_offsets("g", None).unwrap()[0].1[0]
+            .1
+            .as_ref()
+            .map(|c| c.offset)
+    };
+    assert_eq!(s.commit_unconfirmed(&ids[0], g, 10).unwrap(), vec![0]);
+    let first = s.co.take_commit_undo().unwrap();
+    assert_eq!(offset_of(&s), None, "nothing durable yet");
+    assert_eq!(s.commit_unconfirmed(&ids[0], g, 20).unwrap(), vec![0]);
+    let second = s.co.take_commit_undo().unwrap();
+    // Durable in order: each shows once confirmed.
+    s.co.confirm_commit(first);
+    assert_eq!(offset_of(&s), Some(10));
+    s.co.confirm_commit(second);
+    assert_eq!(offset_of(&s), Some(20));
+    // A later commit fails after an earlier one: the earlier is still shown only when durable.
+    assert_eq!(s.commit_unconfirmed(&ids[0], g, 30).unwrap(), vec![0]);
+    let third = s.co.take_commit_undo().unwrap();
+    assert_eq!(s.commit_unconfirmed(&ids[0], g, 40).unwrap(), vec![0]);
+    let fourth = s.co.take_commit_undo().unwrap();
+    s.co.undo_commit(fourth);
+    assert_eq!(offset_of(&s), Some(20), "30 is not durable yet");
+    s.co.confirm_commit(third);
+    assert_eq!(offset_of(&s), Some(30));
 }

@@ -440,7 +440,7 @@ pub async fn offset_commit(
             // A commit that did not become durable was refused: take it back, so OffsetFetch
             // never shows an offset whose commit failed (the fault harness saw one that
             // stayed visible until a restart, then reverted).
-            let refuse = |what: &str, e: String| {
+            let refuse = |what: &str, e: String, undo: Option<gregor_group::CommitUndo>| {
                 tracing::error!(error = %e, "offset commit {what} failed");
                 if let Some(undo) = undo {
                     // An undo writes no record.
@@ -451,11 +451,18 @@ pub async fn offset_commit(
             };
             match (result, written) {
                 (Err(e), _) => Err(e),
-                (Ok(_), Err(e)) => refuse("append", e),
+                (Ok(_), Err(e)) => refuse("append", e, undo),
                 // Durable before acknowledged.
                 (Ok(codes), Ok(written)) => match crate::internal_topics::sync(written).await {
-                    Ok(()) => Ok(codes),
-                    Err(e) => refuse("fsync", e.to_string()),
+                    Ok(()) => {
+                        // Durable: OffsetFetch may show it from now on.
+                        if let Some(undo) = undo {
+                            let ((), nothing) = svc.run_quiet(|co, _| co.confirm_commit(undo));
+                            debug_assert!(matches!(nothing, Ok(ref w) if w.is_empty()));
+                        }
+                        Ok(codes)
+                    }
+                    Err(e) => refuse("fsync", e.to_string(), undo),
                 },
             }
         }

@@ -111,6 +111,7 @@ impl Coordinator {
                 .map(|(k, _)| k.clone())
                 .collect();
             for (t, p) in expired {
+                group.unconfirmed.remove(&(t.clone(), p));
                 group.offsets.remove(&(t.clone(), p));
                 fx.records.push(OffsetsRecord {
                     partition,

@@ -288,16 +288,22 @@ struct Group {
     initial_delay_limit: i64,
     new_member_added: bool,
     offsets: BTreeMap<(String, i32), Stored>,
+    /// Commits not yet durable, by partition: the write number of the newest one, and the
+    /// durable value OffsetFetch shows until it is confirmed
+    /// ([`Coordinator::confirm_commit`]) or taken back ([`Coordinator::undo_commit`]).
+    unconfirmed: BTreeMap<(String, i32), (u64, Option<Stored>)>,
 }
 
-/// What one OffsetCommit changed in a group's committed offsets, so that a commit whose
-/// records did not become durable can be taken back ([`Coordinator::undo_commit`]).
+/// What one OffsetCommit changed in a group's committed offsets: confirmed once its records
+/// are durable ([`Coordinator::confirm_commit`]), taken back if they did not become durable
+/// ([`Coordinator::undo_commit`]).
 #[derive(Debug)]
 pub struct CommitUndo {
     group_id: String,
-    /// (topic, partition), the write number of the new value, the value it replaced.
+    /// (topic, partition), the write number of the new value, the value it replaced, the new
+    /// value.
     #[allow(clippy::type_complexity)]
-    entries: Vec<((String, i32), u64, Option<Stored>)>,
+    entries: Vec<((String, i32), u64, Option<Stored>, Stored)>,
 }
 
 /// A committed offset and the position of its record in the log order of
@@ -327,6 +333,7 @@ impl Group {
             initial_delay_limit: 0,
             new_member_added: false,
             offsets: BTreeMap::new(),
+            unconfirmed: BTreeMap::new(),
         }
     }
 

@@ -215,8 +215,15 @@ impl Coordinator {
                 written: self.writes,
             };
             let key = (p.topic.clone(), p.partition);
-            let previous = group.offsets.insert(key.clone(), stored);
-            undo.entries.push((key, self.writes, previous));
+            let previous = group.offsets.insert(key.clone(), stored.clone());
+            // OffsetFetch keeps showing the durable value until this one is confirmed.
+            let written = self.writes;
+            group
+                .unconfirmed
+                .entry(key.clone())
+                .and_modify(|u| u.0 = written)
+                .or_insert_with(|| (written, previous.clone()));
+            undo.entries.push((key, written, previous, stored));
         }
         self.last_commit_undo = Some(undo);
         Ok(codes)
@@ -230,9 +237,21 @@ impl Coordinator {
         let Some(group) = self.groups.get_mut(&undo.group_id) else {
             return;
         };
-        for (key, written, previous) in undo.entries {
+        for (key, written, previous, _) in undo.entries {
             if group.offsets.get(&key).map(|s| s.written) != Some(written) {
                 continue;
+            }
+            // The restored value is still unconfirmed if it is not the durable one.
+            let restored = previous.as_ref().map(|p| p.written);
+            if let Some(u) = group.unconfirmed.get_mut(&key) {
+                if u.0 == written {
+                    match restored {
+                        Some(w) if u.1.as_ref().map(|d| d.written) != Some(w) => u.0 = w,
+                        _ => {
+                            group.unconfirmed.remove(&key);
+                        }
+                    }
+                }
             }
             match previous {
                 Some(p) => {
@@ -241,6 +260,26 @@ impl Coordinator {
                 None => {
                     group.offsets.remove(&key);
                 }
+            }
+        }
+    }
+
+    /// Marks what a [`commit_offsets`](Self::commit_offsets) call applied as durable: from now
+    /// on OffsetFetch shows it (unless a later commit of the same partition is still
+    /// unconfirmed: then this value is what OffsetFetch shows until that one is).
+    pub fn confirm_commit(&mut self, undo: CommitUndo) {
+        let Some(group) = self.groups.get_mut(&undo.group_id) else {
+            return;
+        };
+        for (key, written, _, stored) in undo.entries {
+            match group.unconfirmed.get_mut(&key) {
+                Some(u) if u.0 == written => {
+                    group.unconfirmed.remove(&key);
+                }
+                Some(u) if u.0 > written && u.1.as_ref().is_none_or(|d| d.written < written) => {
+                    u.1 = Some(stored);
+                }
+                _ => {}
             }
         }
     }
@@ -264,7 +303,13 @@ impl Coordinator {
         let group = self.groups.get(group_id);
         let lookup = |t: &str, p: i32| {
             group
-                .and_then(|g| g.offsets.get(&(t.to_string(), p)))
+                .and_then(|g| {
+                    let key = (t.to_string(), p);
+                    match g.unconfirmed.get(&key) {
+                        Some((_, durable)) => durable.as_ref(),
+                        None => g.offsets.get(&key),
+                    }
+                })
                 .map(|c| &c.value)
                 .map(|v| Committed {
                     offset: v.offset,
@@ -322,6 +367,7 @@ impl Coordinator {
                 if subscribed.contains(t) {
                     return code(ResponseError::GroupSubscribedToTopic);
                 }
+                group.unconfirmed.remove(&(t.clone(), *p));
                 if group.offsets.remove(&(t.clone(), *p)).is_some() {
                     fx.records.push(OffsetsRecord {
                         partition,
