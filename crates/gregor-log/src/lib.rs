@@ -124,6 +124,14 @@
 //! reads and writes without the log lock and swaps cleaned segments in with
 //! one rename each.
 //!
+//! # Replication (issue 16; `partition/replication.rs`)
+//!
+//! * **Follower appends**: [`PartitionLog::append_replicated`] stores batches exactly as
+//!   the leader stored them — base offsets kept, not assigned — after validating each
+//!   batch's framing and CRC; a batch that does not start at the log end offset (a gap or
+//!   an overlap) is refused with [`LogError::OffsetMismatch`] and nothing is written.
+//!   Rolling, the index and durability (sync jobs) are those of an ordinary append.
+//!
 //! # Reads
 //!
 //! [`PartitionLog::read`] finds the segment holding the requested offset,
@@ -222,6 +230,16 @@ pub enum LogError {
     /// the kernel may have dropped the unsynced pages (see "fsyncgate").
     #[error("log is offline after a failed fsync: {0}")]
     StorageFailed(String),
+    /// A replicated batch ([`PartitionLog::append_replicated`]) does not start at the log
+    /// end offset (or where the previous batch of the same append ended): a gap or an
+    /// overlap. The follower must truncate its log or fetch again from its log end offset.
+    #[error("replicated batch has base offset {found} where {expected} was expected")]
+    OffsetMismatch {
+        /// The offset the batch had to start at (the log end offset).
+        expected: i64,
+        /// The batch's base offset.
+        found: i64,
+    },
     /// The requested offset is outside `[start, end]`.
     #[error("offset {requested} out of range [{start}, {end}]")]
     OffsetOutOfRange {

@@ -1085,5 +1085,7 @@ impl PartitionLog {
     }
 }
 
+mod replication;
+
 #[cfg(test)]
 mod tests;
