@@ -44,10 +44,10 @@
 //!   earlier stays a correct description of a *prefix* of its segment.
 //!   Index files are written with tmp + rename, not fsynced: one that is
 //!   missing, damaged or longer than its segment is ignored and the segment
-//!   is scanned instead. The only operation that shrinks a segment —
-//!   recovery cutting a torn tail — first removes its index file durably
-//!   (unlink + directory fsync); compaction swaps in a new file and a new
-//!   index.
+//!   is scanned instead. The operations that shrink a segment —
+//!   recovery cutting a torn tail, replication's [`PartitionLog::truncate_to`] —
+//!   first remove its index file durably (unlink + directory fsync);
+//!   compaction swaps in a new file and a new index.
 //! * **Aborted-transaction index** (`<base>.txnindex`, see [`txnindex`]):
 //!   Kafka's 34-byte entries appended by [`PartitionLog::append_aborted_txn`]
 //!   to the segment holding the marker; synced by the next [`SyncJob`];
@@ -131,6 +131,16 @@
 //!   batch's framing and CRC; a batch that does not start at the log end offset (a gap or
 //!   an overlap) is refused with [`LogError::OffsetMismatch`] and nothing is written.
 //!   Rolling, the index and durability (sync jobs) are those of an ordinary append.
+//! * **Truncation** (KIP-101): [`PartitionLog::truncate_to`] removes every batch at or
+//!   above an offset — whole segments above it deleted (last first), the segment holding
+//!   it cut at the batch boundary (a batch straddling the offset goes whole), its index
+//!   file removed durably before the cut, `.txnindex` entries of markers at or above the
+//!   new end dropped first. A crash at any step leaves files that open as a prefix of the
+//!   log. Everything kept is fsynced before it returns, the durable offset becomes the new
+//!   end and a sync job taken before the truncation no longer moves it. Never below the
+//!   log start offset. This is the second operation (after recovery cutting a torn tail)
+//!   that shrinks a segment; the caller lowers its checkpointed recovery point and drops
+//!   producer snapshots above the new end.
 //!
 //! # Reads
 //!

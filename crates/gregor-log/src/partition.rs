@@ -48,6 +48,9 @@ pub struct PartitionLog {
     txn_files: BTreeMap<i64, Arc<File>>,
     /// `.txnindex` files appended to since the last sync job.
     txn_dirty: Vec<Arc<File>>,
+    /// Calls of `truncate_to` that cut the log: a sync job taken before one covers files
+    /// that no longer hold the log, so its completion must not move the durable offset.
+    truncations: u64,
 }
 
 /// The aborted-transaction entries of a log's `.txnindex` files, as read on open.
@@ -80,6 +83,8 @@ pub struct SyncJob {
     files: Vec<Arc<File>>,
     dir: Option<PathBuf>,
     up_to: i64,
+    /// The log's truncation count when the job was taken.
+    truncations: u64,
 }
 
 impl SyncJob {
@@ -327,6 +332,7 @@ impl PartitionLog {
             txn_index_bases: BTreeSet::new(),
             txn_files: BTreeMap::new(),
             txn_dirty: Vec::new(),
+            truncations: 0,
         };
         log.adopt_txn_indexes(txn_index_files)?;
         log.finish_open()?;
@@ -557,6 +563,7 @@ impl PartitionLog {
             files,
             dir,
             up_to: self.log_end_offset(),
+            truncations: self.truncations,
         }
     }
 
@@ -565,6 +572,12 @@ impl PartitionLog {
     /// fail with [`LogError::StorageFailed`]), because after a failed fsync
     /// the kernel may have dropped dirty pages and a retry proves nothing.
     pub fn complete_sync(&mut self, job: &SyncJob, result: Result<(), String>) {
+        if result.is_ok() && job.truncations != self.truncations {
+            // Taken before a `truncate_to`: its `up_to` may lie past data that was cut
+            // and rewritten since; the truncation set the durable offset itself.
+            return;
+        }
+
         match result {
             Ok(()) => self.durable_offset = self.durable_offset.max(job.up_to),
             Err(e) => {

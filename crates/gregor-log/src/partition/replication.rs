@@ -1,10 +1,13 @@
 //! What partition replication needs of a log (issue 16): a follower's append of batches
-//! exactly as its leader stored them ([`PartitionLog::append_replicated`]).
+//! exactly as its leader stored them ([`PartitionLog::append_replicated`]) and the
+//! truncation of a diverging tail ([`PartitionLog::truncate_to`], KIP-101).
 //!
 //! Kept apart from the produce path: the leader assigns offsets, a follower keeps them.
 
 use crate::batch::{self, BatchHeader, ValidatedBatches};
+use crate::checkpoint;
 use crate::{AppendInfo, LogError, PartitionLog};
+use tracing::info;
 
 impl PartitionLog {
     /// A follower's append: `batches` are whole v2 batches as the leader stored them (the
@@ -112,6 +115,105 @@ impl PartitionLog {
             records: record_count,
             rolled,
         })
+    }
+
+    /// Removes every batch at or above `offset` (KIP-101 truncation of a follower's
+    /// diverging tail): segments lying wholly above it are deleted, the segment holding it
+    /// is cut at the batch boundary — a batch holding `offset` and earlier offsets too is
+    /// removed whole, so the log end offset becomes that batch's base offset, which may be
+    /// below `offset` — and the aborted-transaction entries of markers at or above the new
+    /// end are dropped ([`truncate_aborted_txns`](Self::truncate_aborted_txns)).
+    ///
+    /// `offset >= log_end_offset` changes nothing. `offset` below the log start offset, or
+    /// a batch holding `offset` that begins below the log start offset, is
+    /// [`LogError::OffsetOutOfRange`] and changes nothing.
+    ///
+    /// Crash-safe: the `.txnindex` entries go first, then the segment files from the
+    /// last one down, then the directory is fsynced, then the holding segment's index file
+    /// is removed and the segment cut and fsynced. A crash at any point leaves files that
+    /// open as a prefix of the log as it was. When it returns, everything kept is fsynced
+    /// and the durable offset is the new log end offset (a sync job taken before the
+    /// truncation no longer moves it). The caller must, before appending again, lower the
+    /// recovery point it checkpoints (the broker's `recovery-point-offset-checkpoint`) to
+    /// at most the new end, drop its producer snapshots above it and rebuild its producer
+    /// state, and not let compaction swap in a copy made before the truncation (as Kafka
+    /// pauses cleaning around a truncation).
+    pub fn truncate_to(&mut self, offset: i64) -> Result<(), LogError> {
+        if let Some(e) = &self.failed {
+            return Err(LogError::StorageFailed(e.clone()));
+        }
+        let (start, end) = (self.log_start_offset, self.log_end_offset());
+        if offset < start {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        if offset >= end {
+            return Ok(());
+        }
+        let i = self
+            .segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1);
+        let seg = &self.segments[i];
+        let Some((position, holding)) = seg.locate(offset)? else {
+            return Err(LogError::CorruptBatch(format!(
+                "offset {offset} not found in {}",
+                seg.path().display()
+            )));
+        };
+        let new_end = holding.base_offset;
+        if new_end < start {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        info!(dir = %self.dir.display(), offset, new_log_end_offset = new_end,
+            old_log_end_offset = end, "truncating log");
+        if let Err(e) = self.cut_tail(i, position, new_end) {
+            // Memory and files may disagree now: no more writes until a reopen recovers.
+            tracing::error!(dir = %self.dir.display(), error = %e, "truncation failed; log is offline");
+            self.failed = Some(format!("truncation failed: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The changes of [`truncate_to`](Self::truncate_to): segment `i` is cut at `position`,
+    /// where the batch with base offset `new_end` begins.
+    fn cut_tail(&mut self, i: usize, position: u64, new_end: i64) -> Result<(), LogError> {
+        self.truncate_aborted_txns(new_end)?;
+        while self.segments.len() > i + 1 {
+            let seg = self.segments.pop().expect("more than i + 1 segments");
+            self.txn_index_bases.remove(&seg.base_offset());
+            self.txn_files.remove(&seg.base_offset());
+            seg.delete()?;
+        }
+        checkpoint::sync_dir(&self.dir)?;
+        self.dir_dirty = false;
+        let interval = self.config.index_interval_bytes;
+        self.segments[i].truncate_to(position, interval)?;
+        // Everything kept is made durable here, whatever sync jobs are in flight.
+        for seg in &mut self.segments[..i] {
+            if let Some(f) = seg.take_dirty_file() {
+                f.sync_data()?;
+            }
+        }
+        for f in std::mem::take(&mut self.txn_dirty) {
+            f.sync_data()?;
+        }
+        self.truncations += 1;
+        self.durable_offset = new_end;
+        self.cleaned_up_to = self.cleaned_up_to.min(new_end);
+        self.unflushed_records = 0;
+        self.first_unflushed_ms = None;
+        debug_assert_eq!(self.log_end_offset(), new_end);
+        self.check_invariants();
+        Ok(())
     }
 }
 
