@@ -19,6 +19,7 @@
 //! <dir>/00000000000000000000.txnindex aborted transactions whose ABORT marker is in that segment
 //! <dir>/log-start-offset             checkpoint: decimal log start offset + '\n'
 //! <dir>/cleaner-offset-checkpoint    compaction: offsets below it were cleaned by the last pass
+//! <dir>/leader-epoch-checkpoint      leader epochs and their start offsets (Kafka's text format)
 //! <dir>/*.tmp, *.log.cleaned         transient; removed on open
 //! ```
 //!
@@ -141,6 +142,20 @@
 //!   log start offset. This is the second operation (after recovery cutting a torn tail)
 //!   that shrinks a segment; the caller lowers its checkpointed recovery point and drops
 //!   producer snapshots above the new end.
+//! * **Leader epochs** ([`epoch`], `partition/epochs.rs`): a [`LeaderEpochCache`] per log,
+//!   persisted as `leader-epoch-checkpoint` (Kafka's format: version, count, lines
+//!   `"epoch startOffset"`; replaced atomically), loaded on open — rebuilt from the
+//!   batches' `partitionLeaderEpoch` if missing or damaged — and trimmed there to
+//!   `[log start, log end)`. A leader calls [`PartitionLog::assign_leader_epoch`] when it
+//!   takes over (its epoch starts at the log end; lower epochs are
+//!   [`LogError::StaleLeaderEpoch`]) and stamps its batches with
+//!   [`batch::stamp_partition_leader_epoch`] (outside the CRC: nothing is recomputed); a
+//!   follower's [`PartitionLog::append_replicated`] records each new epoch of the batches
+//!   it stores. [`PartitionLog::end_offset_for_leader_epoch`] answers OffsetForLeaderEpoch
+//!   as Kafka does. Crash ordering: an entry is written before the batches of its epoch,
+//!   and removed after a truncation removed them, so the file never lacks an entry the
+//!   log needs; entries at or past the log end are dropped on open. The cache is trimmed
+//!   from the start when the log start offset moves.
 //!
 //! # Reads
 //!
@@ -153,8 +168,10 @@
 //!
 //! # Known limitations
 //!
-//! * The log never sets `partitionLeaderEpoch`; batches keep the value the
-//!   producer sent.
+//! * The produce path does not stamp `partitionLeaderEpoch` yet (the helper exists:
+//!   [`batch::stamp_partition_leader_epoch`]); until it does, batches keep the value the
+//!   producer sent, and a cache rebuilt from such a log holds whatever epochs producers
+//!   put there (non-decreasing ones only).
 //! * No preallocation (`fallocate`): with fdatasync per group-commit round
 //!   the measured throughput is already at raw-disk level (see the README's
 //!   `bench-storage`).
@@ -171,11 +188,13 @@
 pub mod batch;
 mod checkpoint;
 pub mod clean;
+pub mod epoch;
 mod partition;
 mod segment;
 pub mod txnindex;
 
 pub use batch::{BatchError, BatchHeader, ValidateError, ValidatedBatches};
+pub use epoch::{EpochEntry, LeaderEpochCache};
 pub use partition::{AbortedTxnsOnDisk, PartitionLog, RecoveryHint, SyncJob};
 pub use txnindex::AbortedTxnEntry;
 
@@ -249,6 +268,15 @@ pub enum LogError {
         expected: i64,
         /// The batch's base offset.
         found: i64,
+    },
+    /// A leader epoch older than the latest one in the log's leader-epoch cache
+    /// ([`PartitionLog::assign_leader_epoch`]).
+    #[error("leader epoch {epoch} is older than the log's latest leader epoch {latest}")]
+    StaleLeaderEpoch {
+        /// The epoch refused.
+        epoch: i32,
+        /// The latest epoch in the cache.
+        latest: i32,
     },
     /// The requested offset is outside `[start, end]`.
     #[error("offset {requested} out of range [{start}, {end}]")]

@@ -51,6 +51,8 @@ pub struct PartitionLog {
     /// Calls of `truncate_to` that cut the log: a sync job taken before one covers files
     /// that no longer hold the log, so its completion must not move the durable offset.
     truncations: u64,
+    /// The leader-epoch cache (`leader-epoch-checkpoint`, see `partition/epochs.rs`).
+    epochs: crate::epoch::LeaderEpochCache,
 }
 
 /// The aborted-transaction entries of a log's `.txnindex` files, as read on open.
@@ -333,9 +335,11 @@ impl PartitionLog {
             txn_files: BTreeMap::new(),
             txn_dirty: Vec::new(),
             truncations: 0,
+            epochs: Default::default(),
         };
         log.adopt_txn_indexes(txn_index_files)?;
         log.finish_open()?;
+        log.load_leader_epochs()?;
         Ok(log)
     }
 
@@ -897,6 +901,7 @@ impl PartitionLog {
         checkpoint::write(&self.dir, offset)?;
         self.log_start_offset = offset;
         self.delete_segments_below_start()?;
+        self.trim_leader_epochs_to_start();
         self.check_invariants();
         Ok(offset)
     }
@@ -1098,6 +1103,7 @@ impl PartitionLog {
     }
 }
 
+mod epochs;
 mod replication;
 
 #[cfg(test)]

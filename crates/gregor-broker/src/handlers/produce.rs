@@ -342,6 +342,7 @@ pub(crate) fn log_error_code(e: &LogError) -> ResponseError {
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         // Replication only (a follower's append); never the answer to a produce.
         LogError::OffsetMismatch { .. } => ResponseError::UnknownServerError,
+        LogError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
         LogError::Io(_) | LogError::StorageFailed(_) => ResponseError::KafkaStorageError,
     }
 }

@@ -88,6 +88,12 @@ impl PartitionLog {
             headers.push((*header, *start));
         }
 
+        // The cache first: a crash leaves it no less than the batches need (see epochs.rs).
+        self.assign_batch_epochs(
+            headers
+                .iter()
+                .map(|(h, _)| (h.partition_leader_epoch, h.base_offset)),
+        )?;
         let active = self.active();
         let would_exceed = active.size() + data.len() as u64 > self.config.segment_bytes;
         // Offsets relative to the segment base stay within i32 (Kafka's index format).
@@ -197,6 +203,11 @@ impl PartitionLog {
         self.dir_dirty = false;
         let interval = self.config.index_interval_bytes;
         self.segments[i].truncate_to(position, interval)?;
+        // The cache after the log: a crash in between leaves entries past the end, which
+        // the next open drops.
+        if self.epochs.truncate_from_end(new_end) {
+            self.write_leader_epochs()?;
+        }
         // Everything kept is made durable here, whatever sync jobs are in flight.
         for seg in &mut self.segments[..i] {
             if let Some(f) = seg.take_dirty_file() {
@@ -218,4 +229,4 @@ impl PartitionLog {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
