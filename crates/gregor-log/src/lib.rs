@@ -137,8 +137,8 @@
 //!   it cut at the batch boundary (a batch straddling the offset goes whole), its index
 //!   file removed durably before the cut, `.txnindex` entries of markers at or above the
 //!   new end dropped first. A crash at any step leaves files that open as a prefix of the
-//!   log. Everything kept is fsynced before it returns, the durable offset becomes the new
-//!   end and a sync job taken before the truncation no longer moves it. Never below the
+//!   log. The cut is fsynced before it returns, the durable offset comes down to at most
+//!   the new end and a sync job taken before the truncation no longer moves it. Never below the
 //!   log start offset. This is the second operation (after recovery cutting a torn tail)
 //!   that shrinks a segment; the caller lowers its checkpointed recovery point and drops
 //!   producer snapshots above the new end.

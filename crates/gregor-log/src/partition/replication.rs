@@ -137,9 +137,9 @@ impl PartitionLog {
     /// Crash-safe: the `.txnindex` entries go first, then the segment files from the
     /// last one down, then the directory is fsynced, then the holding segment's index file
     /// is removed and the segment cut and fsynced. A crash at any point leaves files that
-    /// open as a prefix of the log as it was. When it returns, everything kept is fsynced
-    /// and the durable offset is the new log end offset (a sync job taken before the
-    /// truncation no longer moves it). The caller must, before appending again, lower the
+    /// open as a prefix of the log as it was. When it returns, the cut is fsynced, the
+    /// durable offset is at most the new log end offset, and a sync job taken before the
+    /// truncation no longer moves it (the next one does). The caller must, before appending again, lower the
     /// recovery point it checkpoints (the broker's `recovery-point-offset-checkpoint`) to
     /// at most the new end, drop its producer snapshots above it and rebuild its producer
     /// state, and not let compaction swap in a copy made before the truncation (as Kafka
@@ -208,7 +208,9 @@ impl PartitionLog {
         if self.epochs.truncate_from_end(new_end) {
             self.write_leader_epochs()?;
         }
-        // Everything kept is made durable here, whatever sync jobs are in flight.
+        // Unsynced kept data is synced here too; but a sync job taken earlier may still be
+        // fsyncing what it took, so the durable offset only comes down (its completion no
+        // longer moves it; the next job's does).
         for seg in &mut self.segments[..i] {
             if let Some(f) = seg.take_dirty_file() {
                 f.sync_data()?;
@@ -218,7 +220,7 @@ impl PartitionLog {
             f.sync_data()?;
         }
         self.truncations += 1;
-        self.durable_offset = new_end;
+        self.durable_offset = self.durable_offset.min(new_end);
         self.cleaned_up_to = self.cleaned_up_to.min(new_end);
         self.unflushed_records = 0;
         self.first_unflushed_ms = None;

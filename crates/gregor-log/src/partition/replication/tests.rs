@@ -288,6 +288,7 @@ fn truncation_cuts_at_the_batch_holding_the_offset() {
     let holding = log.read(20, 1, i64::MAX).unwrap();
     let base = i64::from_be_bytes(holding.data[0..8].try_into().unwrap());
     assert!(base < 20);
+    log.flush().unwrap();
     log.truncate_to(20).unwrap();
     assert_eq!(log.log_end_offset(), base);
     assert_eq!(log.durable_offset(), base);
@@ -395,11 +396,14 @@ fn truncation_trims_the_aborted_transaction_index() {
 fn a_sync_job_taken_before_a_truncation_does_not_move_the_durable_offset() {
     let dir = TempDir::new().unwrap();
     let (mut log, _) = filled(dir.path(), 10);
+    log.flush().unwrap();
+    log.append(&batch(0, 1, 2, 10, 0)).unwrap();
     let job = log.take_sync_job();
     assert_eq!(job.up_to(), log.log_end_offset());
     log.truncate_to(5).unwrap();
     let end = log.log_end_offset();
     assert!(end <= 5);
+    assert_eq!(log.durable_offset(), end);
     // New data at the old offsets, not fsynced yet.
     log.append(&batch(0, 1, 3, 10, 0)).unwrap();
     job.run().unwrap();
