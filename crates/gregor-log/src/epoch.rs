@@ -290,6 +290,57 @@ mod tests {
         assert!(c.entries().is_empty());
     }
 
+    /// The cache of a log whose batches (one offset each) carry `epochs`.
+    fn of_batches(epochs: &[i32]) -> LeaderEpochCache {
+        let mut c = LeaderEpochCache::default();
+        for (offset, e) in epochs.iter().enumerate() {
+            let _ = c.assign(*e, offset as i64);
+        }
+        c
+    }
+
+    proptest::proptest! {
+        /// For a log whose batch epochs never decrease: every known epoch's end offset is
+        /// the first offset of a higher epoch (the log end for the latest), the file round
+        /// trips, and truncating the cache from the end at `cut` gives the cache of the
+        /// log's first `cut` batches.
+        #[test]
+        fn the_cache_describes_the_log(
+            steps in proptest::collection::vec((0i32..3, 1usize..5), 1..30),
+            cut in 0usize..100,
+        ) {
+            let mut epochs = Vec::new();
+            let mut epoch = 0;
+            for (bump, n) in steps {
+                epoch += bump;
+                epochs.extend(std::iter::repeat_n(epoch, n));
+            }
+            let c = of_batches(&epochs);
+            let leo = epochs.len() as i64;
+            for w in c.entries().windows(2) {
+                proptest::prop_assert!(w[0].epoch < w[1].epoch && w[0].start_offset < w[1].start_offset);
+            }
+            for e in 0..=epoch + 1 {
+                let first_above = epochs.iter().position(|x| *x > e).map(|p| p as i64);
+                let got = c.end_offset_for(e, leo);
+                if e > epoch {
+                    proptest::prop_assert_eq!(got, (-1, -1));
+                } else if e == epoch {
+                    proptest::prop_assert_eq!(got, (e, leo));
+                } else {
+                    let floor = epochs.iter().copied().filter(|x| *x <= e).max();
+                    let first_above = first_above.unwrap();
+                    proptest::prop_assert_eq!(got, (floor.unwrap_or(e), first_above));
+                }
+            }
+            proptest::prop_assert_eq!(LeaderEpochCache::parse(&c.encode()), Some(c.clone()));
+            let cut = cut.min(epochs.len());
+            let mut t = c.clone();
+            t.truncate_from_end(cut as i64);
+            proptest::prop_assert_eq!(t, of_batches(&epochs[..cut]));
+        }
+    }
+
     #[test]
     fn file_format_round_trip_and_damage() {
         let c = cache(&[(0, 0), (3, 1200)]);
