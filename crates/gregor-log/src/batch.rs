@@ -340,6 +340,31 @@ pub(crate) fn set_log_append_time(batch: &mut [u8], header: &mut BatchHeader, ti
     batch[CRC_POS..CRC_POS + 4].copy_from_slice(&header.crc.to_be_bytes());
 }
 
+/// Sets the `partitionLeaderEpoch` of the batch starting at `batch` (which needs at least
+/// the first 16 bytes). The field lies outside the CRC (which covers `[21..end)`), so the
+/// batch stays valid and its CRC unchanged.
+pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
+    batch[PARTITION_LEADER_EPOCH_POS..PARTITION_LEADER_EPOCH_POS + 4]
+        .copy_from_slice(&epoch.to_be_bytes());
+}
+
+/// A leader stamps its epoch into every batch it is about to append (Kafka sets
+/// `partitionLeaderEpoch` on the leader's append): sets it in each of the concatenated
+/// whole batches of `batches`, walking `batchLength`s only. Returns the number of batches
+/// stamped; stops before anything that is not a whole batch (validation refuses those).
+pub fn stamp_partition_leader_epoch(batches: &mut [u8], epoch: i32) -> usize {
+    let (mut pos, mut n) = (0, 0);
+    while let Some((_, size)) = peek_offset_and_size(&batches[pos..]) {
+        if size > batches.len() - pos || size < BatchHeader::SIZE {
+            break;
+        }
+        set_partition_leader_epoch(&mut batches[pos..], epoch);
+        pos += size;
+        n += 1;
+    }
+    n
+}
+
 /// Reads `(baseOffset, totalSize)` from the first 12 bytes of a batch, without
 /// any validation. `None` if fewer than 12 bytes are available or the length
 /// is not a plausible v2 batch length.
@@ -522,6 +547,29 @@ mod tests {
         assert!(matches!(it.next(), Some(Err(BatchError::Truncated { .. }))));
         assert!(it.next().is_none());
         assert_eq!(iter_batches(&[]).count(), 0);
+    }
+
+    #[test]
+    fn stamping_the_leader_epoch_keeps_the_crc() {
+        let mut buf = empty_batch(0, 0, 1);
+        buf.extend(empty_batch(1, 1, 2));
+        let crcs: Vec<u32> = iter_batches(&buf).map(|r| r.unwrap().0.crc).collect();
+        assert_eq!(stamp_partition_leader_epoch(&mut buf, 42), 2);
+        let after: Vec<BatchHeader> = iter_batches(&buf).map(|r| r.unwrap().0).collect();
+        assert_eq!(after.iter().map(|h| h.crc).collect::<Vec<_>>(), crcs);
+        assert!(after.iter().all(|h| h.partition_leader_epoch == 42));
+        assert_eq!(
+            compute_crc(&buf[..61]),
+            crcs[0],
+            "the CRC recomputed is the same"
+        );
+        // A torn trailing batch is left alone.
+        let mut torn = buf.clone();
+        torn.truncate(100);
+        assert_eq!(stamp_partition_leader_epoch(&mut torn, 7), 1);
+        assert_eq!(be_i32(&torn, PARTITION_LEADER_EPOCH_POS), 7);
+        assert_eq!(be_i32(&torn, 61 + PARTITION_LEADER_EPOCH_POS), 42);
+        assert_eq!(stamp_partition_leader_epoch(&mut [], 7), 0);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! <dir>/00000000000000000000.txnindex aborted transactions whose ABORT marker is in that segment
 //! <dir>/log-start-offset             checkpoint: decimal log start offset + '\n'
 //! <dir>/cleaner-offset-checkpoint    compaction: offsets below it were cleaned by the last pass
+//! <dir>/leader-epoch-checkpoint      leader epochs and their start offsets (Kafka's text format)
 //! <dir>/*.tmp, *.log.cleaned         transient; removed on open
 //! ```
 //!
@@ -44,10 +45,10 @@
 //!   earlier stays a correct description of a *prefix* of its segment.
 //!   Index files are written with tmp + rename, not fsynced: one that is
 //!   missing, damaged or longer than its segment is ignored and the segment
-//!   is scanned instead. The only operation that shrinks a segment —
-//!   recovery cutting a torn tail — first removes its index file durably
-//!   (unlink + directory fsync); compaction swaps in a new file and a new
-//!   index.
+//!   is scanned instead. The operations that shrink a segment —
+//!   recovery cutting a torn tail, replication's [`PartitionLog::truncate_to`] —
+//!   first remove its index file durably (unlink + directory fsync);
+//!   compaction swaps in a new file and a new index.
 //! * **Aborted-transaction index** (`<base>.txnindex`, see [`txnindex`]):
 //!   Kafka's 34-byte entries appended by [`PartitionLog::append_aborted_txn`]
 //!   to the segment holding the marker; synced by the next [`SyncJob`];
@@ -127,6 +128,38 @@
 //! reads and writes without the log lock and swaps cleaned segments in with
 //! one rename each.
 //!
+//! # Replication (issue 16; `partition/replication.rs`)
+//!
+//! * **Follower appends**: [`PartitionLog::append_replicated`] stores batches exactly as
+//!   the leader stored them — base offsets kept, not assigned — after validating each
+//!   batch's framing and CRC; a batch that does not start at the log end offset (a gap or
+//!   an overlap) is refused with [`LogError::OffsetMismatch`] and nothing is written.
+//!   Rolling, the index and durability (sync jobs) are those of an ordinary append.
+//! * **Truncation** (KIP-101): [`PartitionLog::truncate_to`] removes every batch at or
+//!   above an offset — whole segments above it deleted (last first), the segment holding
+//!   it cut at the batch boundary (a batch straddling the offset goes whole), its index
+//!   file removed durably before the cut, `.txnindex` entries of markers at or above the
+//!   new end dropped first. A crash at any step leaves files that open as a prefix of the
+//!   log. The cut is fsynced before it returns, the durable offset comes down to at most
+//!   the new end and a sync job taken before the truncation no longer moves it. Never below the
+//!   log start offset. This is the second operation (after recovery cutting a torn tail)
+//!   that shrinks a segment; the caller lowers its checkpointed recovery point and drops
+//!   producer snapshots above the new end.
+//! * **Leader epochs** ([`epoch`], `partition/epochs.rs`): a [`LeaderEpochCache`] per log,
+//!   persisted as `leader-epoch-checkpoint` (Kafka's format: version, count, lines
+//!   `"epoch startOffset"`; replaced atomically), loaded on open — rebuilt from the
+//!   batches' `partitionLeaderEpoch` if missing or damaged — and trimmed there to
+//!   `[log start, log end)`. A leader calls [`PartitionLog::assign_leader_epoch`] when it
+//!   takes over (its epoch starts at the log end; lower epochs are
+//!   [`LogError::StaleLeaderEpoch`]) and stamps its batches with
+//!   [`batch::stamp_partition_leader_epoch`] (outside the CRC: nothing is recomputed); a
+//!   follower's [`PartitionLog::append_replicated`] records each new epoch of the batches
+//!   it stores. [`PartitionLog::end_offset_for_leader_epoch`] answers OffsetForLeaderEpoch
+//!   as Kafka does. Crash ordering: an entry is written before the batches of its epoch,
+//!   and removed after a truncation removed them, so the file never lacks an entry the
+//!   log needs; entries at or past the log end are dropped on open. The cache is trimmed
+//!   from the start when the log start offset moves.
+//!
 //! # Reads
 //!
 //! [`PartitionLog::read`] finds the segment holding the requested offset,
@@ -138,8 +171,10 @@
 //!
 //! # Known limitations
 //!
-//! * The log never sets `partitionLeaderEpoch`; batches keep the value the
-//!   producer sent.
+//! * The produce path does not stamp `partitionLeaderEpoch` yet (the helper exists:
+//!   [`batch::stamp_partition_leader_epoch`]); until it does, batches keep the value the
+//!   producer sent, and a cache rebuilt from such a log holds whatever epochs producers
+//!   put there (non-decreasing ones only).
 //! * No preallocation (`fallocate`): with fdatasync per group-commit round
 //!   the measured throughput is already at raw-disk level (see the README's
 //!   `bench-storage`).
@@ -156,11 +191,13 @@
 pub mod batch;
 mod checkpoint;
 pub mod clean;
+pub mod epoch;
 mod partition;
 mod segment;
 pub mod txnindex;
 
 pub use batch::{BatchError, BatchHeader, ValidateError, ValidatedBatches};
+pub use epoch::{EpochEntry, LeaderEpochCache};
 pub use partition::{AbortedTxnsOnDisk, PartitionLog, RecoveryHint, SyncJob};
 pub use txnindex::AbortedTxnEntry;
 
@@ -225,6 +262,25 @@ pub enum LogError {
     /// the kernel may have dropped the unsynced pages (see "fsyncgate").
     #[error("log is offline after a failed fsync: {0}")]
     StorageFailed(String),
+    /// A replicated batch ([`PartitionLog::append_replicated`]) does not start at the log
+    /// end offset (or where the previous batch of the same append ended): a gap or an
+    /// overlap. The follower must truncate its log or fetch again from its log end offset.
+    #[error("replicated batch has base offset {found} where {expected} was expected")]
+    OffsetMismatch {
+        /// The offset the batch had to start at (the log end offset).
+        expected: i64,
+        /// The batch's base offset.
+        found: i64,
+    },
+    /// A leader epoch older than the latest one in the log's leader-epoch cache
+    /// ([`PartitionLog::assign_leader_epoch`]).
+    #[error("leader epoch {epoch} is older than the log's latest leader epoch {latest}")]
+    StaleLeaderEpoch {
+        /// The epoch refused.
+        epoch: i32,
+        /// The latest epoch in the cache.
+        latest: i32,
+    },
     /// The requested offset is outside `[start, end]`.
     #[error("offset {requested} out of range [{start}, {end}]")]
     OffsetOutOfRange {

@@ -48,6 +48,11 @@ pub struct PartitionLog {
     txn_files: BTreeMap<i64, Arc<File>>,
     /// `.txnindex` files appended to since the last sync job.
     txn_dirty: Vec<Arc<File>>,
+    /// Calls of `truncate_to` that cut the log: a sync job taken before one covers files
+    /// that no longer hold the log, so its completion must not move the durable offset.
+    truncations: u64,
+    /// The leader-epoch cache (`leader-epoch-checkpoint`, see `partition/epochs.rs`).
+    epochs: crate::epoch::LeaderEpochCache,
 }
 
 /// The aborted-transaction entries of a log's `.txnindex` files, as read on open.
@@ -80,6 +85,8 @@ pub struct SyncJob {
     files: Vec<Arc<File>>,
     dir: Option<PathBuf>,
     up_to: i64,
+    /// The log's truncation count when the job was taken.
+    truncations: u64,
 }
 
 impl SyncJob {
@@ -327,9 +334,12 @@ impl PartitionLog {
             txn_index_bases: BTreeSet::new(),
             txn_files: BTreeMap::new(),
             txn_dirty: Vec::new(),
+            truncations: 0,
+            epochs: Default::default(),
         };
         log.adopt_txn_indexes(txn_index_files)?;
         log.finish_open()?;
+        log.load_leader_epochs()?;
         Ok(log)
     }
 
@@ -562,6 +572,7 @@ impl PartitionLog {
             files,
             dir,
             up_to: self.log_end_offset(),
+            truncations: self.truncations,
         }
     }
 
@@ -573,6 +584,12 @@ impl PartitionLog {
     /// the failure and completed after it covers pages the failure may have
     /// dropped).
     pub fn complete_sync(&mut self, job: &SyncJob, result: Result<(), String>) {
+        if result.is_ok() && job.truncations != self.truncations {
+            // Taken before a `truncate_to`: its `up_to` may lie past data that was cut
+            // and rewritten since; the truncation set the durable offset itself.
+            return;
+        }
+
         match result {
             Ok(()) if self.failed.is_some() => {}
             Ok(()) => self.durable_offset = self.durable_offset.max(job.up_to),
@@ -898,6 +915,7 @@ impl PartitionLog {
         checkpoint::write(&self.dir, offset)?;
         self.log_start_offset = offset;
         self.delete_segments_below_start()?;
+        self.trim_leader_epochs_to_start();
         self.check_invariants();
         Ok(offset)
     }
@@ -1098,6 +1116,9 @@ impl PartitionLog {
             .all(|w| w[0].next_offset() == w[1].base_offset()));
     }
 }
+
+mod epochs;
+mod replication;
 
 #[cfg(test)]
 mod tests;

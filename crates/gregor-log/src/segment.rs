@@ -526,6 +526,42 @@ impl Segment {
             .map_or(0, |e| e.position)
     }
 
+    /// Cuts the segment to its first `position` bytes, which must be a batch boundary
+    /// (replication's truncation, `PartitionLog::truncate_to`), durably: the index file
+    /// is removed first (and the directory fsynced), since it describes bytes going away;
+    /// then the file is cut and fsynced (which also makes the kept bytes durable). The
+    /// in-memory index and maximum timestamp are rebuilt from the kept batch headers (no
+    /// CRC: they were validated when they were written or loaded).
+    pub fn truncate_to(&mut self, position: u64, index_interval: u64) -> Result<(), LogError> {
+        debug_assert!(position <= self.size);
+        remove_if_exists(&index_path(&self.path))?;
+        if let Some(dir) = self.path.parent() {
+            crate::checkpoint::sync_dir(dir)?;
+        }
+        self.persisted_index = false;
+        self.indexed_size = 0;
+        self.file.set_len(position)?;
+        self.file.sync_all()?;
+        self.dirty = false;
+        self.size = position;
+        let mut kept = Vec::new();
+        let mut scanner = self.scanner(0);
+        while let Some(item) = scanner.next_header()? {
+            kept.push(item);
+        }
+        self.index.clear();
+        self.bytes_since_index = 0;
+        self.max_timestamp = None;
+        self.next_offset = self.base_offset;
+        for (pos, header) in kept {
+            self.track_batch(&header, pos, index_interval);
+        }
+        if position == 0 {
+            self.first_append_ms = None;
+        }
+        Ok(())
+    }
+
     /// Deletes the segment file.
     pub fn delete(self) -> Result<(), LogError> {
         let Segment { path, file, .. } = self;

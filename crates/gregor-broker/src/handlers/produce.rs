@@ -349,6 +349,9 @@ pub(crate) fn log_error_code(e: &LogError) -> ResponseError {
         LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         LogError::InvalidRecord(_) => ResponseError::InvalidRecord,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        // Replication only (a follower's append); never the answer to a produce.
+        LogError::OffsetMismatch { .. } => ResponseError::UnknownServerError,
+        LogError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
         LogError::Io(_) | LogError::StorageFailed(_) => ResponseError::KafkaStorageError,
     }
 }
