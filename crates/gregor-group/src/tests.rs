@@ -813,16 +813,18 @@ proptest! {
     }
 }
 
+/// The offset OffsetFetch shows for group `g`'s only partition.
+fn offset_of(s: &Sim) -> Option<i64> {
+    s.co.fetch_offsets("g", None).unwrap()[0].1[0]
+        .1
+        .as_ref()
+        .map(|c| c.offset)
+}
+
 #[test]
 fn a_commit_that_did_not_become_durable_is_taken_back() {
     let mut s = Sim::new();
     let (ids, g) = stable_group(&mut s, 1);
-    let offset_of = |s: &Sim| {
-        s.co.fetch_offsets("g", None).unwrap()[0].1[0]
-            .1
-            .as_ref()
-            .map(|c| c.offset)
-    };
     assert_eq!(s.commit(&ids[0], g, 100).unwrap(), vec![0]);
     // The next commit's append or fsync fails: until then OffsetFetch shows the durable
     // offset; the broker undoes it, the old offset stays.
@@ -846,12 +848,6 @@ fn a_commit_that_did_not_become_durable_is_taken_back() {
 fn offset_fetch_shows_a_commit_only_once_it_is_durable() {
     let mut s = Sim::new();
     let (ids, g) = stable_group(&mut s, 1);
-    let offset_of = |s: &Sim| {
-        s.co.fetch_offsets("g", None).unwrap()[0].1[0]
-            .1
-            .as_ref()
-            .map(|c| c.offset)
-    };
     assert_eq!(s.commit_unconfirmed(&ids[0], g, 10).unwrap(), vec![0]);
     let first = s.co.take_commit_undo().unwrap();
     assert_eq!(offset_of(&s), None, "nothing durable yet");

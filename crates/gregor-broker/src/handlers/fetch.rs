@@ -28,6 +28,7 @@ use kafka_protocol::records::RecordBatchDecoder;
 use tokio::time::Instant;
 
 use super::produce::log_error_code;
+use super::served_partition;
 use crate::broker::Broker;
 use crate::partition::Partition;
 use crate::registry::Topic;
@@ -194,17 +195,9 @@ pub fn list_offsets(
                         .with_offset(-1)
                         // Not in the schema before v4; encoding refuses a non-default value.
                         .with_leader_epoch(if version >= 4 { 0 } else { -1 });
-                    match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
-                        None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                        Some(partition)
-                            if broker
-                                .check_leader(&partition.topic, p.partition_index)
-                                .is_err() =>
-                        {
-                            r.error_code = ResponseError::NotLeaderOrFollower.code()
-                        }
-                        Some(partition) => match offset_for(partition, p.timestamp, read_committed)
-                        {
+                    match served_partition(broker, topic.as_ref(), p.partition_index) {
+                        Err(e) => r.error_code = e.code(),
+                        Ok(partition) => match offset_for(partition, p.timestamp, read_committed) {
                             Ok(Some((offset, ts))) => {
                                 r.offset = offset;
                                 r.timestamp = ts;
@@ -306,16 +299,9 @@ pub fn delete_records(broker: &Arc<Broker>, req: DeleteRecordsRequest) -> Delete
                     let mut r = DeleteRecordsPartitionResult::default()
                         .with_partition_index(p.partition_index)
                         .with_low_watermark(-1);
-                    match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
-                        None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                        Some(partition)
-                            if broker
-                                .check_leader(&partition.topic, p.partition_index)
-                                .is_err() =>
-                        {
-                            r.error_code = ResponseError::NotLeaderOrFollower.code()
-                        }
-                        Some(partition) => match partition.delete_records_before(p.offset) {
+                    match served_partition(broker, topic.as_ref(), p.partition_index) {
+                        Err(e) => r.error_code = e.code(),
+                        Ok(partition) => match partition.delete_records_before(p.offset) {
                             Ok(Some(low)) => r.low_watermark = low,
                             Ok(None) => r.error_code = ResponseError::OffsetOutOfRange.code(),
                             Err(e) => r.error_code = log_error_code(&e).code(),

@@ -242,6 +242,23 @@ pub fn partitions_named(body: &RequestKind) -> usize {
     }
 }
 
+/// Partition `index` of `topic`, if this broker serves it: UNKNOWN_TOPIC_OR_PARTITION when
+/// there is no such partition, NOT_LEADER_OR_FOLLOWER when another broker leads it.
+pub(crate) fn served_partition<'a>(
+    broker: &Broker,
+    topic: Option<&'a Arc<crate::registry::Topic>>,
+    index: i32,
+) -> Result<&'a Arc<crate::partition::Partition>, kafka_protocol::error::ResponseError> {
+    use kafka_protocol::error::ResponseError;
+    let partition = topic
+        .and_then(|t| t.partition(index))
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    broker
+        .check_leader(&partition.topic, index)
+        .map_err(|_| ResponseError::NotLeaderOrFollower)?;
+    Ok(partition)
+}
+
 pub(crate) fn sb(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }

@@ -156,9 +156,12 @@ pub fn describe_producers(
                 .iter()
                 .map(|&p| {
                     let mut r = PartitionResponse::default().with_partition_index(p);
-                    let Some(partition) = topic.as_ref().and_then(|tp| tp.partition(p)) else {
-                        r.error_code = ResponseError::UnknownTopicOrPartition.code();
-                        return r;
+                    let partition = match super::served_partition(broker, topic.as_ref(), p) {
+                        Ok(partition) => partition,
+                        Err(e) => {
+                            r.error_code = e.code();
+                            return r;
+                        }
                     };
                     let (mut producers, ongoing) = partition.producer_summaries();
                     let ongoing: BTreeMap<i64, i64> = ongoing.into_iter().collect();
