@@ -33,6 +33,33 @@ use crate::records::{BrokerId, Endpoint, RecordBatch};
 use crate::store::{LogStore, StateMachine};
 use crate::TypeConfig;
 
+/// Runs `attempt` (given the attempt number, from 1) until it answers anything but a
+/// retriable error, pausing `pause` between tries; a retriable error at `deadline` becomes
+/// [`MetaError::RequestTimedOut`].
+async fn retrying<T, F, Fut>(
+    deadline: tokio::time::Instant,
+    pause: Duration,
+    mut attempt: F,
+) -> Result<T, MetaError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, MetaError>>,
+{
+    let mut n = 0usize;
+    loop {
+        n += 1;
+        match attempt(n).await {
+            Err(e) if e.is_retriable() => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(MetaError::RequestTimedOut);
+                }
+                tokio::time::sleep(pause).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Milliseconds from a monotonic clock: the controller's only notion of time.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
@@ -315,25 +342,17 @@ impl MetaNode {
             .runtime
             .spawn(async move {
                 let deadline = tokio::time::Instant::now() + n.inner.config.propose_timeout;
-                loop {
-                    let r = match n.leader_id().map(|l| l as u64) {
+                retrying(deadline, Duration::from_millis(50), |_| async {
+                    match n.leader_id().map(|l| l as u64) {
                         Some(l) if l == n.inner.id => n.local_quorum(),
                         Some(l) => match n.call(l, &LinkRequest::Quorum, deadline).await {
                             Ok(LinkResponse::Quorum(r)) => r,
                             _ => Err(MetaError::NotController),
                         },
                         None => Err(MetaError::NotController),
-                    };
-                    match r {
-                        Err(e) if e.is_retriable() => {
-                            if tokio::time::Instant::now() >= deadline {
-                                return Err(MetaError::RequestTimedOut);
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        r => return r,
                     }
-                }
+                })
+                .await
             })
             .await
             .unwrap_or(Err(MetaError::NotController))
@@ -441,52 +460,43 @@ impl MetaNode {
             .config
             .voters
             .contains_key(&self.inner.config.node_id);
-        let mut attempt = 0usize;
-        loop {
-            attempt += 1;
-            let leader = self.inner.raft.metrics().borrow().current_leader;
-            let r = match leader {
-                Some(l) if l == self.inner.id => {
-                    tokio::time::timeout_at(deadline, self.propose_local(&cmd))
-                        .await
-                        .unwrap_or(Err(MetaError::RequestTimedOut))
-                }
-                // A forward to a leader that hangs (paused, cut off) is abandoned as soon as
-                // this node sees another leader or an election, not at the deadline.
-                Some(l) => {
-                    let forward = LinkRequest::Forward(cmd.clone());
-                    let call = self.call(l, &forward, deadline);
-                    tokio::select! {
-                        r = call => match r {
+        retrying(deadline, Duration::from_millis(20), |attempt| {
+            let cmd = cmd.clone();
+            let voters = &voters;
+            async move {
+                let leader = self.inner.raft.metrics().borrow().current_leader;
+                match leader {
+                    Some(l) if l == self.inner.id => {
+                        tokio::time::timeout_at(deadline, self.propose_local(&cmd))
+                            .await
+                            .unwrap_or(Err(MetaError::RequestTimedOut))
+                    }
+                    // A forward to a leader that hangs (paused, cut off) is abandoned as soon
+                    // as this node sees another leader or an election, not at the deadline.
+                    Some(l) => {
+                        let forward = LinkRequest::Forward(cmd);
+                        let call = self.call(l, &forward, deadline);
+                        tokio::select! {
+                            r = call => match r {
+                                Ok(LinkResponse::Forward(r)) => r,
+                                _ => Err(MetaError::NotController),
+                            },
+                            _ = self.leader_changes_from(l) => Err(MetaError::NotController),
+                        }
+                    }
+                    // Not a voter and no leader known yet: ask the voters in turn to relay.
+                    None if broker_only && !voters.is_empty() => {
+                        let to = voters[attempt % voters.len()];
+                        match self.call(to, &LinkRequest::Relay(cmd), deadline).await {
                             Ok(LinkResponse::Forward(r)) => r,
                             _ => Err(MetaError::NotController),
-                        },
-                        _ = self.leader_changes_from(l) => Err(MetaError::NotController),
+                        }
                     }
+                    None => Err(MetaError::NotController),
                 }
-                // Not a voter and no leader known yet: ask the voters in turn to relay.
-                None if broker_only && !voters.is_empty() => {
-                    let to = voters[attempt % voters.len()];
-                    match self
-                        .call(to, &LinkRequest::Relay(cmd.clone()), deadline)
-                        .await
-                    {
-                        Ok(LinkResponse::Forward(r)) => r,
-                        _ => Err(MetaError::NotController),
-                    }
-                }
-                None => Err(MetaError::NotController),
-            };
-            match r {
-                Err(e) if e.is_retriable() => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(MetaError::RequestTimedOut);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                r => return r,
             }
-        }
+        })
+        .await
     }
 
     /// Completes when this node's view of the Raft leader is no longer `leader`.
