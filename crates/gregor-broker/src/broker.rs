@@ -123,10 +123,19 @@ impl Broker {
                 self.config.data_dir.display()
             );
         }
+        let replicas = Arc::new(crate::replication::ReplicaManager::new(
+            node.node_id(),
+            self.registry.clone(),
+            self.clock.clone(),
+            &self.config,
+            self.flusher.queue_fn(),
+        ));
         let cluster = Arc::new(Cluster::start(
             node,
             self.registry.clone(),
             (self.advertised_host.clone(), port),
+            replicas,
+            self.config.replica_lag_time_max_ms,
         ));
         if self.cluster.set(cluster.clone()).is_err() {
             anyhow::bail!("already joined a cluster");

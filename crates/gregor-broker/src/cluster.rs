@@ -20,13 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gregor_meta::{
-    BrokerHandle, Command, Endpoint, MetaError, MetaNode, MetadataImage, Reply, NO_LEADER,
+    BrokerHandle, Command, Endpoint, IsrChange, MetaError, MetaNode, MetadataImage, Reply,
+    NO_LEADER,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::registry::{TopicRegistry, TopicSpec};
+use crate::replication::ReplicaManager;
 
 /// Producer ids handed to this broker by the controller: `[next, end)`.
 #[derive(Default)]
@@ -46,6 +48,9 @@ pub struct Cluster {
     /// Serializes producer-id block requests.
     producer_id_refill: tokio::sync::Mutex<()>,
     reconciler: JoinHandle<()>,
+    /// Proposes the ISR changes of the partitions led here (AlterPartition).
+    isr_task: JoinHandle<()>,
+    replicas: Arc<ReplicaManager>,
 }
 
 /// Where a partition is served, as the applied image says.
@@ -61,11 +66,19 @@ impl Cluster {
     /// Joins the quorum that `node` is a member of: starts the registry reconciler and the
     /// broker's registration (advertising `endpoint` to clients). Must be called inside a
     /// tokio runtime.
-    pub fn start(node: MetaNode, registry: Arc<TopicRegistry>, endpoint: (String, u16)) -> Self {
+    pub fn start(
+        node: MetaNode,
+        registry: Arc<TopicRegistry>,
+        endpoint: (String, u16),
+        replicas: Arc<ReplicaManager>,
+        replica_lag_time_max_ms: u64,
+    ) -> Self {
         let me = node.node_id();
         let (applied_tx, applied) = watch::channel(Arc::new(MetadataImage::default()));
         let mut images = node.image();
+        let reconcile_replicas = replicas.clone();
         let reconciler = tokio::spawn(async move {
+            let replicas = reconcile_replicas;
             loop {
                 let image = images.borrow_and_update().clone();
                 // Index 0 is the empty image before anything was applied: never a reason to
@@ -74,7 +87,13 @@ impl Cluster {
                     let specs = topic_specs(&image);
                     let index = image.applied_index;
                     let reg = registry.clone();
-                    match tokio::task::spawn_blocking(move || reg.apply_image(&specs, index)).await
+                    let (replicas, img) = (replicas.clone(), image.clone());
+                    match tokio::task::spawn_blocking(move || {
+                        reg.apply_image(&specs, index)?;
+                        replicas.apply(&img);
+                        anyhow::Ok(())
+                    })
+                    .await
                     {
                         Ok(Ok(())) => {
                             applied_tx.send_replace(image);
@@ -101,6 +120,14 @@ impl Cluster {
             None,
         );
         let cluster_id = cluster_id_of(node.voters());
+        let isr_task = tokio::spawn(isr_loop(
+            node.clone(),
+            me,
+            registration.epoch.clone(),
+            applied.clone(),
+            replicas.clone(),
+            replica_lag_time_max_ms,
+        ));
         Cluster {
             node,
             me,
@@ -110,6 +137,8 @@ impl Cluster {
             producer_ids: Mutex::new(ProducerIdBlock::default()),
             producer_id_refill: tokio::sync::Mutex::new(()),
             reconciler,
+            isr_task,
+            replicas,
         }
     }
 
@@ -249,7 +278,72 @@ impl Cluster {
     /// Stops the reconciler, the registration loop and the metadata node.
     pub async fn shutdown(&self) {
         self.reconciler.abort();
+        self.isr_task.abort();
+        self.replicas.shutdown();
         self.node.shutdown().await;
+    }
+}
+
+/// Every 100 ms: the ISR changes due on the partitions led here go to the controller in
+/// one AlterPartition; what it answers is applied (a refusal or no answer forgets the
+/// proposal, and the next round proposes again).
+async fn isr_loop(
+    node: MetaNode,
+    me: i32,
+    broker_epoch: watch::Receiver<Option<i64>>,
+    applied: watch::Receiver<Arc<MetadataImage>>,
+    replicas: Arc<ReplicaManager>,
+    lag_max_ms: u64,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(epoch) = *broker_epoch.borrow() else {
+            continue;
+        };
+        let image = applied.borrow().clone();
+        let changes = replicas.isr_changes(lag_max_ms, &|b| image.is_live(b));
+        if changes.is_empty() {
+            continue;
+        }
+        let cmd = Command::AlterPartition {
+            broker_id: me,
+            broker_epoch: epoch,
+            changes: changes
+                .iter()
+                .map(|(topic_id, p, c)| IsrChange {
+                    topic_id: *topic_id,
+                    partition: p.index,
+                    leader_epoch: c.leader_epoch,
+                    partition_epoch: c.partition_epoch,
+                    new_isr: c.new_isr.clone(),
+                })
+                .collect(),
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(5), node.propose(cmd)).await;
+        match reply {
+            Ok(Ok(Reply::AlterPartition(results))) if results.len() == changes.len() => {
+                for ((_, p, c), r) in changes.iter().zip(results) {
+                    match r {
+                        Ok(record) => {
+                            tracing::info!(topic = %p.topic, partition = p.index, isr = ?record.isr, "ISR changed");
+                            p.isr_committed(record.partition_epoch, &record.isr);
+                        }
+                        Err(e) => {
+                            tracing::info!(topic = %p.topic, partition = p.index, isr = ?c.new_isr, error = %e, "ISR change refused");
+                            p.isr_change_failed();
+                        }
+                    }
+                }
+            }
+            other => {
+                tracing::debug!(?other, "AlterPartition not answered");
+                for (_, p, _) in &changes {
+                    p.isr_change_failed();
+                }
+            }
+        }
     }
 }
 

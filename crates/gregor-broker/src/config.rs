@@ -33,6 +33,25 @@ pub struct BrokerConfig {
     /// How often a broker heartbeats to the controller (Kafka: 2 s).
     #[serde(alias = "broker.heartbeat.interval.ms")]
     pub broker_heartbeat_interval_ms: u64,
+    /// A follower not caught up with its leader for this long leaves the ISR (Kafka: 30 s).
+    #[serde(alias = "replica.lag.time.max.ms")]
+    pub replica_lag_time_max_ms: u64,
+    /// How long a follower's fetch waits at the leader for new data.
+    #[serde(alias = "replica.fetch.wait.max.ms")]
+    pub replica_fetch_wait_max_ms: u64,
+    /// Bytes a follower's fetch asks per partition.
+    #[serde(alias = "replica.fetch.max.bytes")]
+    pub replica_fetch_max_bytes: usize,
+    /// Bytes a follower's fetch response may hold in all.
+    #[serde(alias = "replica.fetch.response.max.bytes")]
+    pub replica_fetch_response_max_bytes: usize,
+    /// How long a follower waits after a failed fetch before the next.
+    #[serde(alias = "replica.fetch.backoff.ms")]
+    pub replica_fetch_backoff_ms: u64,
+    /// The default of the topic config `min.insync.replicas`: acks=all produce needs an ISR
+    /// this large.
+    #[serde(alias = "min.insync.replicas")]
+    pub min_insync_replicas: i32,
     /// Replication factor of `__consumer_offsets` / `__transaction_state` in a cluster,
     /// capped by the brokers alive when they are created (min(3, brokers)).
     #[serde(alias = "offsets.topic.replication.factor")]
@@ -215,6 +234,12 @@ impl Default for BrokerConfig {
             controller_listener: None,
             controller_quorum_voters: None,
             broker_session_timeout_ms: 1_500,
+            replica_lag_time_max_ms: 30_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 1024 * 1024,
+            replica_fetch_response_max_bytes: 10 * 1024 * 1024,
+            replica_fetch_backoff_ms: 1_000,
+            min_insync_replicas: 1,
             broker_heartbeat_interval_ms: 250,
             offsets_topic_replication_factor: 3,
             socket_request_max_bytes: 100 * 1024 * 1024,
@@ -367,6 +392,24 @@ const SETTINGS: &[(&str, i8, Reader)] = &[
     }),
     ("broker.session.timeout.ms", INT, |c| {
         c.broker_session_timeout_ms.to_string()
+    }),
+    ("replica.lag.time.max.ms", LONG, |c| {
+        c.replica_lag_time_max_ms.to_string()
+    }),
+    ("replica.fetch.wait.max.ms", INT, |c| {
+        c.replica_fetch_wait_max_ms.to_string()
+    }),
+    ("replica.fetch.max.bytes", INT, |c| {
+        c.replica_fetch_max_bytes.to_string()
+    }),
+    ("replica.fetch.response.max.bytes", INT, |c| {
+        c.replica_fetch_response_max_bytes.to_string()
+    }),
+    ("replica.fetch.backoff.ms", INT, |c| {
+        c.replica_fetch_backoff_ms.to_string()
+    }),
+    ("min.insync.replicas", INT, |c| {
+        c.min_insync_replicas.to_string()
     }),
     ("broker.heartbeat.interval.ms", INT, |c| {
         c.broker_heartbeat_interval_ms.to_string()

@@ -108,6 +108,18 @@ impl SyncPool {
     }
 }
 
+/// Queues partitions for the flusher's next round, without waiting.
+pub type QueueFn = Arc<dyn Fn(&[Arc<Partition>]) + Send + Sync>;
+
+/// Adds the partitions not queued yet to the next round.
+fn queue(p: &mut Pending, partitions: &[Arc<Partition>]) {
+    for part in partitions {
+        if part.mark_flush_queued() {
+            p.partitions.push(part.clone());
+        }
+    }
+}
+
 #[derive(Default)]
 struct Pending {
     partitions: Vec<Arc<Partition>>,
@@ -154,11 +166,7 @@ impl Flusher {
         wait: bool,
     ) -> Option<oneshot::Receiver<FlushResult>> {
         let mut p = self.inner.pending.lock().expect("flusher lock");
-        for part in partitions {
-            if part.mark_flush_queued() {
-                p.partitions.push(part.clone());
-            }
-        }
+        queue(&mut p, partitions);
         let rx = wait.then(|| {
             let (tx, rx) = oneshot::channel();
             p.waiters.push(tx);
@@ -167,6 +175,16 @@ impl Flusher {
         drop(p);
         self.inner.wake.notify_one();
         rx
+    }
+
+    /// A function that queues partitions for the next round without waiting (a follower's
+    /// replicated appends: durable soon, nobody waits).
+    pub fn queue_fn(&self) -> QueueFn {
+        let inner = self.inner.clone();
+        Arc::new(move |partitions| {
+            queue(&mut inner.pending.lock().expect("flusher lock"), partitions);
+            inner.wake.notify_one();
+        })
     }
 
     /// Rounds completed so far.

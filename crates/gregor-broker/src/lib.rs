@@ -9,9 +9,10 @@
 //!
 //! ```text
 //! server → handlers → broker → transactions → groups → internal_topics → registry
-//!                            → cluster (gregor_meta) → registry
+//!                            → cluster (gregor_meta) → replication → registry
 //!                            → flusher, checkpoint, log_manager (background work)
-//! registry, flusher, checkpoint → partition → partition::producer_state
+//! replication → partition (fetchers: gregor_client::BrokerConnection)
+//! registry, flusher, checkpoint → partition → partition::{producer_state, replica}
 //! leaves: config, topic_config, appends
 //! ```
 
@@ -27,6 +28,7 @@ pub mod internal_topics;
 pub mod log_manager;
 pub mod partition;
 pub mod registry;
+pub mod replication;
 pub mod server;
 pub mod topic_config;
 pub mod transactions;

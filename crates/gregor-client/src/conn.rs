@@ -323,3 +323,38 @@ fn fail_all(pending: &Pending) {
         let _ = w.send(Err(Error::Disconnected(String::new())));
     }
 }
+
+/// One pipelined connection to one broker, for programs that build their own requests
+/// (a broker's replica fetcher): the same I/O, response-size cap and version negotiation
+/// as the client's pool uses.
+pub struct BrokerConnection(Connection);
+
+impl BrokerConnection {
+    /// Connects to `addr` and negotiates versions (ApiVersions). Each request waits at most
+    /// `timeout`; responses above `max_response_bytes` fail the connection.
+    pub async fn open(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+        max_response_bytes: usize,
+    ) -> Result<BrokerConnection> {
+        Connection::open(addr, client_id, timeout, max_response_bytes)
+            .await
+            .map(BrokerConnection)
+    }
+
+    /// Sends `req` at `version` and waits for its response.
+    pub async fn send_version<R: Request>(&self, req: &R, version: i16) -> Result<R::Response> {
+        self.0.send_version(req, version).await
+    }
+
+    /// Whether the connection failed (it is not reused then).
+    pub fn is_dead(&self) -> bool {
+        self.0.is_dead()
+    }
+
+    /// The broker's `(min, max)` version of `api`, if it offers it.
+    pub fn broker_versions(&self, api: ApiKey) -> Option<(i16, i16)> {
+        self.0.broker_versions(api)
+    }
+}

@@ -43,6 +43,7 @@ pub mod records;
 
 pub use admin::{Admin, QuorumDescription};
 pub use client::{Client, ClientConfig};
+pub use conn::BrokerConnection;
 pub use consumer::{Consumer, ConsumerConfig};
 
 pub use error::{Error, Result};

@@ -506,6 +506,8 @@ impl PartitionLog {
         }
 
         let mut data = records.to_vec();
+        // A leader stamps the epoch it leads at (the latest in the cache) into every batch.
+        let leader_epoch = self.latest_leader_epoch();
         let mut next_offset = base_offset;
         let mut max_timestamp = i64::MIN;
         let mut offset_of_max_timestamp = -1;
@@ -513,6 +515,10 @@ impl PartitionLog {
             let batch_bytes = &mut data[*start..*start + header.total_size()];
             batch::write_base_offset(batch_bytes, next_offset);
             header.base_offset = next_offset;
+            if let Some(epoch) = leader_epoch {
+                batch::set_partition_leader_epoch(batch_bytes, epoch);
+                header.partition_leader_epoch = epoch;
+            }
             if let Some(ts) = log_append_time {
                 batch::set_log_append_time(batch_bytes, header, ts);
             }

@@ -67,6 +67,14 @@ pub async fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fet
 /// means the client should hear back at once).
 fn fetch_once(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
     let by_id = version >= 13;
+    // A follower (replica id >= 0) reads up to the log end and moves its position.
+    let replica_id = if version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
+    let follower = replica_id >= 0 && broker.cluster().is_some();
+    let now_ms = broker.clock().now_ms().max(0) as u64;
     let mut budget = if req.max_bytes > 0 {
         (req.max_bytes as usize).min(broker.config.fetch_max_bytes)
     } else {
@@ -113,9 +121,52 @@ fn fetch_once(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchRespon
             let limit = (fp.partition_max_bytes.max(0) as usize).min(budget);
             // Nothing is read once the response is full (only its offsets are answered).
             let wanted = (limit > 0 || total == 0).then_some(limit);
+            if follower {
+                let hw_before = partition.high_watermark();
+                let last_fetched_epoch = if version >= 12 {
+                    fp.last_fetched_epoch
+                } else {
+                    -1
+                };
+                match partition.follower_fetch(
+                    replica_id,
+                    fp.fetch_offset,
+                    fp.current_leader_epoch,
+                    last_fetched_epoch,
+                    now_ms,
+                ) {
+                    Err(code) => {
+                        pd.error_code = code.code();
+                        any_error = true;
+                        partitions.push(pd);
+                        continue;
+                    }
+                    Ok(Some((epoch, end_offset))) => {
+                        pd.diverging_epoch.epoch = epoch;
+                        pd.diverging_epoch.end_offset = end_offset;
+                        let offsets = partition.offsets();
+                        pd.high_watermark = offsets.high_watermark;
+                        pd.last_stable_offset = offsets.last_stable;
+                        pd.log_start_offset = offsets.log_start;
+                        any_error = true;
+                        partitions.push(pd);
+                        continue;
+                    }
+                    Ok(None) => {}
+                }
+                if partition.high_watermark() > hw_before {
+                    // Consumers waiting below the high watermark can read now.
+                    broker.notify_appended();
+                }
+            }
             // read_committed never reads past the last stable offset.
-            let (offsets, read) =
-                partition.fetch(fp.fetch_offset, wanted, req.isolation_level == 1);
+            let (offsets, read) = if follower {
+                let (offsets, read) =
+                    partition.fetch_for_follower(fp.fetch_offset, wanted.unwrap_or(0));
+                (offsets, wanted.map(|_| read))
+            } else {
+                partition.fetch(fp.fetch_offset, wanted, req.isolation_level == 1)
+            };
             pd.high_watermark = offsets.high_watermark;
             pd.last_stable_offset = offsets.last_stable;
             pd.log_start_offset = offsets.log_start;
@@ -228,7 +279,9 @@ fn offset_for(
         EARLIEST | EARLIEST_LOCAL => Ok(Some((partition.log_start_offset(), -1))),
         // read_committed: the last stable offset.
         LATEST if read_committed => Ok(Some((partition.offsets().last_stable, -1))),
-        LATEST => Ok(Some((partition.log_end_offset(), -1))),
+        // The high watermark: a consumer never sees an offset the ISR does not have yet
+        // (the log end on a single node).
+        LATEST => Ok(Some((partition.offsets().high_watermark, -1))),
         MAX_TIMESTAMP => {
             let (batch, start) = partition.find_max_timestamp_batch()?;
             Ok(batch.and_then(|(h, bytes)| record_at(&h, bytes, start, |ts, best| ts > best)))

@@ -33,13 +33,31 @@ pub struct PendingProduce {
     acks: i16,
     responses: Vec<TopicProduceResponse>,
     flushed: Option<tokio::sync::oneshot::Receiver<crate::flusher::FlushResult>>,
+    /// acks=all in a cluster: the partitions whose high watermark must reach an offset.
+    replication: Vec<ReplicationWait>,
+    /// The request's `timeout_ms`: how long acks=all waits for the ISR.
+    timeout_ms: i32,
+}
+
+/// acks=all: partition `partition` of topic `topic` (indexes into the response) is answered
+/// once the ISR has everything up to `end_offset`, while this broker leads at `epoch`.
+struct ReplicationWait {
+    topic: usize,
+    partition: usize,
+    log: Arc<Partition>,
+    end_offset: i64,
+    epoch: Option<i32>,
+    min_insync: usize,
 }
 
 /// Validates and appends every partition's records and queues the durability work;
 /// never waits.
 pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> PendingProduce {
     let acks = req.acks;
+    let timeout_ms = req.timeout_ms;
+    let in_cluster = broker.cluster().is_some();
     let mut written: Vec<Arc<Partition>> = Vec::new();
+    let mut replication = Vec::new();
     let mut responses = Vec::with_capacity(req.topic_data.len());
     for topic_data in req.topic_data {
         let topic = broker.get_or_auto_create(&topic_data.name, true);
@@ -75,23 +93,49 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
                                 format!("this broker does not lead {}-{}", topic.name, pd.index),
                             )))
                         }
-                        Some(partition) => append(
-                            broker.txns().map(|t| &**t),
-                            partition,
-                            pd.records.as_deref(),
-                            &Limits {
-                                max_message_bytes: topic
-                                    .max_message_bytes(broker.config.message_max_bytes),
-                                max_decompressed_bytes: broker.config.max_decompressed_batch_bytes,
-                                require_keys: topic.is_compacted(&broker.config),
-                            },
-                        )
-                        .map(|(base, start)| {
-                            if !written.iter().any(|p| Arc::ptr_eq(p, partition)) {
-                                written.push(partition.clone());
+                        Some(partition) => {
+                            let min_insync = min_insync_replicas(broker, topic);
+                            match partition.isr_size() {
+                                Some(isr) if acks == -1 && in_cluster && isr < min_insync => {
+                                    Err(Refusal::from((
+                                        ResponseError::NotEnoughReplicas,
+                                        format!(
+                                            "{}-{} has {isr} in-sync replicas, min.insync.replicas is {min_insync}",
+                                            topic.name, pd.index
+                                        ),
+                                    )))
+                                }
+                                _ => append(
+                                    broker.txns().map(|t| &**t),
+                                    partition,
+                                    pd.records.as_deref(),
+                                    &Limits {
+                                        max_message_bytes: topic
+                                            .max_message_bytes(broker.config.message_max_bytes),
+                                        max_decompressed_bytes: broker
+                                            .config
+                                            .max_decompressed_batch_bytes,
+                                        require_keys: topic.is_compacted(&broker.config),
+                                    },
+                                )
+                                .map(|a| {
+                                    if !written.iter().any(|p| Arc::ptr_eq(p, partition)) {
+                                        written.push(partition.clone());
+                                    }
+                                    if acks == -1 && in_cluster {
+                                        replication.push(ReplicationWait {
+                                            topic: responses.len(),
+                                            partition: partition_responses.len(),
+                                            log: partition.clone(),
+                                            end_offset: a.end_offset,
+                                            epoch: partition.leader_epoch(),
+                                            min_insync,
+                                        });
+                                    }
+                                    (a.base_offset, a.log_start_offset)
+                                }),
                             }
-                            (base, start)
-                        }),
+                        }
                     },
                 }
             };
@@ -150,7 +194,19 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
         acks,
         responses,
         flushed,
+        replication,
+        timeout_ms,
     }
+}
+
+/// The topic's `min.insync.replicas` (the broker's default when the topic sets none).
+fn min_insync_replicas(broker: &Broker, topic: &crate::registry::Topic) -> usize {
+    topic
+        .configs
+        .get("min.insync.replicas")
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(broker.config.min_insync_replicas)
+        .max(1) as usize
 }
 
 impl PendingProduce {
@@ -161,6 +217,8 @@ impl PendingProduce {
             acks,
             mut responses,
             flushed,
+            replication,
+            timeout_ms,
         } = self;
         if acks == 0 {
             return None;
@@ -188,7 +246,47 @@ impl PendingProduce {
                 }
             }
         }
+        wait_for_isr(&mut responses, replication, timeout_ms).await;
         Some(ProduceResponse::default().with_responses(responses))
+    }
+}
+
+/// acks=all in a cluster: each partition's answer waits until its high watermark reaches
+/// the end of what was appended (every ISR member has it), up to `timeout_ms`
+/// (REQUEST_TIMED_OUT), while this broker still leads at the same epoch
+/// (NOT_LEADER_OR_FOLLOWER). With the ISR below `min.insync.replicas` by then the records
+/// are committed but the answer is NOT_ENOUGH_REPLICAS_AFTER_APPEND, as in Kafka.
+async fn wait_for_isr(
+    responses: &mut [TopicProduceResponse],
+    replication: Vec<ReplicationWait>,
+    timeout_ms: i32,
+) {
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
+    for w in replication {
+        let r = &mut responses[w.topic].partition_responses[w.partition];
+        if r.error_code != 0 {
+            continue;
+        }
+        let outcome =
+            tokio::time::timeout_at(deadline, w.log.wait_replicated(w.end_offset, w.epoch)).await;
+        let (code, message) = match outcome {
+            Ok(true) if w.log.isr_size().is_some_and(|n| n >= w.min_insync) => continue,
+            Ok(true) => (
+                ResponseError::NotEnoughReplicasAfterAppend,
+                "the ISR shrank below min.insync.replicas".to_string(),
+            ),
+            Ok(false) => (
+                ResponseError::NotLeaderOrFollower,
+                "leadership moved before the ISR had the records".to_string(),
+            ),
+            Err(_) => (
+                ResponseError::RequestTimedOut,
+                format!("the ISR did not have the records within {timeout_ms} ms"),
+            ),
+        };
+        r.error_code = code.code();
+        r.error_message = Some(sb(message));
     }
 }
 
@@ -213,7 +311,7 @@ fn append(
     partition: &Partition,
     records: Option<&[u8]>,
     limits: &Limits,
-) -> Result<(i64, i64), Refusal> {
+) -> Result<crate::partition::Appended, Refusal> {
     let records = match records {
         Some(r) if !r.is_empty() => r,
         _ => return Err((ResponseError::InvalidRecord, "no records".to_string()).into()),
@@ -235,10 +333,9 @@ fn append(
             partition.index,
         ),
     };
-    let appended = partition
+    partition
         .append_produced(&batches, verify_txn)
-        .map_err(|e| Refusal::from(produce_error(partition, e)))?;
-    Ok((appended.base_offset, appended.log_start_offset))
+        .map_err(|e| Refusal::from(produce_error(partition, e)))
 }
 
 /// A produced batch (framing and CRC already checked) meets this request's rules: its size

@@ -19,9 +19,10 @@
 //! Lock order: `log` before `producers`; `pending_snapshots` is a leaf lock.
 
 pub mod producer_state;
+pub mod replica;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use bytes::Bytes;
@@ -57,6 +58,13 @@ pub struct Partition {
     snapshot_write: Mutex<Option<i64>>,
     /// Batches replayed into the producer state when the partition was opened.
     replayed_on_open: u64,
+    /// Leader, follower or single copy (see [`replica`]). A leaf lock.
+    replica: Mutex<replica::Role>,
+    /// The high watermark in a cluster (see [`replica`]); -1 on a single node, where it is
+    /// the log end offset.
+    hw: AtomicI64,
+    /// Sent when the high watermark rises or the role changes (acks=all waits on it).
+    hw_changed: tokio::sync::watch::Sender<i64>,
 }
 
 /// A partition's offsets, read together under one lock.
@@ -74,9 +82,10 @@ impl Offsets {
     /// `log start <= last stable <= high watermark <= log end`.
     fn of(log: &PartitionLog, partition: &Partition) -> Offsets {
         let log_end = log.log_end_offset();
-        // Single node: every appended batch is committed. Replication lowers this to the
-        // ISR's minimum, never above the log end.
-        let high_watermark = log_end;
+        // Single node: every appended batch is committed. In a cluster: the ISR's minimum
+        // log end (see [`replica`]), never above this log's end.
+        let hw = partition.hw.load(Ordering::SeqCst);
+        let high_watermark = if hw < 0 { log_end } else { hw.min(log_end) };
         let offsets = Offsets {
             log_start: log.log_start_offset(),
             high_watermark,
@@ -103,6 +112,9 @@ impl Offsets {
 pub struct Appended {
     pub base_offset: i64,
     pub log_start_offset: i64,
+    /// One past the last offset of the batches (of the earlier copy, for a duplicate):
+    /// acks=all waits for the high watermark to reach it.
+    pub end_offset: i64,
 }
 
 /// Why a client's batches were not appended.
@@ -144,6 +156,9 @@ impl Partition {
             pending_snapshots: Mutex::new(Vec::new()),
             snapshot_write: Mutex::new(None),
             replayed_on_open: 0,
+            replica: Mutex::new(replica::Role::Single),
+            hw: AtomicI64::new(-1),
+            hw_changed: tokio::sync::watch::channel(-1).0,
         }
     }
 
@@ -197,10 +212,10 @@ impl Partition {
 
     // ---- offsets and reads
 
-    /// The high watermark. On a single node every appended batch is committed, so it equals
-    /// the log end offset. Replication will make this the ISR's minimum.
+    /// The high watermark: on a single node the log end offset (every appended batch is
+    /// committed); in a cluster the ISR's minimum log end (see [`replica`]).
     pub fn high_watermark(&self) -> i64 {
-        self.log.read().expect("log lock").log_end_offset()
+        self.offsets().high_watermark
     }
 
     /// The log end offset: the offset the next appended record gets.
@@ -256,6 +271,19 @@ impl Partition {
             offsets.high_watermark
         };
         let read = max_bytes.map(|max| log.read(offset, max, upper_bound));
+        (offsets, read)
+    }
+
+    /// A follower's fetch: as [`fetch`](Self::fetch), but reading up to the log end
+    /// offset (a follower copies what the leader has, committed or not).
+    pub fn fetch_for_follower(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> (Offsets, Result<ReadResult, LogError>) {
+        let log = self.log.read().expect("log lock");
+        let offsets = Offsets::of(&log, self);
+        let read = log.read(offset, max_bytes, log.log_end_offset());
         (offsets, read)
     }
 
@@ -402,6 +430,7 @@ impl Partition {
                         Ok(Appended {
                             base_offset: first_offset,
                             log_start_offset: log.log_start_offset(),
+                            end_offset: last_offset + 1,
                         })
                     } else {
                         Err(ProduceError::NotDurable { first_offset })
@@ -425,7 +454,10 @@ impl Partition {
             };
             match verdict {
                 Ok(Verdict::Append) => {}
-                Ok(Verdict::Duplicate { first_offset, .. }) if headers.len() == 1 => {
+                Ok(Verdict::Duplicate {
+                    first_offset,
+                    last_offset,
+                }) if headers.len() == 1 => {
                     tracing::debug!(
                         producer_id = pb.producer_id,
                         sequence = pb.first_sequence,
@@ -435,6 +467,7 @@ impl Partition {
                     return Ok(Appended {
                         base_offset: first_offset,
                         log_start_offset: log.log_start_offset(),
+                        end_offset: last_offset + 1,
                     });
                 }
                 Ok(Verdict::Duplicate { .. }) => {
@@ -449,6 +482,7 @@ impl Partition {
         Ok(Appended {
             base_offset: info.base_offset,
             log_start_offset: log.log_start_offset(),
+            end_offset: info.last_offset + 1,
         })
     }
 
@@ -565,6 +599,8 @@ impl Partition {
         if info.rolled {
             self.queue_snapshot(info.base_offset, producers.snapshot_copy());
         }
+        // A leader whose ISR is itself alone commits at once.
+        self.advance_hw_locked(log.log_end_offset());
         // The headers as validated, with the offsets the log assigned.
         let mut offset = info.base_offset;
         for (header, batch) in batches.batches() {

@@ -42,6 +42,16 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"GRPSNAP1";
 /// The single clean-shutdown snapshot of earlier versions; deleted on open.
 const LEGACY_SNAPSHOT_FILE: &str = "producer-state.snapshot";
 
+/// Removes the snapshots of offsets above `offset` (after a truncation there).
+pub fn remove_snapshots_above(dir: &Path, offset: i64) -> std::io::Result<()> {
+    for (o, path) in list_snapshots(dir)? {
+        if o > offset {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Path of the snapshot at `offset`.
 pub fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
     dir.join(format!("{offset:020}{SNAPSHOT_SUFFIX}"))
