@@ -230,7 +230,12 @@ impl Broker {
     /// Starts the group coordinator (creates and replays `__consumer_offsets`). Must be
     /// called inside a tokio runtime, once.
     pub fn start_groups(&self) -> anyhow::Result<Arc<GroupService>> {
-        let service = GroupService::start(&self.config, &self.registry, self.clock.clone())?;
+        let service = GroupService::start(
+            &self.config,
+            &self.registry,
+            self.clock.clone(),
+            self.cluster().map(|c| c.replicas().clone()),
+        )?;
         if self.groups.set(service.clone()).is_err() {
             anyhow::bail!("group coordinator already started");
         }

@@ -152,6 +152,11 @@ impl Cluster {
         &self.cluster_id
     }
 
+    /// The replica manager (leadership changes, fetchers).
+    pub fn replicas(&self) -> &Arc<ReplicaManager> {
+        &self.replicas
+    }
+
     /// The metadata node (quorum information, the controller).
     pub fn node(&self) -> &MetaNode {
         &self.node

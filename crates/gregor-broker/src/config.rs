@@ -48,6 +48,10 @@ pub struct BrokerConfig {
     /// How long a follower waits after a failed fetch before the next.
     #[serde(alias = "replica.fetch.backoff.ms")]
     pub replica_fetch_backoff_ms: u64,
+    /// How long an offset commit waits for the ISR of its `__consumer_offsets` partition
+    /// (REQUEST_TIMED_OUT after).
+    #[serde(alias = "offsets.commit.timeout.ms")]
+    pub offsets_commit_timeout_ms: u64,
     /// The default of the topic config `min.insync.replicas`: acks=all produce needs an ISR
     /// this large.
     #[serde(alias = "min.insync.replicas")]
@@ -240,6 +244,7 @@ impl Default for BrokerConfig {
             replica_fetch_response_max_bytes: 10 * 1024 * 1024,
             replica_fetch_backoff_ms: 1_000,
             min_insync_replicas: 1,
+            offsets_commit_timeout_ms: 5_000,
             broker_heartbeat_interval_ms: 250,
             offsets_topic_replication_factor: 3,
             socket_request_max_bytes: 100 * 1024 * 1024,

@@ -28,6 +28,7 @@ use crate::config::BrokerConfig;
 use crate::internal_topics::{self, encode_internal_batch, OFFSETS_TOPIC};
 use crate::partition::Partition;
 use crate::registry::{Topic, TopicRegistry};
+use crate::replication::{LeadershipChange, ReplicaManager};
 
 pub struct GroupService {
     coordinator: Mutex<Coordinator>,
@@ -40,6 +41,8 @@ pub struct GroupService {
     /// for simplicity — a clock step changes when sessions expire, never correctness of
     /// offsets).
     clock: SharedClock,
+    /// One partition replay at a time (the first load, and reloads on leadership changes).
+    replay_lock: Mutex<()>,
     /// The loader and timer tasks, aborted by [`stop_timers`](Self::stop_timers).
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -55,6 +58,7 @@ impl GroupService {
         config: &BrokerConfig,
         registry: &TopicRegistry,
         clock: SharedClock,
+        replicas: Option<Arc<ReplicaManager>>,
     ) -> anyhow::Result<Arc<GroupService>> {
         let topic =
             internal_topics::ensure(registry, OFFSETS_TOPIC, config.offsets_topic_num_partitions)?;
@@ -76,9 +80,12 @@ impl GroupService {
             offsets: topic,
             deadlines_changed: Notify::new(),
             clock,
+            replay_lock: Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
         });
         let loader = service.clone();
+        // Subscribed before the load, so no change is missed between the two.
+        let mut leadership = replicas.as_ref().map(|r| r.subscribe());
         let load = tokio::spawn(async move {
             let started = std::time::Instant::now();
             let l = loader.clone();
@@ -92,6 +99,9 @@ impl GroupService {
                 Err(e) => tracing::error!(error = %e, "loading {OFFSETS_TOPIC} panicked"),
             }
             loader.deadlines_changed.notify_one();
+            if let (Some(replicas), Some(rx)) = (replicas, leadership.as_mut()) {
+                loader.follow_leadership(&replicas, rx).await;
+            }
         });
         let timer = service.clone();
         let tick = tokio::spawn(async move { timer.run_timer().await });
@@ -107,10 +117,107 @@ impl GroupService {
         }
     }
 
+    /// In a cluster: the groups of a partition this broker starts leading are rebuilt from
+    /// its log (replicated while it followed), and those of one it stops leading dropped.
+    /// First for every partition as the leadership stands, then for every change.
+    async fn follow_leadership(
+        self: &Arc<Self>,
+        replicas: &ReplicaManager,
+        rx: &mut tokio::sync::broadcast::Receiver<LeadershipChange>,
+    ) {
+        let mut all = true;
+        loop {
+            let changes: Vec<(i32, bool)> = if all {
+                all = false;
+                (0..self.offsets.partitions.len() as i32)
+                    .map(|p| (p, replicas.leads(OFFSETS_TOPIC, p)))
+                    .collect()
+            } else {
+                match rx.recv().await {
+                    Ok(c) if c.topic == OFFSETS_TOPIC => vec![(c.partition, c.leader)],
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        all = true;
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            };
+            for (p, leader) in changes {
+                let svc = self.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    if leader {
+                        svc.reload_partition(p)
+                    } else {
+                        svc.drop_partition(p);
+                        Ok(0)
+                    }
+                })
+                .await;
+                match done {
+                    Ok(Ok(records)) if leader => {
+                        tracing::info!(
+                            partition = p,
+                            records,
+                            "group coordinator loaded a {OFFSETS_TOPIC} partition it now leads"
+                        )
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(partition = p, error = %e, "reloading a {OFFSETS_TOPIC} partition failed")
+                    }
+                    Err(e) => tracing::error!(partition = p, error = %e, "reloading panicked"),
+                }
+            }
+            self.deadlines_changed.notify_one();
+        }
+    }
+
+    /// Drops the groups of partition `p` (another broker coordinates them now); the
+    /// partition counts as loaded (ListGroups lists nothing of it).
+    fn drop_partition(&self, p: i32) {
+        let _one = self.replay_lock.lock().expect("replay lock");
+        let mut co = self.coordinator.lock().expect("coordinator lock");
+        co.unload_partition(p);
+        co.finish_loading(p);
+    }
+
+    /// Rebuilds the groups of partition `p` from its log.
+    fn reload_partition(&self, p: i32) -> anyhow::Result<u64> {
+        let _one = self.replay_lock.lock().expect("replay lock");
+        self.coordinator
+            .lock()
+            .expect("coordinator lock")
+            .unload_partition(p);
+        let Some(partition) = self.offsets.partition(p) else {
+            return Ok(0);
+        };
+        let count = self.replay_partition(partition)?;
+        self.coordinator
+            .lock()
+            .expect("coordinator lock")
+            .finish_loading(p);
+        Ok(count)
+    }
+
     /// Replays every partition of `__consumer_offsets` into the coordinator.
     fn load(&self) -> anyhow::Result<u64> {
         let mut count = 0u64;
         for partition in &self.offsets.partitions {
+            let _one = self.replay_lock.lock().expect("replay lock");
+            count += self.replay_partition(partition)?;
+            self.coordinator
+                .lock()
+                .expect("coordinator lock")
+                .finish_loading(partition.index);
+        }
+        Ok(count)
+    }
+
+    /// Replays one partition's records into the coordinator; how many.
+    fn replay_partition(&self, partition: &Partition) -> anyhow::Result<u64> {
+        let mut count = 0u64;
+        {
             internal_topics::replay(partition, |records| {
                 let now = self.clock.now_ms();
                 let mut co = self.coordinator.lock().expect("coordinator lock");
@@ -130,10 +237,6 @@ impl GroupService {
                 }
                 Ok(())
             })?;
-            self.coordinator
-                .lock()
-                .expect("coordinator lock")
-                .finish_loading(partition.index);
         }
         Ok(count)
     }

@@ -63,6 +63,34 @@ pub async fn sync(written: Vec<Arc<Partition>>) -> Result<(), String> {
     .map_err(|e| e.to_string())?
 }
 
+/// Where each written partition's log ends now and the epoch this broker leads it at:
+/// what [`replicated`] waits for.
+pub fn replication_targets(written: &[Arc<Partition>]) -> Vec<(Arc<Partition>, i64, Option<i32>)> {
+    written
+        .iter()
+        .map(|p| (p.clone(), p.log_end_offset(), p.leader_epoch()))
+        .collect()
+}
+
+/// In a cluster: waits until the ISR has every target up to its offset (the records a
+/// coordinator wrote), at most `timeout`. NOT_COORDINATOR when the leadership moved,
+/// REQUEST_TIMED_OUT when the ISR did not catch up. At once on a single node.
+pub async fn replicated(
+    targets: Vec<(Arc<Partition>, i64, Option<i32>)>,
+    timeout: std::time::Duration,
+) -> Result<(), kafka_protocol::error::ResponseError> {
+    use kafka_protocol::error::ResponseError;
+    let deadline = tokio::time::Instant::now() + timeout;
+    for (p, end, epoch) in targets {
+        match tokio::time::timeout_at(deadline, p.wait_replicated(end, epoch)).await {
+            Ok(true) => {}
+            Ok(false) => return Err(ResponseError::NotCoordinator),
+            Err(_) => return Err(ResponseError::RequestTimedOut),
+        }
+    }
+    Ok(())
+}
+
 /// Encodes one uncompressed v2 batch of `(key, value)` records for an internal topic,
 /// written by the broker itself. With `producer`, the batch is transactional for that
 /// producer (and a control batch if `control`: a transaction marker).

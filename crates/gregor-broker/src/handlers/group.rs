@@ -440,20 +440,37 @@ pub async fn offset_commit(
             // A commit that did not become durable was refused: take it back, so OffsetFetch
             // never shows an offset whose commit failed (the fault harness saw one that
             // stayed visible until a restart, then reverted).
-            let refuse = |what: &str, e: String, undo: Option<gregor_group::CommitUndo>| {
+            let refuse = |what: &str,
+                          e: String,
+                          undo: Option<gregor_group::CommitUndo>,
+                          code: ResponseError| {
                 tracing::error!(error = %e, "offset commit {what} failed");
                 if let Some(undo) = undo {
                     // An undo writes no record.
                     let ((), nothing) = svc.run_quiet(|co, _| co.undo_commit(undo));
                     debug_assert!(matches!(nothing, Ok(ref w) if w.is_empty()));
                 }
-                Err(ResponseError::KafkaStorageError)
+                Err(code)
             };
+            let storage = ResponseError::KafkaStorageError;
             match (result, written) {
                 (Err(e), _) => Err(e),
-                (Ok(_), Err(e)) => refuse("append", e, undo),
-                // Durable before acknowledged.
-                (Ok(codes), Ok(written)) => match crate::internal_topics::sync(written).await {
+                (Ok(_), Err(e)) => refuse("append", e, undo, storage),
+                // Durable (and, in a cluster, on the ISR) before acknowledged.
+                (Ok(codes), Ok(written)) => match async {
+                    let targets = crate::internal_topics::replication_targets(&written);
+                    crate::internal_topics::sync(written)
+                        .await
+                        .map_err(|e| ("fsync", e, storage))?;
+                    crate::internal_topics::replicated(
+                        targets,
+                        std::time::Duration::from_millis(broker.config.offsets_commit_timeout_ms),
+                    )
+                    .await
+                    .map_err(|code| ("replication", format!("{code:?}"), code))
+                }
+                .await
+                {
                     Ok(()) => {
                         // Durable: OffsetFetch may show it from now on.
                         if let Some(undo) = undo {
@@ -462,7 +479,7 @@ pub async fn offset_commit(
                         }
                         Ok(codes)
                     }
-                    Err(e) => refuse("fsync", e.to_string(), undo),
+                    Err((what, e, code)) => refuse(what, e, undo, code),
                 },
             }
         }

@@ -34,8 +34,19 @@ use fetcher::{FetchTarget, Fetcher};
 /// Called with the partitions a fetch appended to (to queue them for the flusher).
 pub type OnReplicated = crate::flusher::QueueFn;
 
+/// This broker started (`leader: true`) or stopped leading a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeadershipChange {
+    pub topic: String,
+    pub partition: i32,
+    pub leader: bool,
+}
+
 /// The replica side of one broker: role changes and the fetchers.
 pub struct ReplicaManager {
+    /// Leadership changes, for the coordinators (which rebuild a partition's state when
+    /// they start leading it).
+    events: tokio::sync::broadcast::Sender<LeadershipChange>,
     me: i32,
     registry: Arc<TopicRegistry>,
     clock: SharedClock,
@@ -57,6 +68,7 @@ impl ReplicaManager {
         on_replicated: OnReplicated,
     ) -> ReplicaManager {
         ReplicaManager {
+            events: tokio::sync::broadcast::channel(4096).0,
             me,
             registry,
             clock,
@@ -110,7 +122,28 @@ impl ReplicaManager {
                 }
             }
         }
-        *self.led.lock().expect("led lock") = led;
+        {
+            let mut current = self.led.lock().expect("led lock");
+            let key = |p: &Arc<Partition>| (p.topic.clone(), p.index);
+            let before: std::collections::HashSet<_> =
+                current.iter().map(|(_, p)| key(p)).collect();
+            let after: std::collections::HashSet<_> = led.iter().map(|(_, p)| key(p)).collect();
+            for (topic, partition) in after.difference(&before) {
+                let _ = self.events.send(LeadershipChange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    leader: true,
+                });
+            }
+            for (topic, partition) in before.difference(&after) {
+                let _ = self.events.send(LeadershipChange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    leader: false,
+                });
+            }
+            *current = led;
+        }
         let mut fetchers = self.fetchers.lock().expect("fetchers lock");
         fetchers.retain(|leader, f| {
             let keep = follow.contains_key(leader)
@@ -155,6 +188,20 @@ impl ReplicaManager {
                     .map(|c| (id, p.clone(), c))
             })
             .collect()
+    }
+
+    /// Leadership changes from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<LeadershipChange> {
+        self.events.subscribe()
+    }
+
+    /// Whether this broker leads `topic`/`partition` now (as of the last image applied).
+    pub fn leads(&self, topic: &str, partition: i32) -> bool {
+        self.led
+            .lock()
+            .expect("led lock")
+            .iter()
+            .any(|(_, p)| p.topic == topic && p.index == partition)
     }
 
     /// Stops every fetcher.

@@ -125,4 +125,21 @@ impl Coordinator {
     pub fn is_loaded(&self) -> bool {
         self.loaded.iter().all(|l| *l)
     }
+
+    /// Forgets a partition's groups, their pending transactional offsets and its loaded
+    /// mark (in a cluster: this broker stopped leading it, or is about to replay it again
+    /// as its new leader). Returns how many groups were dropped.
+    pub fn unload_partition(&mut self, partition: i32) -> usize {
+        if let Some(l) = self.loaded.get_mut(partition as usize) {
+            *l = false;
+        }
+        let before = self.groups.len();
+        self.groups.retain(|_, g| g.partition != partition);
+        let n = self.loaded.len() as i32;
+        for offsets in self.pending_txn.values_mut() {
+            offsets.retain(|(group, _, _), _| group_partition(group, n) != partition);
+        }
+        self.pending_txn.retain(|_, offsets| !offsets.is_empty());
+        before - self.groups.len()
+    }
 }
