@@ -280,6 +280,44 @@ impl Cluster {
         }
     }
 
+    /// Controlled shutdown (SIGTERM, before the listener closes): stops heartbeating, asks
+    /// the controller to fence this broker (its leaderships move to other ISR members and it
+    /// leaves every ISR) and waits, at most `limit`, until the applied image shows it leads
+    /// nothing. Clients meanwhile get NOT_LEADER_OR_FOLLOWER here and move on.
+    pub async fn controlled_shutdown(&self, limit: Duration) {
+        let Some(broker_epoch) = *self.registration.epoch.borrow() else {
+            return;
+        };
+        self.registration.stop_heartbeats();
+        let started = std::time::Instant::now();
+        let asked = tokio::time::timeout(
+            limit,
+            self.propose(Command::ControlledShutdown {
+                broker_id: self.me,
+                broker_epoch,
+            }),
+        )
+        .await;
+        if !matches!(asked, Ok(Ok(_))) {
+            tracing::warn!(
+                ?asked,
+                "controlled shutdown not acknowledged; stopping anyway"
+            );
+            return;
+        }
+        let me = self.me;
+        let moved = self
+            .wait_applied(limit.saturating_sub(started.elapsed()), |image| {
+                !image.partitions().any(|(_, p)| p.leader == me)
+            })
+            .await;
+        tracing::info!(
+            moved,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "controlled shutdown: leaderships moved off this broker"
+        );
+    }
+
     /// Stops the reconciler, the registration loop and the metadata node.
     pub async fn shutdown(&self) {
         self.reconciler.abort();

@@ -194,6 +194,13 @@ pub enum Command {
         broker_epoch: i64,
         changes: Vec<IsrChange>,
     },
+    /// The broker is shutting down (SIGTERM): fence it now, moving its leaderships and
+    /// taking it out of every ISR, so that clients move on before it stops serving.
+    /// Answered `Heartbeat { fenced: true }`; the broker sends no heartbeat after it.
+    ControlledShutdown {
+        broker_id: BrokerId,
+        broker_epoch: i64,
+    },
 }
 
 /// Per-topic outcome of CreateTopics / DeleteTopics / CreatePartitions.
@@ -456,6 +463,20 @@ impl Controller {
                 Reply::ProducerIds {
                     first_producer_id: first,
                     size,
+                }
+            }
+            Command::ControlledShutdown {
+                broker_id,
+                broker_epoch,
+            } => {
+                let b = check_epoch(&s.image, *broker_id, *broker_epoch)?;
+                if !b.fenced {
+                    fence(&mut s, *broker_id);
+                }
+                self.deadlines.remove(broker_id);
+                Reply::Heartbeat {
+                    fenced: true,
+                    metadata_index: 0,
                 }
             }
             Command::AlterPartition {

@@ -396,6 +396,7 @@ enum Op {
     Shrink(u8, u8),
     Expand(u8),
     Delete(u8),
+    ControlledShutdown(BrokerId),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -407,6 +408,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..32u8, 0..5u8).prop_map(|(p, r)| Op::Shrink(p, r)),
         (0..32u8).prop_map(Op::Expand),
         (0..4u8).prop_map(Op::Delete),
+        (1..=5i32).prop_map(Op::ControlledShutdown),
     ]
 }
 
@@ -467,6 +469,16 @@ proptest! {
                 }
                 Op::Delete(t) => {
                     let _ = h.run(Command::DeleteTopics { names: vec![format!("t{t}")] });
+                }
+                Op::ControlledShutdown(b) => {
+                    if let Some(epoch) = h.epochs.get(b).copied() {
+                        let _ = h.run(Command::ControlledShutdown { broker_id: *b, broker_epoch: epoch });
+                        // A controlled shutdown leaves the broker fenced and leading nothing.
+                        if h.image.brokers.get(b).is_some_and(|s| s.registration.broker_epoch == epoch) {
+                            prop_assert!(h.image.brokers[b].fenced);
+                            prop_assert!(h.image.partitions().all(|(_, p)| p.leader != *b));
+                        }
+                    }
                 }
             }
             if n % 17 == 16 {

@@ -189,6 +189,12 @@ pub struct BrokerHandle {
 }
 
 impl BrokerHandle {
+    /// Stops registering and heartbeating (before a controlled shutdown: a heartbeat would
+    /// unfence the broker again).
+    pub fn stop_heartbeats(&self) {
+        self.task.abort();
+    }
+
     /// Whether this broker is in session with the controller and up to date: its last
     /// heartbeat was accepted within the broker session timeout, and its image (at
     /// `applied_index`) has caught up with the metadata log as of its registration or its

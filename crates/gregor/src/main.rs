@@ -256,7 +256,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Ordered shutdown: stop accepting and drain the connections (bounded by
         // connections.shutdown.timeout.ms), stop the coordinators' timers, the background
         // task and the cleaner, then flush, checkpoint and write the clean-shutdown marker.
-        gregor_broker::server::serve(broker.clone(), listener, shutdown_signal()).await;
+        let leaving = broker.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            // In a cluster the leaderships move first, while the listener still answers.
+            if let Some(cluster) = leaving.cluster() {
+                cluster
+                    .controlled_shutdown(std::time::Duration::from_secs(10))
+                    .await;
+            }
+        };
+        gregor_broker::server::serve(broker.clone(), listener, shutdown).await;
         tracing::info!("connections closed; stopping background work");
         if let Some(c) = coordinators {
             c.abort();
