@@ -194,6 +194,11 @@ pub enum Command {
         broker_epoch: i64,
         changes: Vec<IsrChange>,
     },
+    /// AlterPartitionReassignments: per partition, the target replicas (`None`: cancel the
+    /// reassignment in progress).
+    AlterReassignments {
+        reassignments: Vec<(String, i32, Option<Vec<BrokerId>>)>,
+    },
     /// The broker is shutting down (SIGTERM): fence it now, moving its leaderships and
     /// taking it out of every ISR, so that clients move on before it stops serving.
     /// Answered `Heartbeat { fenced: true }`; the broker sends no heartbeat after it.
@@ -238,6 +243,8 @@ pub enum Reply {
     },
     /// Per change: the partition after it, or why not.
     AlterPartition(Vec<Result<PartitionRecord, MetaError>>),
+    /// Per reassignment asked: started (or cancelled), or why not.
+    Reassignments(Vec<Result<(), MetaError>>),
 }
 
 /// The active controller's in-memory state: broker session deadlines.
@@ -465,6 +472,16 @@ impl Controller {
                     size,
                 }
             }
+            Command::AlterReassignments { reassignments } => {
+                let results = reassignments
+                    .iter()
+                    .map(|(topic, partition, target)| {
+                        reassign(&mut s, topic, *partition, target.as_deref())
+                    })
+                    .collect();
+                complete_reassignments(&mut s);
+                Reply::Reassignments(results)
+            }
             Command::ControlledShutdown {
                 broker_id,
                 broker_epoch,
@@ -490,6 +507,7 @@ impl Controller {
                     let r = alter_isr(&mut s, *broker_id, c);
                     results.push(r);
                 }
+                complete_reassignments(&mut s);
                 Reply::AlterPartition(results)
             }
         };
@@ -530,6 +548,7 @@ impl Controller {
             }
         }
         elect_offline(&mut s);
+        complete_reassignments(&mut s);
         s.records
     }
 
@@ -680,6 +699,8 @@ fn push_new_partition(s: &mut Scratch, topic_id: Uuid, partition: i32, replicas:
         leader,
         leader_epoch: 0,
         partition_epoch: 0,
+        adding_replicas: vec![],
+        removing_replicas: vec![],
     }));
 }
 
@@ -746,11 +767,169 @@ fn alter_isr(
         isr: Some(c.new_isr.clone()),
         leader: None,
         replicas: None,
+        adding_replicas: None,
+        removing_replicas: None,
     }));
     Ok(s.image
         .partition(&c.topic_id, c.partition)
         .cloned()
         .expect("still there"))
+}
+
+/// Starts (or, with no target, cancels) a reassignment of `topic`/`partition`: the
+/// replicas become the target followed by the current ones not in it (adding = target not
+/// yet a replica, removing = replicas not in the target). It completes once every target
+/// replica is in the ISR ([`complete_reassignments`]).
+fn reassign(
+    s: &mut Scratch,
+    topic: &str,
+    partition: i32,
+    target: Option<&[BrokerId]>,
+) -> Result<(), MetaError> {
+    let Some(t) = s.image.topic_by_name(topic) else {
+        return Err(MetaError::UnknownTopicOrPartition);
+    };
+    let Some(p) = t.partitions.get(&partition).cloned() else {
+        return Err(MetaError::UnknownTopicOrPartition);
+    };
+    let Some(target) = target else {
+        if p.adding_replicas.is_empty() && p.removing_replicas.is_empty() {
+            return Err(MetaError::InvalidRequest(
+                "no reassignment in progress".into(),
+            ));
+        }
+        // Back to the replicas before: drop the ones being added.
+        let replicas: Vec<_> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|b| !p.adding_replicas.contains(b))
+            .collect();
+        let mut isr: Vec<_> = p
+            .isr
+            .iter()
+            .copied()
+            .filter(|b| replicas.contains(b))
+            .collect();
+        if isr.is_empty() {
+            isr = vec![replicas[0]];
+        }
+        let leader = if isr.contains(&p.leader) {
+            p.leader
+        } else {
+            choose_leader(
+                &s.image,
+                &PartitionRecord {
+                    replicas: replicas.clone(),
+                    ..p.clone()
+                },
+                &isr,
+            )
+        };
+        s.push(reassignment_change(
+            &p,
+            replicas,
+            isr,
+            leader,
+            vec![],
+            vec![],
+        ));
+        return Ok(());
+    };
+    check_assignment(&s.image, target)?;
+    let original: Vec<BrokerId> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|b| !p.adding_replicas.contains(b))
+        .collect();
+    let adding: Vec<_> = target
+        .iter()
+        .copied()
+        .filter(|b| !original.contains(b))
+        .collect();
+    let removing: Vec<_> = original
+        .iter()
+        .copied()
+        .filter(|b| !target.contains(b))
+        .collect();
+    let mut replicas = target.to_vec();
+    replicas.extend(removing.iter().copied());
+    let isr: Vec<_> = p
+        .isr
+        .iter()
+        .copied()
+        .filter(|b| replicas.contains(b))
+        .collect();
+    let isr = if isr.is_empty() { p.isr.clone() } else { isr };
+    s.push(reassignment_change(
+        &p, replicas, isr, p.leader, adding, removing,
+    ));
+    Ok(())
+}
+
+fn reassignment_change(
+    p: &PartitionRecord,
+    replicas: Vec<BrokerId>,
+    isr: Vec<BrokerId>,
+    leader: BrokerId,
+    adding: Vec<BrokerId>,
+    removing: Vec<BrokerId>,
+) -> MetaRecord {
+    MetaRecord::PartitionChange(PartitionChangeRecord {
+        topic_id: p.topic_id,
+        partition: p.partition,
+        isr: (isr != p.isr).then_some(isr),
+        leader: (leader != p.leader).then_some(leader),
+        replicas: (replicas != p.replicas).then_some(replicas),
+        adding_replicas: Some(adding),
+        removing_replicas: Some(removing),
+    })
+}
+
+/// Ends every reassignment whose target replicas are all in the ISR: the replicas become
+/// the target, the removed ones leave the ISR, and a leader being removed hands over to the
+/// first target replica in the ISR.
+fn complete_reassignments(s: &mut Scratch) {
+    let done: Vec<PartitionRecord> = s
+        .image
+        .partitions()
+        .filter(|(_, p)| !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty())
+        .filter(|(_, p)| {
+            p.replicas
+                .iter()
+                .filter(|b| !p.removing_replicas.contains(b))
+                .all(|b| p.isr.contains(b))
+        })
+        .map(|(_, p)| p.clone())
+        .collect();
+    for p in done {
+        let target: Vec<_> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|b| !p.removing_replicas.contains(b))
+            .collect();
+        let isr: Vec<_> = p
+            .isr
+            .iter()
+            .copied()
+            .filter(|b| target.contains(b))
+            .collect();
+        let leader = if target.contains(&p.leader) {
+            p.leader
+        } else {
+            choose_leader(
+                &s.image,
+                &PartitionRecord {
+                    replicas: target.clone(),
+                    ..p.clone()
+                },
+                &isr,
+            )
+        };
+        s.push(reassignment_change(&p, target, isr, leader, vec![], vec![]));
+    }
 }
 
 /// The first replica, in assignment order, that is in `isr` and live.
@@ -817,5 +996,7 @@ fn change(s: &mut Scratch, p: &PartitionRecord, isr: Vec<BrokerId>, leader: Brok
         isr: (isr != p.isr).then_some(isr),
         leader: (leader != p.leader).then_some(leader),
         replicas: None,
+        adding_replicas: None,
+        removing_replicas: None,
     }));
 }

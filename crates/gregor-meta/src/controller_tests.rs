@@ -488,3 +488,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn reassignment_adds_copies_then_drops() {
+    let mut h = Harness::new();
+    for b in 1..=3 {
+        h.register(b, b as u128);
+    }
+    let tid = h.create("r", 1, 3).topic_id.unwrap();
+    h.register(4, 4);
+    let before = h.image.partition(&tid, 0).unwrap().clone();
+    let Reply::Reassignments(r) = h
+        .run(Command::AlterReassignments {
+            reassignments: vec![("r".into(), 0, Some(vec![1, 2, 4]))],
+        })
+        .unwrap()
+    else {
+        panic!("reply")
+    };
+    assert_eq!(r, vec![Ok(())]);
+    let p = h.image.partition(&tid, 0).unwrap().clone();
+    let removed: Vec<_> = before
+        .replicas
+        .iter()
+        .copied()
+        .filter(|b| ![1, 2, 4].contains(b))
+        .collect();
+    assert_eq!(p.adding_replicas, vec![4]);
+    assert_eq!(p.removing_replicas, removed);
+    assert!(p.replicas.contains(&4) && p.replicas.len() == 4);
+    // Not complete until 4 is in the ISR.
+    let mut isr = p.isr.clone();
+    isr.push(4);
+    let _ = h
+        .run(Command::AlterPartition {
+            broker_id: p.leader,
+            broker_epoch: h.epochs[&p.leader],
+            changes: vec![IsrChange {
+                topic_id: tid,
+                partition: 0,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                new_isr: isr,
+            }],
+        })
+        .unwrap();
+    let done = h.image.partition(&tid, 0).unwrap();
+    assert_eq!(done.replicas, vec![1, 2, 4]);
+    assert!(done.adding_replicas.is_empty() && done.removing_replicas.is_empty());
+    assert!(done.isr.iter().all(|b| [1, 2, 4].contains(b)) && done.isr.contains(&4));
+    assert!([1, 2, 4].contains(&done.leader));
+}

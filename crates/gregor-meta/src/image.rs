@@ -247,6 +247,12 @@ impl MetadataImage {
                 if let Some(isr) = &c.isr {
                     next.isr = isr.clone();
                 }
+                if let Some(a) = &c.adding_replicas {
+                    next.adding_replicas = a.clone();
+                }
+                if let Some(r) = &c.removing_replicas {
+                    next.removing_replicas = r.clone();
+                }
                 if let Some(l) = c.leader {
                     if l != p.leader {
                         if !live_leader {
@@ -342,6 +348,21 @@ fn check_partition(p: &PartitionRecord) -> Result<(), ApplyError> {
     if p.leader != NO_LEADER && !isr.contains(&p.leader) {
         return fail(format!("leader {} not in isr {:?}", p.leader, p.isr));
     }
+    if !p
+        .adding_replicas
+        .iter()
+        .chain(&p.removing_replicas)
+        .all(|b| r.contains(b))
+        || p.adding_replicas
+            .iter()
+            .any(|b| p.removing_replicas.contains(b))
+        || p.removing_replicas.len() >= p.replicas.len()
+    {
+        return fail(format!(
+            "adding {:?} / removing {:?} not disjoint subsets of replicas {:?} leaving a target",
+            p.adding_replicas, p.removing_replicas, p.replicas
+        ));
+    }
     Ok(())
 }
 
@@ -389,6 +410,8 @@ mod tests {
                     leader: 1,
                     leader_epoch: 0,
                     partition_epoch: 0,
+                    adding_replicas: vec![],
+                    removing_replicas: vec![],
                 }),
             ]),
             1,
@@ -408,6 +431,8 @@ mod tests {
                 isr: Some(vec![1]),
                 leader: Some(2),
                 replicas: None,
+                adding_replicas: None,
+                removing_replicas: None,
             }),
         ]);
         assert!(img.apply_batch(&bad, 2).is_err());
@@ -419,6 +444,8 @@ mod tests {
                 isr: Some(vec![2]),
                 leader: Some(2),
                 replicas: None,
+                adding_replicas: None,
+                removing_replicas: None,
             })]),
             3,
         )
@@ -432,6 +459,8 @@ mod tests {
                 isr: Some(vec![1, 2]),
                 leader: None,
                 replicas: None,
+                adding_replicas: None,
+                removing_replicas: None,
             })]),
             4,
         )

@@ -90,6 +90,14 @@ pub struct PartitionRecord {
     pub leader_epoch: i32,
     #[serde(rename = "pe")]
     pub partition_epoch: i32,
+    /// A reassignment in progress: replicas being added (copying; the partition's replicas
+    /// include them) ...
+    #[serde(rename = "ar", default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<BrokerId>,
+    /// ... and replicas to drop once every target replica is in the ISR. The target is
+    /// `replicas` without these.
+    #[serde(rename = "rr", default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<BrokerId>,
 }
 
 /// A change to a partition (leader election, ISR change from AlterPartition, fencing).
@@ -107,9 +115,15 @@ pub struct PartitionChangeRecord {
     /// The new leader ([`NO_LEADER`] for offline), if it changes.
     #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<BrokerId>,
-    /// The new replica set, if it changes (reassignment, part 2).
+    /// The new replica set, if it changes (reassignment).
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Vec<BrokerId>>,
+    /// The new adding replicas, if they change (empty: the reassignment ended).
+    #[serde(rename = "ar", default, skip_serializing_if = "Option::is_none")]
+    pub adding_replicas: Option<Vec<BrokerId>>,
+    /// The new removing replicas, if they change.
+    #[serde(rename = "rr", default, skip_serializing_if = "Option::is_none")]
+    pub removing_replicas: Option<Vec<BrokerId>>,
 }
 
 /// One metadata record.
@@ -229,6 +243,8 @@ mod tests {
                 leader: 1,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                adding_replicas: vec![],
+                removing_replicas: vec![],
             }),
             MetaRecord::FenceBroker {
                 broker_id: 2,

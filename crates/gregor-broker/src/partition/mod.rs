@@ -488,7 +488,16 @@ impl Partition {
 
     /// Appends a batch the broker wrote itself (a coordinator's record or a transaction
     /// marker), under the same locks and through the same path as a client's.
+    ///
+    /// A follower's log takes only its leader's batches: on a follower this is refused (a
+    /// coordinator that does not lead the partition must not write to it).
     pub fn append_internal(&self, batch: &[u8]) -> Result<AppendInfo, LogError> {
+        if let replica::Role::Follower { leader, .. } = self.role() {
+            return Err(LogError::InvalidRecord(format!(
+                "{}-{} is led by broker {leader}: a follower's log takes only its leader's batches",
+                self.topic, self.index
+            )));
+        }
         let batches = ValidatedBatches::validate(batch, |_, _| Ok::<(), LogError>(())).map_err(
             |e| match e {
                 ValidateError::Batch(e) => LogError::from(e),
