@@ -754,6 +754,57 @@ def list_offsets_request(addr: tuple, topic: str, partition: int, timestamp: int
     return code, offset
 
 
+def offset_for_leader_epoch_request(
+    addr: tuple,
+    queries: list,
+    version: int = 4,
+    replica_id: int = -1,
+    timeout: float = 10.0,
+) -> list:
+    """OffsetForLeaderEpoch (API 23) v2-v4 through the node at ``addr``, encoded by hand.
+    ``queries``: (topic, partition, current_leader_epoch, leader_epoch) tuples, one
+    partition each; ``replica_id`` (v3+): -1 a consumer, -2 a debugging tool, >= 0 a
+    follower. Returns one (error_code, leader_epoch, end_offset) per query, in order."""
+    flexible = version >= 4
+
+    def string(v: str) -> bytes:
+        raw = v.encode()
+        return _uvarint(len(raw) + 1) + raw if flexible else struct.pack(">h", len(raw)) + raw
+
+    def count(n: int) -> bytes:
+        return _uvarint(n + 1) if flexible else struct.pack(">i", n)
+
+    tags = b"\x00" if flexible else b""
+    body = bytearray(struct.pack(">i", replica_id) if version >= 3 else b"")
+    body += count(len(queries))
+    for topic, partition, current, epoch in queries:
+        body += string(topic) + count(1) + struct.pack(">iii", partition, current, epoch) + tags + tags
+    body += tags
+    r = _Reader(wire_request(addr, 23, version, bytes(body), flexible, timeout))
+    r.i32()  # throttle
+
+    def partition():
+        code, index, epoch, end = r.i16(), r.i32(), r.i32(), r.i64()
+        if flexible:
+            r.tagged()
+        return index, (code, epoch, end)
+
+    def topic():
+        name = r.compact_str() if flexible else r.take(r.i16()).decode()
+        parts = r.compact_array(partition) if flexible else [partition() for _ in range(r.i32())]
+        if flexible:
+            r.tagged()
+        return name, parts
+
+    topics = r.compact_array(topic) if flexible else [topic() for _ in range(r.i32())]
+    assert len(topics) == len(queries), f"OffsetForLeaderEpoch v{version}: {len(topics)} topics for {len(queries)} asked"
+    out = []
+    for (name, parts), (want_topic, want_partition, _, _) in zip(topics, queries):
+        assert name == want_topic and [i for i, _ in parts] == [want_partition], (name, parts)
+        out.append(parts[0][1])
+    return out
+
+
 def describe_topic_configs_request(addr: tuple, topics: list, timeout: float = 10.0) -> dict:
     """DescribeConfigs v1 of topics, answered by the node at ``addr`` itself (librdkafka
     would send it to the controller). Returns {topic: {name: (value, source)}}; a topic

@@ -22,12 +22,15 @@ import struct
 
 import pytest
 
-from gregor_testlib import Broker, create_topic_confluent, unique_topic
+from gregor_testlib import Broker, create_topic_confluent, offset_for_leader_epoch_request, unique_topic
 
 API_PRODUCE = 0
 API_METADATA = 3
 API_API_VERSIONS = 18
 UNSUPPORTED_VERSION = 35
+UNKNOWN_TOPIC_OR_PARTITION = 3
+FENCED_LEADER_EPOCH = 74
+UNKNOWN_LEADER_EPOCH = 75
 IO_TIMEOUT = 10.0
 
 
@@ -369,3 +372,106 @@ def test_all_abuse_then_clients_still_work(broker):
     finally:
         c.close()
     assert_alive(broker)
+
+
+# ------------------------------------------------------ OffsetForLeaderEpoch
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_offset_for_leader_epoch_single_node(broker, version):
+    """OffsetForLeaderEpoch (API 23) on a single node, which leads every partition at leader
+    epoch 0 (as its Metadata says): epoch 0 ends at the log end offset (as on a Kafka leader
+    for its current epoch), an epoch above it is unknown ((-1, -1), no error), a current
+    leader epoch newer than 0 is UNKNOWN_LEADER_EPOCH, an older one FENCED_LEADER_EPOCH, and
+    an unknown partition UNKNOWN_TOPIC_OR_PARTITION."""
+    from confluent_kafka import Producer
+
+    topic = unique_topic("ofle")
+    create_topic_confluent(broker.bootstrap, topic, 2)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    for i in range(5):
+        p.produce(topic, value=f"m{i}".encode(), partition=0)
+    assert p.flush(30) == 0
+
+    addr = ("127.0.0.1", broker.port)
+    answers = offset_for_leader_epoch_request(
+        addr,
+        [
+            (topic, 0, -1, 0),
+            (topic, 0, 0, 0),
+            (topic, 1, 0, 0),
+            (topic, 0, -1, 1),
+            (topic, 0, -1, -1),
+            (topic, 0, 1, 0),
+            (topic, 0, -3, 0),
+            (topic, 9, -1, 0),
+            ("no-such-topic", 0, -1, 0),
+        ],
+        version=version,
+        replica_id=-2,
+    )
+    assert answers == [
+        (0, 0, 5),
+        (0, 0, 5),
+        (0, 0, 0),
+        (0, -1, -1),
+        (0, -1, -1),
+        (UNKNOWN_LEADER_EPOCH, -1, -1),
+        (FENCED_LEADER_EPOCH, -1, -1),
+        (UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
+        (UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
+    ]
+    assert_alive(broker)
+
+
+def test_librdkafka_validates_a_position_with_a_leader_epoch(broker):
+    """KIP-320 in librdkafka: a consumer assigned a position that carries a leader epoch
+    asks the leader (OffsetForLeaderEpoch) where that epoch ended before fetching. The
+    answer (epoch 0 ends at the log end) validates the position: the consumer reads from
+    offset 3, where a wrong answer ((-1, -1), or an end below 3) would have made it reset
+    to the end (auto.offset.reset=latest) and read nothing."""
+    import logging
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    topic = unique_topic("kip320")
+    create_topic_confluent(broker.bootstrap, topic, 1)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    for i in range(6):
+        p.produce(topic, value=f"m{i}".encode(), partition=0)
+    assert p.flush(30) == 0
+
+    lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger(unique_topic("rdkafka"))
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(Keep())
+    c = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": unique_topic("g"),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+            "debug": "fetch",
+        },
+        logger=logger,
+    )
+    try:
+        c.assign([TopicPartition(topic, 0, 3, leader_epoch=0)])
+        values = []
+        for _ in range(30):
+            msg = c.poll(1.0)
+            if msg is None or msg.error():
+                continue
+            values.append((msg.offset(), msg.value()))
+            if len(values) == 3:
+                break
+    finally:
+        c.close()
+    assert values == [(3, b"m3"), (4, b"m4"), (5, b"m5")], values
+    validated = [line for line in lines if "validation succeeded" in line]
+    assert validated, "librdkafka did not validate the position with OffsetForLeaderEpoch:\n" + "\n".join(
+        line for line in lines if "VALID" in line or "epoch" in line
+    )

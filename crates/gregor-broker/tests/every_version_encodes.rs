@@ -122,6 +122,28 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                     ),
             ]),
         )],
+        ApiKey::OffsetForLeaderEpoch => vec![RequestKind::OffsetForLeaderEpoch(
+            OffsetForLeaderEpochRequest::default().with_topics(vec![
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(t())
+                    .with_partitions(
+                        [(0, -1, 0), (0, 0, -1), (0, 3, 0), (7, -1, 0)]
+                            .iter()
+                            .map(|&(p, current, epoch)| {
+                                offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                                    .with_partition(p)
+                                    .with_current_leader_epoch(current)
+                                    .with_leader_epoch(epoch)
+                            })
+                            .collect(),
+                    ),
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(name("missing"))
+                    .with_partitions(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default(),
+                    ]),
+            ]),
+        )],
         ApiKey::DeleteRecords => vec![RequestKind::DeleteRecords(
             DeleteRecordsRequest::default().with_topics(vec![
                 delete_records_request::DeleteRecordsTopic::default()

@@ -12,6 +12,7 @@ mod admin;
 mod fetch;
 mod group;
 mod metadata;
+mod offset_for_leader_epoch;
 pub mod produce;
 mod producer;
 mod quorum;
@@ -116,6 +117,9 @@ pub async fn dispatch(
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(fetch::delete_records(broker, r))
         }
+        RequestKind::OffsetForLeaderEpoch(r) => ResponseKind::OffsetForLeaderEpoch(
+            offset_for_leader_epoch::offset_for_leader_epoch(broker, r),
+        ),
         RequestKind::InitProducerId(r) => {
             // In a cluster, producer ids come in blocks from the controller; a failure shows
             // in the allocation below (COORDINATOR_LOAD_IN_PROGRESS, retriable).
@@ -221,6 +225,7 @@ pub fn partitions_named(body: &RequestKind) -> usize {
         RequestKind::Fetch(r) => r.topics.iter().map(|t| t.partitions.len()).sum(),
         RequestKind::ListOffsets(r) => r.topics.iter().map(|t| t.partitions.len()).sum(),
         RequestKind::DeleteRecords(r) => r.topics.iter().map(|t| t.partitions.len()).sum(),
+        RequestKind::OffsetForLeaderEpoch(r) => r.topics.iter().map(|t| t.partitions.len()).sum(),
         RequestKind::Metadata(r) => r.topics.as_ref().map_or(0, Vec::len),
         RequestKind::CreateTopics(r) => r.topics.len(),
         RequestKind::DeleteTopics(r) => r.topics.len() + r.topic_names.len(),

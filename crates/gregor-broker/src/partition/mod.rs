@@ -758,4 +758,13 @@ impl Partition {
         self.segments_deleted(&log);
         Ok(Some(low))
     }
+
+    /// OffsetForLeaderEpoch against this partition's log: `(epoch, end offset)` from its
+    /// leader-epoch cache, see [`PartitionLog::end_offset_for_leader_epoch`].
+    pub fn end_offset_for_leader_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.log
+            .read()
+            .expect("log lock")
+            .end_offset_for_leader_epoch(epoch)
+    }
 }
