@@ -12,7 +12,7 @@
 //!                            → cluster (gregor_meta) → registry
 //!                            → flusher, checkpoint, log_manager (background work)
 //! registry, flusher, checkpoint → partition → partition::producer_state
-//! leaves: config, topic_config, appends
+//! leaves: config, topic_config, appends, metrics
 //! ```
 
 pub mod appends;
@@ -25,6 +25,7 @@ pub mod groups;
 pub mod handlers;
 pub mod internal_topics;
 pub mod log_manager;
+pub mod metrics;
 pub mod partition;
 pub mod registry;
 pub mod server;
