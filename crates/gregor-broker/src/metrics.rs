@@ -8,8 +8,7 @@
 //! (`gregor-http`) reads it from [`crate::Broker`] at scrape time. This module only depends
 //! on `prometheus-client` types so the listener can register them as they are.
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Buf;
@@ -265,13 +264,19 @@ pub fn batch_record_count(data: &[u8]) -> u64 {
 
 /// The API's name as Kafka spells it in its metrics (`Produce`, `Fetch`, ...).
 pub fn api_name(api: ApiKey) -> &'static str {
-    static NAMES: LazyLock<Mutex<HashMap<i16, &'static str>>> =
-        LazyLock::new(|| Mutex::new(HashMap::new()));
-    let mut names = NAMES.lock().expect("api names lock");
-    names
-        .entry(api as i16)
-        // At most one leaked string per API key (about 80).
-        .or_insert_with(|| Box::leak(format!("{api:?}").into_boxed_str()))
+    // One leaked string per API key (about 90), built once; read without a lock.
+    static NAMES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+        (0..512i16)
+            .map(|k| match ApiKey::try_from(k) {
+                Ok(api) => &*Box::leak(format!("{api:?}").into_boxed_str()),
+                Err(_) => "Unknown",
+            })
+            .collect()
+    });
+    usize::try_from(api as i16)
+        .ok()
+        .and_then(|i| NAMES.get(i).copied())
+        .unwrap_or("Unknown")
 }
 
 /// Every error code of a response, where the API has them per partition, topic or group.
@@ -350,5 +355,11 @@ mod tests {
         let mut bad = batch.clone();
         bad[8..12].copy_from_slice(&(-5i32).to_be_bytes());
         assert_eq!(batch_record_count(&bad), 0);
+    }
+
+    #[test]
+    fn api_names_are_kafkas() {
+        assert_eq!(api_name(ApiKey::Produce), "Produce");
+        assert_eq!(api_name(ApiKey::OffsetCommit), "OffsetCommit");
     }
 }

@@ -8,8 +8,6 @@ use std::sync::Mutex;
 
 use bytes::Buf;
 use gregor_broker::Broker;
-use kafka_protocol::messages::ConsumerProtocolAssignment;
-use kafka_protocol::protocol::Decodable;
 use serde::Serialize;
 
 /// One partition as this broker sees it.
@@ -165,27 +163,40 @@ fn topic_info(broker: &Broker, t: &gregor_broker::registry::Topic) -> TopicInfo 
     }
 }
 
-/// Owned partitions from a consumer-protocol assignment (empty when it is not one).
+/// Owned partitions from a consumer-protocol assignment (v0-3, not flexible: version i16,
+/// then [topic string, [partition i32]]); empty when it is not one. Parsed here with every
+/// count checked against the bytes left: the bytes come from a client's SyncGroup.
 fn decode_assignment(raw: &bytes::Bytes) -> Vec<TopicPartitions> {
-    let mut buf = raw.clone();
-    if buf.remaining() < 2 {
-        return vec![];
+    fn parse(mut buf: &[u8]) -> Option<Vec<TopicPartitions>> {
+        if buf.remaining() < 6 || !(0..=3).contains(&buf.get_i16()) {
+            return None;
+        }
+        let topics = usize::try_from(buf.get_i32()).ok()?;
+        // A topic takes at least 6 bytes (empty name, empty array).
+        if topics > buf.remaining() / 6 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(topics);
+        for _ in 0..topics {
+            if buf.remaining() < 2 {
+                return None;
+            }
+            let len = usize::try_from(buf.get_i16()).ok()?;
+            if buf.remaining() < len + 4 {
+                return None;
+            }
+            let topic = String::from_utf8_lossy(&buf[..len]).into_owned();
+            buf.advance(len);
+            let n = usize::try_from(buf.get_i32()).ok()?;
+            if n > buf.remaining() / 4 {
+                return None;
+            }
+            let partitions = (0..n).map(|_| buf.get_i32()).collect();
+            out.push(TopicPartitions { topic, partitions });
+        }
+        Some(out)
     }
-    let version = buf.get_i16();
-    if !(0..=3).contains(&version) {
-        return vec![];
-    }
-    match ConsumerProtocolAssignment::decode(&mut buf, version) {
-        Ok(a) => a
-            .assigned_partitions
-            .into_iter()
-            .map(|tp| TopicPartitions {
-                topic: tp.topic.as_str().to_string(),
-                partitions: tp.partitions,
-            })
-            .collect(),
-        Err(_) => vec![],
-    }
+    parse(raw).unwrap_or_default()
 }
 
 /// Every group of this broker's coordinator with its members and lag, sorted by id. Empty
@@ -362,5 +373,50 @@ impl LagHistory {
         h.get(group)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(id: &str, lag: i64) -> GroupInfo {
+        GroupInfo {
+            group_id: id.to_string(),
+            state: "Stable".into(),
+            protocol_type: "consumer".into(),
+            protocol: "range".into(),
+            members: vec![],
+            offsets: vec![GroupOffset {
+                topic: "t".into(),
+                partition: 0,
+                committed: 10,
+                log_end_offset: 10 + lag,
+                lag,
+            }],
+        }
+    }
+
+    #[test]
+    fn lag_history_is_bounded_and_forgets_deleted_groups() {
+        let h = LagHistory::default();
+        for i in 0..(LAG_SAMPLES as i64 + 20) {
+            h.sample(i, &[group("a", i), group("b", 1)]);
+        }
+        let a = h.of("a");
+        assert_eq!(a.len(), LAG_SAMPLES);
+        assert_eq!(a.last().unwrap().lags["t-0"], LAG_SAMPLES as i64 + 19);
+        assert_eq!(a.first().unwrap().t, 20);
+        h.sample(1000, &[group("a", 0)]);
+        assert!(h.of("b").is_empty());
+    }
+
+    #[test]
+    fn assignment_decoding_tolerates_garbage() {
+        assert!(decode_assignment(&bytes::Bytes::from_static(b"")).is_empty());
+        assert!(decode_assignment(&bytes::Bytes::from_static(b"\x00\x09abc")).is_empty());
+        assert!(
+            decode_assignment(&bytes::Bytes::from_static(b"\x00\x00\x7f\xff\xff\xff")).is_empty()
+        );
     }
 }
