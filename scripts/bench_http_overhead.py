@@ -5,7 +5,7 @@ acceptance 4). Runs `gregor bench produce` against two brokers, one started with
 polling), one without; runs are interleaved (off, on, off, on, ...) in one invocation so
 machine noise hits both alike. Prints each run and the ratio of the medians.
 
-    python3 scripts/bench_http_overhead.py [--rounds 3] [--duration 5] [--bin target/release/gregor]
+    python3 scripts/bench_http_overhead.py [--rounds 4] [--duration 5] [--bin target/release/gregor]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def bench(bin_path: str, bootstrap: str, duration: int, topic: str) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--bin", default=str(DEFAULT_BIN))
     a = ap.parse_args()
@@ -62,7 +62,10 @@ def main() -> int:
         results = {"off": [], "on": []}
         try:
             for r in range(a.rounds):
-                for name, b in (("off", off), ("on", on)):
+                order = (("off", off), ("on", on))
+                # Alternate which goes first: a bias of the first run in a round (warm
+                # caches, the other agents' load) hits both alike.
+                for name, b in order if r % 2 == 0 else order[::-1]:
                     rate = bench(a.bin, b.bootstrap, a.duration, "gregor-bench")
                     results[name].append(rate)
                     print(f"round {r + 1} listener {name:3}: {rate:,.0f} records/s", flush=True)
