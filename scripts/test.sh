@@ -2,10 +2,11 @@
 # The one command that runs every Gregor test:
 #   Rust: cargo fmt --check, module-cycle check, clippy -D warnings, release build,
 #         cargo test (profile ci-test: optimised, with debug assertions and overflow checks on)
-#   Python: third-party Kafka clients (confluent-kafka, kafka-python, kcat)
+#   Python: third-party Kafka clients (confluent-kafka, kafka-python, kcat), /metrics and
+#           the web console (Playwright + Debian chromium)
 #           and raw-protocol tests against the real release binary.
 #
-# It installs what it needs itself (kcat via apt, a Python venv in .venv),
+# It installs what it needs itself (kcat and chromium via apt, a Python venv in .venv),
 # idempotently, and works without a TTY or stdin (CI=true).
 # Exits non-zero if any step fails; later steps still run where they can, so
 # one run reports everything.
@@ -107,6 +108,18 @@ install_go_sarama() {
     command -v go >/dev/null
 }
 
+# The console test (tests/python/test_console.py) drives Debian's chromium through
+# Playwright (pip, in the venv); Playwright's own browser download is never used.
+install_chromium() {
+    if command -v chromium >/dev/null 2>&1; then
+        echo "chromium present: $(command -v chromium)"
+        return 0
+    fi
+    echo "installing chromium via apt-get"
+    apt_install chromium fonts-dejavu-core || return 1
+    command -v chromium >/dev/null
+}
+
 req_hash() {
     sha256sum "$REQS" | cut -d' ' -f1
 }
@@ -172,6 +185,7 @@ rustc --version
 if [[ "${GREGOR_SKIP_INSTALL:-0}" != "1" ]]; then
     step "install kcat" install_kcat || true
     step "install go + sarama" install_go_sarama || true
+    step "install chromium" install_chromium || true
     step "install python venv" install_venv || true
 fi
 

@@ -32,9 +32,9 @@ def broker_factory(gregor_bin, tmp_path_factory):
     """
     made: list[Broker] = []
 
-    def make(data_dir=None, extra_args=(), start=True, env=None) -> Broker:
+    def make(data_dir=None, extra_args=(), start=True, env=None, http=False) -> Broker:
         base = tmp_path_factory.mktemp("gregor")
-        b = Broker(gregor_bin, base_dir=base, data_dir=data_dir, extra_args=extra_args, env=env)
+        b = Broker(gregor_bin, base_dir=base, data_dir=data_dir, extra_args=extra_args, env=env, http=http)
         made.append(b)
         if start:
             b.start()

@@ -28,6 +28,8 @@ from typing import Callable, Optional, TypeVar
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO_ROOT / "target" / "release" / "gregor"
 READY_RE = re.compile(r"^gregor listening on (\S+):(\d+)\s*$")
+# Printed before READY_RE when the HTTP listener is on (`serve --http`).
+HTTP_RE = re.compile(r"^gregor http listening on (\S+):(\d+)\s*$")
 START_TIMEOUT = float(os.environ.get("GREGOR_START_TIMEOUT", "30"))
 STOP_TIMEOUT = float(os.environ.get("GREGOR_STOP_TIMEOUT", "30"))
 
@@ -121,8 +123,12 @@ class Broker:
         data_dir: Optional[Path] = None,
         extra_args: tuple = (),
         env: Optional[dict] = None,
+        http: bool = False,
     ):
         self.bin_path = Path(bin_path)
+        # http=True: also serve HTTP (metrics, console) on an ephemeral port: http_url.
+        self.http = http
+        self.http_port: Optional[int] = None
         self._own_base = base_dir is None
         self.base_dir = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="gregor-test-"))
         self.data_dir = Path(data_dir) if data_dir else self.base_dir / "data"
@@ -149,6 +155,12 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def http_url(self) -> str:
+        if self.http_port is None:
+            raise BrokerError("broker has no HTTP listener running (start it with http=True)")
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
     def log_path(self) -> Path:
         return self.log_paths[-1]
 
@@ -173,6 +185,7 @@ class Broker:
             f"127.0.0.1:{self.listen_port}",
             "--data-dir",
             str(self.data_dir),
+            *(["--http", "127.0.0.1:0"] if self.http else []),
             *self.extra_args,
         ]
 
@@ -204,6 +217,9 @@ class Broker:
                 for raw in iter(stream.readline, b""):
                     log_file.write(raw)
                     if not ready.is_set():
+                        h = HTTP_RE.match(raw.decode("utf-8", "replace"))
+                        if h:
+                            found["http_port"] = int(h.group(2))
                         m = READY_RE.match(raw.decode("utf-8", "replace"))
                         if m:
                             found["host"], found["port"] = m.group(1), int(m.group(2))
@@ -235,6 +251,9 @@ class Broker:
                     f"--- log {log_path} ---\n{self.log_tail()}"
                 )
         self.host, self.port = self._found["host"], self._found["port"]
+        self.http_port = self._found.get("http_port")
+        if self.http and not self.http_port:
+            raise BrokerError("gregor started without printing 'gregor http listening on'")
         if self.port == 0:
             raise BrokerError("gregor reported port 0; it must print the real port")
         return self

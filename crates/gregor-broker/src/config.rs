@@ -202,6 +202,41 @@ pub struct BrokerConfig {
     /// (Kafka's default, 10 minutes).
     #[serde(alias = "producer.id.expiration.check.interval.ms")]
     pub producer_id_expiration_check_interval_ms: u64,
+    /// The HTTP listener (`[http]`: metrics, health, console); off unless `listener` is set.
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the HTTP listener of `gregor-http` (`/metrics`, `/healthz`, `/readyz`, the
+/// console and `/api/...`), and its limits against hostile clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `http.listener`: address to bind (port 0 picks a free port). Unset: no HTTP listener.
+    pub listener: Option<SocketAddr>,
+    /// Open HTTP connections at most; more are closed right after accept.
+    pub max_connections: usize,
+    /// A request's header must arrive complete within this long of the connection's start
+    /// or of the previous response (slow or idle clients are closed).
+    pub header_timeout_ms: u64,
+    /// Largest request header (request line and fields); larger ones get 431 and a close.
+    pub max_header_bytes: usize,
+    /// A connection is closed (after its request in progress) once this old.
+    pub max_connection_age_ms: u64,
+    /// Allow the console's write actions (none yet: the console is read-only).
+    pub allow_writes: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listener: None,
+            max_connections: 256,
+            header_timeout_ms: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_connection_age_ms: 300_000,
+            allow_writes: false,
+        }
+    }
 }
 
 /// Durability policy for appended data.
@@ -293,6 +328,7 @@ impl Default for BrokerConfig {
             transaction_remove_expired_interval_ms: 60 * 60 * 1000,
             producer_id_expiration_ms: 24 * 60 * 60 * 1000,
             producer_id_expiration_check_interval_ms: 10 * 60 * 1000,
+            http: HttpConfig::default(),
         }
     }
 }

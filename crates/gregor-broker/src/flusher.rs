@@ -218,7 +218,9 @@ fn run(inner: &Inner, pool: &SyncPool) {
             }
             (parts, std::mem::take(&mut p.waiters))
         };
+        let started = std::time::Instant::now();
         let result = flush_round(&partitions, pool);
+        crate::metrics::metrics().observe_fsync(started.elapsed());
         inner.rounds.fetch_add(1, Ordering::Relaxed);
         for w in waiters {
             let _ = w.send(result.clone());

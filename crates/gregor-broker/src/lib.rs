@@ -13,7 +13,7 @@
 //!                            → flusher, checkpoint, log_manager (background work)
 //! replication → partition (fetchers: gregor_client::BrokerConnection)
 //! registry, flusher, checkpoint → partition → partition::{producer_state, replica}
-//! leaves: config, topic_config, appends
+//! leaves: config, topic_config, appends, metrics
 //! ```
 
 pub mod appends;
@@ -26,6 +26,7 @@ pub mod groups;
 pub mod handlers;
 pub mod internal_topics;
 pub mod log_manager;
+pub mod metrics;
 pub mod partition;
 pub mod registry;
 pub mod replication;

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use gregor_protocol::codec::unsupported_api_versions_response;
@@ -35,6 +35,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::handlers::{self, RequestContext, Response};
+use crate::metrics::{self, metrics};
 
 /// Counts open connections, in total and per IP.
 struct ConnectionLimits {
@@ -61,6 +62,7 @@ impl ConnectionLimits {
         }
         *per_ip += 1;
         open.0 += 1;
+        metrics().connections_active.inc();
         Ok(ConnectionSlot {
             limits: self.clone(),
             ip,
@@ -72,6 +74,7 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut open = self.limits.open.lock().expect("connection limits lock");
         open.0 -= 1;
+        metrics().connections_active.dec();
         if let Some(n) = open.1.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -113,6 +116,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match limits.try_open(peer.ip()) {
                     Ok(slot) => {
+                        metrics().connections_accepted.inc();
                         let _ = stream.set_nodelay(true);
                         let broker = broker.clone();
                         let queued_bytes = queued_bytes.clone();
@@ -123,6 +127,7 @@ pub async fn serve(
                         });
                     }
                     Err(limit) => {
+                        metrics().connections_refused.inc();
                         tracing::warn!(%peer, limit, "refusing connection: limit reached");
                         drop(stream);
                     }
@@ -261,6 +266,8 @@ async fn process(
         return Err(Close);
     }
     let ctx = RequestContext::new(format!("/{}", peer.ip()), &request);
+    let started = Instant::now();
+    let produced = metrics::produced_partitions(&request.body);
     // Handlers run as their own tasks so that a bug that panics in one fails this request
     // and connection, logged with context, and never the broker.
     let handler_broker = broker.clone();
@@ -284,10 +291,23 @@ async fn process(
             }
         }
     };
+    let observing = broker.clone();
+    let observe = move |body: &Option<ResponseKind>| {
+        metrics().observe_request(api_key, started.elapsed(), body.as_ref(), &produced, |id| {
+            observing.topic_by_id(id).map(|t| t.name.clone())
+        });
+    };
     match response {
-        Response::Now(body) => Ok(Outgoing::Ready(encode(body)?, permit)),
+        Response::Now(body) => {
+            observe(&body);
+            Ok(Outgoing::Ready(encode(body)?, permit))
+        }
         Response::Later(future) => {
-            let answer = tokio::spawn(async move { encode(future.await).ok().flatten() });
+            let answer = tokio::spawn(async move {
+                let body = future.await;
+                observe(&body);
+                encode(body).ok().flatten()
+            });
             Ok(Outgoing::Later(answer, permit))
         }
     }

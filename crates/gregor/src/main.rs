@@ -101,6 +101,10 @@ struct ServeArgs {
     /// (topic flush.ms / flush.messages), `never`. Default always.
     #[arg(long)]
     fsync: Option<gregor_broker::config::FsyncPolicy>,
+    /// HTTP listener for /metrics, /healthz, /readyz, the web console and /api (TOML
+    /// `[http] listener`). Off unless given.
+    #[arg(long)]
+    http: Option<SocketAddr>,
     /// Log format on stderr: `text` (colour only on a terminal) or `json` (one object a
     /// line, for journald / log shippers).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -207,6 +211,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.fsync {
         config.fsync = v;
     }
+    if let Some(v) = args.http {
+        config.http.listener = Some(v);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -251,6 +258,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }))
             }
         };
+        let (http_stop, http_task) = match broker.config.http.listener {
+            Some(addr) => {
+                let http = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the HTTP listener {addr}"))?;
+                let http_bound = http.local_addr()?;
+                println!("gregor http listening on {http_bound}");
+                tracing::info!(%http_bound, "HTTP listener (metrics, console) ready");
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                let task = tokio::spawn(gregor_http::serve(
+                    broker.clone(),
+                    http,
+                    broker.config.http.clone(),
+                    rx,
+                ));
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
         // Ordered shutdown: stop accepting and drain the connections (bounded by
@@ -268,6 +294,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         gregor_broker::server::serve(broker.clone(), listener, shutdown).await;
         tracing::info!("connections closed; stopping background work");
+        if let (Some(stop), Some(task)) = (http_stop, http_task) {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         if let Some(c) = coordinators {
             c.abort();
         }

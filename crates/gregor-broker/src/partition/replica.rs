@@ -115,14 +115,6 @@ impl Partition {
             .unwrap_or(-1)
     }
 
-    /// `(epoch, end offset)` for OffsetForLeaderEpoch and a follower's divergence check.
-    pub fn epoch_end_offset(&self, epoch: i32) -> (i32, i64) {
-        self.log
-            .read()
-            .expect("log lock")
-            .end_offset_for_leader_epoch(epoch)
-    }
-
     /// Becomes (or stays) the leader at `epoch`: a new epoch starts at the log end offset
     /// (persisted in the leader-epoch cache before any batch stamped with it is appended);
     /// the same epoch only takes the controller's newer ISR.

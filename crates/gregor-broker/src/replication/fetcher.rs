@@ -302,7 +302,7 @@ async fn handle(
     }
     if pd.diverging_epoch.epoch >= 0 || pd.diverging_epoch.end_offset >= 0 {
         let (epoch, leader_end) = (pd.diverging_epoch.epoch, pd.diverging_epoch.end_offset);
-        let (_, own_end) = partition.epoch_end_offset(epoch);
+        let (_, own_end) = partition.end_offset_for_leader_epoch(epoch);
         let target = if leader_end < 0 {
             partition.high_watermark()
         } else {

@@ -1,0 +1,365 @@
+//! Event metrics of the broker: what happens on the request path (requests, errors, latency,
+//! bytes and records in and out, fsync rounds, connections). One process-wide set
+//! ([`metrics`]), like Kafka's metrics registry; updated with a few atomic operations and
+//! never read on the request path.
+//!
+//! State that can be read from the broker at any time (partitions, log sizes, offsets,
+//! groups and their lag, the metadata quorum) is not kept here: the HTTP listener
+//! (`gregor-http`) reads it from [`crate::Broker`] at scrape time. This module only depends
+//! on `prometheus-client` types so the listener can register them as they are.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Buf;
+use kafka_protocol::messages::{ApiKey, ResponseKind};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label set `{api="Produce"}`.
+pub type ApiLabel = [(&'static str, &'static str); 1];
+/// Label set `{api="Produce",code="6"}` (the Kafka error code).
+pub type ApiErrorLabel = [(&'static str, String); 2];
+/// Label set `{topic="orders"}`.
+pub type TopicLabel = [(&'static str, String); 1];
+
+/// The broker's event metrics (see the module doc).
+pub struct BrokerMetrics {
+    pub requests: Family<ApiLabel, Counter>,
+    pub request_errors: Family<ApiErrorLabel, Counter>,
+    pub request_duration: Family<ApiLabel, Histogram>,
+    pub fsync_duration: Histogram,
+    pub fsync_rounds: Counter,
+    pub bytes_in: Family<TopicLabel, Counter>,
+    pub records_in: Family<TopicLabel, Counter>,
+    pub bytes_out: Family<TopicLabel, Counter>,
+    pub records_out: Family<TopicLabel, Counter>,
+    pub connections_active: Gauge,
+    pub connections_accepted: Counter,
+    pub connections_refused: Counter,
+}
+
+fn latency_buckets() -> Histogram {
+    // 50 µs .. ~26 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+impl BrokerMetrics {
+    fn new() -> Self {
+        BrokerMetrics {
+            requests: Family::default(),
+            request_errors: Family::default(),
+            request_duration: Family::new_with_constructor(latency_buckets),
+            fsync_duration: latency_buckets(),
+            fsync_rounds: Counter::default(),
+            bytes_in: Family::default(),
+            records_in: Family::default(),
+            bytes_out: Family::default(),
+            records_out: Family::default(),
+            connections_active: Gauge::default(),
+            connections_accepted: Counter::default(),
+            connections_refused: Counter::default(),
+        }
+    }
+
+    /// Registers every metric (names without the `gregor_` prefix, which the registry adds).
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "requests",
+            "Requests handled, by API",
+            self.requests.clone(),
+        );
+        r.register(
+            "request_errors",
+            "Error codes in responses (per partition, group or topic where the API has them), by API and Kafka error code",
+            self.request_errors.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from a request's decoding to its response being ready (a produce includes its fsync wait), by API",
+            self.request_duration.clone(),
+        );
+        r.register(
+            "produce_fsync_duration_seconds",
+            "Duration of one group-commit fsync round (fsync of every partition written since the last round)",
+            self.fsync_duration.clone(),
+        );
+        r.register(
+            "produce_fsync_rounds",
+            "Group-commit fsync rounds run",
+            self.fsync_rounds.clone(),
+        );
+        r.register(
+            "topic_bytes_in",
+            "Record batch bytes appended by produce requests, by topic (Kafka BytesInPerSec)",
+            self.bytes_in.clone(),
+        );
+        r.register(
+            "topic_records_in",
+            "Records appended by produce requests, by topic (Kafka MessagesInPerSec)",
+            self.records_in.clone(),
+        );
+        r.register(
+            "topic_bytes_out",
+            "Record batch bytes sent in fetch responses, by topic (Kafka BytesOutPerSec)",
+            self.bytes_out.clone(),
+        );
+        r.register(
+            "topic_records_out",
+            "Records sent in fetch responses, by topic",
+            self.records_out.clone(),
+        );
+        r.register(
+            "connections_active",
+            "Open client connections on the Kafka listener",
+            self.connections_active.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "Client connections accepted on the Kafka listener",
+            self.connections_accepted.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Client connections closed at accept by max.connections / max.connections.per.ip",
+            self.connections_refused.clone(),
+        );
+    }
+
+    /// One fsync round of the flusher took `d`.
+    pub fn observe_fsync(&self, d: Duration) {
+        self.fsync_rounds.inc();
+        self.fsync_duration.observe(d.as_secs_f64());
+    }
+
+    /// A request of `api` was answered after `d` with `response` (`None`: no response,
+    /// e.g. acks=0).
+    pub fn observe_request(
+        &self,
+        api: ApiKey,
+        d: Duration,
+        response: Option<&ResponseKind>,
+        produced: &[ProducedPartition],
+        topic_name: impl Fn(uuid::Uuid) -> Option<String>,
+    ) {
+        let api_label = [("api", api_name(api))];
+        self.requests.get_or_create(&api_label).inc();
+        self.request_duration
+            .get_or_create(&api_label)
+            .observe(d.as_secs_f64());
+        let mut codes = Vec::new();
+        if let Some(r) = response {
+            error_codes(r, &mut codes);
+        }
+        for code in codes.into_iter().filter(|c| *c != 0) {
+            self.request_errors
+                .get_or_create(&[
+                    ("api", api_name(api).to_string()),
+                    ("code", code.to_string()),
+                ])
+                .inc();
+        }
+        match response {
+            Some(ResponseKind::Produce(r)) => {
+                for p in produced {
+                    let ok = r
+                        .responses
+                        .iter()
+                        .filter(|t| t.name.as_str() == p.topic)
+                        .flat_map(|t| t.partition_responses.iter())
+                        .any(|pr| pr.index == p.partition && pr.error_code == 0);
+                    if ok {
+                        self.count_in(p);
+                    }
+                }
+            }
+            // acks=0: nothing is answered; what was sent is counted.
+            None if api == ApiKey::Produce => produced.iter().for_each(|p| self.count_in(p)),
+            Some(ResponseKind::Fetch(r)) => {
+                for t in &r.responses {
+                    let (mut bytes, mut records) = (0u64, 0u64);
+                    for p in &t.partitions {
+                        if let Some(data) = &p.records {
+                            bytes += data.len() as u64;
+                            records += batch_record_count(data);
+                        }
+                    }
+                    if bytes > 0 {
+                        // Fetch v13+ names topics by id only.
+                        let name = match t.topic.as_str() {
+                            "" => topic_name(t.topic_id).unwrap_or_default(),
+                            name => name.to_string(),
+                        };
+                        let topic = [("topic", name)];
+                        self.bytes_out.get_or_create(&topic).inc_by(bytes);
+                        self.records_out.get_or_create(&topic).inc_by(records);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn count_in(&self, p: &ProducedPartition) {
+        let topic = [("topic", p.topic.clone())];
+        self.bytes_in.get_or_create(&topic).inc_by(p.bytes);
+        self.records_in.get_or_create(&topic).inc_by(p.records);
+    }
+}
+
+/// One partition's data in a produce request, counted once the append is acknowledged.
+#[derive(Debug, Clone)]
+pub struct ProducedPartition {
+    pub topic: String,
+    pub partition: i32,
+    pub bytes: u64,
+    pub records: u64,
+}
+
+/// The partitions of a produce request and their sizes (empty for other requests).
+pub fn produced_partitions(body: &kafka_protocol::messages::RequestKind) -> Vec<ProducedPartition> {
+    let kafka_protocol::messages::RequestKind::Produce(r) = body else {
+        return vec![];
+    };
+    r.topic_data
+        .iter()
+        .flat_map(|t| {
+            t.partition_data.iter().map(|p| {
+                let data = p.records.as_ref();
+                ProducedPartition {
+                    topic: t.name.as_str().to_string(),
+                    partition: p.index,
+                    bytes: data.map_or(0, |d| d.len() as u64),
+                    records: data.map_or(0, |d| batch_record_count(d)),
+                }
+            })
+        })
+        .collect()
+}
+
+/// Records in a run of v2 record batches (the `records count` field of each header); stops
+/// at the first truncated or older-format batch.
+pub fn batch_record_count(data: &[u8]) -> u64 {
+    // baseOffset(8) batchLength(4) partitionLeaderEpoch(4) magic(1) crc(4) attributes(2)
+    // lastOffsetDelta(4) baseTimestamp(8) maxTimestamp(8) producerId(8) producerEpoch(2)
+    // baseSequence(4) recordsCount(4)
+    const COUNT_AT: usize = 57;
+    let mut rest = data;
+    let mut total = 0u64;
+    while rest.len() >= COUNT_AT + 4 {
+        let len = (&rest[8..12]).get_i32();
+        let magic = rest[16];
+        let Ok(len) = usize::try_from(len) else { break };
+        if magic != 2 || rest.len() < 12 + len {
+            break;
+        }
+        total += u64::try_from((&rest[COUNT_AT..COUNT_AT + 4]).get_i32()).unwrap_or(0);
+        rest = &rest[12 + len..];
+    }
+    total
+}
+
+/// The API's name as Kafka spells it in its metrics (`Produce`, `Fetch`, ...).
+pub fn api_name(api: ApiKey) -> &'static str {
+    // One leaked string per API key (about 90), built once; read without a lock.
+    static NAMES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+        (0..512i16)
+            .map(|k| match ApiKey::try_from(k) {
+                Ok(api) => &*Box::leak(format!("{api:?}").into_boxed_str()),
+                Err(_) => "Unknown",
+            })
+            .collect()
+    });
+    usize::try_from(api as i16)
+        .ok()
+        .and_then(|i| NAMES.get(i).copied())
+        .unwrap_or("Unknown")
+}
+
+/// Every error code of a response, where the API has them per partition, topic or group.
+fn error_codes(r: &ResponseKind, out: &mut Vec<i16>) {
+    match r {
+        ResponseKind::Produce(r) => out.extend(
+            r.responses
+                .iter()
+                .flat_map(|t| t.partition_responses.iter().map(|p| p.error_code)),
+        ),
+        ResponseKind::Fetch(r) => {
+            out.push(r.error_code);
+            out.extend(
+                r.responses
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+            );
+        }
+        ResponseKind::ListOffsets(r) => out.extend(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        ResponseKind::Metadata(r) => {
+            out.push(r.error_code);
+            out.extend(r.topics.iter().map(|t| t.error_code));
+        }
+        ResponseKind::OffsetCommit(r) => out.extend(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        ResponseKind::OffsetFetch(r) => {
+            out.push(r.error_code);
+            out.extend(r.groups.iter().map(|g| g.error_code));
+        }
+        ResponseKind::FindCoordinator(r) => {
+            out.push(r.error_code);
+            out.extend(r.coordinators.iter().map(|c| c.error_code));
+        }
+        ResponseKind::JoinGroup(r) => out.push(r.error_code),
+        ResponseKind::SyncGroup(r) => out.push(r.error_code),
+        ResponseKind::Heartbeat(r) => out.push(r.error_code),
+        ResponseKind::LeaveGroup(r) => out.push(r.error_code),
+        ResponseKind::DescribeGroups(r) => out.extend(r.groups.iter().map(|g| g.error_code)),
+        ResponseKind::CreateTopics(r) => out.extend(r.topics.iter().map(|t| t.error_code)),
+        ResponseKind::DeleteTopics(r) => out.extend(r.responses.iter().map(|t| t.error_code)),
+        ResponseKind::InitProducerId(r) => out.push(r.error_code),
+        ResponseKind::EndTxn(r) => out.push(r.error_code),
+        _ => {}
+    }
+}
+
+/// The process-wide event metrics.
+pub fn metrics() -> &'static BrokerMetrics {
+    static METRICS: LazyLock<BrokerMetrics> = LazyLock::new(BrokerMetrics::new);
+    &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_records_of_v2_batches_and_stops_at_garbage() {
+        let mut batch = vec![0u8; 61];
+        batch[8..12].copy_from_slice(&49i32.to_be_bytes()); // 61 - 12
+        batch[16] = 2;
+        batch[57..61].copy_from_slice(&7i32.to_be_bytes());
+        let mut two = batch.clone();
+        two.extend_from_slice(&batch);
+        assert_eq!(batch_record_count(&batch), 7);
+        assert_eq!(batch_record_count(&two), 14);
+        assert_eq!(batch_record_count(&two[..100]), 7);
+        assert_eq!(batch_record_count(&[1, 2, 3]), 0);
+        let mut bad = batch.clone();
+        bad[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        assert_eq!(batch_record_count(&bad), 0);
+    }
+
+    #[test]
+    fn api_names_are_kafkas() {
+        assert_eq!(api_name(ApiKey::Produce), "Produce");
+        assert_eq!(api_name(ApiKey::OffsetCommit), "OffsetCommit");
+    }
+}
