@@ -56,7 +56,6 @@ UNKNOWN_LEADER_EPOCH = 75
 # Until the replication data path lands (follower fetcher, ISR, high watermark from the
 # ISR, acks=all waiting for the ISR, truncation), a new leader starts from its own log and
 # acks=all is answered by the leader alone: these tests fail, by design of the tests.
-NOT_YET = pytest.mark.xfail(strict=False, reason="replication landing (issue 16)")
 
 
 @pytest.fixture
@@ -109,7 +108,6 @@ def check_history(name: str, seed: int, load: LoadProducer, bootstrap: str, topi
 
 
 # --------------------------------------------------------------------------- 1
-@NOT_YET
 def test_kill9_partition_leader_loses_no_acknowledged_write(cluster_factory, seed):
     """Acceptance 1: kill -9 the leader of a partition under a steady idempotent acks=all
     load. A new leader appears in every survivor's Metadata (measured; goal < 2 s), the
@@ -165,7 +163,6 @@ def test_kill9_partition_leader_loses_no_acknowledged_write(cluster_factory, see
 
 
 # --------------------------------------------------------------------------- 2
-@NOT_YET
 def test_sigstop_partition_leader_loses_no_acknowledged_write(cluster_factory, seed):
     """Acceptance 2: SIGSTOP a partition leader for 15 s under the same load, then SIGCONT.
     Meanwhile another replica leads (measured); after SIGCONT the old leader acknowledges
@@ -238,7 +235,6 @@ def test_sigstop_partition_leader_loses_no_acknowledged_write(cluster_factory, s
 
 
 # --------------------------------------------------------------------------- 5
-@NOT_YET
 def test_two_of_three_replicas_down_refuses_acks_all_serves_acks_1(cluster_factory, seed):
     """Acceptance 5: with 2 of a partition's 3 replicas down, acks=all gets
     NOT_ENOUGH_REPLICAS (min.insync.replicas=2) and acks=1 still works; once they are back
