@@ -1,10 +1,12 @@
-"""Issue 16 (replication) acceptance 3 and 4, with real processes on loopback:
+"""Issue 16 (replication) acceptance 3, 4 and 6, with real processes on loopback:
 
 3. kill -9 the broker that coordinates a consumer group while the group consumes and commits:
    the group continues on the new coordinator from its committed offsets (the offsets were
    replicated with __consumer_offsets, and the new leader of its partition rebuilt the group).
 4. rolling restart of all three nodes with SIGTERM under an idempotent acks=all load: nothing
    acknowledged is lost or duplicated; the longest produce stall is reported.
+6. a partition moved from nodes {1,2,3} to {1,2,4} of a 4-node cluster under load
+   (AlterPartitionReassignments): node 4 gets the data, nothing acknowledged is lost.
 
 Fault order and timing come from a seed (env GREGOR_FAULT_SEED, else random), printed in every
 failure message so that a run can be replayed.
@@ -310,3 +312,69 @@ def test_rolling_restart_with_sigterm_loses_nothing(cluster_factory):
     verify(load.acked, records, seed)
     record_timing("rolling restart: longest produce stall", load.longest_stall, goal=5.0)
     assert load.longest_stall < 30, f"a partition took no write for {load.longest_stall:.1f} s (seed {seed})"
+
+
+def reassign_request(addr: tuple, topic: str, partition: int, replicas) -> tuple:
+    """AlterPartitionReassignments v0 through ``addr``: (top error, [partition errors])."""
+    import io
+
+    from kafka.protocol.admin import AlterPartitionReassignmentsRequest_v0, AlterPartitionReassignmentsResponse_v0
+
+    from gregor_testlib import wire_request
+
+    req = AlterPartitionReassignmentsRequest_v0(timeout_ms=10000, topics=[(topic, [(partition, replicas, {})], {})], tags={})
+    body = wire_request(addr, 45, 0, req.encode(), True, 15)
+    resp = AlterPartitionReassignmentsResponse_v0.decode(io.BytesIO(body))
+    return resp.error_code, [p[1] for t in resp.responses for p in t[1]]
+
+
+def list_reassignments_request(addr: tuple) -> list:
+    """ListPartitionReassignments v0 (all topics): [(topic, partition, replicas, adding, removing)]."""
+    import io
+
+    from kafka.protocol.admin import ListPartitionReassignmentsRequest_v0, ListPartitionReassignmentsResponse_v0
+
+    from gregor_testlib import wire_request
+
+    req = ListPartitionReassignmentsRequest_v0(timeout_ms=10000, topics=None, tags={})
+    body = wire_request(addr, 46, 0, req.encode(), True, 15)
+    resp = ListPartitionReassignmentsResponse_v0.decode(io.BytesIO(body))
+    return [(t[0], p[0], p[1], p[2], p[3]) for t in resp.topics for p in t[1]]
+
+
+def test_reassign_partition_to_a_fourth_node_under_load(cluster_factory):
+    """Acceptance 6: a partition on {1,2,3} moved to {1,2,4} under an idempotent acks=all
+    load: node 4 receives the data, node 3 leaves, nothing acknowledged is lost."""
+    from replication_check import create_topic_request
+
+    seed = seed_of()
+    rng = random.Random(seed)
+    c = cluster_factory(4)
+    c.wait_formed()
+    topic = unique_topic("move")
+    code, msg = create_topic_request(c.node(1).addr, topic, 1, 3, {"min.insync.replicas": "2"}, assignments=[[1, 2, 3]])
+    assert code == 0, msg
+    wait_topic_everywhere(c.nodes, topic, 1)
+    wait_for(lambda: full_isr(c.node(1), topic, 1), 30, 0.1, "full ISR")
+    with Load(c.bootstrap, topic, 1) as load:
+        wait_for(lambda: len(load.acked) > rng.randrange(100, 400), 30, 0.1, "first acknowledgements")
+        top, errors = reassign_request(c.node(rng.choice([1, 2, 3, 4])).addr, topic, 0, [1, 2, 4])
+        assert top == 0 and errors == [0], f"AlterPartitionReassignments: {top} {errors} (seed {seed})"
+
+        def moved():
+            p = c.node(1).metadata([topic])["topics"][topic]["partitions"][0]
+            return sorted(p["replicas"]) == [1, 2, 4] and sorted(p["isr"]) == [1, 2, 4] and p
+
+        started = time.monotonic()
+        done = wait_for(moved, 60, 0.1, f"the move to [1, 2, 4] (seed {seed})")
+        record_timing("reassignment {1,2,3} -> {1,2,4} under load", time.monotonic() - started, goal=10.0)
+        assert list_reassignments_request(c.node(2).addr) == [], "a finished reassignment is still listed"
+        time.sleep(1)
+    assert not load.errors, f"delivery errors: {load.errors[:5]} (seed {seed})"
+    assert done["leader"] in (1, 2, 4)
+    records = read_all(c.bootstrap, topic, 1)
+    verify(load.acked, records, seed)
+    # Node 4 has the data: its copy of the log is (about) the size of the leader's.
+    log4 = sum(f.stat().st_size for f in (c.node(4).data_dir / f"{topic}-0").glob("*.log"))
+    log1 = sum(f.stat().st_size for f in (c.node(1).data_dir / f"{topic}-0").glob("*.log"))
+    assert log4 > 0 and abs(log4 - log1) < 64 * 1024, f"node 4 log {log4} B vs node 1 {log1} B (seed {seed})"

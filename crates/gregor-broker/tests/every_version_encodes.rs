@@ -62,6 +62,19 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                 metadata_request::MetadataRequestTopic::default().with_name(Some(name("bad name"))),
             ]))),
         ],
+        ApiKey::AlterPartitionReassignments => vec![RequestKind::AlterPartitionReassignments(
+            kafka_protocol::messages::AlterPartitionReassignmentsRequest::default().with_topics(
+                vec![kafka_protocol::messages::alter_partition_reassignments_request::ReassignableTopic::default()
+                    .with_name(t())
+                    .with_partitions(vec![
+                        kafka_protocol::messages::alter_partition_reassignments_request::ReassignablePartition::default()
+                            .with_replicas(Some(vec![BrokerId(0)])),
+                    ])],
+            ),
+        )],
+        ApiKey::ListPartitionReassignments => vec![RequestKind::ListPartitionReassignments(
+            kafka_protocol::messages::ListPartitionReassignmentsRequest::default(),
+        )],
         ApiKey::DescribeQuorum => vec![RequestKind::DescribeQuorum(
             kafka_protocol::messages::DescribeQuorumRequest::default().with_topics(vec![
                 kafka_protocol::messages::describe_quorum_request::TopicData::default()

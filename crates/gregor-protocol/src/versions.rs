@@ -32,6 +32,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 2),
     // The metadata quorum (KRaft), answered by every broker.
     (ApiKey::DescribeQuorum, 0, 2),
+    // Partition reassignment (replication, issue 16).
+    (ApiKey::AlterPartitionReassignments, 0, 0),
+    (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::InitProducerId, 0, 5),
     // Consumer groups (classic protocol), see gregor-group.
     (ApiKey::FindCoordinator, 0, 6),

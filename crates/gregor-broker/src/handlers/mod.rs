@@ -16,6 +16,7 @@ mod offset_for_leader_epoch;
 pub mod produce;
 mod producer;
 mod quorum;
+mod reassign;
 pub mod txn;
 mod txn_admin;
 
@@ -103,6 +104,12 @@ pub async fn dispatch(
         RequestKind::DescribeQuorum(r) => {
             ResponseKind::DescribeQuorum(quorum::describe_quorum(broker, r, version).await)
         }
+        RequestKind::AlterPartitionReassignments(r) => ResponseKind::AlterPartitionReassignments(
+            reassign::alter_partition_reassignments(broker, r).await,
+        ),
+        RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
+            reassign::list_partition_reassignments(broker, r),
+        ),
         RequestKind::Produce(r) => {
             // Appended now, in request order; answered once durable.
             let pending = produce::append_phase(broker, r, version);
