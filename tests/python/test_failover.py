@@ -26,6 +26,7 @@ from gregor_testlib import (
     unique_topic,
     wait_for,
 )
+from replication_check import read_back, report, verify_history
 from test_cluster import create_through, record_timing, wait_topic_everywhere
 
 
@@ -48,43 +49,12 @@ def full_isr(node, topic: str, partitions: int) -> bool:
     return all(sorted(p["isr"]) == sorted(p["replicas"]) and p["leader"] >= 0 for p in t["partitions"].values())
 
 
-def read_all(bootstrap: str, topic: str, partitions: int, timeout: float = 60) -> dict:
-    """Every record of every partition, as {partition: [(offset, value)]}, read from the
-    beginning to the high watermark at the time of the call."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    conf = confluent_common(bootstrap)
-    conf.update({"group.id": unique_topic("reader"), "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    consumer = Consumer(conf)
-    try:
-        ends = {}
-        for p in range(partitions):
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            ends[p] = hi
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-        out = {p: [] for p in range(partitions)}
-        deadline = time.monotonic() + timeout
-        while any((out[p][-1][0] + 1 if out[p] else 0) < ends[p] for p in out) and time.monotonic() < deadline:
-            m = consumer.poll(0.5)
-            if m is None or m.error():
-                continue
-            out[m.partition()].append((m.offset(), m.value()))
-        return out
-    finally:
-        consumer.close()
-
-
-def verify(acked: list, records: dict, seed: int) -> str:
+def verify(name: str, acked: list, records: dict, seed: int) -> None:
     """Every acknowledged (partition, offset, value) is read back at its offset, once; no
-    value is stored twice. Returns the summary line."""
-    at = {(p, o): v for p, recs in records.items() for o, v in recs}
-    lost = [(p, o, v) for p, o, v in acked if at.get((p, o)) != v]
-    values = [v for recs in records.values() for _, v in recs]
-    dups = len(values) - len(set(values))
-    summary = f"{len(acked)} acked, {len(lost)} lost, {dups} duplicated (seed {seed})"
-    print(f"\nREPLICATION {summary}")
-    assert not lost and dups == 0, f"{summary}; first lost: {lost[:5]}"
-    return summary
+    value is stored twice (`replication_check.verify_history`); reported like the others."""
+    history = verify_history(acked, records)
+    report(name, seed, history)
+    assert history.ok, f"{history.details()} (seed {seed})"
 
 
 class Load:
@@ -308,8 +278,8 @@ def test_rolling_restart_with_sigterm_loses_nothing(cluster_factory):
             )
         time.sleep(1)
     assert not load.errors, f"delivery errors: {load.errors[:5]} (seed {seed})"
-    records = read_all(c.bootstrap, topic, parts)
-    verify(load.acked, records, seed)
+    records = read_back(c.bootstrap, topic, parts)
+    verify("rolling_restart_sigterm", load.acked, records, seed)
     record_timing("rolling restart: longest produce stall", load.longest_stall, goal=5.0)
     assert load.longest_stall < 30, f"a partition took no write for {load.longest_stall:.1f} s (seed {seed})"
 
@@ -372,8 +342,8 @@ def test_reassign_partition_to_a_fourth_node_under_load(cluster_factory):
         time.sleep(1)
     assert not load.errors, f"delivery errors: {load.errors[:5]} (seed {seed})"
     assert done["leader"] in (1, 2, 4)
-    records = read_all(c.bootstrap, topic, 1)
-    verify(load.acked, records, seed)
+    records = read_back(c.bootstrap, topic, 1)
+    verify("reassign_under_load", load.acked, records, seed)
     # Node 4 has the data: its copy of the log is (about) the size of the leader's.
     log4 = sum(f.stat().st_size for f in (c.node(4).data_dir / f"{topic}-0").glob("*.log"))
     log1 = sum(f.stat().st_size for f in (c.node(1).data_dir / f"{topic}-0").glob("*.log"))
