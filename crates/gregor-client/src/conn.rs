@@ -92,6 +92,15 @@ impl Connection {
                 addr: addr.to_string(),
                 reason: e.to_string(),
             })?;
+        // Connecting to a local port nobody listens on can, rarely, connect the socket to
+        // itself (TCP simultaneous open when the kernel picks the same ephemeral port); it
+        // would then hold the port the real server needs. Treat it as refused.
+        if stream.local_addr().ok() == stream.peer_addr().ok() {
+            return Err(Error::Connect {
+                addr: addr.to_string(),
+                reason: "connected to itself (nobody listens there)".into(),
+            });
+        }
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Outgoing>(1024);

@@ -125,6 +125,15 @@ impl LinkClient {
                 let s = TcpStream::connect(&self.addr)
                     .await
                     .map_err(CallError::Unreachable)?;
+                // A connect to a local port nobody listens on can, rarely, connect the socket
+                // to itself (simultaneous open on the same ephemeral port), holding the port
+                // the peer needs when it restarts: treat it as refused.
+                if s.local_addr().ok() == s.peer_addr().ok() {
+                    return Err(CallError::Unreachable(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "connected to itself",
+                    )));
+                }
                 let _ = s.set_nodelay(true);
                 self.conn = Some(s);
             }

@@ -97,7 +97,7 @@ impl Cluster {
         // Tasks are dropped where they stand (no graceful shutdown); wait until they are gone.
         n.rt.take()
             .unwrap()
-            .shutdown_timeout(Duration::from_secs(5));
+            .shutdown_timeout(Duration::from_secs(60));
     }
 
     fn node(&self, id: i32) -> &MetaNode {
