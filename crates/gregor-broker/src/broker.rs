@@ -252,6 +252,7 @@ impl Broker {
             self.appends.clone(),
             self.groups.get().cloned(),
             self.clock.clone(),
+            self.cluster().cloned(),
         )?;
         if self.txns.set(service.clone()).is_err() {
             anyhow::bail!("transaction coordinator already started");
@@ -262,6 +263,16 @@ impl Broker {
     /// The group coordinator, once started.
     pub fn groups(&self) -> Option<&Arc<GroupService>> {
         self.groups.get()
+    }
+
+    /// Writes transaction markers to this broker's partitions (WriteTxnMarkers).
+    pub fn marker_writer(&self) -> crate::markers::MarkerWriter<'_> {
+        crate::markers::MarkerWriter {
+            registry: &self.registry,
+            appends: &self.appends,
+            groups: self.groups().map(|g| &**g),
+            timeout: std::time::Duration::from_millis(self.config.offsets_commit_timeout_ms.max(1)),
+        }
     }
 
     /// The transaction coordinator, once started.

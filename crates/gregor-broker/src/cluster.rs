@@ -167,6 +167,13 @@ impl Cluster {
         self.applied.borrow().clone()
     }
 
+    /// The address of a registered broker's first listener (`host:port`).
+    pub fn broker_addr(&self, broker: i32) -> Option<String> {
+        let image = self.image();
+        let e = image.brokers.get(&broker)?.registration.endpoints.first()?.clone();
+        Some(format!("{}:{}", e.host, e.port))
+    }
+
     /// The metadata log index of the applied image.
     fn applied_index(&self) -> u64 {
         self.applied.borrow().applied_index

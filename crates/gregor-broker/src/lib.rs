@@ -8,7 +8,8 @@
 //! `scripts/check_module_cycles.py`):
 //!
 //! ```text
-//! server → handlers → broker → transactions → groups → internal_topics → registry
+//! server → handlers → broker → transactions → markers → groups → internal_topics → registry
+//!                            transactions → cluster
 //!                            → cluster (gregor_meta) → replication → registry
 //!                            → flusher, checkpoint, log_manager (background work)
 //! replication → partition (fetchers: gregor_client::BrokerConnection)
@@ -26,6 +27,7 @@ pub mod groups;
 pub mod handlers;
 pub mod internal_topics;
 pub mod log_manager;
+pub mod markers;
 pub mod metrics;
 pub mod partition;
 pub mod registry;

@@ -23,28 +23,41 @@
 //!   [`EXPIRED_IDS_PER_TICK`] transactional ids idle for `transactional.id.expiration.ms`
 //!   (tombstones), continuing at the next tick while there are more.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gregor_client::BrokerConnection;
 use gregor_txn::coordinator::{Ticket, Transition};
-use gregor_txn::records::{marker_key, marker_value};
 use gregor_txn::{MarkerJob, TxnConfig, TxnCoordinator, TxnError};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::write_txn_markers_request::{
+    WritableTxnMarker, WritableTxnMarkerTopic,
+};
+use kafka_protocol::messages::{ProducerId, TopicName, WriteTxnMarkersRequest};
+use kafka_protocol::protocol::StrBytes;
 
 use crate::appends::AppendSignal;
+use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::groups::GroupService;
-use crate::internal_topics::{self, encode_internal_batch, OFFSETS_TOPIC, TXN_TOPIC};
+use crate::internal_topics::{self, encode_internal_batch, TXN_TOPIC};
+use crate::markers::{Marker, MarkerWriter};
 use crate::partition::Partition;
 use crate::registry::{Topic, TopicRegistry};
+use crate::replication::LeadershipChange;
 use gregor_os::SharedClock;
 
 /// A transaction still preparing this long after its last change gets its markers
 /// rewritten by the timer task.
 const STUCK_RETRY_MS: i64 = 10_000;
 
-/// Coordinator epoch written into markers (single node: always 0).
-const COORDINATOR_EPOCH: i32 = 0;
+/// WriteTxnMarkers is sent at this version (v1: flexible).
+const WRITE_TXN_MARKERS_VERSION: i16 = 1;
+
+/// Pause between rounds of marker writes whose partition leader was unknown or failed.
+const MARKER_RETRY_BACKOFF_MS: u64 = 100;
 
 /// Most transactional ids one timer tick removes (tombstones in one round of appends).
 pub const EXPIRED_IDS_PER_TICK: usize = 1_000;
@@ -69,7 +82,9 @@ pub enum WriteError {
 pub struct Written {
     /// `None` once settled.
     ticket: Option<Ticket>,
-    appended: Result<Arc<Partition>, WriteError>,
+    /// The partition and its log end (with the epoch this broker led it at) just after
+    /// the append: what the ISR must have before the transition counts.
+    appended: Result<(Arc<Partition>, i64, Option<i32>), WriteError>,
     coordinator: Arc<Mutex<TxnCoordinator>>,
 }
 
@@ -100,8 +115,15 @@ pub struct TransactionService {
     groups: Option<Arc<GroupService>>,
     /// Wall-clock time.
     clock: SharedClock,
-    /// The loader-then-timer task, aborted by [`stop_timers`](Self::stop_timers).
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// In a cluster: who leads each transaction partition (markers go to other brokers
+    /// with WriteTxnMarkers) and the leadership changes the coordinator follows.
+    cluster: Option<Arc<Cluster>>,
+    /// How long the ISR may take to have a `__transaction_state` record or a marker.
+    write_timeout: Duration,
+    /// Connections to other brokers for WriteTxnMarkers, by address.
+    peers: Mutex<HashMap<String, Arc<BrokerConnection>>>,
+    /// The loader, leadership and timer tasks, aborted by [`stop_timers`](Self::stop_timers).
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Test hook: this many upcoming appends fail.
     #[cfg(test)]
     fail_appends: std::sync::atomic::AtomicUsize,
@@ -121,6 +143,7 @@ impl TransactionService {
         appends: Arc<AppendSignal>,
         groups: Option<Arc<GroupService>>,
         clock: SharedClock,
+        cluster: Option<Arc<Cluster>>,
     ) -> anyhow::Result<Arc<TransactionService>> {
         let topic = internal_topics::ensure(
             &registry,
@@ -131,57 +154,176 @@ impl TransactionService {
             state_partitions: topic.partitions.len() as i32,
             max_timeout_ms: config.transaction_max_timeout_ms,
         };
+        // In a cluster each partition's ids are served once this broker leads it and has
+        // replayed it (`follow_leadership`); a single node loads everything at start.
+        let coordinator = match cluster {
+            Some(_) => TxnCoordinator::new_partitioned(txn_config),
+            None => TxnCoordinator::new(txn_config),
+        };
         let service = Arc::new(TransactionService {
-            coordinator: Arc::new(Mutex::new(TxnCoordinator::new(txn_config))),
+            coordinator: Arc::new(Mutex::new(coordinator)),
             write_order: Mutex::new(()),
             state_topic: topic,
             registry,
             appends,
             groups,
             clock,
-            task: Mutex::new(None),
+            cluster,
+            write_timeout: Duration::from_millis(config.offsets_commit_timeout_ms.max(1)),
+            peers: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
             #[cfg(test)]
             fail_appends: Default::default(),
             #[cfg(test)]
             fail_syncs: Default::default(),
         });
-        let svc = service.clone();
         let timer = Timer {
             interval_ms: config.transaction_abort_check_interval_ms.max(10),
             id_expiration_ms: config.transactional_id_expiration_ms,
             id_expiry_interval_ms: config.transaction_remove_expired_interval_ms,
         };
-        let task = tokio::spawn(async move {
-            let l = svc.clone();
-            let jobs = match tokio::task::spawn_blocking(move || l.load()).await {
-                Ok(Ok((records, jobs))) => {
-                    tracing::info!(records, in_flight = jobs.len(), "loaded {TXN_TOPIC}");
-                    jobs
+        let mut tasks = Vec::new();
+        if let Some(cluster) = service.cluster.clone() {
+            // Subscribed before the first pass, so no change is missed between the two.
+            let mut rx = cluster.replicas().subscribe();
+            let svc = service.clone();
+            tasks.push(tokio::spawn(async move {
+                svc.follow_leadership(&cluster, &mut rx).await;
+            }));
+            let svc = service.clone();
+            tasks.push(tokio::spawn(async move { svc.run_timer(timer).await }));
+        } else {
+            let svc = service.clone();
+            tasks.push(tokio::spawn(async move {
+                let l = svc.clone();
+                let jobs = match tokio::task::spawn_blocking(move || l.load()).await {
+                    Ok(Ok((records, jobs))) => {
+                        tracing::info!(records, in_flight = jobs.len(), "loaded {TXN_TOPIC}");
+                        jobs
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "loading {TXN_TOPIC} failed");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "loading {TXN_TOPIC} panicked");
+                        return;
+                    }
+                };
+                for job in jobs {
+                    if let Err(e) = svc.complete_job(&job).await {
+                        tracing::error!(transactional_id = %job.transactional_id, error = %e, "completing a transaction after load failed");
+                    }
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "loading {TXN_TOPIC} failed");
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "loading {TXN_TOPIC} panicked");
-                    return;
+                svc.run_timer(timer).await;
+            }));
+        }
+        *service.tasks.lock().expect("tasks lock") = tasks;
+        Ok(service)
+    }
+
+    /// In a cluster: the transactional ids of a `__transaction_state` partition this broker
+    /// starts leading are rebuilt from its replicated log, and the markers of transactions
+    /// found between Prepare and Complete are written; a partition another broker leads now
+    /// is forgotten. Ids of a partition answer COORDINATOR_LOAD_IN_PROGRESS until its replay
+    /// is done.
+    async fn follow_leadership(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+        rx: &mut tokio::sync::broadcast::Receiver<LeadershipChange>,
+    ) {
+        let mut all = true;
+        loop {
+            let changes: Vec<(i32, bool)> = if all {
+                all = false;
+                (0..self.state_topic.partitions.len() as i32)
+                    .map(|p| (p, cluster.replicas().leads(TXN_TOPIC, p)))
+                    .collect()
+            } else {
+                match rx.recv().await {
+                    Ok(c) if c.topic == TXN_TOPIC => vec![(c.partition, c.leader)],
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        all = true;
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             };
-            for job in jobs {
-                if let Err(e) = svc.complete_job(&job).await {
-                    tracing::error!(transactional_id = %job.transactional_id, error = %e, "completing a transaction after load failed");
+            for (p, leader) in changes {
+                let svc = self.clone();
+                let done = tokio::task::spawn_blocking(move || svc.reload_partition(p, leader)).await;
+                let jobs = match done {
+                    Ok(Ok((records, jobs))) => {
+                        if leader {
+                            tracing::info!(partition = p, records, in_flight = jobs.len(), "transaction coordinator loaded a {TXN_TOPIC} partition it now leads");
+                        }
+                        jobs
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(partition = p, error = %e, "loading a {TXN_TOPIC} partition failed");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(partition = p, error = %e, "loading a {TXN_TOPIC} partition panicked");
+                        continue;
+                    }
+                };
+                for job in jobs {
+                    let svc = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = svc.complete_job(&job).await {
+                            tracing::error!(transactional_id = %job.transactional_id, error = %e, "completing a transaction after a leadership change failed; the timer retries");
+                        }
+                    });
                 }
             }
-            svc.run_timer(timer).await;
-        });
-        *service.task.lock().expect("task lock") = Some(task);
-        Ok(service)
+        }
+    }
+
+    /// Forgets partition `p`'s ids and, if this broker leads it, replays them from its log.
+    /// Returns the records replayed and the transactions whose markers must be written.
+    fn reload_partition(&self, p: i32, leader: bool) -> anyhow::Result<(u64, Vec<MarkerJob>)> {
+        {
+            // Under the write order: a change decided before the unload has appended its
+            // record before the replay starts; after it, none is decided for `p`'s ids.
+            let _order = self.write_order.lock().expect("write order lock");
+            self.coordinator
+                .lock()
+                .expect("coordinator lock")
+                .unload_partition(p);
+        }
+        if !leader {
+            return Ok((0, vec![]));
+        }
+        let Some(partition) = self.state_topic.partition(p) else {
+            return Ok((0, vec![]));
+        };
+        let mut count = 0u64;
+        internal_topics::replay(partition, |records| {
+            let mut co = self.coordinator.lock().expect("coordinator lock");
+            for r in &records {
+                if let Some(key) = &r.key {
+                    if let Err(e) = co.replay(key, r.value.as_deref()) {
+                        tracing::warn!(error = %e, "skipping a {TXN_TOPIC} record");
+                    }
+                    count += 1;
+                }
+            }
+            Ok(())
+        })?;
+        let jobs = self
+            .coordinator
+            .lock()
+            .expect("coordinator lock")
+            .finish_loading_partition(p);
+        Ok((count, jobs))
     }
 
     /// Shutdown: stops the timer (no more timeouts, marker retries or id expiry). A
     /// transaction it was completing stays in Prepare*, and the next start completes it.
     pub fn stop_timers(&self) {
-        if let Some(task) = self.task.lock().expect("task lock").take() {
+        for task in self.tasks.lock().expect("tasks lock").drain(..) {
             task.abort();
         }
     }
@@ -307,7 +449,9 @@ impl TransactionService {
         let written = transitions
             .into_iter()
             .map(|t| Written {
-                appended: self.append(t.record),
+                appended: self
+                    .append(t.record)
+                    .map(|p| (p.clone(), p.log_end_offset(), p.leader_epoch())),
                 ticket: Some(t.ticket),
                 coordinator: self.coordinator.clone(),
             })
@@ -322,24 +466,48 @@ impl TransactionService {
         if written.is_empty() {
             return vec![];
         }
-        let mut partitions: Vec<Arc<Partition>> = Vec::new();
+        // Each partition once, with the furthest log end appended to it.
+        let mut partitions: Vec<(Arc<Partition>, i64, Option<i32>)> = Vec::new();
         for w in &written {
-            if let Ok(p) = &w.appended {
-                if !partitions.iter().any(|q| Arc::ptr_eq(p, q)) {
-                    partitions.push(p.clone());
+            if let Ok((p, end, epoch)) = &w.appended {
+                match partitions.iter_mut().find(|(q, _, _)| Arc::ptr_eq(p, q)) {
+                    Some(t) => t.1 = t.1.max(*end),
+                    None => partitions.push((p.clone(), *end, *epoch)),
                 }
             }
         }
-        let synced = self.sync(partitions.clone()).await;
+        let mut synced = self
+            .sync(partitions.iter().map(|(p, _, _)| p.clone()).collect())
+            .await;
+        // In a cluster a record counts once the ISR has it: a new leader of the partition
+        // then replays it.
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        for ((p, end, epoch), result) in partitions.iter().zip(synced.iter_mut()) {
+            if result.is_ok() {
+                *result = match tokio::time::timeout_at(deadline, p.wait_replicated(*end, *epoch))
+                    .await
+                {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(WriteError::Storage(format!(
+                        "{}-{} is no longer led here",
+                        p.topic, p.index
+                    ))),
+                    Err(_) => Err(WriteError::Storage(format!(
+                        "the ISR of {}-{} did not catch up in {:?}",
+                        p.topic, p.index, self.write_timeout
+                    ))),
+                };
+            }
+        }
         // Tickets and outcomes out of `written` before locking: a `Written` dropped with its
         // ticket locks the coordinator.
         let settled: Vec<(Ticket, Result<(), WriteError>)> = written
             .into_iter()
             .filter_map(|mut w| {
-                let outcome = w.appended.clone().and_then(|p| {
+                let outcome = w.appended.clone().and_then(|(p, _, _)| {
                     let i = partitions
                         .iter()
-                        .position(|q| Arc::ptr_eq(&p, q))
+                        .position(|(q, _, _)| Arc::ptr_eq(&p, q))
                         .expect("partition was synced");
                     synced[i].clone()
                 });
@@ -397,6 +565,18 @@ impl TransactionService {
         f(&self.coordinator.lock().expect("coordinator lock"))
     }
 
+    /// Whether this broker coordinates `transactional_id`: on a single node always; in a
+    /// cluster when it leads the id's `__transaction_state` partition.
+    pub fn coordinates(&self, transactional_id: &str) -> bool {
+        match &self.cluster {
+            None => true,
+            Some(c) => {
+                let p = self.read(|co| co.partition_of(transactional_id));
+                c.replicas().leads(TXN_TOPIC, p)
+            }
+        }
+    }
+
     /// KIP-890 part 1: whether `producer_id` at `epoch` may write transactional data to this
     /// partition (it was added to the producer's ongoing transaction).
     pub fn verify_write(
@@ -432,42 +612,31 @@ impl TransactionService {
         Ok(partition.clone())
     }
 
-    /// Writes the job's markers durably, completes pending group offsets, then records the
-    /// transaction as complete.
+    /// Writes the job's markers (durably, and replicated to each partition's ISR) on the
+    /// partitions' leaders: this broker's own through [`MarkerWriter`], other brokers' with
+    /// WriteTxnMarkers. Partitions whose leader is unknown or failed are retried until the
+    /// write timeout. Then records the transaction as complete.
     pub async fn complete_job(&self, job: &MarkerJob) -> Result<(), String> {
-        let now = self.clock.now_ms();
-        let batch = encode(
-            vec![(
-                Bytes::copy_from_slice(&marker_key(job.commit)),
-                Some(Bytes::copy_from_slice(&marker_value(COORDINATOR_EPOCH))),
-            )],
-            now,
-            Some((job.producer_id, job.producer_epoch)),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut written = Vec::new();
-        let mut offsets_partitions = false;
-        for (topic, index) in &job.partitions {
-            let Some(partition) = self
-                .registry
-                .topic(topic)
-                .and_then(|t| t.partition(*index).cloned())
-            else {
-                tracing::warn!(topic = %topic, partition = index, "transaction partition no longer exists; no marker");
-                continue;
-            };
-            partition
-                .append_internal(&batch)
-                .map_err(|e| e.to_string())?;
-            offsets_partitions |= topic == OFFSETS_TOPIC;
-            written.push(partition);
-        }
-        self.appends.notify();
-        internal_topics::sync(written).await?;
-        if offsets_partitions {
-            if let Some(groups) = &self.groups {
-                groups.complete_txn(job.producer_id, job.commit);
+        let marker = Marker {
+            producer_id: job.producer_id,
+            producer_epoch: job.producer_epoch,
+            commit: job.commit,
+            coordinator_epoch: self.coordinator_epoch(&job.transactional_id),
+        };
+        let deadline = tokio::time::Instant::now() + self.write_timeout * 2;
+        let mut remaining = job.partitions.clone();
+        loop {
+            remaining = self.write_markers(&marker, remaining).await;
+            if remaining.is_empty() {
+                break;
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "markers not written to {remaining:?} in {:?}",
+                    self.write_timeout * 2
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(MARKER_RETRY_BACKOFF_MS)).await;
         }
         let (result, written) = self.change(|co| match co.complete(self.clock.now_ms(), job) {
             Ok(t) => (Ok(()), t.into_iter().collect()),
@@ -476,6 +645,157 @@ impl TransactionService {
         result.map_err(|e| format!("completing the transaction: {e}"))?;
         // On failure the transaction stays in Prepare* and the timer retries it.
         self.persist(written).await.map_err(|e| e.to_string())
+    }
+
+    /// One round of marker writes; returns the partitions to try again.
+    async fn write_markers(
+        &self,
+        marker: &Marker,
+        partitions: Vec<(String, i32)>,
+    ) -> Vec<(String, i32)> {
+        let mut local = Vec::new();
+        let mut remote: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+        let mut retry = Vec::new();
+        for tp in partitions {
+            match self.cluster.as_ref().map(|c| c.check_leader(&tp.0, tp.1)) {
+                None | Some(Ok(())) => local.push(tp),
+                Some(Err((leader, _))) if leader >= 0 => remote.entry(leader).or_default().push(tp),
+                Some(Err(_)) => retry.push(tp),
+            }
+        }
+        let writer = MarkerWriter {
+            registry: &self.registry,
+            appends: &self.appends,
+            groups: self.groups.as_deref(),
+            timeout: self.write_timeout,
+        };
+        let results = writer.write(marker, &local, self.clock.now_ms()).await;
+        for (tp, result) in local.into_iter().zip(results) {
+            self.keep_for_retry(tp, result, &mut retry);
+        }
+        for (broker, tps) in remote {
+            match self.send_markers(broker, marker, &tps).await {
+                Ok(results) => {
+                    for (tp, result) in tps.into_iter().zip(results) {
+                        self.keep_for_retry(tp, result, &mut retry);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(broker, error = %e, "WriteTxnMarkers failed");
+                    retry.extend(tps);
+                }
+            }
+        }
+        retry
+    }
+
+    /// A partition whose marker failed goes back for another round, unless it is gone.
+    fn keep_for_retry(
+        &self,
+        tp: (String, i32),
+        result: Result<(), ResponseError>,
+        retry: &mut Vec<(String, i32)>,
+    ) {
+        match result {
+            Ok(()) => {}
+            Err(ResponseError::UnknownTopicOrPartition) if self.registry.topic(&tp.0).is_none() => {
+                tracing::warn!(topic = %tp.0, partition = tp.1, "transaction partition no longer exists; no marker");
+            }
+            Err(e) => {
+                tracing::debug!(topic = %tp.0, partition = tp.1, error = ?e, "transaction marker not written yet");
+                retry.push(tp);
+            }
+        }
+    }
+
+    /// Sends one marker for `partitions` to `broker` (their leader); one result each.
+    async fn send_markers(
+        &self,
+        broker: i32,
+        marker: &Marker,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<Result<(), ResponseError>>, String> {
+        let cluster = self.cluster.as_ref().ok_or("not in a cluster")?;
+        let addr = cluster
+            .broker_addr(broker)
+            .ok_or_else(|| format!("broker {broker} has no endpoint"))?;
+        let conn = self.peer(&addr).await?;
+        let mut topics: Vec<WritableTxnMarkerTopic> = Vec::new();
+        for (topic, p) in partitions {
+            match topics.iter_mut().find(|t| t.name.as_str() == topic) {
+                Some(t) => t.partition_indexes.push(*p),
+                None => topics.push(
+                    WritableTxnMarkerTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.clone())))
+                        .with_partition_indexes(vec![*p]),
+                ),
+            }
+        }
+        let req = WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+            .with_producer_id(ProducerId(marker.producer_id))
+            .with_producer_epoch(marker.producer_epoch)
+            .with_transaction_result(marker.commit)
+            .with_coordinator_epoch(marker.coordinator_epoch)
+            .with_topics(topics)]);
+        let resp = match conn.send_version(&req, WRITE_TXN_MARKERS_VERSION).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.peers.lock().expect("peers lock").remove(&addr);
+                return Err(e.to_string());
+            }
+        };
+        let codes: HashMap<(String, i32), i16> = resp
+            .markers
+            .iter()
+            .flat_map(|m| m.topics.iter())
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| ((t.name.to_string(), p.partition_index), p.error_code))
+            })
+            .collect();
+        Ok(partitions
+            .iter()
+            .map(|tp| match codes.get(tp) {
+                Some(0) => Ok(()),
+                Some(&code) => Err(ResponseError::try_from_code(code)
+                    .unwrap_or(ResponseError::UnknownServerError)),
+                None => Err(ResponseError::UnknownServerError),
+            })
+            .collect())
+    }
+
+    /// A connection to `addr`, opened if there is none or it died.
+    async fn peer(&self, addr: &str) -> Result<Arc<BrokerConnection>, String> {
+        let cached = self.peers.lock().expect("peers lock").get(addr).cloned();
+        if let Some(c) = cached.filter(|c| !c.is_dead()) {
+            return Ok(c);
+        }
+        let cluster_id = self.cluster.as_ref().map_or(-1, |c| c.broker_id());
+        let conn = BrokerConnection::open(
+            addr,
+            &format!("gregor-txn-coordinator-{cluster_id}"),
+            self.write_timeout + Duration::from_secs(10),
+            1 << 20,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let conn = Arc::new(conn);
+        self.peers
+            .lock()
+            .expect("peers lock")
+            .insert(addr.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    /// The leader epoch of the id's `__transaction_state` partition here (0 on a single
+    /// node): the coordinator epoch its markers carry.
+    fn coordinator_epoch(&self, transactional_id: &str) -> i32 {
+        let p = self.read(|co| co.partition_of(transactional_id));
+        self.state_topic
+            .partition(p)
+            .and_then(|p| p.leader_epoch())
+            .unwrap_or(0)
     }
 }
 
@@ -510,6 +830,7 @@ mod tests {
     use crate::broker::Broker;
     use crate::handlers::txn;
     use crate::partition::producer_state::marker_type;
+    use gregor_txn::records::{marker_key, marker_value};
     use gregor_txn::{TxnMetadata, TxnStatus};
     use kafka_protocol::error::ResponseError;
     use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;

@@ -216,6 +216,10 @@ pub struct TxnCoordinator {
     pending: HashMap<String, Pending>,
     next_seq: u64,
     loaded: bool,
+    /// In a cluster: the `__transaction_state` partitions whose ids this coordinator does not
+    /// serve now (another broker leads them, or their replay is under way). Their ids answer
+    /// COORDINATOR_LOAD_IN_PROGRESS and the timers leave them alone.
+    unready: BTreeSet<i32>,
 }
 
 impl TxnCoordinator {
@@ -227,11 +231,70 @@ impl TxnCoordinator {
             pending: HashMap::new(),
             next_seq: 0,
             loaded: false,
+            unready: BTreeSet::new(),
         }
+    }
+
+    /// A coordinator for a cluster member: nothing is served until a partition is loaded
+    /// with [`unload_partition`](Self::unload_partition) + replay +
+    /// [`finish_loading_partition`](Self::finish_loading_partition), as its leadership
+    /// arrives.
+    pub fn new_partitioned(config: TxnConfig) -> TxnCoordinator {
+        let mut c = TxnCoordinator::new(config);
+        c.loaded = true;
+        c.unready = (0..c.config.state_partitions).collect();
+        c
     }
 
     pub fn is_loaded(&self) -> bool {
         self.loaded
+    }
+
+    /// The `__transaction_state` partition of an id.
+    pub fn partition_of(&self, transactional_id: &str) -> i32 {
+        txn_partition(transactional_id, self.config.state_partitions)
+    }
+
+    /// Whether requests for `transactional_id` are served now.
+    fn ready(&self, transactional_id: &str) -> bool {
+        self.loaded && !self.unready.contains(&self.partition_of(transactional_id))
+    }
+
+    /// Forgets every id of partition `p` (and its pending transitions: their settlement
+    /// changes nothing) and stops serving them, until
+    /// [`finish_loading_partition`](Self::finish_loading_partition). Called when another
+    /// broker starts leading `p`, and before `p` is replayed again.
+    pub fn unload_partition(&mut self, p: i32) {
+        self.unready.insert(p);
+        let ids: Vec<String> = self
+            .txns
+            .keys()
+            .filter(|id| self.partition_of(id) == p)
+            .cloned()
+            .collect();
+        for id in ids {
+            self.remove(&id);
+        }
+        let pending: Vec<String> = self
+            .pending
+            .keys()
+            .filter(|id| self.partition_of(id) == p)
+            .cloned()
+            .collect();
+        for id in pending {
+            self.pending.remove(&id);
+        }
+    }
+
+    /// Partition `p` was replayed: its ids are served from now on. Returns its transactions
+    /// that are between Prepare and Complete (their markers must be written again).
+    pub fn finish_loading_partition(&mut self, p: i32) -> Vec<MarkerJob> {
+        self.unready.remove(&p);
+        self.txns
+            .values()
+            .filter(|m| m.status.is_preparing() && self.partition_of(&m.transactional_id) == p)
+            .map(job_of)
+            .collect()
     }
 
     /// Applies one replayed `__transaction_state` record (log order).
@@ -351,7 +414,7 @@ impl TxnCoordinator {
         expected: Option<(i64, i16)>,
         allocate: &mut dyn FnMut() -> Option<i64>,
     ) -> Result<InitOutcome, TxnError> {
-        if !self.loaded {
+        if !self.ready(transactional_id) {
             return Err(TxnError::LoadInProgress);
         }
         if timeout_ms <= 0 || timeout_ms > self.config.max_timeout_ms {
@@ -432,7 +495,7 @@ impl TxnCoordinator {
         producer_id: i64,
         epoch: i16,
     ) -> Result<&TxnMetadata, TxnError> {
-        if !self.loaded {
+        if !self.ready(transactional_id) {
             return Err(TxnError::LoadInProgress);
         }
         let m = self
@@ -557,6 +620,7 @@ impl TxnCoordinator {
                 m.status == TxnStatus::Ongoing
                     && m.start_ms + m.timeout_ms as i64 <= now
                     && !self.pending.contains_key(&m.transactional_id)
+                    && self.ready(&m.transactional_id)
             })
             .map(|m| m.transactional_id.clone())
             .collect();
@@ -598,6 +662,7 @@ impl TxnCoordinator {
                     TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
                 ) && m.last_update_ms <= cutoff
                     && !self.pending.contains_key(&m.transactional_id)
+                    && self.ready(&m.transactional_id)
             })
             .map(|m| m.transactional_id.clone())
             .take(limit)
@@ -618,6 +683,7 @@ impl TxnCoordinator {
                 m.status.is_preparing()
                     && m.last_update_ms + older_than_ms <= now
                     && !self.pending.contains_key(&m.transactional_id)
+                    && self.ready(&m.transactional_id)
             })
             .map(job_of)
             .collect()
@@ -1277,5 +1343,45 @@ mod tests {
     fn partition_of_an_id_matches_kafka() {
         // "hello".hashCode() == 99162322 in Java.
         assert_eq!(txn_partition("hello", 50), 99_162_322 % 50);
+    }
+
+    /// A cluster member serves only the partitions it loaded; unloading forgets their ids,
+    /// reloading from the records rebuilds them and hands back the unfinished markers.
+    #[test]
+    fn partitions_load_and_unload_with_leadership() {
+        let config = TxnConfig {
+            state_partitions: 3,
+            max_timeout_ms: 900_000,
+        };
+        let mut c = TxnCoordinator::new_partitioned(config.clone());
+        let mut next = 0;
+        let id = "tx";
+        let part = c.partition_of(id);
+        assert_eq!(init(&mut c, id, &mut next).err(), Some(TxnError::LoadInProgress));
+        c.unload_partition(part);
+        assert!(c.finish_loading_partition(part).is_empty());
+        assert_eq!(init_ok(&mut c, id, &mut next), Ok((1, 0)));
+        let mut records = vec![];
+        let t = c.add_partitions(10, id, 1, 0, &[p("a", 0)]).unwrap().unwrap();
+        records.push(commit(&mut c, t));
+        let (job, t) = c.end_txn(20, id, 1, 0, true).unwrap().unwrap();
+        records.push(commit(&mut c, t));
+        // Another broker leads the partition now: the id is forgotten, not served, and the
+        // timers leave it alone.
+        c.unload_partition(part);
+        assert_eq!(c.get(id), None);
+        assert_eq!(
+            c.end_txn(21, id, 1, 0, true).err(),
+            Some(TxnError::LoadInProgress)
+        );
+        assert!(c.stuck(i64::MAX / 2, 0).is_empty());
+        // Leading again: replaying the partition's records brings back the prepared commit,
+        // whose markers are handed back.
+        for r in &records {
+            c.replay(&r.key, r.value.as_deref()).unwrap();
+        }
+        assert_eq!(c.finish_loading_partition(part), vec![job]);
+        assert_eq!(c.get(id).unwrap().status, TxnStatus::PrepareCommit);
+        assert_eq!(c.verify_write(1, 0, "a", 0), Err(TxnError::InvalidTxnState));
     }
 }

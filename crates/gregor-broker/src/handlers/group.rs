@@ -55,7 +55,7 @@ fn service(broker: &Arc<Broker>) -> Option<&Arc<GroupService>> {
 /// The group coordinator, if this broker coordinates `group_id`: in a cluster, the one that
 /// leads the group's partition of `__consumer_offsets` (NOT_COORDINATOR elsewhere, so that
 /// the client looks it up again).
-fn coordinator<'a>(
+pub(super) fn coordinator<'a>(
     broker: &'a Arc<Broker>,
     group_id: &str,
 ) -> Result<&'a Arc<GroupService>, ResponseError> {

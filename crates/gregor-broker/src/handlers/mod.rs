@@ -19,6 +19,7 @@ mod quorum;
 mod reassign;
 pub mod txn;
 mod txn_admin;
+mod txn_markers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -152,6 +153,9 @@ pub async fn dispatch(
         }
         RequestKind::DescribeProducers(r) => {
             ResponseKind::DescribeProducers(txn_admin::describe_producers(broker, r))
+        }
+        RequestKind::WriteTxnMarkers(r) => {
+            ResponseKind::WriteTxnMarkers(txn_markers::write_txn_markers(broker, r).await)
         }
         RequestKind::TxnOffsetCommit(r) => {
             ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(broker, r, version).await)

@@ -53,6 +53,7 @@ struct ReplicationWait {
 /// Validates and appends every partition's records and queues the durability work;
 /// never waits.
 pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> PendingProduce {
+    let transactional_id = req.transactional_id.as_ref().map(|s| s.to_string());
     let acks = req.acks;
     let timeout_ms = req.timeout_ms;
     let in_cluster = broker.cluster().is_some();
@@ -107,6 +108,7 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
                                 }
                                 _ => append(
                                     broker.txns().map(|t| &**t),
+                                    transactional_id.as_deref(),
                                     partition,
                                     pd.records.as_deref(),
                                     &Limits {
@@ -308,6 +310,7 @@ struct Limits {
 /// partition's records.
 fn append(
     txns: Option<&TransactionService>,
+    transactional_id: Option<&str>,
     partition: &Partition,
     records: Option<&[u8]>,
     limits: &Limits,
@@ -326,6 +329,9 @@ fn append(
             })?;
     let verify_txn = |h: &BatchHeader| match txns {
         None => Err(TxnError::InvalidTxnState),
+        // Coordinated by another broker: not verified here (as Kafka before KIP-890's
+        // broker-to-broker verification).
+        Some(t) if transactional_id.is_some_and(|id| !t.coordinates(id)) => Ok(()),
         Some(t) => t.verify_write(
             h.producer_id,
             h.producer_epoch,

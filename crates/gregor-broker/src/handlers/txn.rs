@@ -384,25 +384,29 @@ async fn txn_commit(
     commit: &TxnCommitRequest,
     version: i16,
 ) -> Result<Vec<i16>, ResponseError> {
-    let svc = service(broker, req.transactional_id.as_str())?;
-    let groups = broker
-        .groups()
+    // Sent to the group's coordinator, which may not be the transaction's.
+    let groups = super::group::coordinator(broker, &commit.group_id)?;
+    let txns = broker
+        .txns()
         .ok_or(ResponseError::CoordinatorNotAvailable)?;
     // The offsets partition must have been added (AddOffsetsToTxn) to the producer's
-    // ongoing transaction.
+    // ongoing transaction; verified when this broker also coordinates the transaction
+    // (another broker's coordinator is not asked, as in Kafka before KIP-890).
     let partition = groups.partition_for(&commit.group_id);
-    svc.verify_write(
-        req.producer_id.0,
-        req.producer_epoch,
-        OFFSETS_TOPIC,
-        partition,
-    )
-    .map_err(|e| match e {
-        TxnError::InvalidProducerIdMapping | TxnError::InvalidTxnState => {
-            ResponseError::InvalidTxnState
-        }
-        e => txn_error(e, version, 3),
-    })?;
+    if txns.coordinates(req.transactional_id.as_str()) {
+        txns.verify_write(
+            req.producer_id.0,
+            req.producer_epoch,
+            OFFSETS_TOPIC,
+            partition,
+        )
+        .map_err(|e| match e {
+            TxnError::InvalidProducerIdMapping | TxnError::InvalidTxnState => {
+                ResponseError::InvalidTxnState
+            }
+            e => txn_error(e, version, 3),
+        })?;
+    }
     let now = broker.now_ms();
     let (result, written) = groups.run_txn((req.producer_id.0, req.producer_epoch), |co, fx| {
         co.txn_commit_offsets(now, commit, fx)
@@ -412,9 +416,16 @@ async fn txn_commit(
         tracing::error!(error = %e, "transactional offset commit append failed");
         ResponseError::KafkaStorageError
     })?;
+    let targets = crate::internal_topics::replication_targets(&written);
     crate::internal_topics::sync(written).await.map_err(|e| {
         tracing::error!(error = %e, "transactional offset commit fsync failed");
         ResponseError::KafkaStorageError
     })?;
+    // In a cluster, on the ISR before acknowledged.
+    crate::internal_topics::replicated(
+        targets,
+        std::time::Duration::from_millis(broker.config.offsets_commit_timeout_ms),
+    )
+    .await?;
     Ok(codes)
 }
