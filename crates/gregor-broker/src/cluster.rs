@@ -170,7 +170,13 @@ impl Cluster {
     /// The address of a registered broker's first listener (`host:port`).
     pub fn broker_addr(&self, broker: i32) -> Option<String> {
         let image = self.image();
-        let e = image.brokers.get(&broker)?.registration.endpoints.first()?.clone();
+        let e = image
+            .brokers
+            .get(&broker)?
+            .registration
+            .endpoints
+            .first()?
+            .clone();
         Some(format!("{}:{}", e.host, e.port))
     }
 

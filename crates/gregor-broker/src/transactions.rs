@@ -252,7 +252,8 @@ impl TransactionService {
             };
             for (p, leader) in changes {
                 let svc = self.clone();
-                let done = tokio::task::spawn_blocking(move || svc.reload_partition(p, leader)).await;
+                let done =
+                    tokio::task::spawn_blocking(move || svc.reload_partition(p, leader)).await;
                 let jobs = match done {
                     Ok(Ok((records, jobs))) => {
                         if leader {
@@ -731,12 +732,13 @@ impl TransactionService {
                 ),
             }
         }
-        let req = WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
-            .with_producer_id(ProducerId(marker.producer_id))
-            .with_producer_epoch(marker.producer_epoch)
-            .with_transaction_result(marker.commit)
-            .with_coordinator_epoch(marker.coordinator_epoch)
-            .with_topics(topics)]);
+        let req =
+            WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+                .with_producer_id(ProducerId(marker.producer_id))
+                .with_producer_epoch(marker.producer_epoch)
+                .with_transaction_result(marker.commit)
+                .with_coordinator_epoch(marker.coordinator_epoch)
+                .with_topics(topics)]);
         let resp = match conn.send_version(&req, WRITE_TXN_MARKERS_VERSION).await {
             Ok(r) => r,
             Err(e) => {
@@ -758,8 +760,10 @@ impl TransactionService {
             .iter()
             .map(|tp| match codes.get(tp) {
                 Some(0) => Ok(()),
-                Some(&code) => Err(ResponseError::try_from_code(code)
-                    .unwrap_or(ResponseError::UnknownServerError)),
+                Some(&code) => {
+                    Err(ResponseError::try_from_code(code)
+                        .unwrap_or(ResponseError::UnknownServerError))
+                }
                 None => Err(ResponseError::UnknownServerError),
             })
             .collect())

@@ -422,6 +422,19 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                     .with_partition_indexes(vec![0, 9]),
             ]),
         )],
+        ApiKey::WriteTxnMarkers => vec![RequestKind::WriteTxnMarkers(
+            kafka_protocol::messages::WriteTxnMarkersRequest::default().with_markers(vec![
+                kafka_protocol::messages::write_txn_markers_request::WritableTxnMarker::default()
+                    .with_producer_id(ProducerId(1))
+                    .with_producer_epoch(0)
+                    .with_transaction_result(false)
+                    .with_topics(vec![
+                        kafka_protocol::messages::write_txn_markers_request::WritableTxnMarkerTopic::default()
+                            .with_name(t())
+                            .with_partition_indexes(vec![0, 9]),
+                    ]),
+            ]),
+        )],
         other => panic!("no sample request for advertised API {other:?}"),
     }
 }

@@ -1357,12 +1357,18 @@ mod tests {
         let mut next = 0;
         let id = "tx";
         let part = c.partition_of(id);
-        assert_eq!(init(&mut c, id, &mut next).err(), Some(TxnError::LoadInProgress));
+        assert_eq!(
+            init(&mut c, id, &mut next).err(),
+            Some(TxnError::LoadInProgress)
+        );
         c.unload_partition(part);
         assert!(c.finish_loading_partition(part).is_empty());
         assert_eq!(init_ok(&mut c, id, &mut next), Ok((1, 0)));
         let mut records = vec![];
-        let t = c.add_partitions(10, id, 1, 0, &[p("a", 0)]).unwrap().unwrap();
+        let t = c
+            .add_partitions(10, id, 1, 0, &[p("a", 0)])
+            .unwrap()
+            .unwrap();
         records.push(commit(&mut c, t));
         let (job, t) = c.end_txn(20, id, 1, 0, true).unwrap().unwrap();
         records.push(commit(&mut c, t));

@@ -51,7 +51,9 @@ pub async fn write_txn_markers(
             .into_iter();
         for c in codes.iter_mut() {
             if c.is_ok() {
-                *c = written.next().unwrap_or(Err(ResponseError::UnknownServerError));
+                *c = written
+                    .next()
+                    .unwrap_or(Err(ResponseError::UnknownServerError));
             }
         }
         let mut codes = codes.into_iter();
