@@ -478,4 +478,29 @@ impl Partition {
         tracing::info!(topic = %self.topic, partition = self.index, from = old_end, to = end, "truncated a diverging tail");
         Ok(())
     }
+
+    /// A follower whose log ends below its leader's log start offset drops its whole log
+    /// and starts again, empty, at `offset` (the leader's log start), with an empty
+    /// producer state (Kafka's `truncateFullyAndStartAt`).
+    pub fn truncate_fully_and_start_at(
+        &self,
+        offset: i64,
+        expiry: LoadExpiry,
+    ) -> anyhow::Result<()> {
+        let mut log = self.log.write().expect("log lock");
+        let mut producers = self.producers.lock().expect("producer state lock");
+        let (old_start, old_end) = (log.log_start_offset(), log.log_end_offset());
+        log.truncate_fully_and_start_at(offset)?;
+        self.pending_snapshots
+            .lock()
+            .expect("snapshot lock")
+            .clear();
+        producer_state::remove_snapshots_above(&self.dir, -1)?;
+        *self.snapshot_write.lock().expect("snapshot write lock") = None;
+        let loaded = producer_state::load(&self.dir, &mut log, expiry)?;
+        *producers = loaded.table;
+        self.hw.store(offset, Ordering::SeqCst);
+        tracing::warn!(topic = %self.topic, partition = self.index, old_start, old_end, new_start = offset, "the leader's log starts past this follower's end: dropped the whole log");
+        Ok(())
+    }
 }
