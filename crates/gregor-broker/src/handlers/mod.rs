@@ -11,6 +11,7 @@
 mod admin;
 mod fetch;
 mod group;
+mod leader_hints;
 mod metadata;
 mod offset_for_leader_epoch;
 pub mod produce;
@@ -114,11 +115,19 @@ pub async fn dispatch(
         RequestKind::Produce(r) => {
             // Appended now, in request order; answered once durable.
             let pending = produce::append_phase(broker, r, version);
+            let broker = broker.clone();
             return Response::Later(Box::pin(async move {
-                pending.finish().await.map(ResponseKind::Produce)
+                pending
+                    .finish()
+                    .await
+                    .map(|r| ResponseKind::Produce(leader_hints::produce(&broker, r, version)))
             }));
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, version).await),
+        RequestKind::Fetch(r) => ResponseKind::Fetch(leader_hints::fetch(
+            broker,
+            fetch::fetch(broker, r, version).await,
+            version,
+        )),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(fetch::list_offsets(broker, r, version))
         }
