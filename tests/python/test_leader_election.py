@@ -214,7 +214,8 @@ def test_describe_log_dirs_sizes_grow(cluster_factory):
 def test_cli_reassign_list_cancel_and_move(cluster_factory):
     """`gregor cluster reassign` on 4 nodes (3 voters): a move to a dead node 4 stays in
     progress (--list shows it) until cancelled (--cancel: replicas back to {1,2,3}); with
-    node 4 up, the move to {1,2,4} completes and node 4 holds the data."""
+    node 4 up, the move to {1,2,4} completes, node 4 holds the data and node 3, no longer a
+    replica, empties its copy."""
     c = cluster_factory(4, voters=3)
     topic = unique_topic("move")
     create(c, topic, [[1, 2, 3]])
@@ -251,3 +252,13 @@ def test_cli_reassign_list_cancel_and_move(cluster_factory):
     dirs = cli(c, "cluster", "log-dirs", "--broker", "4")[1]["brokers"][0]["log_dirs"][0]["partitions"]
     size4 = [p["size"] for p in dirs if p["topic"] == topic]
     assert size4 and size4[0] > 300 * 500, dirs
+    # Node 3 is no replica any more: DescribeLogDirs does not list the partition, and its
+    # local copy is emptied.
+    dirs3 = cli(c, "cluster", "log-dirs", "--broker", "3")[1]["brokers"][0]["log_dirs"][0]["partitions"]
+    assert [p for p in dirs3 if p["topic"] == topic] == [], dirs3
+
+    def log_bytes(node) -> int:
+        return sum(f.stat().st_size for f in (node.data_dir / f"{topic}-0").glob("*.log"))
+
+    wait_for(lambda: log_bytes(c.node(3)) == 0, 10, 0.1, "node 3's copy emptied")
+    assert log_bytes(c.node(4)) > 300 * 500
