@@ -35,7 +35,8 @@ def config_args(tmp_path, name: str, settings: dict) -> tuple:
 
 
 def cli(c, *args, check=True, timeout=60):
-    """`gregor ARGS --format json` against the whole cluster; (exit code, parsed stdout, stderr)."""
+    """`gregor ARGS --format json` against the whole cluster (or a single broker: anything
+    with ``bootstrap`` and ``bin_path``); (exit code, parsed stdout, stderr)."""
     env = dict(os.environ)
     env["GREGOR_BROKERS"] = c.bootstrap
     env.pop("RUST_BACKTRACE", None)
@@ -262,3 +263,22 @@ def test_cli_reassign_list_cancel_and_move(cluster_factory):
 
     wait_for(lambda: log_bytes(c.node(3)) == 0, 10, 0.1, "node 3's copy emptied")
     assert log_bytes(c.node(4)) > 300 * 500
+
+
+def test_single_node_answers(broker):
+    """A single node leads every partition: ElectLeaders is not needed (exit 0), unknown
+    partitions are reported; DescribeLogDirs lists its topics; a reassignment is refused."""
+    from gregor_testlib import create_topic_confluent
+
+    topic = unique_topic("single")
+    create_topic_confluent(broker.bootstrap, topic, 2)
+    _, out, _ = cli(broker, "cluster", "elect", "--topic", topic)
+    assert sorted((e["partition"], e["error_code"]) for e in out["elections"]) == [(0, 84), (1, 84)], out
+    rc, out, _ = cli(broker, "cluster", "elect", "--topic", topic, "--partition", "9", check=False)
+    assert rc == 1 and out["elections"][0]["error_code"] == 3, out  # UNKNOWN_TOPIC_OR_PARTITION
+    produce(broker.bootstrap, topic, 1, 50)
+    dirs = cli(broker, "cluster", "log-dirs")[1]["brokers"][0]["log_dirs"][0]["partitions"]
+    sizes = {p["partition"]: p["size"] for p in dirs if p["topic"] == topic}
+    assert sizes[0] == 0 and sizes[1] > 50 * 200, dirs
+    rc, _, err = cli(broker, "cluster", "reassign", "--topic", topic, "--partition", "0", "--replicas", "1,2", check=False)
+    assert rc == 1 and "single node" in err, err
