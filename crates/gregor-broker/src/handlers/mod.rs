@@ -9,9 +9,11 @@
 //! protocol defines, per topic or partition where the response has room for it.
 
 mod admin;
+mod elect;
 mod fetch;
 mod group;
 mod leader_hints;
+mod log_dirs;
 mod metadata;
 mod offset_for_leader_epoch;
 pub mod produce;
@@ -112,6 +114,12 @@ pub async fn dispatch(
         RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
             reassign::list_partition_reassignments(broker, r),
         ),
+        RequestKind::ElectLeaders(r) => {
+            ResponseKind::ElectLeaders(elect::elect_leaders(broker, r, version).await)
+        }
+        RequestKind::DescribeLogDirs(r) => {
+            ResponseKind::DescribeLogDirs(log_dirs::describe_log_dirs(broker, r))
+        }
         RequestKind::Produce(r) => {
             // Appended now, in request order; answered once durable.
             let pending = produce::append_phase(broker, r, version);
