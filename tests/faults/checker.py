@@ -48,11 +48,12 @@ KINDS = ["lost", "duplicated", "reordered", "offset_reused", "aborted_read", "eo
 ORDERED_TOPICS = ("queue", "txn-in")
 TXN_OUT = "txn-out"
 FAULT_ORDER = ["kill", "partition", "isolate", "split", "one_way", "pause", "delay", "skew",
-               "disk_full", "fsync_fail", "processor_kill", "processor_hang"]
+               "disk_full", "fsync_fail", "processor_kill", "processor_hang", "not_healed"]
 FAULT_NAMES = {"kill": "kills", "partition": "partitions", "pause": "pauses", "delay": "delays",
                "skew": "clock skews", "disk_full": "full disks", "fsync_fail": "failed fsyncs",
                "processor_kill": "processor kills", "processor_hang": "processor hangs",
-               "isolate": "isolations", "split": "splits", "one_way": "one-way drops"}
+               "isolate": "isolations", "split": "splits", "one_way": "one-way drops",
+               "not_healed": "heal timeouts"}
 
 
 @dataclass
