@@ -194,6 +194,12 @@ def check(events: list[dict]) -> Report:
             r.flag("duplicated", f"{v!r} at {sorted(set(keys))}", len(set(keys)) - 1)
 
     have_final = bool(by_kind["final_end"])
+    # Every partition that took an acknowledged write must have been read to its end: a
+    # final read that never ran (or skipped a partition) would hide every loss in it.
+    unread = sorted({(tp, p) for tp, p, _ in acked.values()} - set(final_ends))
+    if unread:
+        r.flag("incomplete", f"no final read of {len(unread)} partition(s) with acknowledged "
+                             f"writes, e.g. {unread[:3]}", len(unread))
     if have_final:
         for v, key in acked.items():
             if v not in final_pos:
