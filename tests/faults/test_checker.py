@@ -175,7 +175,7 @@ def test_topics_lost_or_undeleted():
 
 def test_incomplete_final_read():
     ev = clean_history() + [{"k": "final_end", "tp": "queue", "p": 1, "hw": 10, "done": False}]
-    assert flagged(ev) == {"incomplete": 1, "lost": 1}
+    assert flagged(ev) == {"incomplete": 1}
 
 
 def test_hung_processor_is_reported_not_flagged():
