@@ -6,7 +6,8 @@
   checker report a lost write and the run fail;
 - a 3-node cluster (each node in its namespace): the node leading a partition isolated from
   the other nodes and the clients loses the leadership to another replica, and once healed
-  is back in the ISR.
+  is back in the ISR; the same for a leader that lost its leadership before writing
+  anything in its epoch (it used to stay out of the ISR for good).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(HERE))
 from netns import CLIENT_IP, Network, node_ip, sweep_leftovers  # noqa: E402
 from node import REPO_ROOT, Node, voters_of  # noqa: E402
 
-BINARY = REPO_ROOT / "target" / "release" / "gregor"
+BINARY = Path(os.environ.get("GREGOR_BIN", REPO_ROOT / "target" / "release" / "gregor"))
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
@@ -227,3 +228,65 @@ def test_isolated_leader_loses_leadership_and_rejoins_the_isr(tmp_path):
     assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                           text=True).stdout.split("\n")
                 if n.startswith(net.prefix + "-")], "namespaces left behind"
+
+
+def test_leader_that_wrote_nothing_in_its_epoch_rejoins_the_isr(tmp_path):
+    """Seen in the 3-node schedule (seed 2): a broker elected leader that loses the
+    leadership before its first append keeps its epoch at its log end; the next leader
+    never heard of that epoch and answers the follower's fetch with the epoch before it,
+    ending where the follower's log ends. Nothing to truncate, so the follower used to ask
+    the same question forever and never rejoined the ISR. Here: records written at epoch 0,
+    the leader killed (a second replica leads epoch 1, nothing written), that one isolated
+    (a third leads epoch 2), healed: every replica must be back in the ISR."""
+    sweep_leftovers()
+    work = tmp_path / f"gregor-faults-{os.getpid()}"
+    work.mkdir()
+    net = Network(3)
+    nodes: list[Node] = []
+    try:
+        net.create()
+        for i in range(3):
+            n = Node(net, i, BINARY, work, 64, None, voters_of(3))
+            n.mount()
+            nodes.append(n)
+            n.spawn()
+        for n in nodes:
+            n.await_ready()
+        boot = ",".join(n.addr for n in nodes)
+        assert _client(net, "setup", boot, str(work / "setup.jsonl"), "1", "3", "2").returncode == 0
+        assert _client(net, "healthy", boot, "3", "60").returncode == 0
+        produce = subprocess.run(
+            net.exec_prefix(net.client_ns) + [str(BINARY), "produce", "queue", "--brokers", boot,
+                                              "--acks", "all"],
+            input="a\nb\nc\n", text=True, capture_output=True, timeout=60)
+        assert produce.returncode == 0, produce.stderr
+
+        def leader_other_than(old):
+            d = _describe(net, boot)
+            if d is None:
+                return None
+            lead = d["topics"]["queue"]["0"]["leader"]
+            return lead if lead not in (-1, old) else None
+
+        first = leader_other_than(-1)
+        assert first is not None
+        nodes[first - 1].kill9()
+        assert _wait_true(lambda: leader_other_than(first) is not None, 30)
+        second = leader_other_than(first)
+        nodes[first - 1].start()
+        healthy = _client(net, "healthy", boot, "3", "60")
+        assert healthy.returncode == 0, healthy.stdout
+        # The second leader wrote nothing in its epoch; cut it off until it loses it.
+        j = second - 1
+        net.block(j, [node_ip(k) for k in range(3) if k != j] + [CLIENT_IP])
+        assert _wait_true(lambda: leader_other_than(second) is not None, 30)
+        net.heal(j)
+        healthy = _client(net, "healthy", boot, "3", "60")
+        assert healthy.returncode == 0, (f"node {second} (leader of an epoch it wrote nothing "
+                                         f"in) not back in the ISR: {healthy.stdout}")
+    finally:
+        for n in nodes:
+            n.kill9()
+        net.destroy()
+        for n in nodes:
+            n.unmount()
