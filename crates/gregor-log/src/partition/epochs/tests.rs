@@ -213,7 +213,11 @@ fn an_epoch_assigned_but_never_written_is_dropped_and_the_follower_converges() {
     let (_, own_end) = follower.end_offset_for_leader_epoch(epoch);
     follower.truncate_to(end.min(own_end)).unwrap();
     assert_eq!(follower.log_end_offset(), 6);
-    assert_eq!(follower.latest_leader_epoch(), Some(2), "nothing cut: the entry is still there");
+    assert_eq!(
+        follower.latest_leader_epoch(),
+        Some(2),
+        "nothing cut: the entry is still there"
+    );
     assert!(follower.truncate_epochs_to_end().unwrap());
     assert!(!follower.truncate_epochs_to_end().unwrap());
     assert_eq!(file(fd.path()), "0\n1\n1 0\n");
