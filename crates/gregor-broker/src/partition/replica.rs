@@ -454,6 +454,17 @@ impl Partition {
         let mut log = self.log.write().expect("log lock");
         let mut producers = self.producers.lock().expect("producer state lock");
         if offset >= log.log_end_offset() {
+            // Nothing to cut; but an epoch this replica assigned as leader and lost before
+            // writing in it would be sent as the last fetched epoch forever: dropped (a
+            // follower only: a leader's own new epoch starts at its log end too).
+            let follower = matches!(
+                *self.replica.lock().expect("replica lock"),
+                Role::Follower { .. }
+            );
+            if follower && log.truncate_epochs_to_end()? {
+                tracing::info!(topic = %self.topic, partition = self.index,
+                    end = log.log_end_offset(), "dropped a leader epoch with no records at the log end");
+            }
             return Ok(());
         }
         let old_end = log.log_end_offset();
