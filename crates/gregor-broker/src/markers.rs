@@ -20,8 +20,9 @@ use kafka_protocol::error::ResponseError;
 use crate::appends::AppendSignal;
 use crate::groups::GroupService;
 use crate::internal_topics::{self, encode_internal_batch, OFFSETS_TOPIC};
-use crate::partition::Partition;
+use crate::partition::{Partition, ProduceError};
 use crate::registry::TopicRegistry;
+use gregor_txn::ProducerError;
 
 /// One transaction's end, as a coordinator hands it to a partition leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,10 @@ impl MarkerWriter<'_> {
     /// Writes `marker` to each of `partitions`; one result per partition, in order. A
     /// partition this broker does not lead answers NOT_LEADER_OR_FOLLOWER, an unknown one
     /// UNKNOWN_TOPIC_OR_PARTITION, a failed append or fsync KAFKA_STORAGE_ERROR, an ISR that
-    /// did not catch up in time REQUEST_TIMED_OUT. Writing a marker twice is harmless.
+    /// did not catch up in time REQUEST_TIMED_OUT, a marker of an older producer epoch
+    /// INVALID_PRODUCER_EPOCH and one of an older coordinator (a zombie that lost its
+    /// `__transaction_state` partition) TRANSACTION_COORDINATOR_FENCED. Writing a marker
+    /// twice is harmless.
     pub async fn write(
         &self,
         marker: &Marker,
@@ -71,15 +75,23 @@ impl MarkerWriter<'_> {
                 results[i] = Err(ResponseError::UnknownTopicOrPartition);
                 continue;
             };
-            match partition.append_internal(&batch) {
+            match partition.append_marker(
+                &batch,
+                marker.producer_id,
+                marker.producer_epoch,
+                marker.coordinator_epoch,
+            ) {
                 Ok(_) => written.push((i, partition)),
                 Err(e) => {
-                    tracing::warn!(topic = %topic, partition = index, error = %e, "appending a transaction marker failed");
-                    // A follower's log takes only its leader's batches.
-                    results[i] = Err(if partition.isr_size().is_none() {
-                        ResponseError::NotLeaderOrFollower
-                    } else {
-                        ResponseError::KafkaStorageError
+                    tracing::warn!(topic = %topic, partition = index, error = ?e, "appending a transaction marker failed");
+                    results[i] = Err(match e {
+                        ProduceError::Producer(ProducerError::CoordinatorFenced { .. }) => {
+                            ResponseError::TransactionCoordinatorFenced
+                        }
+                        ProduceError::Producer(_) => ResponseError::InvalidProducerEpoch,
+                        // A follower's log takes only its leader's batches.
+                        _ if partition.isr_size().is_none() => ResponseError::NotLeaderOrFollower,
+                        _ => ResponseError::KafkaStorageError,
                     });
                 }
             }

@@ -833,7 +833,7 @@ mod tests {
     use super::*;
     use crate::broker::Broker;
     use crate::handlers::txn;
-    use crate::partition::producer_state::marker_type;
+    use crate::partition::producer_state::read_marker;
     use gregor_txn::records::{marker_key, marker_value};
     use gregor_txn::{TxnMetadata, TxnStatus};
     use kafka_protocol::error::ResponseError;
@@ -1059,17 +1059,17 @@ mod tests {
             let b = encode(
                 vec![(
                     Bytes::copy_from_slice(&marker_key(commit)),
-                    Some(Bytes::copy_from_slice(&marker_value(0))),
+                    Some(Bytes::copy_from_slice(&marker_value(9))),
                 )],
                 1,
                 Some((7, 1)),
             )
             .unwrap();
-            assert_eq!(marker_type(&b), Some(commit));
+            assert_eq!(read_marker(&b), Some((commit, 9)));
             let (h, _) = gregor_log::batch::iter_batches(&b).next().unwrap().unwrap();
             assert!(h.is_control() && h.is_transactional());
             assert_eq!((h.producer_id, h.producer_epoch), (7, 1));
         }
-        assert_eq!(marker_type(&[0u8; 70]), None);
+        assert_eq!(read_marker(&[0u8; 70]), None);
     }
 }

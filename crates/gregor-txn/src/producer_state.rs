@@ -79,6 +79,15 @@ pub enum ProducerError {
         epoch: i16,
         current: i16,
     },
+    /// A transaction marker from a coordinator older than the one that wrote this
+    /// producer's last marker here (a zombie coordinator: Kafka's
+    /// TRANSACTION_COORDINATOR_FENCED).
+    #[error("producer {producer_id}: marker of coordinator epoch {coordinator_epoch}, but epoch {current} wrote the last one")]
+    CoordinatorFenced {
+        producer_id: i64,
+        coordinator_epoch: i32,
+        current: i32,
+    },
     #[error("producer {producer_id}: sequence {got}, expected {expected}")]
     OutOfOrder {
         producer_id: i64,
@@ -87,7 +96,7 @@ pub enum ProducerError {
     },
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<WrittenBatch>,
@@ -96,6 +105,25 @@ struct ProducerEntry {
     /// (serde default); [`ProducerStateTable::fill_missing_timestamps`] sets those on load.
     #[serde(default)]
     last_timestamp: Option<i64>,
+    /// The coordinator epoch of the producer's last marker here (-1: none yet, or a
+    /// snapshot written before it was kept). Markers of an older coordinator are fenced.
+    #[serde(default = "no_coordinator_epoch")]
+    coordinator_epoch: i32,
+}
+
+fn no_coordinator_epoch() -> i32 {
+    -1
+}
+
+impl Default for ProducerEntry {
+    fn default() -> Self {
+        ProducerEntry {
+            epoch: 0,
+            batches: VecDeque::new(),
+            last_timestamp: None,
+            coordinator_epoch: no_coordinator_epoch(),
+        }
+    }
 }
 
 /// One producer's state in a partition, as DescribeProducers reports it.
@@ -109,6 +137,8 @@ pub struct ProducerSummary {
     pub last_offset: i64,
     /// Timestamp of the last batch or marker (-1: unknown).
     pub last_timestamp: i64,
+    /// Coordinator epoch of the last marker (-1: none).
+    pub coordinator_epoch: i32,
 }
 
 /// An aborted transaction in a partition: its producer and the offsets from its first
@@ -210,14 +240,46 @@ impl ProducerStateTable {
         self.ongoing.entry(producer_id).or_insert(first_offset);
     }
 
-    /// A COMMIT/ABORT marker of `producer_id` at `epoch` was written at `offset` with
-    /// (batch max) timestamp `timestamp`. Returns the aborted transaction it closed, if it
+    /// Whether a COMMIT/ABORT marker of `producer_id` at `epoch` from the coordinator at
+    /// `coordinator_epoch` may be written (checked on the leader before the append, as
+    /// Kafka's `ProducerAppendInfo.appendEndTxnMarker` does): a marker of an older producer
+    /// epoch would close the producer's newer transaction, one of an older coordinator
+    /// comes from a zombie that lost `__transaction_state` leadership.
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<(), ProducerError> {
+        let Some(entry) = self.producers.get(&producer_id) else {
+            return Ok(());
+        };
+        if epoch < entry.epoch {
+            return Err(ProducerError::InvalidEpoch {
+                producer_id,
+                epoch,
+                current: entry.epoch,
+            });
+        }
+        if coordinator_epoch < entry.coordinator_epoch {
+            return Err(ProducerError::CoordinatorFenced {
+                producer_id,
+                coordinator_epoch,
+                current: entry.coordinator_epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// A COMMIT/ABORT marker of `producer_id` at `epoch`, from the coordinator at
+    /// `coordinator_epoch`, was written at `offset` with (batch max) timestamp `timestamp`. Returns the aborted transaction it closed, if it
     /// was an ABORT of an open transaction (the caller persists it in the segment's
     /// aborted-transaction index).
     pub fn record_marker(
         &mut self,
         producer_id: i64,
         epoch: i16,
+        coordinator_epoch: i32,
         offset: i64,
         commit: bool,
         timestamp: i64,
@@ -241,6 +303,7 @@ impl ProducerStateTable {
             entry.batches.clear();
         }
         entry.last_timestamp = Some(timestamp);
+        entry.coordinator_epoch = entry.coordinator_epoch.max(coordinator_epoch);
         closed
     }
 
@@ -332,6 +395,7 @@ impl ProducerStateTable {
                     last_sequence: last.map_or(-1, |b| b.last_sequence),
                     last_offset: last.map_or(-1, |b| b.last_offset),
                     last_timestamp: e.last_timestamp.unwrap_or(-1),
+                    coordinator_epoch: e.coordinator_epoch,
                 }
             })
             .collect()
@@ -434,9 +498,9 @@ mod tests {
         t.record_transactional(1, 20);
         t.record_transactional(2, 15);
         assert_eq!(t.first_unstable_offset(), Some(10));
-        assert!(t.record_marker(1, 0, 30, false, 0).is_some());
+        assert!(t.record_marker(1, 0, 0, 30, false, 0).is_some());
         assert_eq!(t.first_unstable_offset(), Some(15));
-        assert_eq!(t.record_marker(2, 0, 31, true, 0), None);
+        assert_eq!(t.record_marker(2, 0, 0, 31, true, 0), None);
         assert_eq!(t.first_unstable_offset(), None);
         let a = AbortedTxn {
             producer_id: 1,
@@ -450,11 +514,35 @@ mod tests {
         // Same-epoch marker keeps sequence state; a later batch continues the sequence.
         assert_eq!(t.check(&b(1, 0, 2, 1)), Ok(Verdict::Append));
         // A marker with a bumped epoch fences the old epoch.
-        assert_eq!(t.record_marker(1, 1, 32, false, 0), None);
+        assert_eq!(t.record_marker(1, 1, 0, 32, false, 0), None);
         assert!(matches!(
             t.check(&b(1, 0, 2, 1)),
             Err(ProducerError::InvalidEpoch { .. })
         ));
+    }
+
+    #[test]
+    fn markers_of_an_older_producer_epoch_or_coordinator_are_fenced() {
+        let mut t = ProducerStateTable::new();
+        // Unknown producer: any marker may be written.
+        assert_eq!(t.check_marker(1, 0, 0), Ok(()));
+        t.record(&b(1, 3, 0, 1), 0, 0, 0);
+        t.record_transactional(1, 0);
+        assert_eq!(t.record_marker(1, 3, 5, 1, true, 0), None);
+        assert_eq!(t.check_marker(1, 3, 5), Ok(()));
+        assert_eq!(t.check_marker(1, 4, 6), Ok(()));
+        assert!(matches!(
+            t.check_marker(1, 2, 5),
+            Err(ProducerError::InvalidEpoch { current: 3, .. })
+        ));
+        assert!(matches!(
+            t.check_marker(1, 3, 4),
+            Err(ProducerError::CoordinatorFenced { current: 5, .. })
+        ));
+        // A snapshot keeps the coordinator epoch.
+        let json = serde_json::to_vec(&t).unwrap();
+        let back: ProducerStateTable = serde_json::from_slice(&json).unwrap();
+        assert!(back.check_marker(1, 3, 4).is_err());
     }
 
     #[test]
@@ -483,7 +571,7 @@ mod tests {
         let mut t = ProducerStateTable::new();
         for (pid, first, marker) in [(1, 0, 5), (2, 6, 9), (3, 10, 20)] {
             t.record_transactional(pid, first);
-            assert!(t.record_marker(pid, 0, marker, false, 0).is_some());
+            assert!(t.record_marker(pid, 0, 0, marker, false, 0).is_some());
         }
         t.record_transactional(4, 21);
         let copy = t.snapshot_copy();
@@ -547,7 +635,7 @@ mod tests {
         assert_eq!(t.first_unstable_offset(), Some(10));
         // Its marker closes the transaction and is its last write: it expires a day after
         // the marker's timestamp.
-        assert!(t.record_marker(5, 0, 12, false, 10 * DAY).is_some());
+        assert!(t.record_marker(5, 0, 0, 12, false, 10 * DAY).is_some());
         assert_eq!(t.expire(11 * DAY - 1, DAY), 0);
         assert_eq!(t.expire(11 * DAY, DAY), 1);
         assert!(t.is_empty());
@@ -569,10 +657,11 @@ mod tests {
                 last_offset: 2,
                 // The last batch's, even if older than an earlier one (Kafka's rule).
                 last_timestamp: 400,
+                coordinator_epoch: -1,
             }]
         );
         // A marker with a bumped epoch (fencing) forgets the sequences, keeps the time.
-        t.record_marker(3, 2, 3, false, 900);
+        t.record_marker(3, 2, 0, 3, false, 900);
         let p = t.producers()[0];
         assert_eq!((p.epoch, p.last_sequence, p.last_timestamp), (2, -1, 900));
     }

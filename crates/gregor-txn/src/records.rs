@@ -124,6 +124,11 @@ pub fn marker_value(coordinator_epoch: i32) -> [u8; 6] {
     [0, 0, e[0], e[1], e[2], e[3]]
 }
 
+/// The coordinator epoch in a marker's control record value (`None`: too short).
+pub fn decode_marker_value(value: &[u8]) -> Option<i32> {
+    Some(i32::from_be_bytes(value.get(2..6)?.try_into().ok()?))
+}
+
 /// Whether a control record key is a COMMIT (`Some(true)`) or ABORT (`Some(false)`) marker.
 pub fn decode_marker_key(key: &[u8]) -> Option<bool> {
     if key.len() < 4 {
@@ -163,6 +168,8 @@ mod tests {
         assert!(decode_value("tx", &txn_value(&m)[..20]).is_err());
         assert_eq!(decode_marker_key(&marker_key(true)), Some(true));
         assert_eq!(decode_marker_key(&marker_key(false)), Some(false));
+        assert_eq!(decode_marker_value(&marker_value(17)), Some(17));
+        assert_eq!(decode_marker_value(&[0, 0, 1]), None);
     }
 
     #[test]

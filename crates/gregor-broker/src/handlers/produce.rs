@@ -438,6 +438,9 @@ fn produce_error(partition: &Partition, e: ProduceError) -> (ResponseError, Stri
         ProduceError::Producer(e @ ProducerError::OutOfOrder { .. }) => {
             (ResponseError::OutOfOrderSequenceNumber, e.to_string())
         }
+        ProduceError::Producer(e @ ProducerError::CoordinatorFenced { .. }) => {
+            (ResponseError::TransactionCoordinatorFenced, e.to_string())
+        }
         ProduceError::Log(e) => (log_error_code(&e), e.to_string()),
         ProduceError::NotDurable { first_offset } => (
             ResponseError::NotEnoughReplicasAfterAppend,

@@ -174,7 +174,7 @@ pub fn describe_producers(
                                 .with_producer_epoch(i32::from(p.epoch))
                                 .with_last_sequence(p.last_sequence)
                                 .with_last_timestamp(p.last_timestamp)
-                                .with_coordinator_epoch(0)
+                                .with_coordinator_epoch(p.coordinator_epoch)
                                 .with_current_txn_start_offset(
                                     ongoing.get(&p.producer_id).copied().unwrap_or(-1),
                                 )

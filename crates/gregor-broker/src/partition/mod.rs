@@ -509,6 +509,39 @@ impl Partition {
         self.append_locked(&mut log, &mut producers, &batches)
     }
 
+    /// Appends a transaction marker (a control batch of `producer_id` at `epoch` from the
+    /// coordinator at `coordinator_epoch`) after checking, under the producer-state lock,
+    /// that neither the producer's epoch nor the coordinator's is older than the last one
+    /// seen here ([`ProducerStateTable::check_marker`]): a zombie coordinator's marker
+    /// must not close a newer transaction.
+    pub fn append_marker(
+        &self,
+        batch: &[u8],
+        producer_id: i64,
+        epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<AppendInfo, ProduceError> {
+        if let replica::Role::Follower { leader, .. } = self.role() {
+            return Err(ProduceError::Log(LogError::InvalidRecord(format!(
+                "{}-{} is led by broker {leader}: a follower's log takes only its leader's batches",
+                self.topic, self.index
+            ))));
+        }
+        let batches = ValidatedBatches::validate(batch, |_, _| Ok::<(), LogError>(())).map_err(
+            |e| match e {
+                ValidateError::Batch(e) => ProduceError::Log(LogError::from(e)),
+                ValidateError::Check(e) => ProduceError::Log(e),
+            },
+        )?;
+        let mut log = self.log.write().expect("log lock");
+        let mut producers = self.producers.lock().expect("producer state lock");
+        producers
+            .check_marker(producer_id, epoch, coordinator_epoch)
+            .map_err(ProduceError::Producer)?;
+        self.append_locked(&mut log, &mut producers, &batches)
+            .map_err(ProduceError::Log)
+    }
+
     /// Queues a snapshot of `table` (the state at `offset`) for writing once the log is
     /// durable past it. Cheap; called under the log lock when a segment rolls.
     pub fn queue_snapshot(&self, offset: i64, table: ProducerStateTable) {

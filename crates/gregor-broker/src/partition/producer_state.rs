@@ -158,11 +158,12 @@ pub fn apply_batch(
     batch: &[u8],
 ) -> Option<AbortedTxn> {
     if header.is_control() {
-        match marker_type(batch) {
-            Some(commit) => {
+        match read_marker(batch) {
+            Some((commit, coordinator_epoch)) => {
                 return table.record_marker(
                     header.producer_id,
                     header.producer_epoch,
+                    coordinator_epoch,
                     header.base_offset,
                     commit,
                     header.max_timestamp,
@@ -345,8 +346,9 @@ pub fn replay_batches(
 }
 
 /// Reads whether a stored control batch is a COMMIT (`Some(true)`) or ABORT marker, from
-/// the key of its first record (uncompressed, as markers are written).
-pub fn marker_type(batch: &[u8]) -> Option<bool> {
+/// the key of its first record (uncompressed, as markers are written), and the
+/// coordinator epoch in its value (-1 when the value is missing or short).
+pub fn read_marker(batch: &[u8]) -> Option<(bool, i32)> {
     let mut pos = gregor_log::BatchHeader::SIZE;
     let varint = |pos: &mut usize| gregor_wire::varint::read_varlong(batch, pos).ok();
     let _length = varint(&mut pos)?;
@@ -356,7 +358,14 @@ pub fn marker_type(batch: &[u8]) -> Option<bool> {
     let key_len = varint(&mut pos)?;
     let key_len = usize::try_from(key_len).ok()?;
     let key = batch.get(pos..pos.checked_add(key_len)?)?;
-    gregor_txn::records::decode_marker_key(key)
+    let commit = gregor_txn::records::decode_marker_key(key)?;
+    pos += key_len;
+    let coordinator_epoch = varint(&mut pos)
+        .and_then(|len| usize::try_from(len).ok())
+        .and_then(|len| batch.get(pos..pos.checked_add(len)?))
+        .and_then(gregor_txn::records::decode_marker_value)
+        .unwrap_or(-1);
+    Some((commit, coordinator_epoch))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use kafka_protocol::records::{
 use tempfile::TempDir;
 
 use super::*;
-use crate::partition::Partition;
+use crate::partition::{Partition, ProduceError};
 
 /// One v2 batch of `n` records from `pid` at `epoch` starting at sequence `seq`.
 fn batch(pid: i64, epoch: i16, seq: i32, n: i32, transactional: bool) -> Bytes {
@@ -630,4 +630,60 @@ fn a_batch_whose_fsync_failed_is_written_once() {
         })
         .collect();
     assert_eq!(sequences, vec![(0, 0), (0, 2), (0, 4)]);
+}
+
+/// A marker of coordinator epoch `coordinator_epoch`.
+fn marker_from(pid: i64, epoch: i16, commit: bool, coordinator_epoch: i32) -> Bytes {
+    crate::internal_topics::encode_internal_batch(
+        [(
+            Bytes::copy_from_slice(&marker_key(commit)),
+            Some(Bytes::copy_from_slice(&marker_value(coordinator_epoch))),
+        )],
+        1000,
+        Some((pid, epoch)),
+        true,
+    )
+    .unwrap()
+}
+
+#[test]
+fn markers_of_a_zombie_coordinator_or_an_older_producer_epoch_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let (p, _) = open(dir.path(), false);
+    append(&p, &batch(7, 2, 0, 3, true));
+    p.append_marker(&marker_from(7, 2, true, 4), 7, 2, 4)
+        .unwrap();
+    append(&p, &batch(7, 2, 3, 3, true));
+    // The coordinator that lost its partition (epoch 3) must not close the transaction.
+    let end = p.log.read().unwrap().log_end_offset();
+    let fenced = p.append_marker(&marker_from(7, 2, false, 3), 7, 2, 3);
+    assert!(matches!(
+        fenced,
+        Err(ProduceError::Producer(
+            gregor_txn::ProducerError::CoordinatorFenced { current: 4, .. }
+        ))
+    ));
+    let stale = p.append_marker(&marker_from(7, 1, false, 5), 7, 1, 5);
+    assert!(matches!(
+        stale,
+        Err(ProduceError::Producer(
+            gregor_txn::ProducerError::InvalidEpoch { .. }
+        ))
+    ));
+    assert_eq!(
+        p.log.read().unwrap().log_end_offset(),
+        end,
+        "nothing written"
+    );
+    assert!(p.producers.lock().unwrap().in_transaction(7));
+    // The coordinator epoch is rebuilt from the log on reopen.
+    p.log.write().unwrap().flush_for_shutdown().unwrap();
+    drop(p);
+    let (p, _) = open(dir.path(), false);
+    assert!(p
+        .append_marker(&marker_from(7, 2, false, 3), 7, 2, 3)
+        .is_err());
+    p.append_marker(&marker_from(7, 2, false, 4), 7, 2, 4)
+        .unwrap();
+    assert!(!p.producers.lock().unwrap().in_transaction(7));
 }
