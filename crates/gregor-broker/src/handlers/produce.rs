@@ -461,48 +461,23 @@ pub(crate) fn log_error_code(e: &LogError) -> ResponseError {
 
 #[cfg(test)]
 mod tests {
-    use bytes::{Bytes, BytesMut};
+    use bytes::Bytes;
     use gregor_log::batch::crc_count;
+    use gregor_protocol::batch_builder::BatchBuilder;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::TopicName;
     use kafka_protocol::protocol::StrBytes;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
 
     use super::*;
     use crate::config::BrokerConfig;
 
     fn batch(pid: i64, seq: i32) -> Bytes {
-        let records: Vec<Record> = (0..3)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: pid,
-                producer_epoch: 0,
-                timestamp_type: TimestampType::Creation,
-                offset: i,
-                // Constant offset - sequence: one batch (the encoder splits otherwise).
-                sequence: seq + i as i32,
-                timestamp: 1000,
-                key: None,
-                value: Some(Bytes::from_static(b"value")),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
-        buf.freeze()
+        BatchBuilder::new()
+            .producer(pid, 0)
+            .base_sequence(seq)
+            .records((0..3).map(|_| (None, Some(Bytes::from_static(b"value")), 1000)))
+            .encode()
+            .unwrap()
     }
 
     fn request(records: Bytes) -> ProduceRequest {

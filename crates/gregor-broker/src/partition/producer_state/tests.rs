@@ -2,11 +2,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gregor_log::{LogConfig, RecoveryHint};
+use gregor_protocol::batch_builder::BatchBuilder;
 use gregor_txn::records::{marker_key, marker_value};
 use gregor_txn::Verdict;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use tempfile::TempDir;
 
 use super::*;
@@ -19,34 +17,13 @@ fn batch(pid: i64, epoch: i16, seq: i32, n: i32, transactional: bool) -> Bytes {
 
 /// [`batch`] with the records (so the batch's `maxTimestamp`) at `ts`.
 fn batch_at(pid: i64, epoch: i16, seq: i32, n: i32, transactional: bool, ts: i64) -> Bytes {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: pid,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: seq + i,
-            timestamp: ts,
-            key: None,
-            value: Some(Bytes::from(vec![b'x'; 40])),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    BatchBuilder::new()
+        .producer(pid, epoch)
+        .base_sequence(seq)
+        .transactional(transactional)
+        .records((0..n).map(|_| (None, Some(Bytes::from(vec![b'x'; 40])), ts)))
+        .encode()
+        .unwrap()
 }
 
 fn marker(pid: i64, epoch: i16, commit: bool) -> Bytes {
