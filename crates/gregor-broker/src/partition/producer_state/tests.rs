@@ -97,6 +97,12 @@ fn summary(t: &ProducerStateTable) -> String {
     format!("{state} {:?}", t.aborted_between(0, i64::MAX))
 }
 
+/// How many aborted transactions the log's `.txnindex` files hold.
+fn aborted_txns_on_disk(p: &Partition) -> usize {
+    let log = p.log.read().unwrap();
+    log.read_aborted_txns().unwrap().entries.len()
+}
+
 /// Writes a workload over many segments: an idempotent producer (pid 1), a transaction
 /// of pid 2 aborted early, one of pid 3 committed, and one of pid 4 left open. Returns the
 /// number of batches and the last idempotent batch with its offset.
@@ -190,16 +196,7 @@ fn unclean_reopen_replays_only_after_the_newest_snapshot() {
         })
     );
     // No duplicated .txnindex entries after the replay re-derived what was above it.
-    assert_eq!(
-        p.log
-            .read()
-            .unwrap()
-            .read_aborted_txns()
-            .unwrap()
-            .entries
-            .len(),
-        1
-    );
+    assert_eq!(aborted_txns_on_disk(&p), 1);
     drop(p);
 
     // Without any snapshot: full replay, same state.
@@ -210,16 +207,7 @@ fn unclean_reopen_replays_only_after_the_newest_snapshot() {
     assert_eq!(loaded.snapshot_offset, None);
     assert_eq!(loaded.replayed_batches, batches);
     assert_eq!(summary(&p.producers.lock().unwrap()), live);
-    assert_eq!(
-        p.log
-            .read()
-            .unwrap()
-            .read_aborted_txns()
-            .unwrap()
-            .entries
-            .len(),
-        1
-    );
+    assert_eq!(aborted_txns_on_disk(&p), 1);
 }
 
 #[test]
@@ -322,14 +310,7 @@ fn truncated_log_drops_snapshots_and_aborted_entries_above_it() {
     assert_eq!(t.aborted_len(), 0);
     assert!(t.in_transaction(2));
     drop(t);
-    assert!(p
-        .log
-        .read()
-        .unwrap()
-        .read_aborted_txns()
-        .unwrap()
-        .entries
-        .is_empty());
+    assert_eq!(aborted_txns_on_disk(&p), 0);
 }
 
 #[test]
