@@ -427,7 +427,8 @@ RETRIABLE_ERRORS = {
 }
 
 
-def _uvarint(n: int) -> bytes:
+def uvarint(n: int) -> bytes:
+    """Kafka's unsigned varint (compact lengths, tagged fields)."""
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -437,6 +438,11 @@ def _uvarint(n: int) -> bytes:
         else:
             out.append(b)
             return bytes(out)
+
+
+def zigzag_varint(n: int) -> bytes:
+    """Kafka's signed (zig-zag) varint, as in a record's fields."""
+    return uvarint((n << 1) ^ (n >> 63))
 
 
 class _Reader:
@@ -491,6 +497,22 @@ class _Reader:
             self.take(self.uvarint())
 
 
+class ConnectionClosed(EOFError, ConnectionError):
+    """The peer closed the connection before the bytes expected (an EOFError and a
+    ConnectionError, so either ``except`` catches it)."""
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``sock``; :class:`ConnectionClosed` if it closes first."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionClosed(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
 _corr = iter(range(1, 1 << 31))
 
 
@@ -513,18 +535,8 @@ def wire_request(
     with socket.create_connection(addr, timeout=timeout) as sock:
         sock.settimeout(timeout)
         sock.sendall(struct.pack(">i", len(payload)) + payload)
-
-        def exact(n: int) -> bytes:
-            buf = bytearray()
-            while len(buf) < n:
-                chunk = sock.recv(n - len(buf))
-                if not chunk:
-                    raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
-                buf += chunk
-            return bytes(buf)
-
-        (length,) = struct.unpack(">i", exact(4))
-        resp = exact(length)
+        (length,) = struct.unpack(">i", recv_exact(sock, 4))
+        resp = recv_exact(sock, length)
     r = _Reader(resp)
     got = r.i32()
     if got != corr:
@@ -541,12 +553,12 @@ def metadata_request(addr: tuple, topics: Optional[list] = None, timeout: float 
     leader_epoch, replicas, isr, offline}}}}. ``topics=None`` asks for every topic."""
     body = bytearray()
     if topics is None:
-        body += _uvarint(0)  # null: all topics
+        body += uvarint(0)  # null: all topics
     else:
-        body += _uvarint(len(topics) + 1)
+        body += uvarint(len(topics) + 1)
         for name in topics:
             raw = name.encode()
-            body += b"\x00" * 16 + _uvarint(len(raw) + 1) + raw + b"\x00"
+            body += b"\x00" * 16 + uvarint(len(raw) + 1) + raw + b"\x00"
     body += b"\x00\x00\x00"  # allow_auto_topic_creation, include_topic_authorized_ops, tags
     r = _Reader(wire_request(addr, 3, 12, bytes(body), True, timeout))
     r.i32()  # throttle
@@ -591,7 +603,7 @@ def describe_quorum_request(addr: tuple, timeout: float = 10.0) -> dict:
     ``leader_id``, ``leader_epoch``, ``high_watermark``, ``voters`` {id: log end offset},
     ``observers`` {id: log end offset}."""
     name = b"__cluster_metadata"
-    body = _uvarint(2) + _uvarint(len(name) + 1) + name + _uvarint(2) + struct.pack(">i", 0) + b"\x00\x00\x00"
+    body = uvarint(2) + uvarint(len(name) + 1) + name + uvarint(2) + struct.pack(">i", 0) + b"\x00\x00\x00"
     r = _Reader(wire_request(addr, 55, 0, body, True, timeout))
     top_error = r.i16()
 
@@ -788,10 +800,10 @@ def offset_for_leader_epoch_request(
 
     def string(v: str) -> bytes:
         raw = v.encode()
-        return _uvarint(len(raw) + 1) + raw if flexible else struct.pack(">h", len(raw)) + raw
+        return uvarint(len(raw) + 1) + raw if flexible else struct.pack(">h", len(raw)) + raw
 
     def count(n: int) -> bytes:
-        return _uvarint(n + 1) if flexible else struct.pack(">i", n)
+        return uvarint(n + 1) if flexible else struct.pack(">i", n)
 
     tags = b"\x00" if flexible else b""
     body = bytearray(struct.pack(">i", replica_id) if version >= 3 else b"")
@@ -883,11 +895,11 @@ def produce_v10_leader_hint(addr: tuple, topic: str, partition: int, value: byte
     body = (
         b"\x00"  # transactional_id: null
         + struct.pack(">hi", -1, int(timeout * 1000))
-        + _uvarint(2)
-        + _uvarint(len(name) + 1) + name
-        + _uvarint(2)
+        + uvarint(2)
+        + uvarint(len(name) + 1) + name
+        + uvarint(2)
         + struct.pack(">i", partition)
-        + _uvarint(len(records) + 1) + records
+        + uvarint(len(records) + 1) + records
         + b"\x00"  # partition tagged fields
         + b"\x00"  # topic tagged fields
         + b"\x00"  # request tagged fields

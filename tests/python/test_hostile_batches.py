@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from gregor_testlib import create_topic_confluent, unique_topic
+from gregor_testlib import create_topic_confluent, unique_topic, zigzag_varint
 from test_raw_protocol import assert_alive, header_v1, kstring, roundtrip
 
 CORRUPT_MESSAGE = 2
@@ -36,19 +36,6 @@ def crc32c(data: bytes) -> int:
     for b in data:
         c = _TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
     return c ^ 0xFFFFFFFF
-
-
-def zigzag_varint(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b = z & 0x7F
-        z >>= 7
-        if z:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def record(offset_delta: int, value: bytes) -> bytes:

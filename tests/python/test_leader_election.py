@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
 from gregor_testlib import unique_topic, wait_for
 from replication_check import create_topic_request
+from test_cli import gregor
 from test_cluster import record_timing, wait_topic_everywhere
 
 ELECTION_NOT_NEEDED = 84
@@ -37,18 +37,7 @@ def config_args(tmp_path, name: str, settings: dict) -> tuple:
 def cli(c, *args, check=True, timeout=60):
     """`gregor ARGS --format json` against the whole cluster (or a single broker: anything
     with ``bootstrap`` and ``bin_path``); (exit code, parsed stdout, stderr)."""
-    env = dict(os.environ)
-    env["GREGOR_BROKERS"] = c.bootstrap
-    env.pop("RUST_BACKTRACE", None)
-    p = subprocess.run(
-        [os.environ.get("GREGOR_CLI_BIN") or str(c.bin_path), *args, "--format", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-    if check and p.returncode != 0:
-        raise AssertionError(f"gregor {' '.join(args)} failed ({p.returncode}):\n{p.stderr}")
+    p = gregor(c, *args, "--format", "json", check=check, timeout=timeout)
     out = json.loads(p.stdout) if p.stdout.strip() else None
     return p.returncode, out, p.stderr
 

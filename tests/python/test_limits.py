@@ -44,6 +44,21 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
         return True
 
 
+def consume_count(bootstrap: str, topic: str, want: int) -> int:
+    """How many records a consumer reads from partition 0 of ``topic``, from offset 0, until it
+    has ``want`` of them or 30 s have passed."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "x", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 0, 0)])
+    got = 0
+    deadline = time.time() + 30
+    while got < want and time.time() < deadline:
+        m = c.poll(1)
+        if m is not None and m.error() is None:
+            got += 1
+    c.close()
+    return got
+
+
 def test_max_connections(broker_factory, tmp_path):
     broker = limited_broker(broker_factory, tmp_path, {"max.connections": 4})
     held = [connect(broker) for _ in range(4)]
@@ -130,17 +145,7 @@ def test_client_that_never_reads_does_not_block_others(broker_factory, tmp_path)
     except socket.timeout:
         pass
 
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "x",
-                  "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, 0, 0)])
-    got = 0
-    deadline = time.time() + 30
-    while got < 200 and time.time() < deadline:
-        m = c.poll(1)
-        if m is not None and m.error() is None:
-            got += 1
-    c.close()
-    assert got == 200
+    assert consume_count(broker.bootstrap, topic, 200) == 200
     p.produce(topic, b"after")
     assert p.flush(10) == 0
     rude.close()
@@ -206,16 +211,7 @@ def test_fetch_max_bytes_caps_responses(broker_factory, tmp_path):
     size = fetched_record_bytes(read_frame(s))
     assert 0 < size <= 50_000, size
     # Consumers still read everything through the capped responses.
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "x", "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, 0, 0)])
-    got = 0
-    deadline = time.time() + 30
-    while got < 300 and time.time() < deadline:
-        m = c.poll(1)
-        if m is not None and m.error() is None:
-            got += 1
-    c.close()
-    assert got == 300
+    assert consume_count(broker.bootstrap, topic, 300) == 300
 
 
 # ------------------------------------------------------------ limits shown by their effect

@@ -22,7 +22,7 @@ import struct
 
 import pytest
 
-from gregor_testlib import Broker, create_topic_confluent, offset_for_leader_epoch_request, unique_topic
+from gregor_testlib import Broker, create_topic_confluent, offset_for_leader_epoch_request, recv_exact, unique_topic, uvarint
 
 API_PRODUCE = 0
 API_METADATA = 3
@@ -40,18 +40,6 @@ def kstring(s: str | None) -> bytes:
         return struct.pack(">h", -1)
     b = s.encode()
     return struct.pack(">h", len(b)) + b
-
-
-def uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def compact_string(s: str) -> bytes:
@@ -76,16 +64,6 @@ def connect(broker: Broker) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", broker.port), timeout=IO_TIMEOUT)
     s.settimeout(IO_TIMEOUT)
     return s
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 def read_frame(sock: socket.socket) -> bytes:

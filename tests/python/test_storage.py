@@ -127,6 +127,53 @@ def list_offsets(bootstrap, topic, partition=0):
 
 
 # ------------------------------------------------------- acceptance 1: kill -9
+class AckedLoad:
+    """A confluent-kafka acks=all producer writing ``{prefix}{i:07d}`` round-robin over
+    ``partitions`` from a thread, as fast as it can, until :meth:`stop`. No retries: a record
+    is either acked once or failed, so each acked value is unique in the log (a retry after a
+    lost response would legitimately duplicate)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, prefix: str):
+        self._p = producer(
+            bootstrap,
+            **{"message.send.max.retries": 0, "linger.ms": 1, "batch.num.messages": 200},
+        )
+        self._topic, self._partitions, self._prefix = topic, partitions, prefix
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._acked = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _cb(self, err, msg):
+        if err is None:
+            with self._lock:
+                self._acked.append((msg.value(), msg.partition(), msg.offset()))
+
+    def _run(self):
+        p, i = self._p, 0
+        while not self._stop.is_set():
+            try:
+                value = f"{self._prefix}{i:07d}".encode()
+                p.produce(self._topic, value=value, partition=i % self._partitions, on_delivery=self._cb)
+                i += 1
+            except BufferError:
+                pass
+            p.poll(0.0005 if i % 50 == 0 else 0)
+
+    def acked(self) -> list:
+        """``(value, partition, offset)`` of every record acknowledged so far."""
+        with self._lock:
+            return list(self._acked)
+
+    def stop(self) -> None:
+        """Stops writing and drops what was not acknowledged."""
+        self._stop.set()
+        self._thread.join(10)
+        self._p.purge(in_queue=True, in_flight=True, blocking=False)
+        self._p.poll(0.5)
+
+
 def test_kill9_while_producing_acks_all_loses_nothing_acked(broker):
     """A confluent-kafka acks=all producer writes continuously; the broker is killed with
     SIGKILL at random moments 6 times. After each restart every acknowledged record is
@@ -137,44 +184,14 @@ def test_kill9_while_producing_acks_all_loses_nothing_acked(broker):
     rng = random.Random(5)
     acked = {}  # value -> (partition, offset)
     for rnd in range(6):
-        # No retries: a record is either acked once or failed, so each acked value is
-        # unique in the log (a retry after a lost response would legitimately duplicate).
-        p = producer(
-            broker.bootstrap,
-            **{"message.send.max.retries": 0, "linger.ms": 1, "batch.num.messages": 200},
-        )
-        lock = threading.Lock()
-        stop = threading.Event()
-        round_acked = []
-
-        def cb(err, msg):
-            if err is None:
-                with lock:
-                    round_acked.append((msg.value(), msg.partition(), msg.offset()))
-
-        def run():
-            i = 0
-            while not stop.is_set():
-                try:
-                    p.produce(topic, value=f"r{rnd}-{i:07d}".encode(), partition=i % partitions, on_delivery=cb)
-                    i += 1
-                except BufferError:
-                    pass
-                p.poll(0.0005 if i % 50 == 0 else 0)
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
+        load = AckedLoad(broker.bootstrap, topic, partitions, f"r{rnd}-")
         # Resumption: the producer gets acks from the restarted broker.
-        wait_for(lambda: len(round_acked) > 200, 30, 0.02, f"acks in round {rnd}")
+        wait_for(lambda: len(load.acked()) > 200, 30, 0.02, f"acks in round {rnd}")
         time.sleep(rng.uniform(0.05, 1.0))
         broker.kill9()
-        stop.set()
-        t.join(10)
-        p.purge(in_queue=True, in_flight=True, blocking=False)
-        p.poll(0.5)
-        with lock:
-            for v, part, off in round_acked:
-                acked[v] = (part, off)
+        load.stop()
+        for v, part, off in load.acked():
+            acked[v] = (part, off)
         broker.restart()
 
         got = read_partitions(broker.bootstrap, topic, partitions)
@@ -276,37 +293,10 @@ def test_sigterm_under_load_loses_nothing_acked_and_shuts_down_clean(broker):
     topic = unique_topic("term")
     partitions = 3
     create_topic_confluent(broker.bootstrap, topic, partitions)
-    p = producer(
-        broker.bootstrap,
-        **{"message.send.max.retries": 0, "linger.ms": 1, "batch.num.messages": 200},
-    )
-    lock = threading.Lock()
-    stop = threading.Event()
-    acked = []
-
-    def cb(err, msg):
-        if err is None:
-            with lock:
-                acked.append((msg.value(), msg.partition(), msg.offset()))
-
-    def run():
-        i = 0
-        while not stop.is_set():
-            try:
-                p.produce(topic, value=f"t-{i:07d}".encode(), partition=i % partitions, on_delivery=cb)
-                i += 1
-            except BufferError:
-                pass
-            p.poll(0.0005 if i % 50 == 0 else 0)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    wait_for(lambda: len(acked) > 2000, 30, 0.02, "acks before SIGTERM")
+    load = AckedLoad(broker.bootstrap, topic, partitions, "t-")
+    wait_for(lambda: len(load.acked()) > 2000, 30, 0.02, "acks before SIGTERM")
     assert broker.stop(signal.SIGTERM) == 0, broker.log_tail()
-    stop.set()
-    t.join(10)
-    p.purge(in_queue=True, in_flight=True, blocking=False)
-    p.poll(0.5)
+    load.stop()
     assert (broker.data_dir / "clean-shutdown").exists(), broker.log_tail()
     log = plain_log(broker)
     order = [
@@ -321,9 +311,9 @@ def test_sigterm_under_load_loses_nothing_acked_and_shuts_down_clean(broker):
     assert "replayed_batches=0" in opened, opened
     got = read_partitions(broker.bootstrap, topic, partitions)
     where = {v: (part, off) for part, msgs in got.items() for off, v in msgs}
-    with lock:
-        missing = [v for v, _, _ in acked if v not in where]
-        moved = [(v, (part, off), where[v]) for v, part, off in acked if v in where and where[v] != (part, off)]
+    acked = load.acked()
+    missing = [v for v, _, _ in acked if v not in where]
+    moved = [(v, (part, off), where[v]) for v, part, off in acked if v in where and where[v] != (part, off)]
     assert not missing, f"{len(missing)} acked records lost, e.g. {missing[:3]}"
     assert not moved, f"acked records at other offsets: {moved[:3]}"
     broker.assert_no_panic()

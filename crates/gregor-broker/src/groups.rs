@@ -28,7 +28,7 @@ use crate::config::BrokerConfig;
 use crate::internal_topics::{self, encode_internal_batch, OFFSETS_TOPIC};
 use crate::partition::Partition;
 use crate::registry::{Topic, TopicRegistry};
-use crate::replication::{LeadershipChange, ReplicaManager};
+use crate::replication::{LeadershipChange, ReplicaManager, TopicLeadership};
 
 pub struct GroupService {
     coordinator: Mutex<Coordinator>,
@@ -125,24 +125,9 @@ impl GroupService {
         replicas: &ReplicaManager,
         rx: &mut tokio::sync::broadcast::Receiver<LeadershipChange>,
     ) {
-        let mut all = true;
-        loop {
-            let changes: Vec<(i32, bool)> = if all {
-                all = false;
-                (0..self.offsets.partitions.len() as i32)
-                    .map(|p| (p, replicas.leads(OFFSETS_TOPIC, p)))
-                    .collect()
-            } else {
-                match rx.recv().await {
-                    Ok(c) if c.topic == OFFSETS_TOPIC => vec![(c.partition, c.leader)],
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        all = true;
-                        continue;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            };
+        let partitions = self.offsets.partitions.len() as i32;
+        let mut leadership = TopicLeadership::new(replicas, rx, OFFSETS_TOPIC, partitions);
+        while let Some(changes) = leadership.next().await {
             for (p, leader) in changes {
                 let svc = self.clone();
                 let done = tokio::task::spawn_blocking(move || {

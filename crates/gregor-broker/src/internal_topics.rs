@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gregor_protocol::batch_builder::BatchBuilder;
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 
 use crate::partition::Partition;
@@ -91,8 +92,8 @@ pub async fn replicated(
     Ok(())
 }
 
-/// Encodes one uncompressed v2 batch of `(key, value)` records for an internal topic,
-/// written by the broker itself. With `producer`, the batch is transactional for that
+/// Encodes `(key, value)` records for an internal topic as uncompressed v2 batches (one per
+/// record: see [`BatchBuilder`]), written by the broker itself. With `producer`, the batch is transactional for that
 /// producer (and a control batch if `control`: a transaction marker).
 pub fn encode_internal_batch(
     records: impl IntoIterator<Item = (Bytes, Option<Bytes>)>,
@@ -100,37 +101,15 @@ pub fn encode_internal_batch(
     producer: Option<(i64, i16)>,
     control: bool,
 ) -> anyhow::Result<Bytes> {
-    use kafka_protocol::records::{
-        Compression, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
     let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
-    let records: Vec<Record> = records
-        .into_iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: producer.is_some(),
-            control,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now,
-            key: Some(key),
-            value,
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )?;
-    Ok(buf.freeze())
+    BatchBuilder::new()
+        .producer(producer_id, producer_epoch)
+        .transactional(producer.is_some())
+        .control(control)
+        .records(
+            records
+                .into_iter()
+                .map(|(key, value)| (Some(key), value, now)),
+        )
+        .encode()
 }

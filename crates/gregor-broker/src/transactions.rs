@@ -46,7 +46,7 @@ use crate::internal_topics::{self, encode_internal_batch, TXN_TOPIC};
 use crate::markers::{Marker, MarkerWriter};
 use crate::partition::Partition;
 use crate::registry::{Topic, TopicRegistry};
-use crate::replication::LeadershipChange;
+use crate::replication::{LeadershipChange, TopicLeadership};
 use gregor_os::SharedClock;
 
 /// A transaction still preparing this long after its last change gets its markers
@@ -232,24 +232,9 @@ impl TransactionService {
         cluster: &Cluster,
         rx: &mut tokio::sync::broadcast::Receiver<LeadershipChange>,
     ) {
-        let mut all = true;
-        loop {
-            let changes: Vec<(i32, bool)> = if all {
-                all = false;
-                (0..self.state_topic.partitions.len() as i32)
-                    .map(|p| (p, cluster.replicas().leads(TXN_TOPIC, p)))
-                    .collect()
-            } else {
-                match rx.recv().await {
-                    Ok(c) if c.topic == TXN_TOPIC => vec![(c.partition, c.leader)],
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        all = true;
-                        continue;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            };
+        let partitions = self.state_topic.partitions.len() as i32;
+        let mut leadership = TopicLeadership::new(cluster.replicas(), rx, TXN_TOPIC, partitions);
+        while let Some(changes) = leadership.next().await {
             for (p, leader) in changes {
                 let svc = self.clone();
                 let done =

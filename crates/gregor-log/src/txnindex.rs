@@ -151,16 +151,25 @@ pub(crate) fn append(file: &File, entry: &AbortedTxnEntry) -> Result<(), LogErro
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn e(pid: i64, first: i64, last: i64) -> AbortedTxnEntry {
+impl AbortedTxnEntry {
+    /// `pid`'s transaction over `first..=last`, its marker right after it (the last stable
+    /// offset then is `last + 1`).
+    pub(crate) fn ending_at(pid: i64, first: i64, last: i64) -> Self {
         AbortedTxnEntry {
             producer_id: pid,
             first_offset: first,
             last_offset: last,
             last_stable_offset: last + 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(pid: i64, first: i64, last: i64) -> AbortedTxnEntry {
+        AbortedTxnEntry::ending_at(pid, first, last)
     }
 
     #[test]

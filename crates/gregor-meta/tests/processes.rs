@@ -6,7 +6,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
-use gregor_meta::{Command, MetaError, MetadataImage, NewTopic, Reply};
+mod common;
+
+use common::{create_topic, created};
+use gregor_meta::{Command, MetaError, MetadataImage, Reply};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -131,23 +134,7 @@ impl Cluster {
 }
 
 fn create(name: &str, partitions: i32, rf: i16) -> Command {
-    Command::CreateTopics {
-        topics: vec![NewTopic {
-            name: name.into(),
-            num_partitions: partitions,
-            replication_factor: rf,
-            assignments: None,
-            configs: BTreeMap::from([("retention.ms".into(), "1000".into())]),
-        }],
-        validate_only: false,
-    }
-}
-
-fn created(r: Result<Reply, MetaError>) -> uuid::Uuid {
-    match r {
-        Ok(Reply::Topics(v)) if v[0].error.is_none() => v[0].topic_id.unwrap(),
-        other => panic!("create failed: {other:?}"),
-    }
+    create_topic(name, partitions, rf, ("retention.ms", "1000"))
 }
 
 #[test]

@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{create_topic, created};
 use gregor_meta::{
-    BrokerHandle, Command, ConfigOp, ConfigResource, Endpoint, MetaConfig, MetaError, MetaNode,
-    MetadataImage, NewTopic, Reply,
+    BrokerHandle, Command, ConfigOp, ConfigResource, Endpoint, MetaConfig, MetaNode, MetadataImage,
+    Reply,
 };
 
 struct Node {
@@ -148,23 +151,7 @@ impl Cluster {
 }
 
 fn create(name: &str, partitions: i32, rf: i16) -> Command {
-    Command::CreateTopics {
-        topics: vec![NewTopic {
-            name: name.into(),
-            num_partitions: partitions,
-            replication_factor: rf,
-            assignments: None,
-            configs: BTreeMap::from([("cleanup.policy".into(), "compact".into())]),
-        }],
-        validate_only: false,
-    }
-}
-
-fn created(r: Result<Reply, MetaError>) -> uuid::Uuid {
-    match r {
-        Ok(Reply::Topics(v)) if v[0].error.is_none() => v[0].topic_id.unwrap(),
-        other => panic!("create failed: {other:?}"),
-    }
+    create_topic(name, partitions, rf, ("cleanup.policy", "compact"))
 }
 
 const LIMIT: Duration = Duration::from_secs(20);

@@ -11,6 +11,7 @@
 //!   `kafka-protocol` 0.18 performs with unchecked wire counts harmless (see its docs).
 
 pub mod alloc_guard;
+pub mod batch_builder;
 pub mod codec;
 pub mod frame;
 pub mod records;

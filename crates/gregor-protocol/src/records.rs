@@ -126,51 +126,23 @@ fn walk_records(data: &[u8], count: i32, require_keys: bool) -> Result<(), Recor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use crate::batch_builder::BatchBuilder;
+    use bytes::Bytes;
+    use kafka_protocol::records::Compression;
     use proptest::prelude::*;
 
     fn batch(n: usize, compression: Compression, value_len: usize) -> Bytes {
-        let records: Vec<Record> = (0..n)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // kafka-protocol starts a new batch whenever offset - sequence changes.
-                sequence: i as i32,
-                timestamp: 1_000 + i as i64,
-                key: if i % 2 == 0 {
-                    Some(Bytes::from(format!("k{i}")))
-                } else {
-                    None
-                },
-                value: Some(Bytes::from(vec![b'v'; value_len])),
-                headers: [(
-                    kafka_protocol::protocol::StrBytes::from_static_str("h"),
-                    Some(Bytes::from_static(b"x")),
-                )]
-                .into_iter()
-                .collect(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .unwrap();
-        buf.freeze()
+        BatchBuilder::new()
+            .base_sequence(0)
+            .compression(compression)
+            .header("h", Some(b"x"))
+            .records((0..n).map(|i| {
+                let key = (i % 2 == 0).then(|| Bytes::from(format!("k{i}")));
+                let value = Some(Bytes::from(vec![b'v'; value_len]));
+                (key, value, 1_000 + i as i64)
+            }))
+            .encode()
+            .unwrap()
     }
 
     #[test]

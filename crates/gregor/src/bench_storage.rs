@@ -19,8 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use gregor_broker::flusher::Flusher;
 use gregor_broker::partition::Partition;
+use gregor_client::records::{encode_batch, Compression, OutRecord, ProducerIdentity};
 use gregor_log::{LogConfig, PartitionLog};
 use hdrhistogram::Histogram;
 
@@ -55,39 +57,21 @@ pub struct BenchArgs {
     rounds: u64,
 }
 
-use gregor_wire::varint::put_varlong as put_varint;
-
 /// An uncompressed v2 batch of `n` records with `size`-byte values and a 8-byte key.
 fn make_batch(n: usize, size: usize) -> Vec<u8> {
-    let mut b = vec![0u8; 61];
-    b[16] = 2;
-    b[23..27].copy_from_slice(&(n as i32 - 1).to_be_bytes());
     let ts = gregor_log::now_ms();
-    b[27..35].copy_from_slice(&ts.to_be_bytes());
-    b[35..43].copy_from_slice(&ts.to_be_bytes());
-    b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
-    b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
-    b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
-    b[57..61].copy_from_slice(&(n as i32).to_be_bytes());
-    let value: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
-    for i in 0..n {
-        let mut body = vec![0u8];
-        put_varint(&mut body, 0);
-        put_varint(&mut body, i as i64);
-        let key = format!("key{i:05}");
-        put_varint(&mut body, key.len() as i64);
-        body.extend_from_slice(key.as_bytes());
-        put_varint(&mut body, value.len() as i64);
-        body.extend_from_slice(&value);
-        put_varint(&mut body, 0);
-        put_varint(&mut b, body.len() as i64);
-        b.extend(body);
-    }
-    let len = (b.len() - 12) as i32;
-    b[8..12].copy_from_slice(&len.to_be_bytes());
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b
+    let value = Bytes::from((0..size).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>());
+    let records: Vec<OutRecord> = (0..n)
+        .map(|i| OutRecord {
+            key: Some(Bytes::from(format!("key{i:05}"))),
+            value: Some(value.clone()),
+            headers: Vec::new(),
+            timestamp: ts,
+        })
+        .collect();
+    encode_batch(&records, Compression::None, ProducerIdentity::default())
+        .expect("a batch of at least one record")
+        .to_vec()
 }
 
 fn mb_per_s(bytes: u64, d: Duration) -> f64 {

@@ -43,6 +43,23 @@ fn endpoints(broker: &Broker, ids: &BTreeSet<i32>) -> Vec<(i32, String, i32, Opt
         .collect()
 }
 
+/// [`endpoints`] as a list of `$ty`: Produce and Fetch responses each have their own
+/// `NodeEndpoint` type, with the same fields.
+macro_rules! node_endpoints {
+    ($ty:ty, $broker:expr, $ids:expr) => {
+        endpoints($broker, $ids)
+            .into_iter()
+            .map(|(id, host, port, rack)| {
+                <$ty>::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(StrBytes::from_string(host))
+                    .with_port(port)
+                    .with_rack(rack.map(StrBytes::from_string))
+            })
+            .collect()
+    };
+}
+
 pub fn produce(broker: &Broker, mut resp: ProduceResponse, version: i16) -> ProduceResponse {
     if version < 10 || broker.cluster().is_none() {
         return resp;
@@ -61,16 +78,7 @@ pub fn produce(broker: &Broker, mut resp: ProduceResponse, version: i16) -> Prod
             }
         }
     }
-    resp.node_endpoints = endpoints(broker, &leaders)
-        .into_iter()
-        .map(|(id, host, port, rack)| {
-            produce_response::NodeEndpoint::default()
-                .with_node_id(BrokerId(id))
-                .with_host(StrBytes::from_string(host))
-                .with_port(port)
-                .with_rack(rack.map(StrBytes::from_string))
-        })
-        .collect();
+    resp.node_endpoints = node_endpoints!(produce_response::NodeEndpoint, broker, &leaders);
     resp
 }
 
@@ -101,16 +109,7 @@ pub fn fetch(broker: &Broker, mut resp: FetchResponse, version: i16) -> FetchRes
         }
     }
     if version >= 16 {
-        resp.node_endpoints = endpoints(broker, &leaders)
-            .into_iter()
-            .map(|(id, host, port, rack)| {
-                fetch_response::NodeEndpoint::default()
-                    .with_node_id(BrokerId(id))
-                    .with_host(StrBytes::from_string(host))
-                    .with_port(port)
-                    .with_rack(rack.map(StrBytes::from_string))
-            })
-            .collect();
+        resp.node_endpoints = node_endpoints!(fetch_response::NodeEndpoint, broker, &leaders);
     }
     resp
 }

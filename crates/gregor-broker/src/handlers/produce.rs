@@ -24,6 +24,7 @@ use super::sb;
 use crate::broker::Broker;
 use crate::config::FsyncPolicy;
 use crate::partition::{Partition, ProduceError};
+use crate::registry::{MetaResult, Topic};
 use crate::transactions::TransactionService;
 
 /// A produce whose records are appended (in request order) and whose answer now waits only
@@ -55,109 +56,28 @@ struct ReplicationWait {
 pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> PendingProduce {
     let transactional_id = req.transactional_id.as_ref().map(|s| s.to_string());
     let acks = req.acks;
-    let timeout_ms = req.timeout_ms;
     let in_cluster = broker.cluster().is_some();
-    let mut written: Vec<Arc<Partition>> = Vec::new();
-    let mut replication = Vec::new();
+    let mut pending = Appends::new(acks == -1 && in_cluster);
     let mut responses = Vec::with_capacity(req.topic_data.len());
     for topic_data in req.topic_data {
         let topic = broker.get_or_auto_create(&topic_data.name, true);
         let mut partition_responses = Vec::with_capacity(topic_data.partition_data.len());
         for pd in topic_data.partition_data {
-            let mut r = PartitionProduceResponse::default()
-                .with_index(pd.index)
-                .with_base_offset(-1)
-                .with_log_append_time_ms(-1)
-                .with_log_start_offset(-1);
-            let outcome: Result<(i64, i64), Refusal> = if !matches!(acks, -1..=1) {
-                Err(Refusal::from((
-                    ResponseError::InvalidRequiredAcks,
-                    format!("invalid acks {acks}"),
-                )))
-            } else {
-                match &topic {
-                    Err(e) => Err(Refusal::from((e.code, e.message.clone()))),
-                    Ok(topic) if crate::internal_topics::is_internal_topic(&topic.name) => {
-                        Err(Refusal::from((
-                            ResponseError::InvalidTopicException,
-                            format!("Cannot append to internal topic {}", topic.name),
-                        )))
-                    }
-                    Ok(topic) => match topic.partition(pd.index) {
-                        None => Err(Refusal::from((
-                            ResponseError::UnknownTopicOrPartition,
-                            format!("{}-{} does not exist", topic.name, pd.index),
-                        ))),
-                        Some(_) if broker.check_leader(&topic.name, pd.index).is_err() => {
-                            Err(Refusal::from((
-                                ResponseError::NotLeaderOrFollower,
-                                format!("this broker does not lead {}-{}", topic.name, pd.index),
-                            )))
-                        }
-                        Some(partition) => {
-                            let min_insync = min_insync_replicas(broker, topic);
-                            match partition.isr_size() {
-                                Some(isr) if acks == -1 && in_cluster && isr < min_insync => {
-                                    Err(Refusal::from((
-                                        ResponseError::NotEnoughReplicas,
-                                        format!(
-                                            "{}-{} has {isr} in-sync replicas, min.insync.replicas is {min_insync}",
-                                            topic.name, pd.index
-                                        ),
-                                    )))
-                                }
-                                _ => append(
-                                    broker.txns().map(|t| &**t),
-                                    transactional_id.as_deref(),
-                                    partition,
-                                    pd.records.as_deref(),
-                                    &Limits {
-                                        max_message_bytes: topic
-                                            .max_message_bytes(broker.config.message_max_bytes),
-                                        max_decompressed_bytes: broker
-                                            .config
-                                            .max_decompressed_batch_bytes,
-                                        require_keys: topic.is_compacted(&broker.config),
-                                    },
-                                )
-                                .map(|a| {
-                                    if !written.iter().any(|p| Arc::ptr_eq(p, partition)) {
-                                        written.push(partition.clone());
-                                    }
-                                    if acks == -1 && in_cluster {
-                                        replication.push(ReplicationWait {
-                                            topic: responses.len(),
-                                            partition: partition_responses.len(),
-                                            log: partition.clone(),
-                                            end_offset: a.end_offset,
-                                            epoch: partition.leader_epoch(),
-                                            min_insync,
-                                        });
-                                    }
-                                    (a.base_offset, a.log_start_offset)
-                                }),
-                            }
-                        }
-                    },
-                }
-            };
-            match outcome {
-                Ok((base_offset, log_start_offset)) => {
-                    r.base_offset = base_offset;
-                    r.log_start_offset = log_start_offset;
-                }
-                Err(Refusal {
-                    code,
-                    message,
-                    record_errors,
-                }) => {
-                    tracing::debug!(topic = %topic_data.name.as_str(), partition = pd.index, ?code, %message, "produce rejected");
-                    r.error_code = code.code();
-                    r.error_message = Some(sb(message));
-                    r.record_errors = record_errors;
-                }
+            let outcome = admit(broker, acks, in_cluster, &topic, pd.index).and_then(|target| {
+                let appended = append_to(
+                    broker,
+                    transactional_id.as_deref(),
+                    &target,
+                    pd.records.as_deref(),
+                )?;
+                let at = (responses.len(), partition_responses.len());
+                pending.add(at, &target, &appended);
+                Ok((appended.base_offset, appended.log_start_offset))
+            });
+            if let Err(e) = &outcome {
+                tracing::debug!(topic = %topic_data.name.as_str(), partition = pd.index, code = ?e.code, message = %e.message, "produce rejected");
             }
-            partition_responses.push(r);
+            partition_responses.push(partition_response(pd.index, outcome));
         }
         responses.push(
             TopicProduceResponse::default()
@@ -165,44 +85,209 @@ pub fn append_phase(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) ->
                 .with_partition_responses(partition_responses),
         );
     }
-    if !written.is_empty() {
-        broker.notify_appended();
-    }
-    let wait = acks != 0 && broker.config.fsync == FsyncPolicy::Always;
-    let mut flushed = None;
-    if !written.is_empty() {
-        match broker.config.fsync {
-            // Group commit: acks=0 data is queued too, just not waited for.
-            FsyncPolicy::Always => flushed = broker.flusher().request(&written, wait),
-            FsyncPolicy::Interval => {
-                let due: Vec<_> = written
-                    .iter()
-                    .filter(|p| {
-                        let limit = broker
-                            .topic(&p.topic)
-                            .map_or(i64::MAX, |t| t.log_settings(&broker.config).flush_messages);
-                        p.unflushed().0 >= limit
-                    })
-                    .cloned()
-                    .collect();
-                if !due.is_empty() {
-                    broker.flusher().request(&due, false);
-                }
-            }
-            FsyncPolicy::Never => {}
-        }
-    }
+    let flushed = queue_durability(broker, &pending.written, acks);
     PendingProduce {
         acks,
         responses,
         flushed,
-        replication,
-        timeout_ms,
+        replication: pending.replication,
+        timeout_ms: req.timeout_ms,
+    }
+}
+
+/// Step 1, per partition: may this request append to partition `index` of `topic` here?
+/// Refused for invalid acks, an unknown or internal topic, an unknown partition, one this
+/// broker does not lead, and (acks=all in a cluster) an ISR below `min.insync.replicas`.
+fn admit<'t>(
+    broker: &Broker,
+    acks: i16,
+    in_cluster: bool,
+    topic: &'t MetaResult<Arc<Topic>>,
+    index: i32,
+) -> Result<Target<'t>, Refusal> {
+    if !matches!(acks, -1..=1) {
+        return Err((
+            ResponseError::InvalidRequiredAcks,
+            format!("invalid acks {acks}"),
+        )
+            .into());
+    }
+    let topic = topic
+        .as_ref()
+        .map_err(|e| Refusal::from((e.code, e.message.clone())))?;
+    if crate::internal_topics::is_internal_topic(&topic.name) {
+        return Err((
+            ResponseError::InvalidTopicException,
+            format!("Cannot append to internal topic {}", topic.name),
+        )
+            .into());
+    }
+    let Some(partition) = topic.partition(index) else {
+        return Err((
+            ResponseError::UnknownTopicOrPartition,
+            format!("{}-{index} does not exist", topic.name),
+        )
+            .into());
+    };
+    if broker.check_leader(&topic.name, index).is_err() {
+        return Err((
+            ResponseError::NotLeaderOrFollower,
+            format!("this broker does not lead {}-{index}", topic.name),
+        )
+            .into());
+    }
+    let min_insync = min_insync_replicas(broker, topic);
+    match partition.isr_size() {
+        Some(isr) if acks == -1 && in_cluster && isr < min_insync => Err((
+            ResponseError::NotEnoughReplicas,
+            format!(
+                "{}-{index} has {isr} in-sync replicas, min.insync.replicas is {min_insync}",
+                topic.name
+            ),
+        )
+            .into()),
+        _ => Ok(Target {
+            topic,
+            partition,
+            min_insync,
+        }),
+    }
+}
+
+/// A partition admitted for a produce.
+struct Target<'t> {
+    topic: &'t Topic,
+    partition: &'t Arc<Partition>,
+    /// The topic's `min.insync.replicas`.
+    min_insync: usize,
+}
+
+/// Step 2, per partition: validates and appends its records under the topic's limits.
+fn append_to(
+    broker: &Broker,
+    transactional_id: Option<&str>,
+    Target {
+        topic, partition, ..
+    }: &Target,
+    records: Option<&[u8]>,
+) -> Result<crate::partition::Appended, Refusal> {
+    let limits = Limits {
+        max_message_bytes: topic.max_message_bytes(broker.config.message_max_bytes),
+        max_decompressed_bytes: broker.config.max_decompressed_batch_bytes,
+        require_keys: topic.is_compacted(&broker.config),
+    };
+    append(
+        broker.txns().map(|t| &**t),
+        transactional_id,
+        partition,
+        records,
+        &limits,
+    )
+}
+
+/// Step 3: what the request's answer waits for, gathered as its partitions are appended.
+struct Appends {
+    /// acks=all in a cluster: each answer waits for the ISR.
+    wait_for_isr: bool,
+    /// The partitions written, each once, for the flusher.
+    written: Vec<Arc<Partition>>,
+    replication: Vec<ReplicationWait>,
+}
+
+impl Appends {
+    fn new(wait_for_isr: bool) -> Self {
+        Appends {
+            wait_for_isr,
+            written: Vec::new(),
+            replication: Vec::new(),
+        }
+    }
+
+    /// `target` got `appended`; its answer is response `(topic, partition)` (indexes).
+    fn add(
+        &mut self,
+        (topic, index): (usize, usize),
+        target: &Target,
+        appended: &crate::partition::Appended,
+    ) {
+        let partition = target.partition;
+        if !self.written.iter().any(|p| Arc::ptr_eq(p, partition)) {
+            self.written.push(partition.clone());
+        }
+        if self.wait_for_isr {
+            self.replication.push(ReplicationWait {
+                topic,
+                partition: index,
+                log: partition.clone(),
+                end_offset: appended.end_offset,
+                epoch: partition.leader_epoch(),
+                min_insync: target.min_insync,
+            });
+        }
+    }
+}
+
+/// A partition's answer: its base offset and log start offset, or why it was refused.
+fn partition_response(
+    index: i32,
+    outcome: Result<(i64, i64), Refusal>,
+) -> PartitionProduceResponse {
+    let r = PartitionProduceResponse::default()
+        .with_index(index)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1);
+    match outcome {
+        Ok((base_offset, log_start_offset)) => r
+            .with_base_offset(base_offset)
+            .with_log_start_offset(log_start_offset),
+        Err(Refusal {
+            code,
+            message,
+            record_errors,
+        }) => r
+            .with_error_code(code.code())
+            .with_error_message(Some(sb(message)))
+            .with_record_errors(record_errors),
+    }
+}
+
+/// Step 4: wakes the readers waiting for new data and queues the fsync the policy asks
+/// for; with `fsync = always` and acks ≠ 0, the receiver the answer waits on.
+fn queue_durability(
+    broker: &Broker,
+    written: &[Arc<Partition>],
+    acks: i16,
+) -> Option<tokio::sync::oneshot::Receiver<crate::flusher::FlushResult>> {
+    if written.is_empty() {
+        return None;
+    }
+    broker.notify_appended();
+    match broker.config.fsync {
+        // Group commit: acks=0 data is queued too, just not waited for.
+        FsyncPolicy::Always => broker.flusher().request(written, acks != 0),
+        FsyncPolicy::Interval => {
+            let due: Vec<_> = written
+                .iter()
+                .filter(|p| {
+                    let limit = broker
+                        .topic(&p.topic)
+                        .map_or(i64::MAX, |t| t.log_settings(&broker.config).flush_messages);
+                    p.unflushed().0 >= limit
+                })
+                .cloned()
+                .collect();
+            if !due.is_empty() {
+                broker.flusher().request(&due, false);
+            }
+            None
+        }
+        FsyncPolicy::Never => None,
     }
 }
 
 /// The topic's `min.insync.replicas` (the broker's default when the topic sets none).
-fn min_insync_replicas(broker: &Broker, topic: &crate::registry::Topic) -> usize {
+fn min_insync_replicas(broker: &Broker, topic: &Topic) -> usize {
     topic
         .configs
         .get("min.insync.replicas")
@@ -464,48 +549,23 @@ pub(crate) fn log_error_code(e: &LogError) -> ResponseError {
 
 #[cfg(test)]
 mod tests {
-    use bytes::{Bytes, BytesMut};
+    use bytes::Bytes;
     use gregor_log::batch::crc_count;
+    use gregor_protocol::batch_builder::BatchBuilder;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::TopicName;
     use kafka_protocol::protocol::StrBytes;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
 
     use super::*;
     use crate::config::BrokerConfig;
 
     fn batch(pid: i64, seq: i32) -> Bytes {
-        let records: Vec<Record> = (0..3)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: pid,
-                producer_epoch: 0,
-                timestamp_type: TimestampType::Creation,
-                offset: i,
-                // Constant offset - sequence: one batch (the encoder splits otherwise).
-                sequence: seq + i as i32,
-                timestamp: 1000,
-                key: None,
-                value: Some(Bytes::from_static(b"value")),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
-        buf.freeze()
+        BatchBuilder::new()
+            .producer(pid, 0)
+            .base_sequence(seq)
+            .records((0..3).map(|_| (None, Some(Bytes::from_static(b"value")), 1000)))
+            .encode()
+            .unwrap()
     }
 
     fn request(records: Bytes) -> ProduceRequest {

@@ -42,6 +42,57 @@ pub struct LeadershipChange {
     pub leader: bool,
 }
 
+/// Which partitions of one topic this broker gained or lost, for a coordinator that serves
+/// them ([`TopicLeadership::next`]): first every partition as the leadership stands, then each
+/// change announced, and every partition again whenever the receiver fell behind.
+pub struct TopicLeadership<'a> {
+    replicas: &'a ReplicaManager,
+    rx: &'a mut tokio::sync::broadcast::Receiver<LeadershipChange>,
+    topic: &'a str,
+    partitions: i32,
+    all: bool,
+}
+
+impl<'a> TopicLeadership<'a> {
+    /// `rx` subscribed (by [`ReplicaManager::subscribe`]) before the caller's first look at
+    /// the topic, so that no change falls between the two.
+    pub fn new(
+        replicas: &'a ReplicaManager,
+        rx: &'a mut tokio::sync::broadcast::Receiver<LeadershipChange>,
+        topic: &'a str,
+        partitions: i32,
+    ) -> Self {
+        TopicLeadership {
+            replicas,
+            rx,
+            topic,
+            partitions,
+            all: true,
+        }
+    }
+
+    /// The next `(partition, leads)` pairs; `None` once the broker announces no more.
+    pub async fn next(&mut self) -> Option<Vec<(i32, bool)>> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            if self.all {
+                self.all = false;
+                return Some(
+                    (0..self.partitions)
+                        .map(|p| (p, self.replicas.leads(self.topic, p)))
+                        .collect(),
+                );
+            }
+            match self.rx.recv().await {
+                Ok(c) if c.topic == self.topic => return Some(vec![(c.partition, c.leader)]),
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => self.all = true,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
 /// The replica side of one broker: role changes and the fetchers.
 pub struct ReplicaManager {
     /// Leadership changes, for the coordinators (which rebuild a partition's state when

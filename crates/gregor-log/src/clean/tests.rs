@@ -7,11 +7,9 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::RwLock;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use gregor_protocol::batch_builder::BatchBuilder;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use tempfile::TempDir;
 
 use super::*;
@@ -66,46 +64,22 @@ fn encode_records(
     control: bool,
     records: &[KV],
 ) -> Vec<u8> {
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (k, v))| Record {
-            transactional: producer.transactional,
-            control,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: producer.id,
-            producer_epoch: producer.epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // kafka-protocol starts a new batch whenever offset - sequence changes.
-            sequence: base_sequence + i as i32,
-            timestamp: timestamp + i as i64,
-            key: Some(Bytes::copy_from_slice(k)),
-            value: v.map(Bytes::copy_from_slice),
-            headers: [
-                (
-                    StrBytes::from_static_str("h"),
-                    Some(Bytes::from_static(b"x")),
-                ),
-                (StrBytes::from_static_str("n"), None),
-            ]
-            .into_iter()
-            .collect(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    assert_eq!(iter_batches(&buf).count(), 1, "one batch");
-    buf.to_vec()
+    let batch = BatchBuilder::new()
+        .producer(producer.id, producer.epoch)
+        .transactional(producer.transactional)
+        .control(control)
+        .base_sequence(base_sequence)
+        .compression(compression)
+        .header("h", Some(b"x"))
+        .header("n", None)
+        .records(records.iter().enumerate().map(|(i, (k, v))| {
+            let key = Some(Bytes::copy_from_slice(k));
+            (key, v.map(Bytes::copy_from_slice), timestamp + i as i64)
+        }))
+        .encode()
+        .unwrap();
+    assert_eq!(iter_batches(&batch).count(), 1, "one batch");
+    batch.to_vec()
 }
 
 /// A transaction marker (control batch) of `producer`: type 0 ABORT, 1 COMMIT.

@@ -788,16 +788,7 @@ fn trusted_segments_are_loaded_from_index_files_not_scanned() {
     }
     let files = segment_files(dir.path());
     assert!(files.len() >= 3, "{files:?}");
-    let index_files = fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".index")
-        })
-        .count();
+    let index_files = crate::partition::replication::tests::files_ending(dir.path(), ".index");
     assert_eq!(index_files, files.len());
     // Damage the first (sealed) segment. A start that trusts the recovery
     // point does not read it; a full validation does.
@@ -1242,12 +1233,7 @@ fn unclean_start_validates_only_the_tail_past_the_active_index_checkpoint() {
 }
 
 fn aborted(pid: i64, first: i64, last: i64) -> AbortedTxnEntry {
-    AbortedTxnEntry {
-        producer_id: pid,
-        first_offset: first,
-        last_offset: last,
-        last_stable_offset: last + 1,
-    }
+    AbortedTxnEntry::ending_at(pid, first, last)
 }
 
 #[test]

@@ -29,6 +29,35 @@ fn follower(dir: &Path) -> PartitionLog {
     log
 }
 
+/// A leader log and a follower log (in `leader_dir`, `follower_dir`), both holding the same
+/// three batches of 2 records in epoch 1 (offsets 0..6).
+fn both_in_epoch_1(leader_dir: &Path, follower_dir: &Path) -> (PartitionLog, PartitionLog) {
+    let mut leader = PartitionLog::open(leader_dir, small_config()).unwrap();
+    let mut follower = PartitionLog::open(follower_dir, small_config()).unwrap();
+    for i in 0..3 {
+        let b = batch(2 * i, 1, 2, 30, 0);
+        leader.append_replicated(&b).unwrap();
+        follower.append_replicated(&b).unwrap();
+    }
+    (leader, follower)
+}
+
+/// `leader` starts `epoch` and writes a batch of 3 records in it.
+fn lead_and_write(leader: &mut PartitionLog, epoch: i32) {
+    leader.assign_leader_epoch(epoch).unwrap();
+    let mut b = batch(0, -1, 3, 30, 2);
+    stamp_partition_leader_epoch(&mut b, epoch);
+    leader.append(&b).unwrap();
+}
+
+/// `follower`, truncated to offset 6, fetches the rest of `leader`'s log: the two logs are
+/// then identical.
+fn catch_up(follower: &mut PartitionLog, leader: &PartitionLog) {
+    let r = leader.read(6, 10_000, i64::MAX).unwrap();
+    follower.append_replicated(&r.data).unwrap();
+    assert_eq!(read_all(follower), read_all(leader));
+}
+
 #[test]
 fn replicated_batches_fill_the_cache_and_the_file() {
     let dir = TempDir::new().unwrap();
@@ -153,21 +182,11 @@ fn the_log_start_moving_trims_the_cache() {
 #[test]
 fn a_diverged_follower_truncates_to_the_epoch_boundary_and_converges() {
     let (ld, fd) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    let mut leader = PartitionLog::open(ld.path(), small_config()).unwrap();
-    let mut follower = PartitionLog::open(fd.path(), small_config()).unwrap();
-    // Epoch 1: both logs get offsets 0..6.
-    for i in 0..3 {
-        let b = batch(2 * i, 1, 2, 30, 0);
-        leader.append_replicated(&b).unwrap();
-        follower.append_replicated(&b).unwrap();
-    }
+    let (mut leader, mut follower) = both_in_epoch_1(ld.path(), fd.path());
     // The old leader (now the follower) wrote 6..10 in epoch 1 alone, then died.
     follower.append_replicated(&batch(6, 1, 4, 30, 1)).unwrap();
     // The new leader, epoch 2, wrote 6..9.
-    leader.assign_leader_epoch(2).unwrap();
-    let mut b = batch(0, -1, 3, 30, 2);
-    stamp_partition_leader_epoch(&mut b, 2);
-    leader.append(&b).unwrap();
+    lead_and_write(&mut leader, 2);
 
     let latest = follower.latest_leader_epoch().unwrap();
     let (epoch, end) = leader.end_offset_for_leader_epoch(latest);
@@ -176,9 +195,7 @@ fn a_diverged_follower_truncates_to_the_epoch_boundary_and_converges() {
         .truncate_to(end.min(follower.log_end_offset()))
         .unwrap();
     assert_eq!(follower.log_end_offset(), 6);
-    let r = leader.read(6, 10_000, i64::MAX).unwrap();
-    follower.append_replicated(&r.data).unwrap();
-    assert_eq!(read_all(&follower), read_all(&leader));
+    catch_up(&mut follower, &leader);
     assert_eq!(pairs(&follower), [(1, 0), (2, 6)]);
     assert_eq!(pairs(&leader), [(1, 0), (2, 6)]);
 }
@@ -192,19 +209,10 @@ fn a_diverged_follower_truncates_to_the_epoch_boundary_and_converges() {
 #[test]
 fn an_epoch_assigned_but_never_written_is_dropped_and_the_follower_converges() {
     let (ld, fd) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    let mut leader = PartitionLog::open(ld.path(), small_config()).unwrap();
-    let mut follower = PartitionLog::open(fd.path(), small_config()).unwrap();
-    for i in 0..3 {
-        let b = batch(2 * i, 1, 2, 30, 0);
-        leader.append_replicated(&b).unwrap();
-        follower.append_replicated(&b).unwrap();
-    }
+    let (mut leader, mut follower) = both_in_epoch_1(ld.path(), fd.path());
     // The follower led epoch 2 from offset 6 and wrote nothing; the leader leads epoch 3.
     follower.assign_leader_epoch(2).unwrap();
-    leader.assign_leader_epoch(3).unwrap();
-    let mut b = batch(0, -1, 3, 30, 2);
-    stamp_partition_leader_epoch(&mut b, 3);
-    leader.append(&b).unwrap();
+    lead_and_write(&mut leader, 3);
 
     let latest = follower.latest_leader_epoch().unwrap();
     assert_eq!(latest, 2);
@@ -224,8 +232,6 @@ fn an_epoch_assigned_but_never_written_is_dropped_and_the_follower_converges() {
     // Now the follower's last epoch is one the leader ends where the follower does.
     let latest = follower.latest_leader_epoch().unwrap();
     assert_eq!(leader.end_offset_for_leader_epoch(latest), (1, 6));
-    let r = leader.read(6, 10_000, i64::MAX).unwrap();
-    follower.append_replicated(&r.data).unwrap();
-    assert_eq!(read_all(&follower), read_all(&leader));
+    catch_up(&mut follower, &leader);
     assert_eq!(pairs(&follower), [(1, 0), (3, 6)]);
 }

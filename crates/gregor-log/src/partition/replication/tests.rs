@@ -77,6 +77,11 @@ pub(crate) fn read_all(log: &PartitionLog) -> Vec<u8> {
 }
 
 pub(crate) fn segment_count(dir: &Path) -> usize {
+    files_ending(dir, ".log")
+}
+
+/// How many files in `dir` have names ending in `suffix`.
+pub(crate) fn files_ending(dir: &Path, suffix: &str) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
         .filter(|e| {
@@ -84,7 +89,7 @@ pub(crate) fn segment_count(dir: &Path) -> usize {
                 .unwrap()
                 .file_name()
                 .to_string_lossy()
-                .ends_with(".log")
+                .ends_with(suffix)
         })
         .count()
 }
