@@ -99,7 +99,7 @@ enum State {
     Start,
     /// Mechanism chosen; waiting for the first SaslAuthenticate.
     Chosen(Mechanism),
-    Scram(ScramMechanism, ScramServer),
+    Scram(ScramMechanism, Box<ScramServer>),
     Done,
 }
 
@@ -182,7 +182,7 @@ impl Authenticator {
                 let mut server = ScramServer::new(m);
                 let step = server.step(&req.auth_bytes, |u| users.scram.get(u, m));
                 if matches!(step, Step::Continue(_)) {
-                    self.state = State::Scram(m, server);
+                    self.state = State::Scram(m, Box::new(server));
                 }
                 (Mechanism::Scram(m), step)
             }
