@@ -35,6 +35,10 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub advertised_host: String,
     pub advertised_port: i32,
+    /// Who may log in on SASL listeners: SCRAM credentials and PLAIN users.
+    pub users: crate::security::sasl::Users,
+    /// `sasl.enabled.mechanisms`, checked.
+    pub sasl_mechanisms: Vec<String>,
     registry: Arc<TopicRegistry>,
     /// Bumped after every append; long-polling fetches wait on it.
     appends: Arc<AppendSignal>,
@@ -69,6 +73,11 @@ impl Broker {
         let recovery = read_recovery_state(&config.data_dir)?;
         let registry = TopicRegistry::open(config.clone(), &recovery, clock.clone())?;
         let checkpoints = Checkpoints::new(&config.data_dir);
+        let users = crate::security::sasl::Users::load(
+            config.sasl_plain_users_file.as_deref(),
+            &config.data_dir,
+        )?;
+        let sasl_mechanisms = config.sasl_mechanisms().map_err(anyhow::Error::msg)?;
         // From here on the logs change: the marker must not survive a crash.
         if recovery.clean {
             checkpoints.remove_clean_marker()?;
@@ -76,6 +85,8 @@ impl Broker {
         let broker = Broker {
             advertised_host: advertised.0,
             advertised_port: advertised.1,
+            users,
+            sasl_mechanisms,
             registry: Arc::new(registry),
             appends: Arc::new(AppendSignal::default()),
             flusher: Flusher::start(),

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::security::{ListenerSpec, SecurityProtocol};
+
 /// Every setting of a broker, with Kafka's defaults where Kafka has the setting.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -15,6 +17,37 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Address given to clients in Metadata; defaults to the bound address.
     pub advertised: Option<String>,
+    /// `listeners`: `PROTOCOL://HOST:PORT,...` with PLAINTEXT, SSL, SASL_PLAINTEXT,
+    /// SASL_SSL (one listener per protocol). Unset: `PLAINTEXT://` + `listen`.
+    pub listeners: Option<String>,
+    /// `advertised.listeners`: what clients connected on each listener are told
+    /// (`PROTOCOL://HOST:PORT,...`); a listener not named advertises its bound address
+    /// (the first listener: `advertised` when set).
+    #[serde(alias = "advertised.listeners")]
+    pub advertised_listeners: Option<String>,
+    /// `sasl.enabled.mechanisms`: what SASL listeners accept (PLAIN, SCRAM-SHA-256,
+    /// SCRAM-SHA-512).
+    #[serde(alias = "sasl.enabled.mechanisms")]
+    pub sasl_enabled_mechanisms: String,
+    /// `sasl.plain.users.file` (Gregor's own): PLAIN users, one `user:password` a line.
+    #[serde(alias = "sasl.plain.users.file")]
+    pub sasl_plain_users_file: Option<PathBuf>,
+    /// `ssl.certificate.location`: the broker's certificate chain (PEM), for SSL / SASL_SSL.
+    #[serde(alias = "ssl.certificate.location")]
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// `ssl.key.location`: the broker's private key (PEM).
+    #[serde(alias = "ssl.key.location")]
+    pub ssl_key_location: Option<PathBuf>,
+    /// `ssl.ca.location`: CAs of client certificates (PEM).
+    #[serde(alias = "ssl.ca.location")]
+    pub ssl_ca_location: Option<PathBuf>,
+    /// `ssl.client.auth`: `none`, `requested` or `required` (needs `ssl.ca.location`).
+    #[serde(alias = "ssl.client.auth")]
+    pub ssl_client_auth: String,
+    /// `connection.failed.authentication.delay.ms`: a failed authentication is answered
+    /// (and its connection closed) this late, to slow password guessing.
+    #[serde(alias = "connection.failed.authentication.delay.ms")]
+    pub connection_failed_authentication_delay_ms: u64,
     pub data_dir: PathBuf,
     #[serde(alias = "node.id", alias = "broker.id")]
     pub node_id: i32,
@@ -279,6 +312,15 @@ impl Default for BrokerConfig {
         BrokerConfig {
             listen: "127.0.0.1:9092".parse().expect("valid default address"),
             advertised: None,
+            listeners: None,
+            advertised_listeners: None,
+            sasl_enabled_mechanisms: "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512".into(),
+            sasl_plain_users_file: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            ssl_ca_location: None,
+            ssl_client_auth: "none".into(),
+            connection_failed_authentication_delay_ms: 100,
             data_dir: PathBuf::from("./gregor-data"),
             node_id: 0,
             controller_listener: None,
@@ -430,12 +472,32 @@ type Reader = fn(&BrokerConfig) -> String;
 /// Every broker setting Gregor has, under its Kafka name (`fsync` is Gregor's own), with the
 /// reader of its value. Settings whose value is unset (`None`) read as Kafka's default.
 const SETTINGS: &[(&str, i8, Reader)] = &[
-    ("listeners", STRING, |c| format!("PLAINTEXT://{}", c.listen)),
+    ("listeners", STRING, |c| {
+        c.listeners
+            .clone()
+            .unwrap_or_else(|| format!("PLAINTEXT://{}", c.listen))
+    }),
     ("advertised.listeners", STRING, |c| {
-        c.advertised
-            .as_ref()
-            .map(|a| format!("PLAINTEXT://{a}"))
-            .unwrap_or_default()
+        c.advertised_listeners.clone().unwrap_or_else(|| {
+            c.advertised
+                .as_ref()
+                .map(|a| format!("PLAINTEXT://{a}"))
+                .unwrap_or_default()
+        })
+    }),
+    ("sasl.enabled.mechanisms", LIST, |c| {
+        c.sasl_enabled_mechanisms.clone()
+    }),
+    ("ssl.certificate.location", STRING, |c| {
+        opt_path(&c.ssl_certificate_location)
+    }),
+    ("ssl.key.location", STRING, |c| {
+        opt_path(&c.ssl_key_location)
+    }),
+    ("ssl.ca.location", STRING, |c| opt_path(&c.ssl_ca_location)),
+    ("ssl.client.auth", STRING, |c| c.ssl_client_auth.clone()),
+    ("connection.failed.authentication.delay.ms", INT, |c| {
+        c.connection_failed_authentication_delay_ms.to_string()
     }),
     ("node.id", INT, |c| c.node_id.to_string()),
     ("broker.id", INT, |c| c.node_id.to_string()),
@@ -613,6 +675,12 @@ const SETTINGS: &[(&str, i8, Reader)] = &[
     }),
 ];
 
+fn opt_path(p: &Option<PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 fn opt_or<T: ToString>(v: Option<T>, kafka_default: &str) -> String {
     v.map(|v| v.to_string())
         .unwrap_or_else(|| kafka_default.to_string())
@@ -636,6 +704,74 @@ impl BrokerConfig {
                     default: read(&defaults),
                     value,
                     config_type,
+                }
+            })
+            .collect()
+    }
+}
+
+impl BrokerConfig {
+    /// The listeners to bind: `listeners`, or PLAINTEXT on `listen`.
+    pub fn listener_specs(&self) -> Result<Vec<ListenerSpec>, String> {
+        match &self.listeners {
+            Some(l) => {
+                let specs = ListenerSpec::parse_list(l)?;
+                if specs.is_empty() {
+                    return Err("listeners is empty".into());
+                }
+                Ok(specs)
+            }
+            None => Ok(vec![ListenerSpec {
+                protocol: SecurityProtocol::Plaintext,
+                host: self.listen.ip().to_string(),
+                port: self.listen.port(),
+            }]),
+        }
+    }
+
+    /// The advertised endpoint of the listener of `protocol` bound at `bound`; the first
+    /// listener (`first`) takes `advertised` when `advertised.listeners` does not name it.
+    pub fn advertised_for(
+        &self,
+        protocol: SecurityProtocol,
+        bound: SocketAddr,
+        first: bool,
+    ) -> Result<(String, i32), String> {
+        if let Some(list) = &self.advertised_listeners {
+            if let Some(spec) = ListenerSpec::parse_list(list)?
+                .into_iter()
+                .find(|s| s.protocol == protocol)
+            {
+                return Ok((spec.host, spec.port as i32));
+            }
+        }
+        if first {
+            if let Some(a) = &self.advertised {
+                let (host, port) = a
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("advertised address {a} must be HOST:PORT"))?;
+                let port = port
+                    .parse()
+                    .map_err(|_| format!("advertised address {a}: bad port"))?;
+                return Ok((host.to_string(), port));
+            }
+        }
+        Ok((bound.ip().to_string(), bound.port() as i32))
+    }
+
+    /// `sasl.enabled.mechanisms` as a list; an unknown mechanism is an error.
+    pub fn sasl_mechanisms(&self) -> Result<Vec<String>, String> {
+        self.sasl_enabled_mechanisms
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                let m = m.to_ascii_uppercase();
+                match m.as_str() {
+                    "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => Ok(m),
+                    _ => Err(format!(
+                        "sasl.enabled.mechanisms: {m} is not supported (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+                    )),
                 }
             })
             .collect()
@@ -678,6 +814,38 @@ mod tests {
             get("log.retention.ms").value,
             get("log.retention.ms").default
         );
+    }
+
+    #[test]
+    fn security_settings_parse_with_kafka_names() {
+        let c = BrokerConfig::from_toml(
+            "listeners = \"PLAINTEXT://127.0.0.1:9092,SASL_PLAINTEXT://127.0.0.1:9093,SSL://127.0.0.1:9094\"\n\
+             \"advertised.listeners\" = \"SSL://broker.example:19094\"\n\
+             \"sasl.enabled.mechanisms\" = \"PLAIN,SCRAM-SHA-512\"\n\
+             \"ssl.certificate.location\" = \"/c.pem\"\n\"ssl.key.location\" = \"/k.pem\"\n\
+             \"ssl.client.auth\" = \"required\"\n\
+             \"connection.failed.authentication.delay.ms\" = 5\n",
+        )
+        .unwrap();
+        let specs = c.listener_specs().unwrap();
+        assert_eq!(specs.len(), 3);
+        assert_eq!(specs[2].protocol, SecurityProtocol::Ssl);
+        let bound: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        assert_eq!(
+            c.advertised_for(SecurityProtocol::Ssl, bound, false)
+                .unwrap(),
+            ("broker.example".to_string(), 19094)
+        );
+        assert_eq!(
+            c.advertised_for(SecurityProtocol::Plaintext, bound, true)
+                .unwrap(),
+            ("127.0.0.1".to_string(), 5)
+        );
+        assert_eq!(c.sasl_mechanisms().unwrap(), ["PLAIN", "SCRAM-SHA-512"]);
+        assert_eq!(c.connection_failed_authentication_delay_ms, 5);
+        assert_eq!(BrokerConfig::default().listener_specs().unwrap().len(), 1);
+        let bad = BrokerConfig::from_toml("\"sasl.enabled.mechanisms\" = \"GSSAPI\"").unwrap();
+        assert!(bad.sasl_mechanisms().is_err());
     }
 
     #[test]

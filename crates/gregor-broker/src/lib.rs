@@ -14,7 +14,7 @@
 //!                            → flusher, checkpoint, log_manager (background work)
 //! replication → partition (fetchers: gregor_client::BrokerConnection)
 //! registry, flusher, checkpoint → partition → partition::{producer_state, replica}
-//! leaves: config, topic_config, appends, metrics
+//! leaves: config, topic_config, appends, metrics, security (listeners, TLS, SASL, SCRAM)
 //! ```
 
 pub mod appends;
@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod partition;
 pub mod registry;
 pub mod replication;
+pub mod security;
 pub mod server;
 pub mod topic_config;
 pub mod transactions;

@@ -40,6 +40,11 @@ pub struct BrokerMetrics {
     pub connections_active: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
+    /// SASL authentications that succeeded / failed (Kafka's successful-authentication /
+    /// failed-authentication totals), and TLS handshakes that failed.
+    pub authentications_succeeded: Counter,
+    pub authentications_failed: Counter,
+    pub tls_handshakes_failed: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -62,6 +67,9 @@ impl BrokerMetrics {
             connections_active: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
+            authentications_succeeded: Counter::default(),
+            authentications_failed: Counter::default(),
+            tls_handshakes_failed: Counter::default(),
         }
     }
 
@@ -126,6 +134,21 @@ impl BrokerMetrics {
             "connections_refused",
             "Client connections closed at accept by max.connections / max.connections.per.ip",
             self.connections_refused.clone(),
+        );
+        r.register(
+            "authentications_succeeded",
+            "SASL authentications that succeeded",
+            self.authentications_succeeded.clone(),
+        );
+        r.register(
+            "authentications_failed",
+            "SASL authentications that failed (wrong password, unknown user, bad message)",
+            self.authentications_failed.clone(),
+        );
+        r.register(
+            "tls_handshakes_failed",
+            "TLS handshakes that failed on SSL / SASL_SSL listeners (e.g. a plaintext client)",
+            self.tls_handshakes_failed.clone(),
         );
     }
 

@@ -18,6 +18,16 @@
 //!   stops reading from sockets (TCP backpressure) instead of buffering more. A client that never
 //!   reads its responses stalls only its own connection: its processor blocks on the write,
 //!   its queue fills, its reader stops.
+//!
+//! Security (issue 19): the broker binds one TCP listener per entry of `listeners`, each
+//! with its security protocol ([`BoundListener`]). On SSL / SASL_SSL listeners the
+//! connection task first runs the TLS handshake (a client that does not speak TLS fails it
+//! and is closed at once); with a client certificate the principal is its subject. On
+//! SASL_PLAINTEXT / SASL_SSL listeners the processor answers only ApiVersions,
+//! SaslHandshake and SaslAuthenticate ([`crate::security::sasl::Authenticator`]) until the
+//! client authenticated; anything else closes the connection, and a failed authentication
+//! is answered after `connection.failed.authentication.delay.ms`, then closed. The listener
+//! and principal go to every handler in its [`RequestContext`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,8 +37,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use gregor_protocol::codec::unsupported_api_versions_response;
 use gregor_protocol::{decode_request, encode_response, DecodeError, FrameDecoder};
-use kafka_protocol::messages::{ApiKey, ResponseKind};
-use tokio::io::AsyncWriteExt;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -36,6 +46,16 @@ use tokio::task::JoinSet;
 use crate::broker::Broker;
 use crate::handlers::{self, RequestContext, Response};
 use crate::metrics::{self, metrics};
+use crate::security::sasl::{Authenticator, Outcome};
+use crate::security::{ListenerInfo, Principal};
+
+/// A bound listener: its socket, its protocol and advertised endpoint, and the TLS
+/// acceptor of SSL / SASL_SSL listeners.
+pub struct BoundListener {
+    pub socket: TcpListener,
+    pub info: Arc<ListenerInfo>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
 
 /// Counts open connections, in total and per IP.
 struct ConnectionLimits {
@@ -91,7 +111,7 @@ impl Drop for ConnectionSlot {
 /// running then are aborted. Returns when no connection task is left.
 pub async fn serve(
     broker: Arc<Broker>,
-    listener: TcpListener,
+    listeners: Vec<BoundListener>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let limits = Arc::new(ConnectionLimits {
@@ -107,22 +127,50 @@ pub async fn serve(
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    // One accepting task per listener, all feeding this loop.
+    let (accepted_tx, mut accepted_rx) = mpsc::channel::<(TcpStream, SocketAddr, usize)>(64);
+    let mut acceptors = JoinSet::new();
+    let mut infos = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        infos.push((listener.info, listener.tls));
+        let socket = listener.socket;
+        let tx = accepted_tx.clone();
+        acceptors.spawn(async move {
+            loop {
+                match socket.accept().await {
+                    Ok((stream, peer)) => {
+                        if tx.send((stream, peer, index)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // Typically EMFILE: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(accepted_tx);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             // Reap finished connection tasks.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match limits.try_open(peer.ip()) {
+            accepted = accepted_rx.recv() => match accepted {
+                Some((stream, peer, index)) => match limits.try_open(peer.ip()) {
                     Ok(slot) => {
                         metrics().connections_accepted.inc();
                         let _ = stream.set_nodelay(true);
                         let broker = broker.clone();
                         let queued_bytes = queued_bytes.clone();
                         let stop = stop_rx.clone();
+                        let (info, tls) = infos[index].clone();
                         connections.spawn(async move {
-                            run_connection(broker, stream, peer, queued_bytes, stop).await;
+                            run_connection(broker, stream, peer, info, tls, queued_bytes, stop)
+                                .await;
                             drop(slot);
                         });
                     }
@@ -132,15 +180,13 @@ pub async fn serve(
                         drop(stream);
                     }
                 },
-                Err(e) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                None => break,
             }
         }
     }
-    drop(listener);
+    // Stop accepting: the accepting tasks own the listeners.
+    acceptors.abort_all();
+    while acceptors.join_next().await.is_some() {}
     let open = connections.len();
     tracing::info!(connections = open, "stopped accepting; closing connections");
     let _ = stop_tx.send(true);
@@ -176,15 +222,84 @@ enum Outgoing {
 /// Why the processor stops reading requests from a connection (already logged).
 struct Close;
 
+/// A connection's security state, owned by its processor.
+struct Session {
+    listener: Arc<ListenerInfo>,
+    principal: Principal,
+    /// On SASL listeners: the exchange, until and after it succeeded.
+    sasl: Option<Authenticator>,
+    /// Set when the last response is the connection's last (failed authentication).
+    closing: bool,
+}
+
+/// The reading half of a connection, plain or TLS.
+enum Reader {
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
 async fn run_connection(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
+    listener: Arc<ListenerInfo>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     queued_bytes: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    tracing::debug!(%peer, "connection opened");
-    let (reader, writer) = stream.into_split();
+    tracing::debug!(%peer, protocol = %listener.protocol, "connection opened");
+    let mut principal = Principal::anonymous();
+    let (reader, writer): (Reader, Writer) = match tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (Reader::Tcp(r), Box::new(w))
+        }
+        Some(acceptor) => {
+            // Bounded: a client that opens the connection and sends nothing is closed.
+            let limit =
+                Duration::from_millis(broker.config.connections_max_idle_ms.clamp(1, 10_000));
+            let handshake = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopping| *stopping) => return,
+                done = tokio::time::timeout(limit, acceptor.accept(stream)) => done,
+            };
+            let tls = match handshake {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    metrics().tls_handshakes_failed.inc();
+                    tracing::info!(%peer, error = %e, "closing connection: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics().tls_handshakes_failed.inc();
+                    tracing::info!(%peer, "closing connection: no TLS handshake in time");
+                    return;
+                }
+            };
+            if let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                match crate::security::tls::subject_name(cert) {
+                    Some(subject) => principal = Principal::user(subject),
+                    None => {
+                        tracing::warn!(%peer, "closing connection: unreadable client certificate subject");
+                        return;
+                    }
+                }
+            }
+            let (r, w) = tokio::io::split(tls);
+            (Reader::Tls(r), Box::new(w))
+        }
+    };
+    let mut session = Session {
+        sasl: listener
+            .protocol
+            .sasl()
+            .then(|| Authenticator::new(&broker.sasl_mechanisms)),
+        listener,
+        principal,
+        closing: false,
+    };
     let depth = broker.config.max_inflight_requests_per_connection.max(1);
     let (frames_tx, mut frames_rx) = mpsc::channel::<QueuedFrame>(depth);
     let read_task = tokio::spawn(read_frames(
@@ -206,11 +321,14 @@ async fn run_connection(
             frame = frames_rx.recv() => frame,
         };
         let Some((frame, permit)) = next else { break };
-        let Ok(outgoing) = process(&broker, peer, frame, permit).await else {
+        let Ok(outgoing) = process(&broker, &mut session, peer, frame, permit).await else {
             break;
         };
         if out_tx.send(outgoing).await.is_err() {
             break; // the writer stopped: the peer is gone
+        }
+        if session.closing {
+            break;
         }
     }
     read_task.abort();
@@ -224,6 +342,7 @@ async fn run_connection(
 /// or a task that completes it later) goes to the writer.
 async fn process(
     broker: &Arc<Broker>,
+    session: &mut Session,
     peer: SocketAddr,
     frame: Bytes,
     permit: Option<OwnedSemaphorePermit>,
@@ -259,13 +378,21 @@ async fn process(
         request.api_version,
         request.header.correlation_id,
     );
+    if let Some(body) = authenticate(broker, session, peer, &request.body).await? {
+        let bytes = encode_response(api_key, version, correlation_id, &body).map_err(|e| {
+            tracing::error!(%peer, ?api_key, version, error = %e, "response failed to encode; closing");
+            Close
+        })?;
+        return Ok(Outgoing::Ready(Some(bytes), permit));
+    }
     let named = handlers::partitions_named(&request.body);
     if named > broker.config.max_partitions_per_request {
         tracing::warn!(%peer, ?api_key, named, limit = broker.config.max_partitions_per_request,
             "closing connection: request names too many partitions (max.partitions.per.request)");
         return Err(Close);
     }
-    let ctx = RequestContext::new(format!("/{}", peer.ip()), &request);
+    let ctx = RequestContext::new(format!("/{}", peer.ip()), &request)
+        .on(session.listener.clone(), session.principal.clone());
     let started = Instant::now();
     let produced = metrics::produced_partitions(&request.body);
     // Handlers run as their own tasks so that a bug that panics in one fails this request
@@ -313,9 +440,61 @@ async fn process(
     }
 }
 
+/// On SASL listeners: SaslHandshake and SaslAuthenticate, answered here with the
+/// connection's state, and the gate: before authentication only ApiVersions passes.
+/// `Ok(None)`: dispatch the request as usual.
+async fn authenticate(
+    broker: &Broker,
+    session: &mut Session,
+    peer: SocketAddr,
+    body: &RequestKind,
+) -> Result<Option<ResponseKind>, Close> {
+    // Not a SASL listener: the handlers answer SaslHandshake / SaslAuthenticate with
+    // ILLEGAL_SASL_STATE.
+    let Some(auth) = session.sasl.as_mut() else {
+        return Ok(None);
+    };
+    let (response, outcome) = match body {
+        RequestKind::SaslHandshake(r) => {
+            let (resp, outcome) = auth.handshake(r);
+            (ResponseKind::SaslHandshake(resp), outcome)
+        }
+        RequestKind::SaslAuthenticate(r) => {
+            let (resp, outcome) = auth.authenticate(r, &broker.users);
+            (ResponseKind::SaslAuthenticate(resp), outcome)
+        }
+        RequestKind::ApiVersions(_) => return Ok(None),
+        _ if auth.authenticated() => return Ok(None),
+        _ => {
+            tracing::warn!(%peer, "closing connection: request before SASL authentication");
+            return Err(Close);
+        }
+    };
+    match outcome {
+        Outcome::Continue => {}
+        Outcome::Authenticated(principal) => {
+            metrics().authentications_succeeded.inc();
+            tracing::debug!(%peer, %principal, "authenticated");
+            session.principal = principal;
+        }
+        Outcome::Close {
+            failed_authentication,
+        } => {
+            if failed_authentication {
+                metrics().authentications_failed.inc();
+                tracing::info!(%peer, "authentication failed; closing connection");
+                let delay = broker.config.connection_failed_authentication_delay_ms;
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            session.closing = true;
+        }
+    }
+    Ok(Some(response))
+}
+
 /// Writes responses in request order; a `Later` response is awaited in its turn.
 async fn write_responses(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut writer: Writer,
     peer: SocketAddr,
     mut out_rx: mpsc::Receiver<Outgoing>,
 ) {
@@ -353,7 +532,7 @@ const READ_CHUNK: usize = 256 * 1024;
 /// 100 MiB frame and then trickles one byte a second holds only what it sent; an idle
 /// connection holds no buffer at all.
 async fn read_frames(
-    reader: tokio::net::tcp::OwnedReadHalf,
+    mut reader: Reader,
     peer: SocketAddr,
     decoder: FrameDecoder,
     idle: Duration,
@@ -397,16 +576,21 @@ async fn read_frames(
             buf = BytesMut::new();
             held = None;
         }
-        match tokio::time::timeout(idle, reader.readable()).await {
-            Err(_) => {
-                tracing::debug!(%peer, "closing idle connection (connections.max.idle.ms)");
-                return;
+        // A plain socket tells when it is readable, so permits are taken only then; a TLS
+        // stream does not (a TLS record may hold no request bytes), so a TLS connection
+        // holds permits for one start-sized read while it waits.
+        if let Reader::Tcp(tcp) = &reader {
+            match tokio::time::timeout(idle, tcp.readable()).await {
+                Err(_) => {
+                    tracing::debug!(%peer, "closing idle connection (connections.max.idle.ms)");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "socket error");
+                    return;
+                }
+                Ok(Ok(())) => {}
             }
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "socket error");
-                return;
-            }
-            Ok(Ok(())) => {}
         }
         let want = match pending {
             Some(len) => (4 + len - buf.len()).min(READ_CHUNK),
@@ -420,7 +604,19 @@ async fn read_frames(
             return;
         };
         buf.reserve(want);
-        match reader.try_read_buf(&mut (&mut buf).limit(want)) {
+        let read = match &mut reader {
+            Reader::Tcp(tcp) => tcp.try_read_buf(&mut (&mut buf).limit(want)),
+            Reader::Tls(tls) => {
+                match tokio::time::timeout(idle, tls.read_buf(&mut (&mut buf).limit(want))).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        tracing::debug!(%peer, "closing idle connection (connections.max.idle.ms)");
+                        return;
+                    }
+                }
+            }
+        };
+        match read {
             Ok(0) => {
                 if !buf.is_empty() {
                     tracing::debug!(%peer, pending = buf.len(), "peer closed mid-frame");

@@ -438,6 +438,39 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
                     ]),
             ]),
         )],
+        ApiKey::SaslHandshake => vec![RequestKind::SaslHandshake(
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+        )],
+        ApiKey::SaslAuthenticate => vec![RequestKind::SaslAuthenticate(
+            SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0u\0p")),
+        )],
+        ApiKey::DescribeUserScramCredentials => vec![
+            RequestKind::DescribeUserScramCredentials(
+                DescribeUserScramCredentialsRequest::default(),
+            ),
+            RequestKind::DescribeUserScramCredentials(
+                DescribeUserScramCredentialsRequest::default().with_users(Some(vec![
+                    describe_user_scram_credentials_request::UserName::default()
+                        .with_name(StrBytes::from_static_str("nobody")),
+                ])),
+            ),
+        ],
+        ApiKey::AlterUserScramCredentials => vec![RequestKind::AlterUserScramCredentials(
+            AlterUserScramCredentialsRequest::default()
+                .with_upsertions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                        .with_name(StrBytes::from_static_str("u"))
+                        .with_mechanism(1)
+                        .with_iterations(4096)
+                        .with_salt(Bytes::from_static(b"salt"))
+                        .with_salted_password(Bytes::from_static(&[7; 32])),
+                ])
+                .with_deletions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                        .with_name(StrBytes::from_static_str("nobody"))
+                        .with_mechanism(2),
+                ]),
+        )],
         other => panic!("no sample request for advertised API {other:?}"),
     }
 }

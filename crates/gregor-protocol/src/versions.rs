@@ -64,6 +64,12 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 2),
     (ApiKey::DescribeProducers, 0, 0),
+    // Security (issue 19). SaslHandshake from v1 only: v0 would be followed by raw SASL
+    // tokens outside Kafka framing (pre-KIP-152), which Gregor does not read.
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 /// The advertised `(min, max)` for `api`, or `None` if Gregor does not implement it.

@@ -63,6 +63,8 @@ enum Command {
     Group(ClientCmd<cli::group::GroupCmd>),
     /// Cluster information.
     Cluster(ClientCmd<cli::cluster::ClusterCmd>),
+    /// SCRAM users (SASL): create, delete, list.
+    User(ClientCmd<cli::user::UserCmd>),
     /// Load generator: produce, consume and end-to-end benchmarks.
     Bench(ClientCmd<cli::bench::BenchCmd>),
     /// Storage benchmark: raw disk vs durable append throughput, fsync latency.
@@ -72,9 +74,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port). Default 127.0.0.1:9092.
+    /// A listener, repeatable: `[PROTOCOL://]HOST:PORT` with PROTOCOL one of PLAINTEXT
+    /// (the default), SSL, SASL_PLAINTEXT, SASL_SSL; port 0 picks a free port. Replaces the
+    /// config file's `listeners`. Default PLAINTEXT://127.0.0.1:9092.
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    listen: Vec<String>,
     /// Address advertised to clients (default: the bound address).
     #[arg(long)]
     advertised: Option<String>,
@@ -150,6 +154,7 @@ fn main() -> std::process::ExitCode {
         Command::Consume(a) => cli::run(async { cli::consume::run(&a.global, a.args).await }),
         Command::Group(c) => cli::run(async { cli::group::run(&c.global, c.cmd).await }),
         Command::Cluster(c) => cli::run(async { cli::cluster::run(&c.global, c.cmd).await }),
+        Command::User(c) => cli::run(async { cli::user::run(&c.global, c.cmd).await }),
         Command::Bench(c) => cli::run(async { cli::bench::run(&c.global, c.cmd).await }),
     };
     match result {
@@ -186,8 +191,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => BrokerConfig::default(),
     };
-    if let Some(v) = args.listen {
-        config.listen = v;
+    if !args.listen.is_empty() {
+        let specs = args
+            .listen
+            .iter()
+            .map(|l| gregor_broker::security::ListenerSpec::parse(l))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let joined: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+        config.listeners = Some(joined.join(","));
+    }
+    let specs = config.listener_specs().map_err(anyhow::Error::msg)?;
+    if let Ok(first) = specs[0].bind_addr().parse::<SocketAddr>() {
+        config.listen = first;
     }
     if let Some(v) = args.advertised {
         config.advertised = Some(v);
@@ -218,14 +234,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let bound = listener.local_addr()?;
-        let advertised = match &config.advertised {
-            Some(a) => parse_host_port(a)?,
-            None => (bound.ip().to_string(), bound.port() as i32),
-        };
+        let listeners = bind_listeners(&config, &specs).await?;
+        let bound = listeners[0].socket.local_addr()?;
+        let advertised = (
+            listeners[0].info.advertised_host.clone(),
+            listeners[0].info.advertised_port,
+        );
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         let data_dir = config.data_dir.clone();
@@ -277,6 +291,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             None => (None, None),
         };
+        // Every listener on a line of its own, then the readiness line (the first one's
+        // address), which scripts wait for.
+        for l in &listeners {
+            println!(
+                "gregor listener {}://{}",
+                l.info.protocol,
+                l.socket.local_addr()?
+            );
+        }
         println!("gregor listening on {bound}");
         tracing::info!(%bound, data_dir = %data_dir.display(), "broker ready");
         // Ordered shutdown: stop accepting and drain the connections (bounded by
@@ -292,7 +315,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .await;
             }
         };
-        gregor_broker::server::serve(broker.clone(), listener, shutdown).await;
+        gregor_broker::server::serve(broker.clone(), listeners, shutdown).await;
         tracing::info!("connections closed; stopping background work");
         if let (Some(stop), Some(task)) = (http_stop, http_task) {
             let _ = stop.send(true);
@@ -315,6 +338,56 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("clean shutdown complete");
         anyhow::Ok(())
     })
+}
+
+/// Binds every listener; SSL / SASL_SSL ones get the TLS configuration of the `ssl.*`
+/// settings.
+async fn bind_listeners(
+    config: &BrokerConfig,
+    specs: &[gregor_broker::security::ListenerSpec],
+) -> anyhow::Result<Vec<gregor_broker::server::BoundListener>> {
+    use gregor_broker::security::{tls, ListenerInfo};
+    let tls_config = if specs.iter().any(|s| s.protocol.tls()) {
+        let (Some(cert), Some(key)) = (&config.ssl_certificate_location, &config.ssl_key_location)
+        else {
+            anyhow::bail!(
+                "SSL and SASL_SSL listeners need ssl.certificate.location and ssl.key.location"
+            );
+        };
+        let client_auth: tls::ClientAuth =
+            config.ssl_client_auth.parse().map_err(anyhow::Error::msg)?;
+        Some(tls::server_config(
+            cert,
+            key,
+            config.ssl_ca_location.as_deref(),
+            client_auth,
+        )?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let socket = TcpListener::bind(spec.bind_addr())
+            .await
+            .with_context(|| format!("binding {spec}"))?;
+        let bound = socket.local_addr()?;
+        let (host, port) = config
+            .advertised_for(spec.protocol, bound, i == 0)
+            .map_err(anyhow::Error::msg)?;
+        out.push(gregor_broker::server::BoundListener {
+            socket,
+            info: Arc::new(ListenerInfo {
+                protocol: spec.protocol,
+                advertised_host: host,
+                advertised_port: port,
+            }),
+            tls: spec
+                .protocol
+                .tls()
+                .then(|| tls::TlsAcceptor::from(tls_config.clone().expect("built above"))),
+        });
+    }
+    Ok(out)
 }
 
 fn start_coordinators(broker: &Broker) -> anyhow::Result<()> {

@@ -80,9 +80,11 @@ fn topic_exists(broker: &Broker, topic: &str, partition: i32) -> bool {
 
 pub fn find_coordinator(
     broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
+    let (own_host, own_port) = ctx.endpoint(broker);
     // A single node coordinates every group and transactional id; in a cluster the
     // coordinator of a key is the leader of its partition of the internal topic.
     let locate = |key: &str| -> Result<(BrokerId, StrBytes, i32), (ResponseError, String)> {
@@ -106,8 +108,8 @@ pub fn find_coordinator(
         let Some(cluster) = broker.cluster() else {
             return Ok((
                 BrokerId(broker.config.node_id),
-                sb(broker.advertised_host.clone()),
-                broker.advertised_port,
+                sb(own_host.clone()),
+                own_port,
             ));
         };
         let image = cluster.image();

@@ -34,7 +34,13 @@ const TOPIC_OPERATIONS: i32 = ops(&[3, 4, 5, 6, 7, 8, 10, 11]);
 /// (CREATE_TOKENS/DESCRIBE_TOKENS are left out: no token support, and kafka-python rejects them.)
 const CLUSTER_OPERATIONS: i32 = ops(&[5, 7, 8, 9, 10, 11, 12]);
 
-pub fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub fn metadata(
+    broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
+    req: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let (own_host, own_port) = ctx.endpoint(broker);
     let node = BrokerId(broker.config.node_id);
     let mut resp = MetadataResponse::default();
     let image = broker.cluster().map(|c| c.image());
@@ -54,8 +60,8 @@ pub fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> Met
         _ => {
             resp.brokers = vec![MetadataResponseBroker::default()
                 .with_node_id(node)
-                .with_host(sb(&broker.advertised_host))
-                .with_port(broker.advertised_port)];
+                .with_host(sb(own_host))
+                .with_port(own_port)];
             resp.controller_id = node;
         }
     }
@@ -233,8 +239,10 @@ const ENDPOINT_TYPE_BROKERS: i8 = 1;
 
 pub fn describe_cluster(
     broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
     req: &DescribeClusterRequest,
 ) -> DescribeClusterResponse {
+    let (own_host, own_port) = ctx.endpoint(broker);
     let node = BrokerId(broker.config.node_id);
     let mut resp = DescribeClusterResponse::default();
     if req.endpoint_type != ENDPOINT_TYPE_BROKERS {
@@ -249,8 +257,8 @@ pub fn describe_cluster(
     resp.cluster_authorized_operations = i32::MIN;
     resp.brokers = vec![DescribeClusterBroker::default()
         .with_broker_id(node)
-        .with_host(sb(&broker.advertised_host))
-        .with_port(broker.advertised_port)];
+        .with_host(sb(own_host))
+        .with_port(own_port)];
     if let Some(cluster) = broker.cluster() {
         resp.controller_id = BrokerId(cluster.controller_id());
         resp.brokers = live_brokers(&cluster.image())

@@ -23,12 +23,15 @@ mod reassign;
 pub mod txn;
 mod txn_admin;
 mod txn_markers;
+mod users;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use gregor_protocol::DecodedRequest;
+
+use crate::security::{ListenerInfo, Principal};
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
@@ -43,6 +46,11 @@ pub struct RequestContext {
     pub client_id: String,
     /// The API version of the request.
     pub api_version: i16,
+    /// The listener the connection came in on (its protocol and advertised endpoint);
+    /// `None` outside a connection.
+    pub listener: Option<Arc<ListenerInfo>>,
+    /// Who the connection authenticated as (`User:ANONYMOUS` on PLAINTEXT listeners).
+    pub principal: Principal,
 }
 
 impl RequestContext {
@@ -57,6 +65,23 @@ impl RequestContext {
                 .map(|s| s.to_string())
                 .unwrap_or_default(),
             api_version: request.api_version,
+            listener: None,
+            principal: Principal::anonymous(),
+        }
+    }
+
+    /// The same, on `listener` as `principal`.
+    pub fn on(mut self, listener: Arc<ListenerInfo>, principal: Principal) -> RequestContext {
+        self.listener = Some(listener);
+        self.principal = principal;
+        self
+    }
+
+    /// The endpoint this client reaches this broker at: its listener's advertised one.
+    pub fn endpoint(&self, broker: &Broker) -> (String, i32) {
+        match &self.listener {
+            Some(l) => (l.advertised_host.clone(), l.advertised_port),
+            None => (broker.advertised_host.clone(), broker.advertised_port),
         }
     }
 }
@@ -101,9 +126,11 @@ pub async fn dispatch(
         RequestKind::ApiVersions(_) => {
             ResponseKind::ApiVersions(gregor_protocol::codec::api_versions_body(0))
         }
-        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, version)),
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(metadata::metadata(broker, ctx, r, version))
+        }
         RequestKind::DescribeCluster(r) => {
-            ResponseKind::DescribeCluster(metadata::describe_cluster(broker, &r))
+            ResponseKind::DescribeCluster(metadata::describe_cluster(broker, ctx, &r))
         }
         RequestKind::DescribeQuorum(r) => {
             ResponseKind::DescribeQuorum(quorum::describe_quorum(broker, r, version).await)
@@ -193,7 +220,7 @@ pub async fn dispatch(
             ResponseKind::IncrementalAlterConfigs(admin::incremental_alter_configs(broker, r).await)
         }
         RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(group::find_coordinator(broker, r, version))
+            ResponseKind::FindCoordinator(group::find_coordinator(broker, ctx, r, version))
         }
         RequestKind::JoinGroup(r) => {
             ResponseKind::JoinGroup(group::join_group(broker, ctx, r, version).await)
@@ -219,6 +246,24 @@ pub async fn dispatch(
         }
         RequestKind::DeleteGroups(r) => {
             ResponseKind::DeleteGroups(group::delete_groups(broker, r, version).await)
+        }
+        // The server answers these on SASL listeners; reaching a handler means the
+        // connection's listener has no SASL.
+        RequestKind::SaslHandshake(_) => ResponseKind::SaslHandshake(
+            kafka_protocol::messages::SaslHandshakeResponse::default()
+                .with_error_code(kafka_protocol::error::ResponseError::IllegalSaslState.code()),
+        ),
+        RequestKind::SaslAuthenticate(_) => ResponseKind::SaslAuthenticate(
+            kafka_protocol::messages::SaslAuthenticateResponse::default()
+                .with_error_code(kafka_protocol::error::ResponseError::IllegalSaslState.code())
+                .with_error_message(Some(sb("this listener does not use SASL"))),
+        ),
+        RequestKind::DescribeUserScramCredentials(r) => {
+            ResponseKind::DescribeUserScramCredentials(users::describe(broker, r))
+        }
+        // One small durable file write (rare admin requests): done in place.
+        RequestKind::AlterUserScramCredentials(r) => {
+            ResponseKind::AlterUserScramCredentials(users::alter(broker, r))
         }
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(group::offset_delete(broker, r).await)
