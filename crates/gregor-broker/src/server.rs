@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::handlers::{self, RequestContext, Response};
-use crate::metrics::{self, metrics};
+use crate::metrics::{self, metrics, ProduceStage};
 
 /// Counts open connections, in total and per IP.
 struct ConnectionLimits {
@@ -160,16 +160,21 @@ pub async fn serve(
 }
 
 /// A frame and the share of `queued.max.request.bytes` it holds until answered.
-type QueuedFrame = (Bytes, Option<OwnedSemaphorePermit>);
+/// A frame, the share of `queued.max.request.bytes` it holds until answered, and when it
+/// was read whole.
+type QueuedFrame = (Bytes, Option<OwnedSemaphorePermit>, Instant);
 
 /// A response on its way to the socket, in request order. `Later` is a request whose
 /// effects are done and whose answer is still pending (a produce waiting for its fsync);
 /// the processor has moved on.
+/// A produce's times (when its frame was read whole) are passed along for
+/// [`metrics::ProduceStage`].
 enum Outgoing {
-    Ready(Option<Bytes>, Option<OwnedSemaphorePermit>),
+    Ready(Option<Bytes>, Option<OwnedSemaphorePermit>, Option<Instant>),
     Later(
         tokio::task::JoinHandle<Option<Bytes>>,
         Option<OwnedSemaphorePermit>,
+        Option<Instant>,
     ),
 }
 
@@ -205,8 +210,10 @@ async fn run_connection(
             _ = stop.wait_for(|stopping| *stopping) => None,
             frame = frames_rx.recv() => frame,
         };
-        let Some((frame, permit)) = next else { break };
-        let Ok(outgoing) = process(&broker, peer, frame, permit).await else {
+        let Some((frame, permit, read_at)) = next else {
+            break;
+        };
+        let Ok(outgoing) = process(&broker, peer, frame, permit, read_at).await else {
             break;
         };
         if out_tx.send(outgoing).await.is_err() {
@@ -227,6 +234,7 @@ async fn process(
     peer: SocketAddr,
     frame: Bytes,
     permit: Option<OwnedSemaphorePermit>,
+    read_at: Instant,
 ) -> Result<Outgoing, Close> {
     if let Some(capture) = capture_dir() {
         capture_frame(capture, &frame);
@@ -242,6 +250,7 @@ async fn process(
             return Ok(Outgoing::Ready(
                 Some(unsupported_api_versions_response(correlation_id)),
                 permit,
+                None,
             ));
         }
         Err(e) => {
@@ -267,6 +276,11 @@ async fn process(
     }
     let ctx = RequestContext::new(format!("/{}", peer.ip()), &request);
     let started = Instant::now();
+    let is_produce = api_key == ApiKey::Produce;
+    if is_produce {
+        metrics().record_stage(ProduceStage::Queued, started - read_at);
+    }
+    let timing = is_produce.then_some(read_at);
     let produced = metrics::produced_partitions(&request.body);
     // Handlers run as their own tasks so that a bug that panics in one fails this request
     // and connection, logged with context, and never the broker.
@@ -297,18 +311,25 @@ async fn process(
             observing.topic_by_id(id).map(|t| t.name.clone())
         });
     };
+    if is_produce {
+        metrics().record_stage(ProduceStage::Append, started.elapsed());
+    }
     match response {
         Response::Now(body) => {
             observe(&body);
-            Ok(Outgoing::Ready(encode(body)?, permit))
+            Ok(Outgoing::Ready(encode(body)?, permit, timing))
         }
         Response::Later(future) => {
             let answer = tokio::spawn(async move {
+                let waiting = Instant::now();
                 let body = future.await;
+                if is_produce {
+                    metrics().record_stage(ProduceStage::DurableWait, waiting.elapsed());
+                }
                 observe(&body);
                 encode(body).ok().flatten()
             });
-            Ok(Outgoing::Later(answer, permit))
+            Ok(Outgoing::Later(answer, permit, timing))
         }
     }
 }
@@ -320,21 +341,26 @@ async fn write_responses(
     mut out_rx: mpsc::Receiver<Outgoing>,
 ) {
     while let Some(outgoing) = out_rx.recv().await {
-        let (bytes, permit) = match outgoing {
-            Outgoing::Ready(bytes, permit) => (bytes, permit),
-            Outgoing::Later(task, permit) => match task.await {
-                Ok(bytes) => (bytes, permit),
+        let (bytes, permit, timing) = match outgoing {
+            Outgoing::Ready(bytes, permit, timing) => (bytes, permit, timing),
+            Outgoing::Later(task, permit, timing) => match task.await {
+                Ok(bytes) => (bytes, permit, timing),
                 Err(e) => {
                     tracing::error!(%peer, error = %e, "request completion failed; closing connection");
                     break;
                 }
             },
         };
+        let ready = Instant::now();
         if let Some(bytes) = bytes {
             if let Err(e) = writer.write_all(&bytes).await {
                 tracing::debug!(%peer, error = %e, "write failed");
                 break;
             }
+        }
+        if let Some(read_at) = timing {
+            metrics().record_stage(ProduceStage::ResponseWrite, ready.elapsed());
+            metrics().record_stage(ProduceStage::Total, read_at.elapsed());
         }
         drop(permit);
     }
@@ -385,7 +411,11 @@ async fn read_frames(
                         }
                     };
                     let permit = held.as_mut().and_then(|h| h.split(4 + len));
-                    if frames_tx.send((frame, permit)).await.is_err() {
+                    if frames_tx
+                        .send((frame, permit, Instant::now()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
