@@ -1049,6 +1049,9 @@ async fn submit(
     }
 }
 
+/// error code, base offset, log append time, error message
+type PartitionOutcome = (i16, i64, i64, Option<String>);
+
 /// Each batch's outcome from its request's result.
 fn outcomes(
     result: Result<Option<ProduceResponse>>,
@@ -1075,7 +1078,7 @@ fn outcomes(
             .map(|(k, b)| (k, b, Outcome::Written(-1, -1)))
             .collect(),
         Ok(Some(resp)) => {
-            let mut results: HashMap<(String, i32), (i16, i64, i64, Option<String>)> =
+            let mut results: HashMap<(String, i32), PartitionOutcome> =
                 HashMap::with_capacity(batches.len());
             for t in resp.responses {
                 for p in t.partition_responses {
