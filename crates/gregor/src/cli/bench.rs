@@ -632,7 +632,7 @@ mod broker_stages {
         )
         .await
         .context("reading /metrics timed out")??;
-        if !body.starts_with("HTTP/1.") || !body.split(' ').nth(1).is_some_and(|c| c == "200") {
+        if !body.starts_with("HTTP/1.") || body.split(' ').nth(1).is_none_or(|c| c != "200") {
             anyhow::bail!(
                 "GET http://{addr}/metrics: {}",
                 body.lines().next().unwrap_or("")
