@@ -218,12 +218,19 @@ else
 fi
 
 # Fault injection (tests/faults, needs root): a short seeded schedule against one node
-# (FAULTS_MINUTES=0 skips it), then the checker's own tests and the netns partition test.
+# (FAULTS_MINUTES=0 skips it), one against a 3-node cluster (FAULTS3_MINUTES=0 skips it;
+# heal waits between faults add up to a minute), then the checker's own tests and the
+# netns partition tests.
 if [[ $BUILD_OK -eq 1 && -x "$VENV/bin/pytest" ]]; then
     FAULTS_SEED="${FAULTS_SEED:-$(date +%Y%m%d)}"
     if [[ "${FAULTS_MINUTES:-2}" != "0" ]]; then
         step "faults (seed $FAULTS_SEED)" env FAULTS_ARGS="${FAULTS_ARGS:-}" \
             ./scripts/faults.sh --seed "$FAULTS_SEED" --minutes "${FAULTS_MINUTES:-2}" || true
+    fi
+    if [[ "${FAULTS3_MINUTES:-2}" != "0" ]]; then
+        step "faults, 3 nodes (seed $FAULTS_SEED)" env FAULTS_ARGS="${FAULTS_ARGS:-}" \
+            ./scripts/faults.sh --seed "$FAULTS_SEED" --minutes "${FAULTS3_MINUTES:-2}" \
+            --nodes 3 || true
     fi
     step "fault harness tests" "$VENV/bin/pytest" tests/faults -q -p no:cacheprovider --timeout=900 || true
 fi

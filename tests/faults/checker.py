@@ -48,11 +48,12 @@ KINDS = ["lost", "duplicated", "reordered", "offset_reused", "aborted_read", "eo
 ORDERED_TOPICS = ("queue", "txn-in")
 TXN_OUT = "txn-out"
 FAULT_ORDER = ["kill", "partition", "isolate", "split", "one_way", "pause", "delay", "skew",
-               "disk_full", "fsync_fail", "processor_kill", "processor_hang"]
+               "disk_full", "fsync_fail", "processor_kill", "processor_hang", "not_healed"]
 FAULT_NAMES = {"kill": "kills", "partition": "partitions", "pause": "pauses", "delay": "delays",
                "skew": "clock skews", "disk_full": "full disks", "fsync_fail": "failed fsyncs",
                "processor_kill": "processor kills", "processor_hang": "processor hangs",
-               "isolate": "isolations", "split": "splits", "one_way": "one-way drops"}
+               "isolate": "isolations", "split": "splits", "one_way": "one-way drops",
+               "not_healed": "heal timeouts"}
 
 
 @dataclass
@@ -193,6 +194,12 @@ def check(events: list[dict]) -> Report:
             r.flag("duplicated", f"{v!r} at {sorted(set(keys))}", len(set(keys)) - 1)
 
     have_final = bool(by_kind["final_end"])
+    # Every partition that took an acknowledged write must have been read to its end: a
+    # final read that never ran (or skipped a partition) would hide every loss in it.
+    unread = sorted({(tp, p) for tp, p, _ in acked.values()} - set(final_ends))
+    if unread:
+        r.flag("incomplete", f"no final read of {len(unread)} partition(s) with acknowledged "
+                             f"writes, e.g. {unread[:3]}", len(unread))
     if have_final:
         for v, key in acked.items():
             if v not in final_pos:

@@ -1,7 +1,11 @@
 """One ``gregor serve`` process inside its own network namespace, with its data dir on a
 small tmpfs of its own (so "disk full" can be injected by a ballast file), optionally
 under libfaketime (clock skew) and the failfsync shim (fsync fails with EIO while a
-trigger file exists)."""
+trigger file exists).
+
+In a cluster (``voters`` given, see ``voters_of``) node i has node id i+1, its Kafka
+listener on ``node_ip(i):9092`` and its controller (Raft) listener on ``node_ip(i):9093``;
+every node is a voter of the metadata quorum, as ``Cluster`` in tests/python does it."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from netns import Network, node_ip, run
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 PORT = 9092
+CONTROLLER_PORT = 9093
 FAKETIME_LIBS = [
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
     "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -39,11 +44,21 @@ def build_failfsync(out_dir: Path) -> str | None:
     return str(out) if proc.returncode == 0 else None
 
 
+def voters_of(nodes: int) -> str | None:
+    """``--controller-quorum-voters`` for an N-node cluster (None for a single node)."""
+    if nodes <= 1:
+        return None
+    return ",".join(f"{i + 1}@{node_ip(i)}:{CONTROLLER_PORT}" for i in range(nodes))
+
+
 class Node:
     def __init__(self, net: Network, i: int, binary: Path, work: Path, disk_mb: int,
-                 failfsync_so: str | None):
+                 failfsync_so: str | None, voters: str | None = None):
         self.net = net
         self.i = i
+        self.voters = voters
+        # A single node keeps id 0 (as before the cluster); cluster ids start at 1.
+        self.node_id = i + 1 if voters else i
         self.binary = binary
         self.dir = work / f"n{i}"
         self.disk = self.dir / "disk"  # the tmpfs mount point
@@ -59,6 +74,7 @@ class Node:
         self.mounted = False
         self.unexpected_exits = 0
         self.starts = 0
+        self.start_at = 0
 
     @property
     def addr(self) -> str:
@@ -76,6 +92,12 @@ class Node:
             self.mounted = False
 
     def start(self, skew: str | None = None, timeout: float = 90.0) -> None:
+        self.spawn(skew)
+        self.await_ready(timeout)
+
+    def spawn(self, skew: str | None = None) -> None:
+        """Starts the process without waiting (a cluster's first start spawns every node
+        before awaiting any: a node may need the quorum before it listens)."""
         assert self.proc is None
         self.skew = skew
         env = dict(os.environ)
@@ -98,18 +120,27 @@ class Node:
             log.write(f"\n=== harness: start #{self.starts} at {time.time():.3f}"
                       f" skew={skew}\n".encode())
             log.flush()
-            start_at = log.tell()
+            self.start_at = log.tell()
+            cluster = []
+            if self.voters:
+                cluster = ["--controller-listen", f"{node_ip(self.i)}:{CONTROLLER_PORT}",
+                           "--controller-quorum-voters", self.voters]
             self.proc = subprocess.Popen(
                 self.net.exec_prefix(self.net.node_ns(self.i)) + [
                     str(self.binary), "serve", "--listen", self.addr, "--advertised", self.addr,
-                    "--data-dir", str(self.data), "--fsync", "always", "--node-id", str(self.i)],
+                    "--data-dir", str(self.data), "--fsync", "always",
+                    "--node-id", str(self.node_id), *cluster],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self.starts += 1
         self.paused = False
+
+    def await_ready(self, timeout: float = 90.0) -> None:
+        """Waits for the ``gregor listening on`` line of the last spawn."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with open(self.log_path, "rb") as f:
-                f.seek(start_at)
+                f.seek(self.start_at)
                 if b"gregor listening on" in f.read():
                     return
             if self.proc.poll() is not None:
@@ -142,12 +173,14 @@ class Node:
         self.proc = None
         self.paused = False
 
-    def stop_gracefully(self, timeout: float = 30.0) -> None:
+    def stop_gracefully(self, timeout: float = 30.0, signalled: bool = False) -> None:
+        """SIGTERM (unless ``signalled`` already) and wait; SIGKILL after ``timeout``."""
         if self.proc is None:
             return
         if self.paused:
             self.resume()
-        self.proc.send_signal(signal.SIGTERM)
+        if not signalled:
+            self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -73,6 +73,15 @@ def test_lost_acked_write():
     assert flagged(ev) == {"lost": 1}
 
 
+def test_no_final_read_of_an_acked_partition_is_incomplete():
+    """A final read that never ran (seen: init_transactions failing in it) must not pass as
+    "0 lost": the partitions with acknowledged writes were never read."""
+    ev = [e for e in clean_history() if e["k"] not in ("final", "final_end")]
+    assert flagged(ev).get("incomplete") == 2  # queue/0 and txn-in/0
+    ev = clean_history() + [ack("p0.1.9", 2, 0)]  # a partition the final read skipped
+    assert flagged(ev) == {"incomplete": 1, "lost": 1}
+
+
 def test_read_value_missing_from_final_is_lost():
     ev = clean_history() + [{"k": "read", "m": "c0.1", "g": "gq", "tp": "queue", "p": 1,
                              "rs": [[0, "p9.1.1"]], "t": 2.0}]

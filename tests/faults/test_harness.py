@@ -3,11 +3,16 @@
 - a node in its own namespace, partitioned away from the clients' namespace and healed:
   a client there sees the broker vanish and come back;
 - the deliberately broken mode (the final read drops one acknowledged record) makes the
-  checker report a lost write and the run fail.
+  checker report a lost write and the run fail;
+- a 3-node cluster (each node in its namespace): the node leading a partition isolated from
+  the other nodes and the clients loses the leadership to another replica, and once healed
+  is back in the ISR; the same for a leader that lost its leadership before writing
+  anything in its epoch (it used to stay out of the ISR for good).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -22,10 +27,10 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from netns import Network, node_ip, sweep_leftovers  # noqa: E402
-from node import REPO_ROOT, Node  # noqa: E402
+from netns import CLIENT_IP, Network, node_ip, sweep_leftovers  # noqa: E402
+from node import REPO_ROOT, Node, voters_of  # noqa: E402
 
-BINARY = REPO_ROOT / "target" / "release" / "gregor"
+BINARY = Path(os.environ.get("GREGOR_BIN", REPO_ROOT / "target" / "release" / "gregor"))
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
@@ -150,3 +155,138 @@ def _wait_true(pred, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def _client(net: Network, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(net.exec_prefix(net.client_ns)
+                          + [sys.executable, str(HERE / "workload.py"), *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+
+
+def _describe(net: Network, bootstrap: str) -> dict | None:
+    proc = _client(net, "describe", bootstrap, timeout=30)
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout.strip().split("\n")[-1])
+
+
+def test_isolated_leader_loses_leadership_and_rejoins_the_isr(tmp_path):
+    sweep_leftovers()
+    work = tmp_path / f"gregor-faults-{os.getpid()}"
+    work.mkdir()
+    net = Network(3)
+    nodes: list[Node] = []
+    try:
+        net.create()
+        for i in range(3):
+            n = Node(net, i, BINARY, work, 64, None, voters_of(3))
+            n.mount()
+            nodes.append(n)
+            n.spawn()
+        for n in nodes:
+            n.await_ready()
+        boot = ",".join(n.addr for n in nodes)
+        setup = _client(net, "setup", boot, str(work / "setup.jsonl"), "3", "3", "2")
+        assert setup.returncode == 0, setup.stdout
+        healthy = _client(net, "healthy", boot, "3", "60")
+        assert healthy.returncode == 0, healthy.stdout
+        md = json.loads(healthy.stdout.strip().split("\n")[-1])
+        leader = md["topics"]["queue"]["0"]["leader"]
+        i = leader - 1  # node ids are 1..3
+        others = [node_ip(j) for j in range(3) if j != i]
+        net.block(i, others + [CLIENT_IP])
+        t0 = time.monotonic()
+
+        def moved():
+            d = _describe(net, boot)
+            if d is None:
+                return False
+            p0 = d["topics"]["queue"]["0"]
+            return p0["leader"] not in (-1, leader) and leader not in p0["isr"]
+
+        assert _wait_true(moved, 30), f"queue/0 still led by the isolated node {leader}"
+        moved_after = time.monotonic() - t0
+        assert nodes[i].alive(), "isolation must not kill the node"
+        net.heal(i)
+        t1 = time.monotonic()
+        healthy = _client(net, "healthy", boot, "3", "60")
+        assert healthy.returncode == 0, f"node {leader} not back in every ISR: {healthy.stdout}"
+        md = json.loads(healthy.stdout.strip().split("\n")[-1])
+        assert leader in md["topics"]["queue"]["0"]["isr"]
+        print(f"leader {leader} isolated: leadership moved after {moved_after:.1f}s; healed: "
+              f"back in every ISR after {time.monotonic() - t1:.1f}s")
+        for n in nodes:
+            assert n.alive()
+            assert b"panicked" not in n.log_path.read_bytes()
+    finally:
+        for n in nodes:
+            n.kill9()
+        net.destroy()
+        for n in nodes:
+            n.unmount()
+    assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                          text=True).stdout.split("\n")
+                if n.startswith(net.prefix + "-")], "namespaces left behind"
+
+
+def test_leader_that_wrote_nothing_in_its_epoch_rejoins_the_isr(tmp_path):
+    """Seen in the 3-node schedule (seed 2): a broker elected leader that loses the
+    leadership before its first append keeps its epoch at its log end; the next leader
+    never heard of that epoch and answers the follower's fetch with the epoch before it,
+    ending where the follower's log ends. Nothing to truncate, so the follower used to ask
+    the same question forever and never rejoined the ISR. Here: records written at epoch 0,
+    the leader killed (a second replica leads epoch 1, nothing written), that one isolated
+    (a third leads epoch 2), healed: every replica must be back in the ISR."""
+    sweep_leftovers()
+    work = tmp_path / f"gregor-faults-{os.getpid()}"
+    work.mkdir()
+    net = Network(3)
+    nodes: list[Node] = []
+    try:
+        net.create()
+        for i in range(3):
+            n = Node(net, i, BINARY, work, 64, None, voters_of(3))
+            n.mount()
+            nodes.append(n)
+            n.spawn()
+        for n in nodes:
+            n.await_ready()
+        boot = ",".join(n.addr for n in nodes)
+        assert _client(net, "setup", boot, str(work / "setup.jsonl"), "1", "3", "2").returncode == 0
+        assert _client(net, "healthy", boot, "3", "60").returncode == 0
+        produce = subprocess.run(
+            net.exec_prefix(net.client_ns) + [str(BINARY), "produce", "queue", "--brokers", boot,
+                                              "--acks", "all"],
+            input="a\nb\nc\n", text=True, capture_output=True, timeout=60)
+        assert produce.returncode == 0, produce.stderr
+
+        def leader_other_than(old):
+            d = _describe(net, boot)
+            if d is None:
+                return None
+            lead = d["topics"]["queue"]["0"]["leader"]
+            return lead if lead not in (-1, old) else None
+
+        first = leader_other_than(-1)
+        assert first is not None
+        nodes[first - 1].kill9()
+        assert _wait_true(lambda: leader_other_than(first) is not None, 30)
+        second = leader_other_than(first)
+        nodes[first - 1].start()
+        healthy = _client(net, "healthy", boot, "3", "60")
+        assert healthy.returncode == 0, healthy.stdout
+        # The second leader wrote nothing in its epoch; cut it off until it loses it.
+        j = second - 1
+        net.block(j, [node_ip(k) for k in range(3) if k != j] + [CLIENT_IP])
+        assert _wait_true(lambda: leader_other_than(second) is not None, 30)
+        net.heal(j)
+        healthy = _client(net, "healthy", boot, "3", "60")
+        assert healthy.returncode == 0, (f"node {second} (leader of an epoch it wrote nothing "
+                                         f"in) not back in the ISR: {healthy.stdout}")
+    finally:
+        for n in nodes:
+            n.kill9()
+        net.destroy()
+        for n in nodes:
+            n.unmount()

@@ -1,13 +1,16 @@
 """Client processes of the fault harness (run by harness.py inside the clients' network
 namespace).  Each appends JSON lines to its own history file; checker.py reads them.
 
-    workload.py setup     BOOTSTRAP HIST PARTITIONS
+    workload.py setup     BOOTSTRAP HIST PARTITIONS [RF MIN_INSYNC]
     workload.py queue     BOOTSTRAP HIST PARTITIONS RATE SEED    (until SIGTERM)
     workload.py txn       BOOTSTRAP HIST PARTITIONS TXN_ID SEED  (until killed)
-    workload.py admin     BOOTSTRAP HIST SEED                    (until SIGTERM)
+    workload.py admin     BOOTSTRAP HIST SEED [MAX_RF]           (until SIGTERM)
     workload.py catchup   BOOTSTRAP HIST PARTITIONS TIMEOUT
-    workload.py final     BOOTSTRAP HIST TXN_ID [--drop-one-acked]
+    workload.py final     BOOTSTRAP HIST TXN_ID|- [--drop-one-acked]   (- : no fencing)
     workload.py probe     BOOTSTRAP                              (prints up/down lines)
+    workload.py describe  BOOTSTRAP                              (prints Metadata as JSON)
+    workload.py healthy   BOOTSTRAP NODES TIMEOUT   (exit 0 once every broker is listed and
+                                                     every partition has a leader, full ISR)
 
 History events (key "k"; "t" is wall-clock seconds):
     send/ack/nack   tp, v, (p, o | err)       one per produced record (queue, txn-in)
@@ -82,12 +85,26 @@ def conf(bootstrap: str, **kw) -> dict:
 
 # ---- setup -------------------------------------------------------------------------------
 
-def setup(bootstrap: str, hist: History, partitions: int) -> None:
+def setup(bootstrap: str, hist: History, partitions: int, rf: int = 1,
+          min_insync: int = 1) -> None:
     admin = AdminClient(conf(bootstrap))
     deadline = time.monotonic() + 60
     topics = [QUEUE, TXN_IN, TXN_OUT]
+    cfg = {"min.insync.replicas": str(min_insync)} if rf > 1 else {}
+    while rf > 1:
+        # A cluster: first every broker listed and a controller known (a CreateTopics sent
+        # while Metadata was still partial was seen to hang in librdkafka).
+        try:
+            md = admin.list_topics(timeout=5)
+            if len(md.brokers) >= rf and md.controller_id >= 0:
+                break
+        except KafkaException:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("the cluster never listed its brokers and controller")
+        time.sleep(0.5)
     while True:
-        futs = admin.create_topics([NewTopic(t, partitions, 1) for t in topics],
+        futs = admin.create_topics([NewTopic(t, partitions, rf, config=cfg) for t in topics],
                                    operation_timeout=10)
         pending = []
         for t, f in futs.items():
@@ -96,12 +113,14 @@ def setup(bootstrap: str, hist: History, partitions: int) -> None:
             except KafkaException as e:
                 if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     pending.append((t, str(e)))
+            except TimeoutError:
+                pending.append((t, "no answer in 15 s"))
         if not pending:
             break
         if time.monotonic() > deadline:
             raise SystemExit(f"cannot create topics: {pending}")
         time.sleep(0.5)
-    hist("setup", tps=topics, partitions=partitions)
+    hist("setup", tps=topics, partitions=partitions, rf=rf, min_insync=min_insync)
 
 
 # ---- queue workload: producers, a consumer group, observers -------------------------------
@@ -354,7 +373,7 @@ def catchup(bootstrap: str, hist: History, partitions: int, timeout: float) -> i
 
 # ---- admin workload ----------------------------------------------------------------------
 
-def admin(bootstrap: str, hist: History, seed: int) -> None:
+def admin(bootstrap: str, hist: History, seed: int, max_rf: int = 1) -> None:
     rng = random.Random(seed)
     a = AdminClient(conf(bootstrap))
     live: list[str] = []
@@ -373,7 +392,10 @@ def admin(bootstrap: str, hist: History, seed: int) -> None:
             t = f"adm-{os.getpid()}-{n}"
             hist("adm", op="create", tp=t, st="start")
             try:
-                a.create_topics([NewTopic(t, rng.randint(1, 3), 1)], operation_timeout=10)[t].result(15)
+                # In a cluster a replication factor above the live brokers is refused
+                # (INVALID_REPLICATION_FACTOR while a node is down): recorded, no anomaly.
+                a.create_topics([NewTopic(t, rng.randint(1, 3), rng.randint(1, max_rf))],
+                                operation_timeout=10)[t].result(15)
                 hist("adm", op="create", tp=t, ok=True)
                 live.append(t)
             except KafkaException as e:
@@ -393,10 +415,11 @@ def admin(bootstrap: str, hist: History, seed: int) -> None:
 
 def final(bootstrap: str, hist: History, txn_id: str, drop_one_acked: bool) -> int:
     # Fence the last processor incarnation so its open transaction (if any) is aborted and
-    # the last stable offset can reach the end.
-    p = Producer(conf(bootstrap, **{"transactional.id": txn_id}))
-    p.init_transactions(60)
-    p.flush(5)
+    # the last stable offset can reach the end ("-": no transactional workload ran).
+    if txn_id != "-":
+        p = Producer(conf(bootstrap, **{"transactional.id": txn_id}))
+        p.init_transactions(60)
+        p.flush(5)
     a = AdminClient(conf(bootstrap))
     md = a.list_topics(timeout=30)
     rc = 0
@@ -446,6 +469,47 @@ def probe(bootstrap: str) -> None:
         time.sleep(0.2)
 
 
+def describe_cluster(bootstrap: str) -> dict:
+    """Brokers, controller and per partition leader / replicas / ISR, from Metadata."""
+    md = AdminClient(conf(bootstrap)).list_topics(timeout=5)
+    return {
+        "brokers": sorted(md.brokers),
+        "controller": md.controller_id,
+        "topics": {t: {str(p): {"leader": pm.leader, "replicas": list(pm.replicas),
+                                "isr": list(pm.isrs), "err": str(pm.error) if pm.error else None}
+                       for p, pm in tm.partitions.items()}
+                   for t, tm in md.topics.items()},
+    }
+
+
+def healthy(bootstrap: str, nodes: int, timeout: float) -> int:
+    """Waits until Metadata lists every broker and every partition of the workloads' topics
+    and the internal ones has a leader and all its replicas in the ISR (a healed cluster)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            d = describe_cluster(bootstrap)
+        except KafkaException as e:
+            last = str(e)
+            time.sleep(0.5)
+            continue
+        bad = [] if len(d["brokers"]) == nodes else [f"brokers {d['brokers']}"]
+        for t, parts in d["topics"].items():
+            if t not in (QUEUE, TXN_IN, TXN_OUT, "__consumer_offsets", "__transaction_state"):
+                continue
+            for p, pm in parts.items():
+                if pm["leader"] < 0 or sorted(pm["isr"]) != sorted(pm["replicas"]):
+                    bad.append(f"{t}/{p} {pm}")
+        if not bad:
+            print(json.dumps(d), flush=True)
+            return 0
+        last = bad
+        time.sleep(0.5)
+    print(f"not healthy after {timeout}s: {last}", flush=True)
+    return 1
+
+
 def main() -> int:
     faulthandler.register(signal.SIGUSR1)  # the harness asks a hung process where it is
     signal.signal(signal.SIGTERM, _on_term)
@@ -454,16 +518,21 @@ def main() -> int:
     if cmd == "probe":
         probe(bootstrap)
         return 0
+    if cmd == "describe":
+        print(json.dumps(describe_cluster(bootstrap)), flush=True)
+        return 0
+    if cmd == "healthy":
+        return healthy(bootstrap, int(sys.argv[3]), float(sys.argv[4]))
     hist = History(sys.argv[3])
     args = sys.argv[4:]
     if cmd == "setup":
-        setup(bootstrap, hist, int(args[0]))
+        setup(bootstrap, hist, *[int(a) for a in args[:3]])
     elif cmd == "queue":
         queue(bootstrap, hist, int(args[0]), float(args[1]), int(args[2]))
     elif cmd == "txn":
         txn(bootstrap, hist, int(args[0]), args[1], int(args[2]))
     elif cmd == "admin":
-        admin(bootstrap, hist, int(args[0]))
+        admin(bootstrap, hist, *[int(a) for a in args[:2]])
     elif cmd == "catchup":
         return catchup(bootstrap, hist, int(args[0]), float(args[1]))
     elif cmd == "final":

@@ -867,6 +867,70 @@ def find_coordinator_request(addr: tuple, key: str, key_type: int = 0, timeout: 
     return resp.error_code, resp.coordinator_id, resp.host, resp.port
 
 
+def produce_v10_leader_hint(addr: tuple, topic: str, partition: int, value: bytes, timeout: float = 10.0) -> dict:
+    """Produce v10 (flexible, KIP-951) of one record to one partition through the node at
+    ``addr``; returns {"error_code", "current_leader": (id, epoch) or None,
+    "node_endpoints": {id: (host, port)}} from the response's tagged fields."""
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=0, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    builder.append(0, timestamp=int(time.time() * 1000), key=None, value=value, headers=[])
+    records = bytes(builder.build())
+    name = topic.encode()
+    body = (
+        b"\x00"  # transactional_id: null
+        + struct.pack(">hi", -1, int(timeout * 1000))
+        + _uvarint(2)
+        + _uvarint(len(name) + 1) + name
+        + _uvarint(2)
+        + struct.pack(">i", partition)
+        + _uvarint(len(records) + 1) + records
+        + b"\x00"  # partition tagged fields
+        + b"\x00"  # topic tagged fields
+        + b"\x00"  # request tagged fields
+    )
+    r = _Reader(wire_request(addr, 0, 10, body, True, timeout))
+    out = {"error_code": None, "current_leader": None, "node_endpoints": {}}
+
+    def partition_response():
+        r.i32()
+        out["error_code"] = r.i16()
+        r.i64(), r.i64(), r.i64()
+        r.compact_array(lambda: (r.i32(), r.compact_str(), r.tagged()))
+        r.compact_str()
+        for _ in range(r.uvarint()):
+            tag, size = r.uvarint(), r.uvarint()
+            if tag == 0:
+                out["current_leader"] = (r.i32(), r.i32())
+                r.tagged()
+            else:
+                r.take(size)
+
+    def topic_response():
+        r.compact_str()
+        r.compact_array(partition_response)
+        r.tagged()
+
+    r.compact_array(topic_response)
+    r.i32()
+    for _ in range(r.uvarint()):
+        tag, size = r.uvarint(), r.uvarint()
+        if tag == 0:
+            def endpoint():
+                node, host, port = r.i32(), r.compact_str(), r.i32()
+                r.compact_str()
+                r.tagged()
+                out["node_endpoints"][node] = (host, port)
+
+            r.compact_array(endpoint)
+        else:
+            r.take(size)
+    return out
+
+
 # ------------------------------------------------------------------ cluster
 BIND_CONFLICT_RE = re.compile(r"address already in use|os error 98|AddrInUse", re.IGNORECASE)
 

@@ -35,6 +35,7 @@ from gregor_testlib import (
     create_partitions_request,
     create_topics_request,
     delete_topics_request,
+    produce_v10_leader_hint,
     describe_quorum_request,
     describe_topic_configs_request,
     fetch_request,
@@ -420,6 +421,11 @@ def test_produce_through_non_leader_is_refused(cluster_factory):
             if n.node_id != leader:
                 code, _ = produce_request(n.addr, topic, i, [b"misrouted"])
                 assert code == NOT_LEADER_OR_FOLLOWER, f"partition {i} through node {n.node_id} (leader {leader}): error {code}"
+                # KIP-951: from Produce v10 the refusal names the leader and how to reach it.
+                hint = produce_v10_leader_hint(n.addr, topic, i, b"misrouted")
+                assert hint["error_code"] == NOT_LEADER_OR_FOLLOWER, hint
+                assert hint["current_leader"] == (leader, view[i][1]), f"partition {i} via node {n.node_id}: {hint}"
+                assert hint["node_endpoints"] == {leader: c.node(leader).addr}, hint
         code, offset = produce_request(c.node(leader).addr, topic, i, [b"direct"])
         assert (code, offset) == (0, 0), f"partition {i} through its leader {leader}: error {code}, offset {offset}"
         # Fetch and ListOffsets likewise: only the leader serves the partition.

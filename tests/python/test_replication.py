@@ -27,6 +27,7 @@ import pytest
 
 from gregor_testlib import (
     NOT_LEADER_OR_FOLLOWER,
+    confluent_common,
     confluent_producer,
     offset_for_leader_epoch_request,
     produce_request,
@@ -397,3 +398,80 @@ def test_steady_load_without_faults_checks_out(cluster_factory, seed):
     assert outstanding == 0
     history = check_history("no_fault_control", seed, load, c.bootstrap, topic, PARTITIONS)
     assert history.acked >= 300 and history.unacked_read == 0
+
+
+# ------------------------------------------------------------- log start offsets
+def confluent_high_watermark(bootstrap: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    conf = confluent_common(bootstrap)
+    conf.update({"group.id": "hw-probe", "enable.auto.commit": False})
+    k = Consumer(conf)
+    try:
+        return k.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)[1]
+    finally:
+        k.close()
+
+
+def test_follower_behind_the_leaders_log_start_starts_over(cluster_factory, seed):
+    """A follower that was down while DeleteRecords moved its leader's log start past the
+    follower's log end cannot catch up by fetching: the leader answers OFFSET_OUT_OF_RANGE
+    with its log start, and the follower drops its log and starts again there (Kafka's
+    truncateFullyAndStartAt), then rejoins the ISR. Followers also follow the leader's log
+    start while in sync, so after a failover the deleted records stay deleted."""
+    from confluent_kafka import Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    ctx = f"[GREGOR_FAULT_SEED={seed}]"
+    c = cluster_factory(3)
+    c.wait_formed()
+    topic, view = replicated_topic(c, partitions=1)
+    leader = view[0]["leader"]
+    follower = next(i for i in c.ids if i != leader)
+    conf = confluent_common(c.bootstrap)
+    conf.update({"acks": "all", "enable.idempotence": True, "linger.ms": 2})
+    p = Producer(conf)
+    acked = []
+
+    def produce(n, first):
+        def on_delivery(err, msg):
+            assert err is None, f"{ctx} {err}"
+            acked.append((msg.partition(), msg.offset(), msg.value()))
+
+        for i in range(first, first + n):
+            p.produce(topic, value=b"v%05d" % i, partition=0, on_delivery=on_delivery)
+        assert p.flush(60) == 0
+
+    produce(50, 0)
+    c.kill9(follower)
+    wait_isr(c.running(), topic, set(c.ids) - {follower}, timeout=60)
+    produce(200, 50)
+    admin = AdminClient(confluent_common(c.bootstrap))
+    futures = admin.delete_records([TopicPartition(topic, 0, 200)], request_timeout=30)
+    low = list(futures.values())[0].result(30)
+    assert low.low_watermark == 200, f"{ctx} DeleteRecords: {low}"
+    t0 = time.monotonic()
+    c.start_node(follower)
+    c.wait_formed(brokers=c.ids)
+    wait_isr(c.nodes, topic, set(c.ids), timeout=60)
+    rejoined = time.monotonic() - t0
+    print(f"{ctx} node {follower} (log end 50, leader's log start 200) back in the ISR {rejoined:.3f} s after its restart")
+    produce(20, 250)
+    # Whoever leads next has the same log start: the deleted records do not come back.
+    old_epoch = partitions_view(c.node(leader), topic)[0]["leader_epoch"]
+    c.kill9(leader)
+    survivors = [n for n in c.nodes if n.node_id != leader]
+    new_leader = wait_new_leader(survivors, topic, 0, leader, old_epoch)
+    # A new leader's high watermark comes up once the other survivor has fetched from it.
+    wait_isr(survivors, topic, {n.node_id for n in survivors}, timeout=60)
+    wait_for(
+        lambda: confluent_high_watermark(c.bootstrap, topic) >= 270, 30, 0.1, f"{ctx} the high watermark back at 270"
+    )
+    records = read_back(c.bootstrap, topic, 1)
+    kept = [a for a in acked if a[1] >= 200]
+    history = verify_history(kept, records)
+    report("follower_behind_log_start", seed, history, rejoined_s=round(rejoined, 3))
+    assert history.ok, f"{ctx} {history.details()}"
+    first = min(o for o, _ in records[0])
+    assert first == 200, f"{ctx} the new leader serves from offset {first}, below the deleted 200"
+    print(f"{ctx} node {new_leader} leads after the kill; {len(records[0])} records read back from offset {first}")

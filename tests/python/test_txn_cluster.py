@@ -129,8 +129,14 @@ def test_transactions_across_brokers_commit_and_abort(cluster_factory):
     tid = f"txn-{seed}"
     p = txn_producer(c.bootstrap, tid)
     coordinator = txn_coordinator(c, tid)
-    group = f"rpw-{seed}"
-    _, group_coordinator, _, _ = find_coordinator_request(c.node(1).addr, group, 0)
+    # A group whose coordinator is another broker than the transaction's: its pending
+    # offsets are completed by the marker that broker gets with WriteTxnMarkers.
+    for i in range(100):
+        group = f"rpw-{seed}-{i}"
+        err, group_coordinator, _, _ = find_coordinator_request(c.node(1).addr, group, 0)
+        if err == 0 and group_coordinator not in (coordinator, -1):
+            break
+    assert group_coordinator != coordinator, f"{ctx} no group coordinated elsewhere"
     print(f"{ctx} leaders {lead}; transaction coordinator node {coordinator}; group coordinator node {group_coordinator}")
 
     rounds, committed, aborted = 20, set(), set()

@@ -60,6 +60,17 @@ pub struct BrokerConfig {
     /// capped by the brokers alive when they are created (min(3, brokers)).
     #[serde(alias = "offsets.topic.replication.factor")]
     pub offsets_topic_replication_factor: i16,
+    /// The active controller moves leadership back to preferred leaders (first replicas)
+    /// when a broker's leader imbalance exceeds `leader.imbalance.per.broker.percentage`.
+    #[serde(alias = "auto.leader.rebalance.enable")]
+    pub auto_leader_rebalance_enable: bool,
+    /// How often the controller checks the leader imbalance (Kafka: 300 s).
+    #[serde(alias = "leader.imbalance.check.interval.seconds")]
+    pub leader_imbalance_check_interval_seconds: u64,
+    /// The share (%) of a broker's preferred leaderships led elsewhere that triggers
+    /// preferred elections (Kafka: 10).
+    #[serde(alias = "leader.imbalance.per.broker.percentage")]
+    pub leader_imbalance_per_broker_percentage: u32,
     /// Largest request frame accepted; larger frames close the connection.
     #[serde(alias = "socket.request.max.bytes")]
     pub socket_request_max_bytes: usize,
@@ -282,6 +293,9 @@ impl Default for BrokerConfig {
             offsets_commit_timeout_ms: 5_000,
             broker_heartbeat_interval_ms: 250,
             offsets_topic_replication_factor: 3,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_seconds: 300,
+            leader_imbalance_per_broker_percentage: 10,
             socket_request_max_bytes: 100 * 1024 * 1024,
             message_max_bytes: 1024 * 1024 + 12,
             max_decompressed_batch_bytes: 64 * 1024 * 1024,
@@ -457,6 +471,15 @@ const SETTINGS: &[(&str, i8, Reader)] = &[
     }),
     ("offsets.topic.replication.factor", SHORT, |c| {
         c.offsets_topic_replication_factor.to_string()
+    }),
+    ("auto.leader.rebalance.enable", BOOLEAN, |c| {
+        c.auto_leader_rebalance_enable.to_string()
+    }),
+    ("leader.imbalance.check.interval.seconds", LONG, |c| {
+        c.leader_imbalance_check_interval_seconds.to_string()
+    }),
+    ("leader.imbalance.per.broker.percentage", INT, |c| {
+        c.leader_imbalance_per_broker_percentage.to_string()
     }),
     ("log.dirs", STRING, |c| c.data_dir.display().to_string()),
     ("message.max.bytes", INT, |c| {

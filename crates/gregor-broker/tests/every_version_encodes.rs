@@ -75,6 +75,32 @@ fn requests(api: ApiKey, topic_id: uuid::Uuid) -> Vec<RequestKind> {
         ApiKey::ListPartitionReassignments => vec![RequestKind::ListPartitionReassignments(
             kafka_protocol::messages::ListPartitionReassignmentsRequest::default(),
         )],
+        ApiKey::ElectLeaders => vec![
+            RequestKind::ElectLeaders(ElectLeadersRequest::default().with_topic_partitions(Some(
+                vec![elect_leaders_request::TopicPartitions::default()
+                    .with_topic(t())
+                    .with_partitions(vec![0, 7])],
+            ))),
+            RequestKind::ElectLeaders(ElectLeadersRequest::default().with_topic_partitions(None)),
+            // An unknown election type: errors on every partition (and top level from v1).
+            RequestKind::ElectLeaders(
+                ElectLeadersRequest::default()
+                    .with_election_type(5)
+                    .with_topic_partitions(Some(vec![
+                        elect_leaders_request::TopicPartitions::default()
+                            .with_topic(t())
+                            .with_partitions(vec![0]),
+                    ])),
+            ),
+        ],
+        ApiKey::DescribeLogDirs => vec![
+            RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None)),
+            RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(Some(
+                vec![describe_log_dirs_request::DescribableLogDirTopic::default()
+                    .with_topic(t())
+                    .with_partitions(vec![0])],
+            ))),
+        ],
         ApiKey::DescribeQuorum => vec![RequestKind::DescribeQuorum(
             kafka_protocol::messages::DescribeQuorumRequest::default().with_topics(vec![
                 kafka_protocol::messages::describe_quorum_request::TopicData::default()

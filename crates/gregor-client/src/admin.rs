@@ -48,6 +48,49 @@ fn tn(v: &str) -> TopicName {
     TopicName(s(v))
 }
 
+/// One partition's outcome of [`Admin::elect_leaders`] / [`Admin::alter_reassignments`]:
+/// `(topic, partition, error code, error message)`.
+pub type PartitionOutcome = (String, i32, i16, Option<String>);
+
+/// A reassignment in progress (ListPartitionReassignments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OngoingReassignment {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// The replicas now: the target plus those being removed.
+    pub replicas: Vec<i32>,
+    /// Replicas being added (copying).
+    pub adding: Vec<i32>,
+    /// Replicas dropped once the target is in the ISR.
+    pub removing: Vec<i32>,
+}
+
+/// One partition of a log dir (DescribeLogDirs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDirPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// Bytes of the partition's log on disk.
+    pub size: i64,
+    /// High watermark minus the replica's log end (0 if not behind).
+    pub offset_lag: i64,
+}
+
+/// One log dir of a broker (DescribeLogDirs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDir {
+    /// The directory's path on the broker.
+    pub path: String,
+    /// Its error (0: none).
+    pub error_code: i16,
+    /// Every partition with a replica there.
+    pub partitions: Vec<LogDirPartition>,
+}
+
 /// Which offset [`Admin::list_offsets`] asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -482,6 +525,164 @@ impl Admin {
             voters: replicas(&p.current_voters),
             observers: replicas(&p.observers),
         }))
+    }
+
+    /// ElectLeaders: `unclean` false = PREFERRED (0), true = UNCLEAN (1); `partitions`
+    /// `None` = every partition (the broker then leaves out those needing no election).
+    pub async fn elect_leaders(
+        &self,
+        unclean: bool,
+        partitions: Option<&[(String, i32)]>,
+    ) -> Result<Vec<PartitionOutcome>> {
+        use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+        let topics = partitions.map(|ps| {
+            let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+            for (t, p) in ps {
+                by_topic.entry(t).or_default().push(*p);
+            }
+            by_topic
+                .into_iter()
+                .map(|(t, p)| {
+                    TopicPartitions::default()
+                        .with_topic(tn(t))
+                        .with_partitions(p)
+                })
+                .collect()
+        });
+        let req = kafka_protocol::messages::ElectLeadersRequest::default()
+            .with_election_type(i8::from(unclean))
+            .with_topic_partitions(topics)
+            .with_timeout_ms(30_000);
+        let conn = self.client.conn(self.controller().await?).await?;
+        if unclean && conn.version_for(ApiKey::ElectLeaders)? < 1 {
+            return Err(Error::Protocol(
+                "the broker's ElectLeaders has no unclean elections (v0)".into(),
+            ));
+        }
+        let resp = conn.send(&req).await?;
+        check(resp.error_code, || "ElectLeaders".into())?;
+        Ok(resp
+            .replica_election_results
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.topic.0.to_string();
+                t.partition_result.into_iter().map(move |p| {
+                    (
+                        topic.clone(),
+                        p.partition_id,
+                        p.error_code,
+                        p.error_message.map(|m| m.to_string()),
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// AlterPartitionReassignments: per partition the target replicas (`None`: cancel).
+    pub async fn alter_reassignments(
+        &self,
+        changes: &[(String, i32, Option<Vec<i32>>)],
+    ) -> Result<Vec<PartitionOutcome>> {
+        use kafka_protocol::messages::alter_partition_reassignments_request::{
+            ReassignablePartition, ReassignableTopic,
+        };
+        let mut by_topic: BTreeMap<&str, Vec<ReassignablePartition>> = BTreeMap::new();
+        for (t, p, r) in changes {
+            by_topic.entry(t).or_default().push(
+                ReassignablePartition::default()
+                    .with_partition_index(*p)
+                    .with_replicas(r.as_ref().map(|r| r.iter().map(|b| BrokerId(*b)).collect())),
+            );
+        }
+        let req = kafka_protocol::messages::AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(t, p)| {
+                        ReassignableTopic::default()
+                            .with_name(tn(t))
+                            .with_partitions(p)
+                    })
+                    .collect(),
+            );
+        let resp = self.client.send_to(self.controller().await?, &req).await?;
+        check(resp.error_code, || {
+            format!(
+                "AlterPartitionReassignments: {}",
+                resp.error_message
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default()
+            )
+        })?;
+        Ok(resp
+            .responses
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.name.0.to_string();
+                t.partitions.into_iter().map(move |p| {
+                    (
+                        topic.clone(),
+                        p.partition_index,
+                        p.error_code,
+                        p.error_message.map(|m| m.to_string()),
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// ListPartitionReassignments of every partition.
+    pub async fn list_reassignments(&self) -> Result<Vec<OngoingReassignment>> {
+        let req = kafka_protocol::messages::ListPartitionReassignmentsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(None);
+        let resp = self.client.send_to(self.controller().await?, &req).await?;
+        check(resp.error_code, || "ListPartitionReassignments".into())?;
+        let ids = |v: Vec<BrokerId>| v.into_iter().map(|b| b.0).collect::<Vec<_>>();
+        Ok(resp
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.name.0.to_string();
+                t.partitions.into_iter().map(move |p| OngoingReassignment {
+                    topic: topic.clone(),
+                    partition: p.partition_index,
+                    replicas: ids(p.replicas),
+                    adding: ids(p.adding_replicas),
+                    removing: ids(p.removing_replicas),
+                })
+            })
+            .collect())
+    }
+
+    /// DescribeLogDirs of broker `broker_id`: its log dirs and every partition's size.
+    pub async fn describe_log_dirs(&self, broker_id: i32) -> Result<Vec<LogDir>> {
+        let req = kafka_protocol::messages::DescribeLogDirsRequest::default().with_topics(None);
+        let resp = self.client.send_to(broker_id, &req).await?;
+        check(resp.error_code, || "DescribeLogDirs".into())?;
+        Ok(resp
+            .results
+            .into_iter()
+            .map(|d| LogDir {
+                path: d.log_dir.to_string(),
+                error_code: d.error_code,
+                partitions: d
+                    .topics
+                    .into_iter()
+                    .flat_map(|t| {
+                        let topic = t.name.0.to_string();
+                        t.partitions.into_iter().map(move |p| LogDirPartition {
+                            topic: topic.clone(),
+                            partition: p.partition_index,
+                            size: p.partition_size,
+                            offset_lag: p.offset_lag,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect())
     }
 
     /// The coordinator broker of `group` (FindCoordinator), as a node id registered in the

@@ -41,7 +41,9 @@ pub mod partitioner;
 pub mod producer;
 pub mod records;
 
-pub use admin::{Admin, QuorumDescription};
+pub use admin::{
+    Admin, LogDir, LogDirPartition, OngoingReassignment, PartitionOutcome, QuorumDescription,
+};
 pub use client::{Client, ClientConfig};
 pub use conn::BrokerConnection;
 pub use consumer::{Consumer, ConsumerConfig};

@@ -30,6 +30,7 @@ use crate::records::*;
 /// Defaults chosen so that a killed broker loses its leaderships within 2 s: it is fenced
 /// after at most `session_timeout_ms` (1.5 s) plus one tick (`heartbeat_interval_ms / 2`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ControllerConfig {
     /// `broker.session.timeout.ms`: fence a broker not heard from for this long.
     pub session_timeout_ms: u64,
@@ -41,6 +42,15 @@ pub struct ControllerConfig {
     pub default_num_partitions: i32,
     /// `default.replication.factor`: used when CreateTopics asks for -1.
     pub default_replication_factor: i16,
+    /// `auto.leader.rebalance.enable`: every `leader_imbalance_check_interval_ms`, move
+    /// leadership back to preferred leaders (first replicas) of brokers whose imbalance is
+    /// above `leader_imbalance_per_broker_percentage` ([`Controller::tick`]).
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds`, in milliseconds (Kafka: 300 s).
+    pub leader_imbalance_check_interval_ms: u64,
+    /// `leader.imbalance.per.broker.percentage` (Kafka: 10): a broker is imbalanced when more
+    /// than this percentage of the partitions it is the preferred leader of are led elsewhere.
+    pub leader_imbalance_per_broker_percentage: u32,
 }
 
 impl Default for ControllerConfig {
@@ -51,6 +61,9 @@ impl Default for ControllerConfig {
             producer_id_block_size: 1000,
             default_num_partitions: 1,
             default_replication_factor: 1,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 }
@@ -88,6 +101,15 @@ pub enum MetaError {
     /// The quorum did not commit in time. Retriable.
     #[error("request timed out")]
     RequestTimedOut,
+    /// ElectLeaders: the partition already has the leader the election would give it.
+    #[error("election not needed")]
+    ElectionNotNeeded,
+    /// ElectLeaders PREFERRED: the first replica is not live or not in the ISR.
+    #[error("preferred leader not available: {0}")]
+    PreferredLeaderNotAvailable(String),
+    /// ElectLeaders UNCLEAN: no live replica at all.
+    #[error("eligible leaders not available: {0}")]
+    EligibleLeadersNotAvailable(String),
 }
 
 impl MetaError {
@@ -108,6 +130,9 @@ impl MetaError {
             MetaError::InvalidRequest(_) => 42,
             MetaError::NotController => 41,
             MetaError::RequestTimedOut => 7,
+            MetaError::ElectionNotNeeded => 84,
+            MetaError::PreferredLeaderNotAvailable(_) => 80,
+            MetaError::EligibleLeadersNotAvailable(_) => 83,
         }
     }
 
@@ -150,6 +175,16 @@ pub struct ConfigOp {
     pub resource: ConfigResource,
     pub key: String,
     pub value: Option<String>,
+}
+
+/// ElectLeaders' `election_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElectionType {
+    /// 0: leadership to the first replica in the assignment, when it is live and in the ISR.
+    Preferred,
+    /// 1: for a partition without a leader and no live ISR member, a live replica outside
+    /// the ISR (it becomes the whole ISR; records only the old ISR had may be lost).
+    Unclean,
 }
 
 /// What a broker (or the node itself) asks of the controller.
@@ -199,6 +234,11 @@ pub enum Command {
     AlterReassignments {
         reassignments: Vec<(String, i32, Option<Vec<BrokerId>>)>,
     },
+    /// ElectLeaders: per partition (`None`: every partition), a preferred or unclean election.
+    ElectLeaders {
+        election_type: ElectionType,
+        partitions: Option<Vec<(String, i32)>>,
+    },
     /// The broker is shutting down (SIGTERM): fence it now, moving its leaderships and
     /// taking it out of every ISR, so that clients move on before it stops serving.
     /// Answered `Heartbeat { fenced: true }`; the broker sends no heartbeat after it.
@@ -245,6 +285,9 @@ pub enum Reply {
     AlterPartition(Vec<Result<PartitionRecord, MetaError>>),
     /// Per reassignment asked: started (or cancelled), or why not.
     Reassignments(Vec<Result<(), MetaError>>),
+    /// Per partition of an ElectLeaders (the ones asked, in order; with `partitions: None`
+    /// every partition except those whose election was not needed): elected, or why not.
+    Elections(Vec<(String, i32, Result<(), MetaError>)>),
 }
 
 /// The active controller's in-memory state: broker session deadlines.
@@ -253,6 +296,8 @@ pub struct Controller {
     config: ControllerConfig,
     /// Broker id → time (ms) after which it is fenced.
     deadlines: BTreeMap<BrokerId, u64>,
+    /// When [`Controller::tick`] next checks the leader imbalance (set by the first tick).
+    next_imbalance_check: Option<u64>,
 }
 
 /// The image the controller decides on, plus the records decided so far (applied to the image
@@ -276,6 +321,7 @@ impl Controller {
         Controller {
             config,
             deadlines: BTreeMap::new(),
+            next_imbalance_check: None,
         }
     }
 
@@ -482,6 +528,10 @@ impl Controller {
                 complete_reassignments(&mut s);
                 Reply::Reassignments(results)
             }
+            Command::ElectLeaders {
+                election_type,
+                partitions,
+            } => Reply::Elections(elect_leaders(&mut s, *election_type, partitions.as_deref())),
             Command::ControlledShutdown {
                 broker_id,
                 broker_epoch,
@@ -549,6 +599,16 @@ impl Controller {
         }
         elect_offline(&mut s);
         complete_reassignments(&mut s);
+        if self.config.auto_leader_rebalance_enable {
+            let next = *self
+                .next_imbalance_check
+                .get_or_insert(now_ms + self.config.leader_imbalance_check_interval_ms);
+            if now_ms >= next {
+                self.next_imbalance_check =
+                    Some(now_ms + self.config.leader_imbalance_check_interval_ms);
+                rebalance_leaders(&mut s, self.config.leader_imbalance_per_broker_percentage);
+            }
+        }
         s.records
     }
 
@@ -929,6 +989,117 @@ fn complete_reassignments(s: &mut Scratch) {
             )
         };
         s.push(reassignment_change(&p, target, isr, leader, vec![], vec![]));
+    }
+}
+
+/// ElectLeaders on `partitions` (`None`: all, leaving out those where it is not needed).
+fn elect_leaders(
+    s: &mut Scratch,
+    kind: ElectionType,
+    partitions: Option<&[(String, i32)]>,
+) -> Vec<(String, i32, Result<(), MetaError>)> {
+    let asked: Vec<(String, i32)> = match partitions {
+        Some(p) => p.to_vec(),
+        None => s
+            .image
+            .partitions()
+            .map(|(t, p)| (t.name.clone(), p.partition))
+            .collect(),
+    };
+    let mut out = vec![];
+    for (topic, partition) in asked {
+        let r = elect_one(s, kind, &topic, partition);
+        if partitions.is_none() && r == Err(MetaError::ElectionNotNeeded) {
+            continue;
+        }
+        out.push((topic, partition, r));
+    }
+    out
+}
+
+/// One partition's election (Kafka's rules): PREFERRED moves leadership to the first
+/// replica when it is live and in the ISR; UNCLEAN is only for a partition without a live
+/// leader, and takes a live ISR member if there is one, else the first live replica (which
+/// becomes the whole ISR).
+fn elect_one(
+    s: &mut Scratch,
+    kind: ElectionType,
+    topic: &str,
+    partition: i32,
+) -> Result<(), MetaError> {
+    let p = s
+        .image
+        .topic_by_name(topic)
+        .and_then(|t| t.partitions.get(&partition))
+        .cloned()
+        .ok_or(MetaError::UnknownTopicOrPartition)?;
+    match kind {
+        ElectionType::Preferred => {
+            let preferred = p.replicas[0];
+            if p.leader == preferred {
+                return Err(MetaError::ElectionNotNeeded);
+            }
+            if !s.image.is_live(preferred) {
+                return Err(MetaError::PreferredLeaderNotAvailable(format!(
+                    "broker {preferred} is not live"
+                )));
+            }
+            if !p.isr.contains(&preferred) {
+                return Err(MetaError::PreferredLeaderNotAvailable(format!(
+                    "broker {preferred} is not in the ISR {:?}",
+                    p.isr
+                )));
+            }
+            change(s, &p, p.isr.clone(), preferred);
+            Ok(())
+        }
+        ElectionType::Unclean => {
+            if p.leader != NO_LEADER && s.image.is_live(p.leader) {
+                return Err(MetaError::ElectionNotNeeded);
+            }
+            let clean = choose_leader(&s.image, &p, &p.isr);
+            if clean != NO_LEADER {
+                change(s, &p, p.isr.clone(), clean);
+                return Ok(());
+            }
+            let Some(any) = p.replicas.iter().copied().find(|b| s.image.is_live(*b)) else {
+                return Err(MetaError::EligibleLeadersNotAvailable(format!(
+                    "no replica of {:?} is live",
+                    p.replicas
+                )));
+            };
+            change(s, &p, vec![any], any);
+            Ok(())
+        }
+    }
+}
+
+/// `auto.leader.rebalance.enable`: for every live broker whose share of partitions it is the
+/// preferred leader of but does not lead exceeds `percentage`, preferred elections of those
+/// partitions (where the preferred leader is in the ISR; in a reassignment, none).
+fn rebalance_leaders(s: &mut Scratch, percentage: u32) {
+    let mut preferred: BTreeMap<BrokerId, (u64, Vec<(String, i32)>)> = BTreeMap::new();
+    for (t, p) in s.image.partitions() {
+        if !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty() {
+            continue;
+        }
+        let e = preferred.entry(p.replicas[0]).or_default();
+        e.0 += 1;
+        if p.leader != p.replicas[0] {
+            e.1.push((t.name.clone(), p.partition));
+        }
+    }
+    for (broker, (total, not_led)) in preferred {
+        if !s.image.is_live(broker) || not_led.is_empty() {
+            continue;
+        }
+        if (not_led.len() as u64) * 100 <= u64::from(percentage) * total {
+            continue;
+        }
+        for (topic, partition) in not_led {
+            // Not possible yet (not in the ISR): the next check tries again.
+            let _ = elect_one(s, ElectionType::Preferred, &topic, partition);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use crate::records::*;
 
 struct Harness {
     image: MetadataImage,
+    config: ControllerConfig,
     ctl: Controller,
     now: u64,
     next_id: u128,
@@ -21,9 +22,14 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_config(ControllerConfig::default())
+    }
+
+    fn with_config(config: ControllerConfig) -> Self {
         Harness {
             image: MetadataImage::default(),
-            ctl: Controller::new(ControllerConfig::default()),
+            ctl: Controller::new(config.clone()),
+            config,
             now: 0,
             next_id: 1,
             epochs: BTreeMap::new(),
@@ -85,6 +91,53 @@ impl Harness {
         self.now += ms;
         let r = self.ctl.tick(&self.image, self.now);
         self.commit(r);
+    }
+
+    fn elect(
+        &mut self,
+        election_type: ElectionType,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Vec<(String, i32, Result<(), MetaError>)> {
+        match self.run(Command::ElectLeaders {
+            election_type,
+            partitions,
+        }) {
+            Ok(Reply::Elections(v)) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The leader of `topic`/`p` asks for `isr`.
+    fn set_isr(&mut self, topic: Uuid, partition: i32, isr: Vec<BrokerId>) {
+        let p = self.image.partition(&topic, partition).unwrap().clone();
+        let r = self.run(Command::AlterPartition {
+            broker_id: p.leader,
+            broker_epoch: self.epochs[&p.leader],
+            changes: vec![IsrChange {
+                topic_id: topic,
+                partition,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                new_isr: isr,
+            }],
+        });
+        assert!(
+            matches!(&r, Ok(Reply::AlterPartition(v)) if v[0].is_ok()),
+            "{r:?}"
+        );
+    }
+
+    /// Time passes in heartbeat steps; only `alive` heartbeat.
+    fn pass(&mut self, ms: u64, alive: &[BrokerId]) {
+        let step = self.config.heartbeat_interval_ms / 2;
+        let mut done = 0;
+        while done < ms {
+            for b in alive {
+                self.heartbeat(*b).unwrap();
+            }
+            self.advance(step);
+            done += step;
+        }
     }
 
     fn create(&mut self, name: &str, partitions: i32, rf: i16) -> TopicResult {
@@ -397,6 +450,8 @@ enum Op {
     Expand(u8),
     Delete(u8),
     ControlledShutdown(BrokerId),
+    Elect(u8, bool),
+    ElectAll(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -409,6 +464,8 @@ fn op() -> impl Strategy<Value = Op> {
         (0..32u8).prop_map(Op::Expand),
         (0..4u8).prop_map(Op::Delete),
         (1..=5i32).prop_map(Op::ControlledShutdown),
+        (0..32u8, any::<bool>()).prop_map(|(p, u)| Op::Elect(p, u)),
+        any::<bool>().prop_map(Op::ElectAll),
     ]
 }
 
@@ -434,8 +491,13 @@ proptest! {
     /// change bumps the partition epoch (checked in `Harness::commit`), and a new controller
     /// (leader change) decides on the same image without breaking them either.
     #[test]
-    fn elections_stay_in_the_isr(ops in proptest::collection::vec(op(), 1..80)) {
-        let mut h = Harness::new();
+    fn elections_stay_in_the_isr(ops in proptest::collection::vec(op(), 1..80), rebalance in any::<bool>()) {
+        // With `rebalance`, auto leader rebalancing checks every 3 s of the test's time.
+        let mut h = Harness::with_config(ControllerConfig {
+            auto_leader_rebalance_enable: rebalance,
+            leader_imbalance_check_interval_ms: 3_000,
+            ..ControllerConfig::default()
+        });
         for (n, op) in ops.into_iter().enumerate() {
             match &op {
                 Op::Register(b, inc) => h.register(*b, *b as u128 * 10 + *inc as u128),
@@ -470,6 +532,7 @@ proptest! {
                 Op::Delete(t) => {
                     let _ = h.run(Command::DeleteTopics { names: vec![format!("t{t}")] });
                 }
+                Op::Elect(..) | Op::ElectAll(_) => {}
                 Op::ControlledShutdown(b) => {
                     if let Some(epoch) = h.epochs.get(b).copied() {
                         let _ = h.run(Command::ControlledShutdown { broker_id: *b, broker_epoch: epoch });
@@ -481,9 +544,36 @@ proptest! {
                     }
                 }
             }
+            if let Op::Elect(i, unclean) = &op {
+                let parts: Vec<_> = h.image.partitions().map(|(t, p)| (t.name.clone(), p.clone())).collect();
+                if !parts.is_empty() {
+                    let (name, p) = &parts[*i as usize % parts.len()];
+                    let kind = if *unclean { ElectionType::Unclean } else { ElectionType::Preferred };
+                    let r = h.elect(kind, Some(vec![(name.clone(), p.partition)]));
+                    let q = h.image.topic_by_name(name).unwrap().partitions[&p.partition].clone();
+                    prop_assert_eq!(r.len(), 1);
+                    match &r[0].2 {
+                        Ok(()) if !*unclean => prop_assert_eq!(q.leader, p.replicas[0]),
+                        Ok(()) => {
+                            prop_assert!(p.leader == NO_LEADER && q.leader != NO_LEADER);
+                            // Out of the ISR only when no ISR member was live.
+                            if !p.isr.contains(&q.leader) {
+                                prop_assert!(p.isr.iter().all(|b| !h.image.is_live(*b)));
+                                prop_assert_eq!(&q.isr, &vec![q.leader]);
+                            }
+                        }
+                        Err(_) => prop_assert_eq!(&q, p),
+                    }
+                }
+            }
+            if let Op::ElectAll(unclean) = &op {
+                let kind = if *unclean { ElectionType::Unclean } else { ElectionType::Preferred };
+                let r = h.elect(kind, None);
+                prop_assert!(r.iter().all(|(_, _, e)| *e != Err(MetaError::ElectionNotNeeded)));
+            }
             if n % 17 == 16 {
                 // Controller failover: the new one has no sessions yet.
-                h.ctl = Controller::new(ControllerConfig::default());
+                h.ctl = Controller::new(h.config.clone());
             }
         }
     }
@@ -538,4 +628,144 @@ fn reassignment_adds_copies_then_drops() {
     assert!(done.adding_replicas.is_empty() && done.removing_replicas.is_empty());
     assert!(done.isr.iter().all(|b| [1, 2, 4].contains(b)) && done.isr.contains(&4));
     assert!([1, 2, 4].contains(&done.leader));
+}
+
+#[test]
+fn preferred_election_needs_the_first_replica_live_and_in_the_isr() {
+    let mut h = Harness::new();
+    for b in 1..=3 {
+        h.register(b, b as u128);
+    }
+    let tid = h.create("e", 1, 3).topic_id.unwrap();
+    let p = h.image.partition(&tid, 0).unwrap().clone();
+    let preferred = p.replicas[0];
+    assert_eq!(p.leader, preferred);
+    let one = Some(vec![("e".to_string(), 0)]);
+    assert_eq!(
+        h.elect(ElectionType::Preferred, one.clone())[0].2,
+        Err(MetaError::ElectionNotNeeded)
+    );
+    // With every partition asked, those not needing an election are left out.
+    assert!(h.elect(ElectionType::Preferred, None).is_empty());
+    // The preferred leader dies: leadership moves, and it cannot be elected.
+    let others: Vec<_> = p.replicas[1..].to_vec();
+    h.pass(2_000, &others);
+    let q = h.image.partition(&tid, 0).unwrap().clone();
+    assert_ne!(q.leader, preferred);
+    assert!(!q.isr.contains(&preferred));
+    assert!(matches!(
+        h.elect(ElectionType::Preferred, one.clone())[0].2,
+        Err(MetaError::PreferredLeaderNotAvailable(_))
+    ));
+    // It restarts: live, but not in the ISR until it caught up.
+    h.register(preferred, 99);
+    assert!(matches!(
+        h.elect(ElectionType::Preferred, None)[..],
+        [(_, 0, Err(MetaError::PreferredLeaderNotAvailable(_)))]
+    ));
+    assert_eq!(h.image.partition(&tid, 0).unwrap().leader, q.leader);
+    // Back in the ISR: elected, with a new leader epoch; the ISR is kept.
+    let mut isr = q.isr.clone();
+    isr.push(preferred);
+    h.set_isr(tid, 0, isr.clone());
+    let before = h.image.partition(&tid, 0).unwrap().clone();
+    assert_eq!(
+        h.elect(ElectionType::Preferred, one.clone()),
+        vec![("e".to_string(), 0, Ok(()))]
+    );
+    let r = h.image.partition(&tid, 0).unwrap();
+    assert_eq!(r.leader, preferred);
+    assert_eq!(r.leader_epoch, before.leader_epoch + 1);
+    assert_eq!(r.isr, isr);
+    assert_eq!(
+        h.elect(ElectionType::Preferred, Some(vec![("nope".to_string(), 0)]))[0].2,
+        Err(MetaError::UnknownTopicOrPartition)
+    );
+}
+
+#[test]
+fn unclean_election_only_without_a_live_isr_member() {
+    let mut h = Harness::new();
+    for b in 1..=3 {
+        h.register(b, b as u128);
+    }
+    let tid = h.create("u", 1, 3).topic_id.unwrap();
+    let p = h.image.partition(&tid, 0).unwrap().clone();
+    let one = Some(vec![("u".to_string(), 0)]);
+    // A live leader: nothing to do.
+    assert_eq!(
+        h.elect(ElectionType::Unclean, one.clone())[0].2,
+        Err(MetaError::ElectionNotNeeded)
+    );
+    // The ISR shrinks to the leader, which then dies: offline, the ISR keeps it.
+    h.set_isr(tid, 0, vec![p.leader]);
+    let others: Vec<_> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|b| *b != p.leader)
+        .collect();
+    h.pass(2_000, &others);
+    let q = h.image.partition(&tid, 0).unwrap().clone();
+    assert_eq!((q.leader, q.isr.clone()), (NO_LEADER, vec![p.leader]));
+    assert!(matches!(
+        h.elect(ElectionType::Preferred, one.clone())[0].2,
+        Err(MetaError::PreferredLeaderNotAvailable(_))
+    ));
+    assert_eq!(h.elect(ElectionType::Unclean, one.clone())[0].2, Ok(()));
+    let r = h.image.partition(&tid, 0).unwrap().clone();
+    assert_eq!(r.leader, others[0]);
+    assert_eq!(r.isr, vec![others[0]]);
+    assert!(r.leader_epoch > q.leader_epoch);
+    // Every replica dead: no eligible leader.
+    h.pass(2_000, &[]);
+    assert_eq!(h.image.partition(&tid, 0).unwrap().leader, NO_LEADER);
+    assert!(matches!(
+        h.elect(ElectionType::Unclean, one)[0].2,
+        Err(MetaError::EligibleLeadersNotAvailable(_))
+    ));
+}
+
+#[test]
+fn auto_rebalance_returns_leadership_to_preferred_leaders_after_the_interval() {
+    for enabled in [true, false] {
+        let mut h = Harness::with_config(ControllerConfig {
+            auto_leader_rebalance_enable: enabled,
+            leader_imbalance_check_interval_ms: 5_000,
+            ..ControllerConfig::default()
+        });
+        for b in 1..=3 {
+            h.register(b, b as u128);
+        }
+        let tid = h.create("a", 6, 3).topic_id.unwrap();
+        // Broker 1 dies and returns; the partitions it preferred are led elsewhere.
+        h.pass(2_000, &[2, 3]);
+        h.register(1, 50);
+        let led_by_1 = |h: &Harness| {
+            h.image.topics[&tid]
+                .partitions
+                .values()
+                .filter(|p| p.leader == 1)
+                .count()
+        };
+        assert_eq!(led_by_1(&h), 0);
+        // It catches up: its leaders put it back in their ISRs.
+        for i in 0..6 {
+            let p = h.image.partition(&tid, i).unwrap().clone();
+            if !p.isr.contains(&1) {
+                let mut isr = p.isr.clone();
+                isr.push(1);
+                h.set_isr(tid, i, isr);
+            }
+        }
+        h.pass(1_000, &[1, 2, 3]);
+        assert_eq!(led_by_1(&h), 0, "not before the check interval");
+        h.pass(5_000, &[1, 2, 3]);
+        let preferred_by_1 = h.image.topics[&tid]
+            .partitions
+            .values()
+            .filter(|p| p.replicas[0] == 1)
+            .count();
+        assert_eq!(led_by_1(&h), if enabled { preferred_by_1 } else { 0 });
+    }
 }

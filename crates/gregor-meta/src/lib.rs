@@ -35,8 +35,8 @@ openraft::declare_raft_types!(
 mod controller_tests;
 
 pub use controller::{
-    Command, ConfigOp, Controller, ControllerConfig, IsrChange, MetaError, NewTopic, Reply,
-    TopicResult,
+    Command, ConfigOp, Controller, ControllerConfig, ElectionType, IsrChange, MetaError, NewTopic,
+    Reply, TopicResult,
 };
 pub use image::{ApplyError, BrokerState, MetadataImage, TopicImage};
 pub use node::{BrokerHandle, Clock, MetaConfig, MetaNode, MonotonicClock, QuorumInfo, VoterState};

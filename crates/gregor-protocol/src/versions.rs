@@ -35,6 +35,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     // Partition reassignment (replication, issue 16).
     (ApiKey::AlterPartitionReassignments, 0, 0),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    // Leader elections through the controller, and each broker's log dir.
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::InitProducerId, 0, 5),
     // Consumer groups (classic protocol), see gregor-group.
     (ApiKey::FindCoordinator, 0, 6),

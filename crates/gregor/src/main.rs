@@ -357,6 +357,12 @@ async fn start_metadata_node(
     mc.controller.heartbeat_interval_ms = config.broker_heartbeat_interval_ms;
     mc.controller.default_num_partitions = config.num_partitions;
     mc.controller.default_replication_factor = config.default_replication_factor;
+    mc.controller.auto_leader_rebalance_enable = config.auto_leader_rebalance_enable;
+    mc.controller.leader_imbalance_check_interval_ms = config
+        .leader_imbalance_check_interval_seconds
+        .saturating_mul(1000);
+    mc.controller.leader_imbalance_per_broker_percentage =
+        config.leader_imbalance_per_broker_percentage;
     std::fs::create_dir_all(&mc.dir)?;
     let node = gregor_meta::MetaNode::start(mc, listener)
         .await

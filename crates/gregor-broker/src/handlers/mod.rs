@@ -9,8 +9,11 @@
 //! protocol defines, per topic or partition where the response has room for it.
 
 mod admin;
+mod elect;
 mod fetch;
 mod group;
+mod leader_hints;
+mod log_dirs;
 mod metadata;
 mod offset_for_leader_epoch;
 pub mod produce;
@@ -111,14 +114,28 @@ pub async fn dispatch(
         RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
             reassign::list_partition_reassignments(broker, r),
         ),
+        RequestKind::ElectLeaders(r) => {
+            ResponseKind::ElectLeaders(elect::elect_leaders(broker, r, version).await)
+        }
+        RequestKind::DescribeLogDirs(r) => {
+            ResponseKind::DescribeLogDirs(log_dirs::describe_log_dirs(broker, r))
+        }
         RequestKind::Produce(r) => {
             // Appended now, in request order; answered once durable.
             let pending = produce::append_phase(broker, r, version);
+            let broker = broker.clone();
             return Response::Later(Box::pin(async move {
-                pending.finish().await.map(ResponseKind::Produce)
+                pending
+                    .finish()
+                    .await
+                    .map(|r| ResponseKind::Produce(leader_hints::produce(&broker, r, version)))
             }));
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, version).await),
+        RequestKind::Fetch(r) => ResponseKind::Fetch(leader_hints::fetch(
+            broker,
+            fetch::fetch(broker, r, version).await,
+            version,
+        )),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(fetch::list_offsets(broker, r, version))
         }

@@ -748,8 +748,11 @@ impl Partition {
     /// DeleteRecords: moves the log start offset to `offset` (-1: the high watermark).
     /// `Ok(None)` if the offset is outside `[0, high watermark]`; else the new low watermark.
     pub fn delete_records_before(&self, offset: i64) -> Result<Option<i64>, LogError> {
+        // In a cluster only what the ISR has may go (a follower could otherwise lead with
+        // records below the new start); on a single node the HW is the log end.
+        let hw = self.high_watermark();
         let mut log = self.log.write().expect("log lock");
-        let hw = log.log_end_offset();
+        let hw = hw.min(log.log_end_offset());
         let target = if offset == -1 { hw } else { offset };
         if target < 0 || target > hw {
             return Ok(None);
@@ -757,6 +760,19 @@ impl Partition {
         let low = log.advance_log_start_offset(target)?;
         self.segments_deleted(&log);
         Ok(Some(low))
+    }
+
+    /// A follower follows its leader's log start offset (DeleteRecords, retention on the
+    /// leader) up to its own log end, so that records deleted on the leader are not served
+    /// again after a failover.
+    pub fn follow_log_start(&self, leader_start: i64) -> Result<(), LogError> {
+        let mut log = self.log.write().expect("log lock");
+        let target = leader_start.min(log.log_end_offset());
+        if target > log.log_start_offset() {
+            log.advance_log_start_offset(target)?;
+            self.segments_deleted(&log);
+        }
+        Ok(())
     }
 
     /// OffsetForLeaderEpoch against this partition's log: `(epoch, end offset)` from its

@@ -454,6 +454,17 @@ impl Partition {
         let mut log = self.log.write().expect("log lock");
         let mut producers = self.producers.lock().expect("producer state lock");
         if offset >= log.log_end_offset() {
+            // Nothing to cut; but an epoch this replica assigned as leader and lost before
+            // writing in it would be sent as the last fetched epoch forever: dropped (a
+            // follower only: a leader's own new epoch starts at its log end too).
+            let follower = matches!(
+                *self.replica.lock().expect("replica lock"),
+                Role::Follower { .. }
+            );
+            if follower && log.truncate_epochs_to_end()? {
+                tracing::info!(topic = %self.topic, partition = self.index,
+                    end = log.log_end_offset(), "dropped a leader epoch with no records at the log end");
+            }
             return Ok(());
         }
         let old_end = log.log_end_offset();
@@ -476,6 +487,31 @@ impl Partition {
             self.hw.store(end, Ordering::SeqCst);
         }
         tracing::info!(topic = %self.topic, partition = self.index, from = old_end, to = end, "truncated a diverging tail");
+        Ok(())
+    }
+
+    /// A follower whose log ends below its leader's log start offset drops its whole log
+    /// and starts again, empty, at `offset` (the leader's log start), with an empty
+    /// producer state (Kafka's `truncateFullyAndStartAt`).
+    pub fn truncate_fully_and_start_at(
+        &self,
+        offset: i64,
+        expiry: LoadExpiry,
+    ) -> anyhow::Result<()> {
+        let mut log = self.log.write().expect("log lock");
+        let mut producers = self.producers.lock().expect("producer state lock");
+        let (old_start, old_end) = (log.log_start_offset(), log.log_end_offset());
+        log.truncate_fully_and_start_at(offset)?;
+        self.pending_snapshots
+            .lock()
+            .expect("snapshot lock")
+            .clear();
+        producer_state::remove_snapshots_above(&self.dir, -1)?;
+        *self.snapshot_write.lock().expect("snapshot write lock") = None;
+        let loaded = producer_state::load(&self.dir, &mut log, expiry)?;
+        *producers = loaded.table;
+        self.hw.store(offset, Ordering::SeqCst);
+        tracing::warn!(topic = %self.topic, partition = self.index, old_start, old_end, new_start = offset, "the leader's log starts past this follower's end: dropped the whole log");
         Ok(())
     }
 }

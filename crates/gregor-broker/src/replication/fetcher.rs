@@ -295,6 +295,18 @@ async fn handle(
     pd: &kafka_protocol::messages::fetch_response::PartitionData,
     expiry: LoadExpiry,
 ) -> Result<bool, String> {
+    if pd.error_code == ResponseError::OffsetOutOfRange.code()
+        && pd.log_start_offset > partition.log_end_offset()
+    {
+        // The leader no longer has what this follower needs next (retention or
+        // DeleteRecords moved its log start past our end): start again at its start.
+        let (p, start) = (partition.clone(), pd.log_start_offset);
+        tokio::task::spawn_blocking(move || p.truncate_fully_and_start_at(start, expiry))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("full truncation to {start} failed: {e:#}"))?;
+        return Ok(false);
+    }
     if pd.error_code != 0 {
         let e = ResponseError::try_from_code(pd.error_code)
             .map_or_else(|| format!("error {}", pd.error_code), |e| format!("{e:?}"));
@@ -319,6 +331,19 @@ async fn handle(
     if let Some(records) = pd.records.as_ref().filter(|r| !r.is_empty()) {
         match append(partition, records) {
             Ok(a) => appended = a,
+            Err(LogError::OffsetMismatch { expected, found })
+                if found < expected && partition.log_start_offset() == expected =>
+            {
+                // An empty log started at the leader's log start, which lies inside a batch
+                // (DeleteRecords does not split batches): start at that batch's base
+                // instead, then follow the leader's start again below.
+                let p = partition.clone();
+                tokio::task::spawn_blocking(move || p.truncate_fully_and_start_at(found, expiry))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("full truncation to {found} failed: {e:#}"))?;
+                appended = append(partition, records).map_err(|e| e.to_string())?;
+            }
             Err(LogError::OffsetMismatch { expected, found }) => {
                 tracing::debug!(topic = %partition.topic, partition = partition.index, expected, found, "replicated batches not at the log end; fetching again");
             }
@@ -326,6 +351,11 @@ async fn handle(
         }
     }
     partition.set_follower_high_watermark(pd.high_watermark);
+    if pd.log_start_offset > partition.log_start_offset() {
+        partition
+            .follow_log_start(pd.log_start_offset)
+            .map_err(|e| format!("moving the log start to {}: {e}", pd.log_start_offset))?;
+    }
     Ok(appended)
 }
 

@@ -86,8 +86,20 @@ impl ReplicaManager {
         let now = self.clock.now_ms().max(0) as u64;
         let mut follow: BTreeMap<i32, Vec<FetchTarget>> = BTreeMap::new();
         let mut led = Vec::new();
+        let mut dropped = Vec::new();
         for (t, p) in image.partitions() {
             if !p.replicas.contains(&self.me) {
+                // Not (or no longer, after a reassignment) a replica: its copy goes.
+                if let Some(partition) = self
+                    .registry
+                    .topic(&t.name)
+                    .filter(|x| x.id == t.topic_id)
+                    .and_then(|x| x.partition(p.partition).cloned())
+                {
+                    if partition.log_end_offset() > partition.log_start_offset() {
+                        dropped.push(partition);
+                    }
+                }
                 continue;
             }
             let Some(partition) = self
@@ -171,6 +183,25 @@ impl ReplicaManager {
                 )
             });
             fetcher.set_targets(targets);
+        }
+        drop(fetchers);
+        // After the fetchers dropped them: a late follower append meets the truncated log
+        // and is refused (`OffsetMismatch`), it cannot land in it.
+        let expiry = LoadExpiry {
+            now_ms: self.clock.now_ms(),
+            expiration_ms: self.producer_id_expiration_ms,
+        };
+        for partition in dropped {
+            let start = partition.log_start_offset();
+            let end = partition.log_end_offset();
+            match partition.truncate_to(start, expiry) {
+                Ok(()) => {
+                    tracing::info!(topic = %partition.topic, partition = partition.index, from = end, to = start, "not a replica any more: local log emptied")
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "could not empty the log of a partition this broker no longer replicates")
+                }
+            }
         }
     }
 

@@ -84,6 +84,20 @@ impl PartitionLog {
         Ok(cache)
     }
 
+    /// Drops, durably, the leader-epoch entries starting at or past the log end offset: an
+    /// epoch this replica assigned as leader and lost before its first append. A follower
+    /// calls it when a divergence truncation has nothing to cut (Kafka's
+    /// `UnifiedLog.truncateTo` does the same); kept, the entry would be sent as the last
+    /// fetched epoch forever, the leader would answer with the same diverging epoch, and
+    /// the follower would never catch up. Returns whether the cache changed.
+    pub fn truncate_epochs_to_end(&mut self) -> Result<bool, LogError> {
+        if !self.epochs.truncate_from_end(self.log_end_offset()) {
+            return Ok(false);
+        }
+        self.write_leader_epochs()?;
+        Ok(true)
+    }
+
     /// Replaces `leader-epoch-checkpoint` with the cache, durably.
     pub(super) fn write_leader_epochs(&self) -> Result<(), LogError> {
         gregor_os::fs::replace_file(

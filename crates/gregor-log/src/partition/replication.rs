@@ -189,6 +189,64 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Drops the whole log and starts it again, empty, at `offset` (Kafka's
+    /// `truncateFullyAndStartAt`): a follower whose log ends below its leader's log start
+    /// offset (the leader deleted what the follower still needs, by retention or
+    /// DeleteRecords) cannot catch up by fetching, so it keeps nothing of its own and
+    /// fetches from the leader's start.
+    ///
+    /// Every segment (with its index and `.txnindex`) is deleted, newest first; then an
+    /// empty segment is created at `offset`, the log start offset checkpointed at `offset`,
+    /// the directory fsynced and the leader-epoch cache cleared. A crash in between leaves
+    /// a prefix of the old log, or an empty log, which the follower fetches again (and is
+    /// told to truncate again): nothing in it was the follower's to keep. As after
+    /// [`truncate_to`](Self::truncate_to), the caller drops its producer snapshots and
+    /// rebuilds the producer state.
+    pub fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<(), LogError> {
+        if let Some(e) = &self.failed {
+            return Err(LogError::StorageFailed(e.clone()));
+        }
+        if offset < 0 {
+            return Err(LogError::InvalidRecord(format!(
+                "cannot start a log at offset {offset}"
+            )));
+        }
+        info!(dir = %self.dir.display(), offset, old_log_start_offset = self.log_start_offset,
+            old_log_end_offset = self.log_end_offset(), "truncating the whole log");
+        if let Err(e) = self.restart_at(offset) {
+            tracing::error!(dir = %self.dir.display(), error = %e, "full truncation failed; log is offline");
+            self.failed = Some(format!("full truncation failed: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The changes of [`truncate_fully_and_start_at`](Self::truncate_fully_and_start_at).
+    fn restart_at(&mut self, offset: i64) -> Result<(), LogError> {
+        self.txn_files.clear();
+        self.txn_dirty.clear();
+        while let Some(seg) = self.segments.pop() {
+            self.txn_index_bases.remove(&seg.base_offset());
+            seg.delete()?;
+        }
+        self.segments
+            .push(crate::segment::Segment::create(&self.dir, offset)?);
+        checkpoint::write(&self.dir, offset)?;
+        checkpoint::sync_dir(&self.dir)?;
+        self.dir_dirty = false;
+        self.log_start_offset = offset;
+        self.epochs = crate::epoch::LeaderEpochCache::default();
+        self.write_leader_epochs()?;
+        self.truncations += 1;
+        self.durable_offset = offset;
+        self.cleaned_up_to = offset;
+        self.unflushed_records = 0;
+        self.first_unflushed_ms = None;
+        debug_assert_eq!(self.log_end_offset(), offset);
+        self.check_invariants();
+        Ok(())
+    }
+
     /// The changes of [`truncate_to`](Self::truncate_to): segment `i` is cut at `position`,
     /// where the batch with base offset `new_end` begins.
     fn cut_tail(&mut self, i: usize, position: u64, new_end: i64) -> Result<(), LogError> {

@@ -182,3 +182,50 @@ fn a_diverged_follower_truncates_to_the_epoch_boundary_and_converges() {
     assert_eq!(pairs(&follower), [(1, 0), (2, 6)]);
     assert_eq!(pairs(&leader), [(1, 0), (2, 6)]);
 }
+
+/// A leader that assigned its epoch and lost the leadership before its first append keeps an
+/// entry at its log end; the new leader never heard of that epoch and answers with the
+/// epoch before it, ending where the follower's log ends: nothing to cut. The empty entry
+/// must go (`truncate_epochs_to_end`), or the follower asks about it forever and never
+/// fetches (seen in the 3-node fault harness, seed 2: a restarted ex-leader out of the ISR
+/// for minutes).
+#[test]
+fn an_epoch_assigned_but_never_written_is_dropped_and_the_follower_converges() {
+    let (ld, fd) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let mut leader = PartitionLog::open(ld.path(), small_config()).unwrap();
+    let mut follower = PartitionLog::open(fd.path(), small_config()).unwrap();
+    for i in 0..3 {
+        let b = batch(2 * i, 1, 2, 30, 0);
+        leader.append_replicated(&b).unwrap();
+        follower.append_replicated(&b).unwrap();
+    }
+    // The follower led epoch 2 from offset 6 and wrote nothing; the leader leads epoch 3.
+    follower.assign_leader_epoch(2).unwrap();
+    leader.assign_leader_epoch(3).unwrap();
+    let mut b = batch(0, -1, 3, 30, 2);
+    stamp_partition_leader_epoch(&mut b, 3);
+    leader.append(&b).unwrap();
+
+    let latest = follower.latest_leader_epoch().unwrap();
+    assert_eq!(latest, 2);
+    let (epoch, end) = leader.end_offset_for_leader_epoch(latest);
+    assert_eq!((epoch, end), (1, 6));
+    let (_, own_end) = follower.end_offset_for_leader_epoch(epoch);
+    follower.truncate_to(end.min(own_end)).unwrap();
+    assert_eq!(follower.log_end_offset(), 6);
+    assert_eq!(
+        follower.latest_leader_epoch(),
+        Some(2),
+        "nothing cut: the entry is still there"
+    );
+    assert!(follower.truncate_epochs_to_end().unwrap());
+    assert!(!follower.truncate_epochs_to_end().unwrap());
+    assert_eq!(file(fd.path()), "0\n1\n1 0\n");
+    // Now the follower's last epoch is one the leader ends where the follower does.
+    let latest = follower.latest_leader_epoch().unwrap();
+    assert_eq!(leader.end_offset_for_leader_epoch(latest), (1, 6));
+    let r = leader.read(6, 10_000, i64::MAX).unwrap();
+    follower.append_replicated(&r.data).unwrap();
+    assert_eq!(read_all(&follower), read_all(&leader));
+    assert_eq!(pairs(&follower), [(1, 0), (3, 6)]);
+}

@@ -538,3 +538,38 @@ proptest! {
         prop_assert_eq!(read_all(&follower), expected);
     }
 }
+
+/// A follower whose log ends below its leader's log start drops everything and goes on
+/// from the leader's start; the log reopens there, clean or after a crash.
+#[test]
+fn full_truncation_starts_the_log_again_at_the_leaders_start() {
+    let dir = TempDir::new().unwrap();
+    let (mut log, _) = filled(dir.path(), 30);
+    let old_end = log.log_end_offset();
+    log.flush().unwrap();
+    let start = old_end + 100;
+    log.truncate_fully_and_start_at(start).unwrap();
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (start, start)
+    );
+    assert_eq!(log.durable_offset(), start);
+    assert_eq!(segment_count(dir.path()), 1);
+    assert!(log.epochs.entries().is_empty());
+    assert!(matches!(
+        log.read(0, 100, i64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    let more = batch(start, 7, 3, 10, 99);
+    log.append_replicated(&more).unwrap();
+    assert_eq!(log.log_end_offset(), start + 3);
+    assert_eq!(read_all(&log), more);
+    log.close().unwrap();
+    let log = PartitionLog::open(dir.path(), small_config()).unwrap();
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (start, start + 3)
+    );
+    assert_eq!(read_all(&log), more);
+    assert_eq!(log.latest_leader_epoch(), Some(7));
+}
