@@ -399,11 +399,15 @@ async fn produce(
                 {
                     break;
                 }
+                // With --rate, latency counts from when the record was due, so a send that
+                // waits (buffer.memory full, or this loop falling behind) is not left out.
+                let mut due = None;
                 if let Some(r) = rate {
-                    let due = t_start + Duration::from_secs_f64(n as f64 / r);
-                    if due > Instant::now() {
-                        tokio::time::sleep_until(due.into()).await;
+                    let d = t_start + Duration::from_secs_f64(n as f64 / r);
+                    if d > Instant::now() {
+                        tokio::time::sleep_until(d.into()).await;
                     }
+                    due = Some(d);
                 }
                 let value = if e2e {
                     let mut b = BytesMut::with_capacity(payload.len());
@@ -413,7 +417,7 @@ async fn produce(
                 } else {
                     payload.clone()
                 };
-                let t0 = Instant::now();
+                let t0 = due.unwrap_or_else(Instant::now);
                 match producer
                     .send(ProducerRecord {
                         topic: topic.clone(),
