@@ -71,7 +71,7 @@ def main():
     ap.add_argument("--new", default=str(ROOT / "target" / "release" / "gregor"))
     ap.add_argument("--base", required=True, help="baseline build's gregor binary")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--count", type=int, default=300_000)
+    ap.add_argument("--count", type=int, default=300_000, help="0: skip the max runs (needs --rate)")
     ap.add_argument("--duration", type=float, default=8)
     ap.add_argument("--rate", type=int, default=0, help="default: 50 %% of the new build's max")
     ap.add_argument("--json", action="store_true")
@@ -80,7 +80,7 @@ def main():
     load_before = os.getloadavg()[0]
     runs = {"max": {"new": [], "base": []}}
     order = lambda i: ["new", "base"] if i % 2 == 0 else ["base", "new"]  # noqa: E731
-    for i in range(args.repeat):
+    for i in range(args.repeat if args.count else 0):
         for name in order(i):
             r = bench(builds[name], ["--topic", f"max-{i}", "--count", str(args.count)], False)
             runs["max"][name].append(r)
@@ -125,14 +125,17 @@ def main():
     m = summary["max"]
     print(f"load average {load_before:.1f} before, {load_after:.1f} after; medians of {args.repeat}")
     print()
-    print("| build | max acks=all (records/s, MB/s) | runs |")
-    print("|---|---|---|")
-    for name in ("new", "base"):
-        s = m[name]
-        print(f"| {name} | {s['records_per_sec']:,.0f} rec/s, {s['mb_per_sec']:.0f} MB/s | "
-              f"{', '.join(f'{x:,}' for x in s['runs_records_per_sec'])} |")
-    print(f"\nratio new/base: {m['new']['records_per_sec'] / m['base']['records_per_sec']:.2f}")
-    print(f"\ntarget rate {rate:,} records/s (50 % of the new build's max):\n")
+    if not args.count:
+        m = None
+    if m:
+        print("| build | max acks=all (records/s, MB/s) | runs |")
+        print("|---|---|---|")
+        for name in ("new", "base"):
+            s = m[name]
+            print(f"| {name} | {s['records_per_sec']:,.0f} rec/s, {s['mb_per_sec']:.0f} MB/s | "
+                  f"{', '.join(f'{x:,}' for x in s['runs_records_per_sec'])} |")
+        print(f"\nratio new/base: {m['new']['records_per_sec'] / m['base']['records_per_sec']:.2f}")
+    print(f"\ntarget rate {rate:,} records/s" + (" (50 % of the new build's max)" if m else "") + ":\n")
     print("| build | linger 0 | linger 5 ms |")
     print("|---|---|---|")
     for name in ("new", "base"):
