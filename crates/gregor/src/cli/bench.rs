@@ -391,6 +391,7 @@ async fn produce(
                 h
             });
             let t_start = Instant::now();
+            let mut woke = t_start;
             let mut n = 0u64;
             loop {
                 if my_total.is_some_and(|t| n >= t)
@@ -399,15 +400,18 @@ async fn produce(
                 {
                     break;
                 }
-                // With --rate, latency counts from when the record was due, so a send that
-                // waits (buffer.memory full, or this loop falling behind) is not left out.
+                // With --rate, latency counts from when the record was due, so time a send
+                // waits (buffer.memory full, or this loop falling behind) is not left out, but
+                // not from before the loop's last wake-up: the timer's millisecond granularity
+                // is the bench's lateness, not the producer's.
                 let mut due = None;
                 if let Some(r) = rate {
                     let d = t_start + Duration::from_secs_f64(n as f64 / r);
                     if d > Instant::now() {
                         tokio::time::sleep_until(d.into()).await;
+                        woke = Instant::now();
                     }
-                    due = Some(d);
+                    due = Some(d.max(woke));
                 }
                 let value = if e2e {
                     let mut b = BytesMut::with_capacity(payload.len());
