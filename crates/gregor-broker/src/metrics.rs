@@ -8,15 +8,19 @@
 //! (`gregor-http`) reads it from [`crate::Broker`] at scrape time. This module only depends
 //! on `prometheus-client` types so the listener can register them as they are.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use bytes::Buf;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// Label set `{api="Produce"}`.
@@ -45,6 +49,8 @@ pub struct BrokerMetrics {
     pub authentications_succeeded: Counter,
     pub authentications_failed: Counter,
     pub tls_handshakes_failed: Counter,
+    /// Where each produce request's time went (HDR histograms, see [`ProduceStage`]).
+    pub produce_stages: ProduceStages,
 }
 
 fn latency_buckets() -> Histogram {
@@ -70,6 +76,7 @@ impl BrokerMetrics {
             authentications_succeeded: Counter::default(),
             authentications_failed: Counter::default(),
             tls_handshakes_failed: Counter::default(),
+            produce_stages: ProduceStages::new(),
         }
     }
 
@@ -150,12 +157,19 @@ impl BrokerMetrics {
             "TLS handshakes that failed on SSL / SASL_SSL listeners (e.g. a plaintext client)",
             self.tls_handshakes_failed.clone(),
         );
+        r.register_collector(Box::new(ProduceStagesCollector));
+    }
+
+    /// A produce request spent `d` in `stage`.
+    pub fn record_stage(&self, stage: ProduceStage, d: Duration) {
+        self.produce_stages.record(stage, d);
     }
 
     /// One fsync round of the flusher took `d`.
     pub fn observe_fsync(&self, d: Duration) {
         self.fsync_rounds.inc();
         self.fsync_duration.observe(d.as_secs_f64());
+        self.produce_stages.record(ProduceStage::FsyncRound, d);
     }
 
     /// A request of `api` was answered after `d` with `response` (`None`: no response,
@@ -361,6 +375,22 @@ pub fn metrics() -> &'static BrokerMetrics {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stage_histograms_expose_per_bucket_counts_up_to_inf() {
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        h.record(5).unwrap(); // <= 10 µs
+        h.record(10).unwrap(); // <= 10 µs
+        h.record(1_200).unwrap(); // <= 1.5 ms
+        h.record(20_000_000).unwrap(); // > 10 s
+        let b = super::stage_buckets(&h);
+        assert_eq!(b.len(), super::STAGE_BUCKETS_US.len() + 1);
+        assert_eq!(b[0], (0.00001, 2));
+        let at = |s: f64| b.iter().find(|(le, _)| (*le - s).abs() < 1e-12).unwrap().1;
+        assert_eq!(at(0.0015), 1);
+        assert_eq!(b.last().unwrap(), &(f64::INFINITY, 1));
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 4);
+    }
+
     use super::*;
 
     #[test]
@@ -384,5 +414,178 @@ mod tests {
     fn api_names_are_kafkas() {
         assert_eq!(api_name(ApiKey::Produce), "Produce");
         assert_eq!(api_name(ApiKey::OffsetCommit), "OffsetCommit");
+    }
+}
+
+/// The parts of a produce request's life on the broker, each timed per request into an HDR
+/// histogram (microseconds, 3 significant digits) so that a percentile of the whole can be
+/// attributed. `Queued + Append + DurableWait + ResponseWrite` is about `Total`; a response
+/// waits in `ResponseWrite` for the responses before it on its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceStage {
+    /// From the frame read whole to its processing starting (behind earlier requests of the
+    /// connection, `max.inflight.requests.per.connection` deep).
+    Queued,
+    /// Decoding done to the handler's append phase returning: validation, the partition
+    /// locks, the idempotence check and the write into the page cache.
+    Append,
+    /// Appended to answer ready: waiting for the group-commit fsync round that covers the
+    /// data (acks=1/all, `--fsync always`) and, in a cluster, for the ISR with acks=all.
+    DurableWait,
+    /// Answer ready to written to the socket (in request order: behind earlier answers).
+    ResponseWrite,
+    /// Frame read whole to answer written.
+    Total,
+    /// One group-commit fsync round of the flusher (per round, not per request).
+    FsyncRound,
+}
+
+impl ProduceStage {
+    /// Every stage, in the order above.
+    pub const ALL: [ProduceStage; 6] = [
+        ProduceStage::Queued,
+        ProduceStage::Append,
+        ProduceStage::DurableWait,
+        ProduceStage::ResponseWrite,
+        ProduceStage::Total,
+        ProduceStage::FsyncRound,
+    ];
+
+    /// The `stage` label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProduceStage::Queued => "queued",
+            ProduceStage::Append => "append",
+            ProduceStage::DurableWait => "durable_wait",
+            ProduceStage::ResponseWrite => "response_write",
+            ProduceStage::Total => "total",
+            ProduceStage::FsyncRound => "fsync_round",
+        }
+    }
+}
+
+/// Upper bounds (µs) of the buckets the stage histograms are exposed with in Prometheus's
+/// format (1-1.5-2-3-5-7 per decade, 10 µs to 10 s, then +Inf).
+pub const STAGE_BUCKETS_US: [u64; 37] = [
+    10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1_000, 1_500, 2_000, 3_000, 5_000, 7_000,
+    10_000, 15_000, 20_000, 30_000, 50_000, 70_000, 100_000, 150_000, 200_000, 300_000, 500_000,
+    700_000, 1_000_000, 1_500_000, 2_000_000, 3_000_000, 5_000_000, 7_000_000, 10_000_000,
+];
+
+/// One HDR histogram per [`ProduceStage`], since the broker started.
+pub struct ProduceStages {
+    hists: Mutex<Vec<hdrhistogram::Histogram<u64>>>,
+}
+
+impl ProduceStages {
+    fn new() -> Self {
+        let h = || {
+            // 1 µs .. 1 hour; larger values are clamped.
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("valid histogram bounds")
+        };
+        ProduceStages {
+            hists: Mutex::new(ProduceStage::ALL.iter().map(|_| h()).collect()),
+        }
+    }
+
+    fn index(stage: ProduceStage) -> usize {
+        ProduceStage::ALL
+            .iter()
+            .position(|s| *s == stage)
+            .unwrap_or(0)
+    }
+
+    /// Record one request's (or round's) time in `stage`.
+    pub fn record(&self, stage: ProduceStage, d: Duration) {
+        let us = (d.as_micros() as u64).max(1);
+        if let Ok(mut h) = self.hists.lock() {
+            h[Self::index(stage)].saturating_record(us);
+        }
+    }
+
+    /// A copy of `stage`'s histogram.
+    pub fn snapshot(&self, stage: ProduceStage) -> hdrhistogram::Histogram<u64> {
+        let h = self.hists.lock().unwrap_or_else(|e| e.into_inner());
+        h[Self::index(stage)].clone()
+    }
+}
+
+/// Per-bucket (not cumulative) counts of `h` over [`STAGE_BUCKETS_US`] plus +Inf, as
+/// `(upper bound in seconds, count)`.
+pub fn stage_buckets(h: &hdrhistogram::Histogram<u64>) -> Vec<(f64, u64)> {
+    let mut counts = vec![0u64; STAGE_BUCKETS_US.len() + 1];
+    for v in h.iter_recorded() {
+        let value = h.highest_equivalent(v.value_iterated_to());
+        let i = STAGE_BUCKETS_US.partition_point(|b| *b < value);
+        counts[i] += v.count_at_value();
+    }
+    STAGE_BUCKETS_US
+        .iter()
+        .map(|b| *b as f64 / 1e6)
+        .chain([f64::INFINITY])
+        .zip(counts)
+        .collect()
+}
+
+/// Exposes [`ProduceStages`] as `produce_stage_seconds{stage}` (a histogram: deltas of two
+/// scrapes give a run's distribution) and `produce_stage_quantile_seconds{stage,quantile}`
+/// (the HDR percentiles since the broker started).
+#[derive(Debug)]
+struct ProduceStagesCollector;
+
+const STAGE_QUANTILES: [(f64, &str); 5] = [
+    (0.5, "0.5"),
+    (0.9, "0.9"),
+    (0.99, "0.99"),
+    (0.999, "0.999"),
+    (1.0, "1"),
+];
+
+impl Collector for ProduceStagesCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stages = &metrics().produce_stages;
+        let hists: Vec<_> = ProduceStage::ALL
+            .iter()
+            .map(|s| (*s, stages.snapshot(*s)))
+            .collect();
+        {
+            let mut family = e.encode_descriptor(
+                "produce_stage_seconds",
+                "Time of each produce request in each stage (queued, append, durable_wait, response_write, total; fsync_round per flusher round), from HDR histograms",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (stage, h) in &hists {
+                let labels = [("stage", stage.name())];
+                let mut metric = family.encode_family(&labels)?;
+                let sum = h.mean() * h.len() as f64 / 1e6;
+                metric.encode_histogram::<Vec<(String, String)>>(
+                    sum,
+                    h.len(),
+                    &stage_buckets(h),
+                    None,
+                )?;
+            }
+        }
+        let mut family = e.encode_descriptor(
+            "produce_stage_quantile_seconds",
+            "Percentiles (HDR, since the broker started) of each produce stage",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (stage, h) in &hists {
+            for (q, name) in STAGE_QUANTILES {
+                let labels = [("stage", stage.name()), ("quantile", name)];
+                let metric = family.encode_family(&labels)?;
+                let v = if h.is_empty() {
+                    0.0
+                } else {
+                    h.value_at_quantile(q) as f64 / 1e6
+                };
+                ConstGauge::new(v).encode(metric)?;
+            }
+        }
+        Ok(())
     }
 }

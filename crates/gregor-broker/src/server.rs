@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::handlers::{self, RequestContext, Response};
-use crate::metrics::{self, metrics};
+use crate::metrics::{self, metrics, ProduceStage};
 use crate::security::sasl::{Authenticator, Outcome};
 use crate::security::{ListenerInfo, Principal};
 
@@ -206,16 +206,21 @@ pub async fn serve(
 }
 
 /// A frame and the share of `queued.max.request.bytes` it holds until answered.
-type QueuedFrame = (Bytes, Option<OwnedSemaphorePermit>);
+/// A frame, the share of `queued.max.request.bytes` it holds until answered, and when it
+/// was read whole.
+type QueuedFrame = (Bytes, Option<OwnedSemaphorePermit>, Instant);
 
 /// A response on its way to the socket, in request order. `Later` is a request whose
 /// effects are done and whose answer is still pending (a produce waiting for its fsync);
 /// the processor has moved on.
+/// A produce's times (when its frame was read whole) are passed along for
+/// [`metrics::ProduceStage`].
 enum Outgoing {
-    Ready(Option<Bytes>, Option<OwnedSemaphorePermit>),
+    Ready(Option<Bytes>, Option<OwnedSemaphorePermit>, Option<Instant>),
     Later(
         tokio::task::JoinHandle<Option<Bytes>>,
         Option<OwnedSemaphorePermit>,
+        Option<Instant>,
     ),
 }
 
@@ -320,8 +325,11 @@ async fn run_connection(
             _ = stop.wait_for(|stopping| *stopping) => None,
             frame = frames_rx.recv() => frame,
         };
-        let Some((frame, permit)) = next else { break };
-        let Ok(outgoing) = process(&broker, &mut session, peer, frame, permit).await else {
+        let Some((frame, permit, read_at)) = next else {
+            break;
+        };
+        let Ok(outgoing) = process(&broker, &mut session, peer, frame, permit, read_at).await
+        else {
             break;
         };
         if out_tx.send(outgoing).await.is_err() {
@@ -346,6 +354,7 @@ async fn process(
     peer: SocketAddr,
     frame: Bytes,
     permit: Option<OwnedSemaphorePermit>,
+    read_at: Instant,
 ) -> Result<Outgoing, Close> {
     if let Some(capture) = capture_dir() {
         capture_frame(capture, &frame);
@@ -361,6 +370,7 @@ async fn process(
             return Ok(Outgoing::Ready(
                 Some(unsupported_api_versions_response(correlation_id)),
                 permit,
+                None,
             ));
         }
         Err(e) => {
@@ -383,7 +393,7 @@ async fn process(
             tracing::error!(%peer, ?api_key, version, error = %e, "response failed to encode; closing");
             Close
         })?;
-        return Ok(Outgoing::Ready(Some(bytes), permit));
+        return Ok(Outgoing::Ready(Some(bytes), permit, None));
     }
     let named = handlers::partitions_named(&request.body);
     if named > broker.config.max_partitions_per_request {
@@ -394,6 +404,11 @@ async fn process(
     let ctx = RequestContext::new(format!("/{}", peer.ip()), &request)
         .on(session.listener.clone(), session.principal.clone());
     let started = Instant::now();
+    let is_produce = api_key == ApiKey::Produce;
+    if is_produce {
+        metrics().record_stage(ProduceStage::Queued, started - read_at);
+    }
+    let timing = is_produce.then_some(read_at);
     let produced = metrics::produced_partitions(&request.body);
     // Handlers run as their own tasks so that a bug that panics in one fails this request
     // and connection, logged with context, and never the broker.
@@ -424,18 +439,25 @@ async fn process(
             observing.topic_by_id(id).map(|t| t.name.clone())
         });
     };
+    if is_produce {
+        metrics().record_stage(ProduceStage::Append, started.elapsed());
+    }
     match response {
         Response::Now(body) => {
             observe(&body);
-            Ok(Outgoing::Ready(encode(body)?, permit))
+            Ok(Outgoing::Ready(encode(body)?, permit, timing))
         }
         Response::Later(future) => {
             let answer = tokio::spawn(async move {
+                let waiting = Instant::now();
                 let body = future.await;
+                if is_produce {
+                    metrics().record_stage(ProduceStage::DurableWait, waiting.elapsed());
+                }
                 observe(&body);
                 encode(body).ok().flatten()
             });
-            Ok(Outgoing::Later(answer, permit))
+            Ok(Outgoing::Later(answer, permit, timing))
         }
     }
 }
@@ -499,21 +521,26 @@ async fn write_responses(
     mut out_rx: mpsc::Receiver<Outgoing>,
 ) {
     while let Some(outgoing) = out_rx.recv().await {
-        let (bytes, permit) = match outgoing {
-            Outgoing::Ready(bytes, permit) => (bytes, permit),
-            Outgoing::Later(task, permit) => match task.await {
-                Ok(bytes) => (bytes, permit),
+        let (bytes, permit, timing) = match outgoing {
+            Outgoing::Ready(bytes, permit, timing) => (bytes, permit, timing),
+            Outgoing::Later(task, permit, timing) => match task.await {
+                Ok(bytes) => (bytes, permit, timing),
                 Err(e) => {
                     tracing::error!(%peer, error = %e, "request completion failed; closing connection");
                     break;
                 }
             },
         };
+        let ready = Instant::now();
         if let Some(bytes) = bytes {
             if let Err(e) = writer.write_all(&bytes).await {
                 tracing::debug!(%peer, error = %e, "write failed");
                 break;
             }
+        }
+        if let Some(read_at) = timing {
+            metrics().record_stage(ProduceStage::ResponseWrite, ready.elapsed());
+            metrics().record_stage(ProduceStage::Total, read_at.elapsed());
         }
         drop(permit);
     }
@@ -564,7 +591,11 @@ async fn read_frames(
                         }
                     };
                     let permit = held.as_mut().and_then(|h| h.split(4 + len));
-                    if frames_tx.send((frame, permit)).await.is_err() {
+                    if frames_tx
+                        .send((frame, permit, Instant::now()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

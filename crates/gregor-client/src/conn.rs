@@ -283,6 +283,22 @@ impl Connection {
         req: &R,
         version: i16,
     ) -> Result<R::Response> {
+        self.submit_version(req, version).await?.response().await
+    }
+
+    /// Queue `req` at the negotiated version for writing and return at once; requests
+    /// submitted one after another reach the broker in that order. The response is awaited
+    /// with [`InFlight::response`].
+    pub(crate) async fn submit<R: Request>(&self, req: &R) -> Result<InFlight<R>> {
+        let v = self.version_for(api_of::<R>()?)?;
+        self.submit_version(req, v).await
+    }
+
+    pub(crate) async fn submit_version<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+    ) -> Result<InFlight<R>> {
         let api = api_of::<R>()?;
         if self.is_dead() {
             return Err(Error::Disconnected(self.addr.clone()));
@@ -297,16 +313,45 @@ impl Connection {
             })
             .await
             .map_err(|_| Error::Disconnected(self.addr.clone()))?;
-        let body = match tokio::time::timeout(self.timeout, reply_rx).await {
+        Ok(InFlight {
+            rx: reply_rx,
+            corr,
+            version,
+            api,
+            addr: self.addr.clone(),
+            timeout: self.timeout,
+            pending: self.pending.clone(),
+            _response: std::marker::PhantomData,
+        })
+    }
+}
+
+/// A request queued on a [`Connection`], waiting for its response.
+pub(crate) struct InFlight<R: Request> {
+    rx: oneshot::Receiver<Result<Bytes>>,
+    corr: i32,
+    version: i16,
+    api: ApiKey,
+    addr: String,
+    timeout: Duration,
+    pending: Pending,
+    _response: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Request> InFlight<R> {
+    /// Wait (at most the connection's request timeout) for the response and decode it.
+    pub(crate) async fn response(self) -> Result<R::Response> {
+        let (api, version) = (self.api, self.version);
+        let body = match tokio::time::timeout(self.timeout, self.rx).await {
             Err(_) => {
-                self.pending.lock().unwrap().remove(&corr);
+                self.pending.lock().unwrap().remove(&self.corr);
                 return Err(Error::Timeout {
                     api,
-                    addr: self.addr.clone(),
+                    addr: self.addr,
                     after: self.timeout,
                 });
             }
-            Ok(Err(_)) => return Err(Error::Disconnected(self.addr.clone())),
+            Ok(Err(_)) => return Err(Error::Disconnected(self.addr)),
             Ok(Ok(r)) => r.map_err(|_| Error::Disconnected(self.addr.clone()))?,
         };
         let mut body = body;

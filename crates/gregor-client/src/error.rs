@@ -97,6 +97,10 @@ pub enum Error {
     /// The producer or consumer was closed.
     #[error("client closed")]
     Closed,
+    /// A send waited `max.block.ms` for `buffer.memory` (records sent but not yet
+    /// acknowledged) and none was freed, or the record alone is larger than all of it.
+    #[error("producer buffer exhausted: {0}")]
+    BufferExhausted(String),
 }
 
 impl Error {

@@ -99,16 +99,21 @@ pub struct OutRecord {
 impl OutRecord {
     /// Rough encoded size, for batch size accounting.
     pub fn size_estimate(&self) -> usize {
-        let h: usize = self
-            .headers
-            .iter()
-            .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()) + 4)
-            .sum();
-        self.key.as_ref().map_or(0, |k| k.len())
-            + self.value.as_ref().map_or(0, |v| v.len())
-            + h
-            + 16
+        size_estimate(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
+}
+
+/// [`OutRecord::size_estimate`] of a record's parts.
+pub(crate) fn size_estimate(
+    key: Option<&Bytes>,
+    value: Option<&Bytes>,
+    headers: &[Header],
+) -> usize {
+    let h: usize = headers
+        .iter()
+        .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()) + 4)
+        .sum();
+    key.map_or(0, |k| k.len()) + value.map_or(0, |v| v.len()) + h + 16
 }
 
 /// Producer identity for idempotent batches.

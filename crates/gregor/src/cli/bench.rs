@@ -74,7 +74,14 @@ pub struct BenchArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The broker's `--http` address (HOST:PORT): scrape its `/metrics` before and after a
+    /// produce run and print where the broker spent each produce request's time.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub broker_metrics: Option<String>,
 }
+
+/// Fraction of `--rate` a run must achieve to count as having reached it.
+const RATE_REACHED: f64 = 0.95;
 
 struct Progress {
     what: &'static str,
@@ -189,6 +196,8 @@ fn report(a: &BenchArgs, s: &Summary) {
             "seconds": secs, "records_per_sec": s.records as f64 / secs, "mb_per_sec": s.bytes as f64 / 1e6 / secs,
             "record_size": a.record_size, "acks": a.acks, "compression": a.compression,
             "producers": a.producers, "consumers": a.consumers, "errors": s.errors,
+            "target_records_per_sec": (a.rate > 0).then_some(a.rate),
+            "target_reached": rate_check(a, s).map(|(_, reached)| reached),
             "latency_ms": lat.map(|(p50, p90, p99, p999, max, mean)| json!({"p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": max, "mean": mean})),
         }));
     } else {
@@ -209,7 +218,32 @@ fn report(a: &BenchArgs, s: &Summary) {
         if let Some((p50, p90, p99, p999, max, mean)) = lat {
             println!("latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  p99.9 {p999:.2}  max {max:.2}  mean {mean:.2}");
         }
+        if let Some((achieved, reached)) = rate_check(a, s) {
+            let pct = 100.0 * achieved / a.rate as f64;
+            if reached {
+                println!(
+                    "target rate reached: {achieved:.0} of {} records/s ({pct:.1} %)",
+                    a.rate
+                );
+            } else {
+                println!(
+                    "TARGET RATE NOT REACHED: achieved {achieved:.0} records/s, target {} records/s ({pct:.1} %, below {:.0} %)",
+                    a.rate,
+                    RATE_REACHED * 100.0
+                );
+            }
+        }
     }
+}
+
+/// With `--rate`: the achieved rate (acknowledged records over the run's wall time, which
+/// includes the final flush) and whether it is at least [`RATE_REACHED`] of the target.
+fn rate_check(a: &BenchArgs, s: &Summary) -> Option<(f64, bool)> {
+    if a.rate == 0 || s.kind == "consume" {
+        return None;
+    }
+    let achieved = s.records as f64 / s.elapsed.as_secs_f64().max(1e-9);
+    Some((achieved, achieved >= RATE_REACHED * a.rate as f64))
 }
 
 pub async fn run(g: &Global, cmd: BenchCmd) -> anyhow::Result<()> {
@@ -234,6 +268,10 @@ pub async fn run(g: &Global, cmd: BenchCmd) -> anyhow::Result<()> {
     let deadline = a
         .duration
         .map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let before = match (&a.broker_metrics, kind) {
+        (Some(addr), "produce") => Some(broker_stages::scrape(addr).await?),
+        _ => None,
+    };
     let summary = match kind {
         "produce" => produce(&client, &a, total, deadline, false, None).await?,
         "consume" => consume(&client, &a, partitions, total, deadline, false, None).await?,
@@ -270,6 +308,10 @@ pub async fn run(g: &Global, cmd: BenchCmd) -> anyhow::Result<()> {
         }
     };
     report(&a, &summary);
+    if let (Some(addr), Some(before)) = (&a.broker_metrics, before) {
+        let after = broker_stages::scrape(addr).await?;
+        broker_stages::report(&before, &after, a.json);
+    }
     if summary.errors > 0 {
         anyhow::bail!("{} records failed", summary.errors);
     }
@@ -349,6 +391,7 @@ async fn produce(
                 h
             });
             let t_start = Instant::now();
+            let mut woke = t_start;
             let mut n = 0u64;
             loop {
                 if my_total.is_some_and(|t| n >= t)
@@ -357,11 +400,18 @@ async fn produce(
                 {
                     break;
                 }
+                // With --rate, latency counts from when the record was due, so time a send
+                // waits (buffer.memory full, or this loop falling behind) is not left out, but
+                // not from before the loop's last wake-up: the timer's millisecond granularity
+                // is the bench's lateness, not the producer's.
+                let mut due = None;
                 if let Some(r) = rate {
-                    let due = t_start + Duration::from_secs_f64(n as f64 / r);
-                    if due > Instant::now() {
-                        tokio::time::sleep_until(due.into()).await;
+                    let d = t_start + Duration::from_secs_f64(n as f64 / r);
+                    if d > Instant::now() {
+                        tokio::time::sleep_until(d.into()).await;
+                        woke = Instant::now();
                     }
+                    due = Some(d.max(woke));
                 }
                 let value = if e2e {
                     let mut b = BytesMut::with_capacity(payload.len());
@@ -371,7 +421,7 @@ async fn produce(
                 } else {
                     payload.clone()
                 };
-                let t0 = Instant::now();
+                let t0 = due.unwrap_or_else(Instant::now);
                 match producer
                     .send(ProducerRecord {
                         topic: topic.clone(),
@@ -552,4 +602,207 @@ async fn consume(
         latency: e2e.then_some(h),
         errors: 0,
     })
+}
+
+/// The broker's account of produce latency: `gregor_produce_stage_seconds{stage}` from its
+/// `/metrics`, scraped before and after a run; the difference is the run's distribution.
+mod broker_stages {
+    use std::collections::BTreeMap;
+
+    use anyhow::Context;
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const FAMILY: &str = "gregor_produce_stage_seconds";
+    const STAGES: [&str; 6] = [
+        "queued",
+        "append",
+        "durable_wait",
+        "response_write",
+        "total",
+        "fsync_round",
+    ];
+
+    /// stage → (upper bound in seconds, cumulative count), in bound order.
+    pub type Stages = BTreeMap<String, Vec<(f64, u64)>>;
+
+    /// GET http://ADDR/metrics (HTTP/1.0, so the answer ends with the connection).
+    pub async fn scrape(addr: &str) -> anyhow::Result<Stages> {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to the broker's metrics at {addr}"))?;
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut body = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            s.read_to_string(&mut body),
+        )
+        .await
+        .context("reading /metrics timed out")??;
+        if !body.starts_with("HTTP/1.") || body.split(' ').nth(1).is_none_or(|c| c != "200") {
+            anyhow::bail!(
+                "GET http://{addr}/metrics: {}",
+                body.lines().next().unwrap_or("")
+            );
+        }
+        Ok(parse(&body))
+    }
+
+    /// The `_bucket` lines of [`FAMILY`].
+    pub fn parse(text: &str) -> Stages {
+        let mut out = Stages::new();
+        let prefix = format!("{FAMILY}_bucket{{");
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels.split(',').find_map(|kv| {
+                    kv.strip_prefix(name)
+                        .and_then(|v| v.strip_prefix("=\""))
+                        .and_then(|v| v.strip_suffix('"'))
+                })
+            };
+            let (Some(stage), Some(le)) = (label("stage"), label("le")) else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                match le.parse::<f64>() {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                }
+            };
+            let Ok(count) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            out.entry(stage.to_string())
+                .or_default()
+                .push((le, count as u64));
+        }
+        for v in out.values_mut() {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        out
+    }
+
+    /// Upper bound of the bucket holding quantile `q` of `buckets` (cumulative counts).
+    pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+        let total = buckets.last()?.1;
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        buckets.iter().find(|(_, c)| *c >= rank).map(|(le, _)| *le)
+    }
+
+    /// `after - before`, bucket by bucket.
+    pub fn delta(before: &Stages, after: &Stages, stage: &str) -> Vec<(f64, u64)> {
+        let b = before.get(stage);
+        after
+            .get(stage)
+            .map(|a| {
+                a.iter()
+                    .map(|(le, c)| {
+                        let old = b
+                            .and_then(|b| b.iter().find(|(l, _)| l == le))
+                            .map_or(0, |(_, c)| *c);
+                        (*le, c.saturating_sub(old))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn ms(v: Option<f64>) -> String {
+        match v {
+            None => "-".into(),
+            Some(v) if v.is_infinite() => ">10000".into(),
+            Some(v) => {
+                let s = format!("{:.3}", v * 1e3);
+                s.trim_end_matches('0').trim_end_matches('.').to_string()
+            }
+        }
+    }
+
+    pub fn report(before: &Stages, after: &Stages, as_json: bool) {
+        let rows: Vec<_> = STAGES
+            .iter()
+            .map(|stage| {
+                let d = delta(before, after, stage);
+                let count = d.last().map_or(0, |x| x.1);
+                let qs: Vec<Option<f64>> = [0.5, 0.9, 0.99, 0.999, 1.0]
+                    .iter()
+                    .map(|q| quantile(&d, *q))
+                    .collect();
+                (*stage, count, qs)
+            })
+            .collect();
+        if as_json {
+            let v: serde_json::Map<String, serde_json::Value> = rows
+                .iter()
+                .map(|(stage, count, qs)| {
+                    let f = |q: Option<f64>| q.filter(|v| v.is_finite()).map(|v| v * 1e3);
+                    (
+                        stage.to_string(),
+                        json!({"count": count, "p50_le_ms": f(qs[0]), "p90_le_ms": f(qs[1]),
+                               "p99_le_ms": f(qs[2]), "p99_9_le_ms": f(qs[3]), "max_le_ms": f(qs[4])}),
+                    )
+                })
+                .collect();
+            super::super::print_json(&json!({ "broker_produce_stages": v }));
+            return;
+        }
+        println!(
+            "broker produce stages during the run (per request; fsync_round per flusher round), ms, as bucket upper bounds:"
+        );
+        println!(
+            "  {:<15} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "stage", "count", "p50≤", "p90≤", "p99≤", "p99.9≤", "max≤"
+        );
+        for (stage, count, qs) in rows {
+            println!(
+                "  {:<15} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                stage,
+                count,
+                ms(qs[0]),
+                ms(qs[1]),
+                ms(qs[2]),
+                ms(qs[3]),
+                ms(qs[4])
+            );
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn run_percentiles_come_from_the_difference_of_two_scrapes() {
+            let before = parse(concat!(
+                "gregor_produce_stage_seconds_bucket{stage=\"total\",le=\"0.001\"} 10\n",
+                "gregor_produce_stage_seconds_bucket{stage=\"total\",le=\"0.01\"} 10\n",
+                "gregor_produce_stage_seconds_bucket{stage=\"total\",le=\"+Inf\"} 10\n",
+            ));
+            let after = parse(concat!(
+                "# HELP gregor_produce_stage_seconds x\n",
+                "gregor_produce_stage_seconds_bucket{stage=\"total\",le=\"0.001\"} 60\n",
+                "gregor_produce_stage_seconds_bucket{stage=\"total\",le=\"0.01\"} 109\n",
+                "gregor_produce_stage_seconds_bucket{stage=\"total\",le=\"+Inf\"} 110\n",
+                "gregor_produce_stage_seconds_count{stage=\"total\"} 110\n",
+            ));
+            let d = delta(&before, &after, "total");
+            assert_eq!(d, vec![(0.001, 50), (0.01, 99), (f64::INFINITY, 100)]);
+            assert_eq!(quantile(&d, 0.5), Some(0.001));
+            assert_eq!(quantile(&d, 0.9), Some(0.01));
+            assert_eq!(quantile(&d, 1.0), Some(f64::INFINITY));
+            assert_eq!(quantile(&delta(&before, &before, "total"), 0.5), None);
+        }
+    }
 }
