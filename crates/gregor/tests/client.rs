@@ -42,15 +42,20 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("spawn gregor");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("gregor listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        // `gregor listener PROTO://HOST:PORT` lines (one per listener) come first; the
+        // readiness line `gregor listening on HOST:PORT` is the last one printed.
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut seen = Vec::new();
+        let addr = loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!("gregor exited before its ready line; stdout: {seen:?}");
+            }
+            if let Some(addr) = line.trim().strip_prefix("gregor listening on ") {
+                break addr.to_string();
+            }
+            seen.push(line);
+        };
         Broker { child, addr, dir }
     }
 

@@ -77,6 +77,28 @@ pub fn describe(
     resp
 }
 
+/// The mechanism of one alteration of `user`'s credentials, unless it is unknown or the
+/// request already alters the same (user, mechanism).
+fn first_change(
+    touched: &mut HashSet<(String, i8)>,
+    user: &str,
+    mechanism: i8,
+) -> Result<ScramMechanism, (ResponseError, String)> {
+    let Some(m) = ScramMechanism::from_code(mechanism) else {
+        return Err((
+            ResponseError::UnsupportedSaslMechanism,
+            format!("Unknown SCRAM mechanism {mechanism}"),
+        ));
+    };
+    if !touched.insert((user.to_string(), mechanism)) {
+        return Err((
+            ResponseError::DuplicateResource,
+            format!("A user credential cannot be altered twice in the same request: {user}"),
+        ));
+    }
+    Ok(m)
+}
+
 pub fn alter(
     broker: &Broker,
     req: AlterUserScramCredentialsRequest,
@@ -101,24 +123,13 @@ pub fn alter(
     for d in &req.deletions {
         let user = d.name.as_str();
         note(user);
-        let Some(m) = ScramMechanism::from_code(d.mechanism) else {
-            fail(
-                &mut errors,
-                user,
-                ResponseError::UnsupportedSaslMechanism,
-                format!("Unknown SCRAM mechanism {}", d.mechanism),
-            );
-            continue;
+        let m = match first_change(&mut touched, user, d.mechanism) {
+            Ok(m) => m,
+            Err((code, message)) => {
+                fail(&mut errors, user, code, message);
+                continue;
+            }
         };
-        if !touched.insert((user.to_string(), d.mechanism)) {
-            fail(
-                &mut errors,
-                user,
-                ResponseError::DuplicateResource,
-                format!("A user credential cannot be altered twice in the same request: {user}"),
-            );
-            continue;
-        }
         let exists = existing
             .iter()
             .any(|(u, infos)| u == user && infos.iter().any(|(im, _)| *im == m));
@@ -151,24 +162,13 @@ pub fn alter(
             );
             continue;
         }
-        let Some(m) = ScramMechanism::from_code(u.mechanism) else {
-            fail(
-                &mut errors,
-                user,
-                ResponseError::UnsupportedSaslMechanism,
-                format!("Unknown SCRAM mechanism {}", u.mechanism),
-            );
-            continue;
+        let m = match first_change(&mut touched, user, u.mechanism) {
+            Ok(m) => m,
+            Err((code, message)) => {
+                fail(&mut errors, user, code, message);
+                continue;
+            }
         };
-        if !touched.insert((user.to_string(), u.mechanism)) {
-            fail(
-                &mut errors,
-                user,
-                ResponseError::DuplicateResource,
-                format!("A user credential cannot be altered twice in the same request: {user}"),
-            );
-            continue;
-        }
         if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&u.iterations) {
             fail(
                 &mut errors,
