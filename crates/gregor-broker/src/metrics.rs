@@ -49,6 +49,10 @@ pub struct BrokerMetrics {
     pub authentications_succeeded: Counter,
     pub authentications_failed: Counter,
     pub tls_handshakes_failed: Counter,
+    /// ISR changes committed for partitions led here that dropped members (Kafka's
+    /// IsrShrinksPerSec) or added members (IsrExpandsPerSec).
+    pub isr_shrinks: Counter,
+    pub isr_expands: Counter,
     /// Where each produce request's time went (HDR histograms, see [`ProduceStage`]).
     pub produce_stages: ProduceStages,
 }
@@ -76,6 +80,8 @@ impl BrokerMetrics {
             authentications_succeeded: Counter::default(),
             authentications_failed: Counter::default(),
             tls_handshakes_failed: Counter::default(),
+            isr_shrinks: Counter::default(),
+            isr_expands: Counter::default(),
             produce_stages: ProduceStages::new(),
         }
     }
@@ -156,6 +162,16 @@ impl BrokerMetrics {
             "tls_handshakes_failed",
             "TLS handshakes that failed on SSL / SASL_SSL listeners (e.g. a plaintext client)",
             self.tls_handshakes_failed.clone(),
+        );
+        r.register(
+            "isr_shrinks",
+            "ISR changes committed for partitions led by this broker that removed a replica (Kafka IsrShrinksPerSec)",
+            self.isr_shrinks.clone(),
+        );
+        r.register(
+            "isr_expands",
+            "ISR changes committed for partitions led by this broker that added a replica (Kafka IsrExpandsPerSec)",
+            self.isr_expands.clone(),
         );
         r.register_collector(Box::new(ProduceStagesCollector));
     }

@@ -178,6 +178,32 @@ impl Collector for StateCollector {
             "Index of the last metadata record this broker applied (0 on a single node)",
             [(vec![], overview.metadata_applied_index as i64)],
         )?;
+        gauge_family(
+            &mut e,
+            "metadata_log_end_index",
+            "Index of the last entry in this node's metadata (Raft) log (0 on a single node)",
+            [(vec![], overview.metadata_log_end_index as i64)],
+        )?;
+        gauge_family(
+            &mut e,
+            "metadata_apply_lag",
+            "Metadata log entries this node holds but has not applied yet (log end index minus applied index)",
+            [(
+                vec![],
+                overview
+                    .metadata_log_end_index
+                    .saturating_sub(overview.metadata_applied_index) as i64,
+            )],
+        )?;
+        gauge_family(
+            &mut e,
+            "metadata_follower_lag",
+            "On the active controller: metadata log entries each other quorum node does not have yet",
+            overview
+                .metadata_follower_lag
+                .iter()
+                .map(|(id, lag)| (vec![("node", id.to_string())], *lag as i64)),
+        )?;
         let led = overview
             .brokers
             .iter()

@@ -105,6 +105,11 @@ pub struct Overview {
     pub offline_partitions: usize,
     pub groups: usize,
     pub metadata_applied_index: u64,
+    /// The last index in this node's metadata (Raft) log; minus the applied index, the
+    /// entries this node holds but has not applied yet (the metadata lag).
+    pub metadata_log_end_index: u64,
+    /// On the active controller: per other quorum node, the metadata log entries it lacks.
+    pub metadata_follower_lag: Vec<(i32, u64)>,
 }
 
 fn node_id(broker: &Broker) -> i32 {
@@ -306,6 +311,8 @@ pub fn overview(broker: &Broker, topics: &[TopicInfo], groups: usize) -> Overvie
                 offline_partitions: offline,
                 groups,
                 metadata_applied_index: image.applied_index,
+                metadata_log_end_index: c.node().log_end_index(),
+                metadata_follower_lag: c.node().follower_lags(),
             }
         }
         None => Overview {
@@ -326,6 +333,8 @@ pub fn overview(broker: &Broker, topics: &[TopicInfo], groups: usize) -> Overvie
             offline_partitions: 0,
             groups,
             metadata_applied_index: 0,
+            metadata_log_end_index: 0,
+            metadata_follower_lag: Vec::new(),
         },
     }
 }

@@ -319,6 +319,37 @@ impl MetaNode {
             .map(|l| l as BrokerId)
     }
 
+    /// Index of the last entry in this node's Raft log (Kafka's raft-metrics
+    /// `log-end-offset`); 0 while the log is empty. Entries past the applied image's index
+    /// are not yet committed or not yet applied here.
+    pub fn log_end_index(&self) -> u64 {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0)
+    }
+
+    /// On the active controller: for every other node it replicates to, how many entries of
+    /// the leader's log that node does not have yet (the quorum's replication lag); empty
+    /// on any other node.
+    pub fn follower_lags(&self) -> Vec<(BrokerId, u64)> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let end = m.last_log_index.unwrap_or(0);
+        let Some(replication) = m.replication.as_ref() else {
+            return Vec::new();
+        };
+        replication
+            .iter()
+            .filter(|(id, _)| **id != self.inner.id)
+            .map(|(id, matched)| {
+                let have = matched.as_ref().map_or(0, |l| l.index);
+                (*id as BrokerId, end.saturating_sub(have))
+            })
+            .collect()
+    }
+
     /// The voters (`controller.quorum.voters`).
     pub fn voters(&self) -> &BTreeMap<BrokerId, String> {
         &self.inner.config.voters

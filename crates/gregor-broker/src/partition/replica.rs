@@ -76,6 +76,28 @@ pub struct IsrProposal {
     pub new_isr: Vec<i32>,
 }
 
+/// Whether the ISR going from `old` to `new` dropped members (a shrink) and whether it
+/// added members (an expand); one change can do both.
+fn shrinks_expands(old: &[i32], new: &[i32]) -> (bool, bool) {
+    let shrink = old.iter().any(|b| !new.contains(b));
+    let expand = new.iter().any(|b| !old.contains(b));
+    (shrink, expand)
+}
+
+/// A leader takes the ISR `new` in place of `l.isr`, from the controller's answer to its
+/// AlterPartition or from the metadata image (the controller also removes fenced brokers):
+/// counted as Kafka's IsrShrinks / IsrExpands.
+fn take_isr(l: &mut LeaderState, new: &[i32]) {
+    let (shrink, expand) = shrinks_expands(&l.isr, new);
+    if shrink {
+        crate::metrics::metrics().isr_shrinks.inc();
+    }
+    if expand {
+        crate::metrics::metrics().isr_expands.inc();
+    }
+    l.isr = new.to_vec();
+}
+
 impl LeaderState {
     /// The ISR the high watermark and acks=all count: the committed ISR plus the members a
     /// pending proposal adds.
@@ -133,7 +155,7 @@ impl Partition {
             if l.epoch == epoch {
                 if partition_epoch > l.partition_epoch {
                     l.partition_epoch = partition_epoch;
-                    l.isr = isr.to_vec();
+                    take_isr(l, isr);
                     l.pending_isr = None;
                     l.replicas = replicas.to_vec();
                     for b in replicas.iter().filter(|b| **b != me) {
@@ -372,7 +394,7 @@ impl Partition {
         if let Role::Leader(l) = &mut *self.replica.lock().expect("replica lock") {
             if partition_epoch >= l.partition_epoch {
                 l.partition_epoch = partition_epoch;
-                l.isr = isr.to_vec();
+                take_isr(l, isr);
             }
             l.pending_isr = None;
         }
@@ -513,5 +535,18 @@ impl Partition {
         self.hw.store(offset, Ordering::SeqCst);
         tracing::warn!(topic = %self.topic, partition = self.index, old_start, old_end, new_start = offset, "the leader's log starts past this follower's end: dropped the whole log");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod isr_change_tests {
+    use super::shrinks_expands;
+
+    #[test]
+    fn shrinks_and_expands_are_counted_against_the_old_isr() {
+        assert_eq!(shrinks_expands(&[1, 2, 3], &[1, 2]), (true, false));
+        assert_eq!(shrinks_expands(&[1, 2], &[2, 1, 3]), (false, true));
+        assert_eq!(shrinks_expands(&[1, 2], &[1, 3]), (true, true));
+        assert_eq!(shrinks_expands(&[1, 2], &[2, 1]), (false, false));
     }
 }
